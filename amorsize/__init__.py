@@ -1,0 +1,55 @@
+"""amorsize: parallel map that is fast by default.
+
+``amorsize.map(func, data)`` measures a few calls, decides between serial, threads and processes
+(with how many workers and what chunk size), and runs on warm pools reused across calls.
+"""
+
+from amorsize.errors import (
+    AmorsizeError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    PluginError,
+    PluginWarning,
+    PoolManagerClosedError,
+    WorkerCrashedError,
+)
+from amorsize.execution import imap, map, run_plan
+from amorsize.hookspecs import hookimpl
+from amorsize.plan import Plan
+from amorsize.planning import optimize
+from amorsize.plugins import register_plugin, unregister_plugin
+from amorsize.pool_manager import (
+    PoolManager,
+    get_global_pool_manager,
+    managed_pool,
+    shutdown_global_pool_manager,
+)
+from amorsize.report import RunReport
+from amorsize.workload import Profile, Workload
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmorsizeError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
+    "Plan",
+    "PluginError",
+    "PluginWarning",
+    "PoolManager",
+    "PoolManagerClosedError",
+    "Profile",
+    "RunReport",
+    "WorkerCrashedError",
+    "Workload",
+    "get_global_pool_manager",
+    "hookimpl",
+    "imap",
+    "managed_pool",
+    "map",
+    "optimize",
+    "register_plugin",
+    "run_plan",
+    "shutdown_global_pool_manager",
+    "unregister_plugin",
+]

@@ -1,0 +1,172 @@
+"""Predicted wall time of running n calls serially, on threads or on processes.
+
+Pure functions of measured numbers (a Profile, Overheads, the CPU count), so they can be tested
+with made-up figures. The optimizer evaluates them over candidate (workers, chunksize) pairs and
+picks the fastest; it stays serial unless parallel wins by a margin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from amorsize.overheads import Overheads
+from amorsize.workload import Profile
+
+THREAD_COUNTS = (2, 4, 8, 16, 32, 64, 128)
+_MIN_THREAD_OVERLAP = 0.05
+_CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the work, with its predicted wall time in seconds."""
+
+    executor_type: str
+    n_jobs: int
+    chunksize: int
+    seconds: float
+
+
+def serial_seconds(profile: Profile, n: int) -> float:
+    return n * profile.per_item_seconds
+
+
+def thread_parallel_fraction(profile: Profile) -> float:
+    """Share of a call's time that can overlap with other threads' calls.
+
+    Measured by the two-thread test when available (Amdahl's law with two threads solved for the
+    parallel fraction); otherwise only the time not spent on the CPU (waiting) is assumed to
+    overlap, since pure-Python CPU work holds the GIL.
+    """
+    if profile.thread_scaling is not None:
+        s = max(1.0, min(2.0, profile.thread_scaling))
+        return max(0.0, min(1.0, 2.0 * (1.0 - 1.0 / s)))
+    return max(0.0, 1.0 - min(1.0, profile.cpu_ratio))
+
+
+def thread_seconds(
+    profile: Profile, n: int, threads: int, chunksize: int, cpus: int, ovh: Overheads, warm: bool
+) -> float:
+    """Threads: the GIL-held part runs one at a time, waiting overlaps across all threads, work
+    that releases the GIL overlaps up to the CPU count; the caller hands out every chunk."""
+    t = profile.per_item_seconds
+    f = thread_parallel_fraction(profile)
+    waiting = min(f, max(0.0, 1.0 - min(1.0, profile.cpu_ratio)))
+    released = f - waiting
+    total = n * t
+    compute = total * (1 - f) + total * waiting / threads + total * released / min(threads, cpus)
+    n_chunks = math.ceil(n / chunksize)
+    waves = math.ceil(n_chunks / threads) * chunksize * t
+    start = 0.0 if warm else threads * ovh.thread_start
+    tail = chunksize * t * min(1.0, profile.per_item_spread)
+    return start + n_chunks * ovh.thread_per_chunk + max(compute, waves) + tail
+
+
+def process_seconds(
+    profile: Profile,
+    n: int,
+    workers: int,
+    chunksize: int,
+    cpus: int,
+    ovh: Overheads,
+    warm: bool,
+    startup_share: float = 1.0,
+) -> float:
+    """Processes: calls run in parallel up to the cores left free by the function's own threads;
+    the parent pickles, sends and receives every item (one core's worth of work that competes
+    with the workers when they use every core); a cold pool's start-up is charged in
+    ``startup_share`` (less than 1 when the start-up is amortised over repeated calls)."""
+    t = profile.per_item_seconds
+    own_cores = max(1.0, profile.cpu_ratio)
+    usable = max(1.0, min(workers, cpus / own_cores))
+    n_chunks = math.ceil(n / chunksize)
+    moved = n * (profile.arg_bytes + profile.result_bytes) * ovh.process_per_byte
+    parent = n_chunks * ovh.process_per_chunk + moved + n * profile.pickle_seconds / 2
+    in_workers = n * (t + profile.pickle_seconds / 2)
+    if workers >= cpus:
+        compute = in_workers / usable + parent / cpus
+    else:
+        compute = in_workers / usable
+    waves = math.ceil(n_chunks / workers) * chunksize * t
+    start = 0.0 if warm else workers * ovh.process_start * startup_share
+    tail = chunksize * t * min(1.0, profile.per_item_spread)
+    return start + ovh.process_latency + max(compute, parent, waves) + tail
+
+
+def chunk_candidates(n: int, workers: int) -> list[int]:
+    """Chunk sizes giving 1, 2, 4, ... chunks per worker, and single items."""
+    sizes = {1}
+    for k in _CHUNKS_PER_WORKER:
+        sizes.add(max(1, math.ceil(n / (workers * k))))
+    return sorted(sizes)
+
+
+def thread_counts(n: int, cpus: int, max_workers: int | None) -> list[int]:
+    counts = {c for c in THREAD_COUNTS if c <= max(2, n)} | {cpus}
+    if max_workers is not None:
+        counts = {min(c, max_workers) for c in counts}
+    return sorted(c for c in counts if c >= 2 and c <= max(2, n))
+
+
+def process_counts(n: int, cpus: int, max_workers: int | None) -> list[int]:
+    top = min(cpus, n, max_workers or cpus)
+    return list(range(2, top + 1))
+
+
+def best_candidates(
+    profile: Profile,
+    n: int,
+    cpus: int,
+    ovh: Overheads,
+    executors: Iterable[str],
+    max_workers: int | None = None,
+    is_warm: Callable[[str, int], bool] = lambda e, j: False,
+    startup_share: float = 1.0,
+    corrections: dict[str, float] | None = None,
+    chunksize: int | None = None,
+) -> dict[str, Candidate]:
+    """The fastest configuration of each allowed executor type (at most one per type).
+
+    Types that cannot win are not evaluated: threads when calls do not overlap at all, processes
+    when the whole serial run is shorter than one round trip to a worker."""
+    corrections = corrections or {}
+    out: dict[str, Candidate] = {}
+    executors = set(executors)
+    if "serial" in executors or not executors:
+        out["serial"] = Candidate(
+            "serial", 1, chunksize or max(1, n),
+            serial_seconds(profile, n) * corrections.get("serial", 1.0))
+    if n < 2 or max_workers == 1:
+        return out
+    if "thread" in executors and thread_parallel_fraction(profile) >= _MIN_THREAD_OVERLAP:
+        fix = corrections.get("thread", 1.0)
+        for threads in thread_counts(n, cpus, max_workers):
+            warm = is_warm("thread", threads)
+            for c in [chunksize] if chunksize else chunk_candidates(n, threads):
+                s = thread_seconds(profile, n, threads, c, cpus, ovh, warm) * fix
+                if "thread" not in out or s < out["thread"].seconds:
+                    out["thread"] = Candidate("thread", threads, c, s)
+    cannot_pay = n * profile.per_item_seconds < ovh.process_latency
+    if "process" in executors and profile.picklable and not cannot_pay:
+        fix = corrections.get("process", 1.0)
+        for workers in process_counts(n, cpus, max_workers):
+            warm = is_warm("process", workers)
+            for c in [chunksize] if chunksize else chunk_candidates(n, workers):
+                s = process_seconds(profile, n, workers, c, cpus, ovh, warm, startup_share) * fix
+                if "process" not in out or s < out["process"].seconds:
+                    out["process"] = Candidate("process", workers, c, s)
+    return out
+
+
+def choose(candidates: dict[str, Candidate], min_speedup: float) -> Candidate:
+    """Serial unless the fastest parallel candidate beats it by ``min_speedup``."""
+    serial = candidates.get("serial")
+    parallel = [c for k, c in candidates.items() if k != "serial"]
+    best = min(parallel, key=lambda c: c.seconds, default=None)
+    if serial is None:
+        return best if best is not None else Candidate("serial", 1, 1, 0.0)
+    if best is not None and best.seconds * min_speedup < serial.seconds:
+        return best
+    return serial

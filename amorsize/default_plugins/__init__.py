@@ -1,0 +1,1 @@
+"""amorsize's own behaviour, registered as ordinary plugins (as pytest does)."""

@@ -1,0 +1,20 @@
+"""Built-in plugin: amorsize's optimizer makes the plan and learns from finished runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amorsize import optimizer
+from amorsize.hookspecs import hookimpl
+
+
+@hookimpl(trylast=True)
+def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
+    return optimizer.decide(func, sample, workload)
+
+
+@hookimpl
+def amorsize_run_finished(plan: Any, report: Any) -> None:
+    key = plan.workload.options.get("key")
+    if key is not None:
+        optimizer.learn(key, report)

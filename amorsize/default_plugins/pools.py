@@ -1,0 +1,13 @@
+"""Built-in plugin: pools come from the global PoolManager."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amorsize.hookspecs import hookimpl
+from amorsize.pool_manager import get_global_pool_manager
+
+
+@hookimpl(trylast=True)
+def amorsize_get_pool(executor: str, n_jobs: int, create: bool) -> Any:
+    return get_global_pool_manager().get_pool(n_jobs, executor, create=create)

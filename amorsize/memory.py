@@ -1,0 +1,114 @@
+"""What amorsize remembers about each function within this process.
+
+A repeated call on a known function skips sampling (its profile is recalled), and every finished
+run corrects what is remembered: the per-item time measured inside the workers replaces the
+sampled estimate, and the ratio of actual to predicted wall time corrects the model for the
+executor that ran. Kept in memory only; nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from amorsize.workload import Profile
+
+_MAX_ENTRIES = 512
+_SMOOTHING = 0.5
+
+
+@dataclass
+class Memory:
+    """What is known about one function: its profile, how often it ran, model corrections."""
+
+    profile: Profile
+    runs: int = 0
+    corrections: dict[str, float] = field(default_factory=dict)
+
+
+def function_key(func: Callable) -> Hashable:
+    """A key that is equal for calls of the same code, stable across re-created closures and
+    bound methods (a lambda defined in a loop is one function for this purpose)."""
+    if isinstance(func, functools.partial):
+        return ("partial", function_key(func.func), len(func.args), tuple(sorted(func.keywords)))
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        return code
+    inner = getattr(func, "__func__", None)
+    if inner is not None and getattr(inner, "__code__", None) is not None:
+        return (inner.__code__, type(getattr(func, "__self__", None)))
+    try:
+        hash(func)
+        return func
+    except TypeError:
+        return ("type", type(func))
+
+
+class ProfileMemory:
+    """A bounded, thread-safe map from function key to ``Memory`` (least recently used dropped)."""
+
+    def __init__(self, max_entries: int = _MAX_ENTRIES) -> None:
+        self._entries: OrderedDict[Hashable, Memory] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def recall(self, key: Hashable) -> Memory | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def remember(self, key: Hashable, profile: Profile) -> Memory:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = Memory(profile)
+                if len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+            else:
+                entry.profile = profile
+            return entry
+
+    def record_run(
+        self,
+        key: Hashable,
+        executor_type: str,
+        n_items: int,
+        compute_seconds: float,
+        wall_seconds: float,
+        predicted_seconds: float | None,
+    ) -> None:
+        """Fold a finished run into what is known: per-item time and the model's error."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            entry.runs += 1
+            if n_items > 0 and compute_seconds > 0:
+                measured = compute_seconds / n_items
+                old = entry.profile.per_item_seconds
+                entry.profile = dataclasses.replace(
+                    entry.profile,
+                    per_item_seconds=old + _SMOOTHING * (measured - old),
+                    measured_by="runs",
+                )
+            if predicted_seconds and predicted_seconds > 0 and wall_seconds > 0:
+                ratio = min(10.0, max(0.1, wall_seconds / predicted_seconds))
+                old_ratio = entry.corrections.get(executor_type, 1.0)
+                entry.corrections[executor_type] = old_ratio + _SMOOTHING * (ratio - old_ratio)
+
+    def forget(self, key: Hashable | None = None) -> None:
+        """Forget one function, or everything."""
+        with self._lock:
+            if key is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(key, None)
+
+
+MEMORY = ProfileMemory()

@@ -1,0 +1,146 @@
+"""amorsize's own decision: from a measured profile and a workload to a Plan, with reasons.
+
+The arithmetic lives in ``cost_model`` (pure); this module gathers what it needs -- usable CPUs,
+pool overheads (measured on a real pool the first time processes look worth it), which pools are
+already warm, what past runs of the function taught -- and writes down why it chose what it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from amorsize import cost_model, overheads, plugins, system
+from amorsize.memory import MEMORY, function_key
+from amorsize.plan import Plan, _fmt_bytes, _fmt_seconds
+from amorsize.workload import Profile, Workload
+
+ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
+
+
+def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
+    """The plan amorsize recommends for ``func`` on this workload."""
+    cpus = system.usable_cpus()
+    start_method = workload.options.get("start_method") or system.default_start_method()
+    n = workload.n_items if workload.n_items is not None else ASSUMED_ITEMS_WHEN_UNKNOWN
+    remaining = max(0, n - int(workload.options.get("already_done", 0)))
+    memory = MEMORY.recall(workload.options.get("key", function_key(func)))
+    corrections = dict(memory.corrections) if memory else {}
+    executors = set(workload.executors)
+    reasons = [_describe(profile, workload)]
+    if "process" in executors and not profile.picklable:
+        executors.discard("process")
+        executors.add("thread")
+        reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
+
+    def is_warm(executor: str, n_jobs: int) -> bool:
+        return plugins.get_pool(executor, n_jobs, create=False) is not None
+
+    share = 1.0 / (1 + workload.previous_runs)
+    forced_chunks = workload.options.get("chunksize")
+    ovh = overheads.current(start_method)
+
+    def evaluate() -> dict[str, cost_model.Candidate]:
+        return cost_model.best_candidates(
+            profile, remaining, cpus, ovh, executors, workload.max_workers, is_warm, share,
+            corrections, forced_chunks,
+        )
+
+    candidates = evaluate()
+    chosen = cost_model.choose(candidates, workload.min_speedup)
+    if chosen.executor_type == "thread" and "thread" not in ovh.measured:
+        ovh = overheads.measure_threads(_pool("thread", chosen.n_jobs), start_method)
+        candidates = evaluate()
+        chosen = cost_model.choose(candidates, workload.min_speedup)
+    if chosen.executor_type == "process" and "process" not in ovh.measured:
+        pool = _pool("process", chosen.n_jobs)
+        ovh = overheads.measure_processes(pool, start_method)
+        reasons.append(
+            f"measured a real {chosen.n_jobs}-process pool ({start_method}): start-up "
+            f"{_fmt_seconds(pool.startup_seconds)}, round trip {_fmt_seconds(ovh.process_latency)}"
+        )
+        candidates = evaluate()
+        chosen = cost_model.choose(candidates, workload.min_speedup)
+    reasons.extend(_compare(candidates, chosen, workload, share, corrections))
+    serial = candidates.get("serial")
+    speedup = serial.seconds / chosen.seconds if serial and chosen.seconds > 0 else 1.0
+    return Plan(
+        executor_type=chosen.executor_type,
+        n_jobs=chosen.n_jobs,
+        chunksize=chosen.chunksize,
+        estimated_speedup=max(speedup, 0.0),
+        reasons=reasons,
+        profile=profile,
+        workload=workload,
+        predictions={k: c.seconds for k, c in candidates.items()},
+        overheads=ovh.as_dict(),
+        machine={"usable_cpus": cpus, "start_method": start_method},
+    )
+
+
+def learn(key: Any, report: Any) -> None:
+    """Fold a finished run into the function's memory (``amorsize_run_finished``)."""
+    MEMORY.record_run(
+        key, report.executor_type, report.n_items, report.compute_seconds,
+        report.wall_seconds, report.predicted_seconds,
+    )
+
+
+def _pool(executor: str, n_jobs: int) -> Any:
+    return plugins.get_pool(executor, n_jobs)
+
+
+def _describe(profile: Profile, workload: Workload) -> str:
+    kind = "I/O-bound (mostly waiting)" if profile.io_bound else "CPU-bound"
+    if profile.cpu_ratio > 1.3:
+        kind = f"uses {profile.cpu_ratio:.1f} cores per call by itself"
+    how = ("recalled from earlier runs" if profile.measured_by == "runs"
+           else f"measured on {profile.n_measured} items ({profile.measured_by})")
+    text = (f"{_fmt_seconds(profile.per_item_seconds)} per item, {how}; CPU/wall "
+            f"{profile.cpu_ratio:.2f}: {kind}")
+    if profile.thread_scaling is not None:
+        overlap = "overlap" if profile.thread_scaling > 1.3 else "do not overlap (GIL)"
+        text += f"; two calls on two threads ran {profile.thread_scaling:.2f}x: they {overlap}"
+    if profile.arg_bytes or profile.result_bytes:
+        text += (f"; pickled item {_fmt_bytes(profile.arg_bytes)}, result "
+                 f"{_fmt_bytes(profile.result_bytes)}")
+    return text
+
+
+def _compare(
+    candidates: dict[str, cost_model.Candidate],
+    chosen: cost_model.Candidate,
+    workload: Workload,
+    share: float,
+    corrections: dict[str, float],
+) -> list[str]:
+    out = []
+    serial = candidates.get("serial")
+    for kind, c in candidates.items():
+        if kind == "serial":
+            out.append(f"serial: predicted {_fmt_seconds(c.seconds)}")
+        else:
+            extra = ""
+            if kind in corrections and abs(corrections[kind] - 1) > 0.05:
+                extra = f", corrected x{corrections[kind]:.2f} from past runs"
+            out.append(f"best {kind} plan: {c.n_jobs} workers, chunks of {c.chunksize}: "
+                       f"predicted {_fmt_seconds(c.seconds)}{extra}")
+    if share < 1:
+        out.append(f"pool start-up charged at {share:.0%}: this function ran "
+                   f"{workload.previous_runs} times before in this process")
+    if chosen.executor_type == "serial" and serial is not None:
+        others = [c for k, c in candidates.items() if k != "serial"]
+        if others:
+            best = min(others, key=lambda c: c.seconds)
+            gain = serial.seconds / best.seconds if best.seconds > 0 else 1.0
+            out.append(f"stay serial: the best parallel plan ({best.executor_type}) would be "
+                       f"{gain:.2f}x, below the {workload.min_speedup:.2f}x margin")
+        else:
+            out.append("serial: no parallel executor is allowed or useful here")
+    elif serial is not None:
+        gain = serial.seconds / chosen.seconds if chosen.seconds > 0 else float("inf")
+        out.append(f"chose {chosen.executor_type}: {gain:.2f}x faster than serial predicted "
+                   f"(margin {workload.min_speedup:.2f}x)")
+    else:
+        out.append(f"chose {chosen.executor_type}: the only executor allowed")
+    return out

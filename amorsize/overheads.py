@@ -1,0 +1,130 @@
+"""What running on a pool costs, measured once per process on real pools and cached.
+
+Until a process pool exists the figures are conservative defaults for the start method; the first
+time the optimizer considers processes seriously, it measures them on the (then warm) pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from amorsize import worker
+
+_START_DEFAULTS = {"fork": 0.008, "forkserver": 0.045, "spawn": 0.12}
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Seconds (or seconds per byte) that a pool adds to the work itself.
+
+    ``process_start`` and ``thread_start`` are per worker (zero for a warm pool);
+    ``*_per_chunk`` is the parent's cost to hand out one chunk and collect its result;
+    ``process_latency`` is one round trip of a tiny task (the pipeline's fill and drain);
+    ``process_per_byte`` is moving one pickled byte between parent and worker.
+    """
+
+    thread_start: float = 120e-6
+    thread_per_chunk: float = 40e-6
+    process_start: float = 0.045
+    process_per_chunk: float = 200e-6
+    process_latency: float = 500e-6
+    process_per_byte: float = 2e-9
+    measured: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "measured"}
+
+
+_cache: dict[str, Overheads] = {}
+_lock = threading.Lock()
+
+
+def current(start_method: str) -> Overheads:
+    """The best figures known for this start method: measured if they have been, else defaults."""
+    found = _cache.get(start_method)
+    if found is None:
+        found = Overheads(process_start=_START_DEFAULTS.get(start_method, 0.1))
+    return found
+
+
+def processes_measured(start_method: str) -> bool:
+    return "process" in current(start_method).measured
+
+
+def record_process_startup(start_method: str, n_jobs: int, seconds: float) -> None:
+    """Fold the measured start-up of a real pool into the per-worker start cost."""
+    with _lock:
+        base = current(start_method)
+        _cache[start_method] = dataclasses.replace(base, process_start=seconds / max(1, n_jobs))
+
+
+def measure_threads(pool: Any, start_method: str) -> Overheads:
+    """Per-chunk cost on a warm thread pool, and per-thread start-up from its creation."""
+    with _lock:
+        base = current(start_method)
+        if "thread" in base.measured:
+            return base
+        per_chunk = _per_chunk(pool, 200)
+        found = dataclasses.replace(
+            base,
+            thread_per_chunk=per_chunk,
+            thread_start=max(20e-6, pool.startup_seconds / max(1, pool.n_jobs)),
+            measured=(*base.measured, "thread"),
+        )
+        _cache[start_method] = found
+        return found
+
+
+def measure_processes(pool: Any, start_method: str) -> Overheads:
+    """Round-trip latency, per-chunk cost and per-byte cost on a warm process pool (~20 ms)."""
+    with _lock:
+        base = current(start_method)
+        if "process" in base.measured:
+            return base
+        func = pool.prepare(len)
+        pool.submit_chunk(func, [b""]).result()
+        latencies = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            pool.submit_chunk(func, [b""]).result()
+            latencies.append(time.perf_counter() - t0)
+        latency = statistics.median(latencies)
+        per_chunk = _per_chunk(pool, 100)
+        payload = bytes(4 * 2**20)
+        moves = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            pool.submit_chunk(func, [payload]).result()
+            moves.append(time.perf_counter() - t0)
+        per_byte = max(0.0, statistics.median(moves) - latency) / len(payload)
+        found = dataclasses.replace(
+            base,
+            process_latency=latency,
+            process_per_chunk=per_chunk,
+            process_per_byte=max(0.2e-9, per_byte),
+            process_start=max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
+            measured=(*base.measured, "process"),
+        )
+        _cache[start_method] = found
+        return found
+
+
+def _per_chunk(pool: Any, count: int) -> float:
+    func = pool.prepare(worker.pid_after)
+    t0 = time.perf_counter()
+    futures = [pool.submit_chunk(func, []) for _ in range(count)]
+    for f in futures:
+        f.result()
+    return (time.perf_counter() - t0) / count
+
+
+def forget() -> None:
+    """Drop measured figures (tests, or after the machine's load changed a lot)."""
+    with _lock:
+        _cache.clear()

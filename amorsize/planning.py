@@ -1,0 +1,141 @@
+"""``amorsize.optimize``: check the arguments, measure (or recall) the function, ask for a plan."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from amorsize import plugins, sampling
+from amorsize.errors import (
+    EXECUTOR_TYPES,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    check_executor_type,
+    check_positive_int,
+)
+from amorsize.memory import MEMORY, function_key
+from amorsize.plan import Plan
+from amorsize.workload import Profile, Workload
+
+
+def optimize(
+    func: Callable,
+    data: Iterable,
+    *,
+    n_jobs: int | None = None,
+    executor: str | None = None,
+    chunksize: int | None = None,
+    min_speedup: float = 1.2,
+    sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
+    resample: bool = False,
+    start_method: str | None = None,
+) -> Plan:
+    """Measure ``func`` on a few items of ``data`` and decide how to run all of them.
+
+    ``n_jobs`` caps the workers, ``executor`` ("serial", "thread", "process") and ``chunksize``
+    force a choice, ``min_speedup`` is the margin by which parallel must beat serial,
+    ``resample`` measures again even if this function was seen before. The plan's ``data`` holds
+    every item (an iterator's consumed items put back); its ``sampled_results`` are the results
+    of the items measured, which ``amorsize.map`` does not compute again.
+    """
+    check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size)
+    items, n, rest = split_items(data, sample_size)
+    return make(func, items, n, rest, "optimize", n_jobs=n_jobs, executor=executor,
+                 chunksize=chunksize, min_speedup=min_speedup, sample_size=sample_size,
+                 resample=resample, start_method=start_method)
+
+
+def check_arguments(
+    func: Any, data: Any, n_jobs: Any, executor: Any, chunksize: Any, min_speedup: Any,
+    sample_size: Any,
+) -> None:
+    """Bad input fails before any work, with the argument named and the fix."""
+    if not callable(func):
+        raise InvalidArgumentTypeError(
+            f"func must be callable (a function, lambda or object with __call__), "
+            f"got {type(func).__name__}"
+        )
+    if data is None:
+        raise InvalidArgumentTypeError("data must be an iterable of items, got None")
+    if not isinstance(data, Iterable):
+        raise InvalidArgumentTypeError(
+            f"data must be an iterable of items (list, range, generator...), "
+            f"got {type(data).__name__}"
+        )
+    check_positive_int("n_jobs", n_jobs, allow_none=True)
+    check_positive_int("chunksize", chunksize, allow_none=True)
+    check_positive_int("sample_size", sample_size)
+    if executor is not None:
+        check_executor_type("executor", executor)
+    if isinstance(min_speedup, bool) or not isinstance(min_speedup, int | float):
+        raise InvalidArgumentTypeError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
+    if not min_speedup >= 1:
+        raise InvalidArgumentError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
+
+
+def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None, Any]:
+    """A sequence to index, its length, and the untouched rest of an iterator (or None).
+
+    Sequences are used as they are; other sized collections are listed; an iterator of unknown
+    length gives up only its first ``sample_size`` items (measured from the head, since it
+    cannot be spread over), the rest stays lazy.
+    """
+    if isinstance(data, Sequence):
+        return data, len(data), None
+    if hasattr(data, "__len__"):
+        items = list(data)
+        return items, len(items), None
+    it = iter(data)
+    head = list(itertools.islice(it, sample_size))
+    if len(head) < sample_size:
+        return head, len(head), None
+    return head, None, it
+
+
+def make(
+    func: Callable,
+    items: Sequence,
+    n: int | None,
+    rest: Any,
+    source: str,
+    *,
+    n_jobs: int | None,
+    executor: str | None,
+    chunksize: int | None,
+    min_speedup: float,
+    sample_size: int,
+    resample: bool,
+    start_method: str | None,
+) -> Plan:
+    """The plan for already-checked arguments, ``items`` as returned by ``split_items``."""
+    data: Any = items if rest is None else itertools.chain(items, rest)
+    key = function_key(func)
+    options = {"key": key, "chunksize": chunksize, "start_method": start_method}
+    executors = (executor,) if executor else EXECUTOR_TYPES
+    if n == 0:
+        workload = Workload(0, source, executors, n_jobs, min_speedup, options=options)
+        return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
+                    Profile(0.0), workload, data=data)
+    memory = None if resample else MEMORY.recall(key)
+    if memory is not None:
+        profile, results = memory.profile, {}
+    else:
+        known = len(items)
+        indices = (sampling.spread_indices(known, sample_size) if n is not None
+                   else list(range(known)))
+        pair = [i for i in sampling.spread_indices(known, 2 * sample_size + 3)
+                if i not in indices][:2]
+        sample = sampling.measure(func, items, indices, _two_threads, pair)
+        profile, results = sample.profile, sample.results
+        memory = MEMORY.remember(key, profile)
+    options["already_done"] = len(results)
+    workload = Workload(n, source, executors, n_jobs, min_speedup, memory.runs, options)
+    plan = plugins.make_plan(func, profile, workload)
+    plan.data = data
+    plan.sampled_results = results
+    return plan
+
+
+def _two_threads() -> Any:
+    return plugins.get_pool("thread", 2)

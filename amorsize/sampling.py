@@ -1,0 +1,155 @@
+"""Measuring a function on a few real items, keeping every result.
+
+Items are picked spread across the data (sorted data makes the first few lie), each is run once,
+and its result is kept so that running the plan afterwards never calls the function on that item
+again: measuring costs nothing beyond the lost parallelism of a few calls.
+"""
+
+from __future__ import annotations
+
+import pickle
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from amorsize.workload import Profile
+
+DEFAULT_SAMPLE_SIZE = 8
+BUDGET_SECONDS = 0.05
+_PAIR_MIN_SECONDS = 20e-6
+_CPU_CLOCK_MIN_SECONDS = 2e-3
+_PAIR_MAX_SECONDS = 0.25
+
+
+@dataclass
+class Sample:
+    """A measured profile and the results of the items it ran, by index in the data."""
+
+    profile: Profile
+    results: dict[int, Any]
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """``k`` indices in ``range(n)``, one in the middle of each of ``k`` equal strata."""
+    k = min(n, k)
+    return sorted({min(n - 1, int((i + 0.5) * n / k)) for i in range(k)})
+
+
+def measure(
+    func: Callable,
+    items: Sequence,
+    indices: list[int],
+    thread_pair: Callable[[], Any] | None = None,
+    pair_indices: list[int] = (),  # type: ignore[assignment]
+) -> Sample:
+    """Run ``func`` on ``items[i]`` for ``i`` in ``indices`` (one at a time, stopping early once
+    the time budget is spent), then on two ``pair_indices`` at once on the pool ``thread_pair()``
+    returns (two warm threads) to learn whether calls overlap on threads. Errors in ``func`` propagate."""
+    results: dict[int, Any] = {}
+    walls: list[float] = []
+    cpus: list[float] = []
+    started = time.perf_counter()
+    for i in indices:
+        item = items[i]
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        results[i] = func(item)
+        t1 = time.perf_counter()
+        walls.append(t1 - t0)
+        cpus.append(time.process_time() - c0)
+        spent = t1 - started
+        if (len(walls) >= 2 and spent > BUDGET_SECONDS) or spent > 4 * BUDGET_SECONDS:
+            break
+    per_item = _typical(walls)
+    spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
+    cpu_ratio = _cpu_ratio(walls, cpus)
+    pickled = _pickling(func, [(items[i], results[i]) for i in list(results)[:3]])
+    scaling = None
+    pairs = [i for i in pair_indices if i not in results][:2]
+    if (thread_pair is not None and len(pairs) == 2
+            and _PAIR_MIN_SECONDS <= per_item <= _PAIR_MAX_SECONDS):
+        scaling = _thread_scaling(func, items, pairs, thread_pair(), per_item, results)
+    return Sample(
+        Profile(
+            per_item_seconds=per_item,
+            per_item_spread=spread,
+            cpu_ratio=cpu_ratio,
+            thread_scaling=scaling,
+            n_measured=len(walls) + (2 if scaling is not None else 0),
+            measured_by="sampling",
+            **pickled,
+        ),
+        results,
+    )
+
+
+def _cpu_ratio(walls: list[float], cpus: list[float]) -> float:
+    """CPU time over wall time; 1.0 when the calls were too short for the CPU clock to tell."""
+    total = sum(walls)
+    if total < _CPU_CLOCK_MIN_SECONDS:
+        return 1.0
+    return sum(cpus) / total
+
+
+def _typical(walls: list[float]) -> float:
+    """Mean time per call, ignoring a first call that was a warm-up outlier (imports, caches)."""
+    if len(walls) >= 3:
+        rest = walls[1:]
+        if walls[0] > 3 * statistics.median(rest):
+            return statistics.fmean(rest)
+    return statistics.fmean(walls) if walls else 0.0
+
+
+def _pickling(func: Callable, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """Pickled sizes and round-trip times of items and results, and whether processes can
+    run this at all (the function through cloudpickle, items and results through pickle)."""
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(func)
+    except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
+        return {"picklable": False, "unpicklable_reason": f"the function: {exc}"}
+    sizes_in, sizes_out, seconds = [], [], []
+    for item, result in pairs:
+        try:
+            t0 = time.perf_counter()
+            a = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
+            pickle.loads(a)
+            b = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+            pickle.loads(b)
+            seconds.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001
+            return {"picklable": False, "unpicklable_reason": f"an item or result: {exc}"}
+        sizes_in.append(len(a))
+        sizes_out.append(len(b))
+    if not seconds:
+        return {}
+    return {
+        "arg_bytes": statistics.fmean(sizes_in),
+        "result_bytes": statistics.fmean(sizes_out),
+        "pickle_seconds": statistics.fmean(seconds),
+    }
+
+
+def _timed(func: Callable, item: Any) -> tuple[Any, float, float]:
+    t0 = time.perf_counter()
+    result = func(item)
+    return result, t0, time.perf_counter()
+
+
+def _thread_scaling(
+    func: Callable, items: Sequence, pair: list[int], pool: Any, per_item: float,
+    results: dict[int, Any],
+) -> float:
+    """How much faster two calls ran at once on two threads than the serial estimate: 1.0 if
+    the GIL serialised them, up to 2.0 if they overlapped fully."""
+    futures = [pool.submit(_timed, func, items[i]) for i in pair]
+    outcomes = [f.result() for f in futures]
+    for i, (result, _, _) in zip(pair, outcomes):
+        results[i] = result
+    together = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
+    if together <= 0:
+        return 2.0
+    return max(0.5, min(2.0, 2 * per_item / together))

@@ -1,0 +1,101 @@
+"""What this machine offers: usable CPUs, memory, start method, BLAS thread pools."""
+
+from __future__ import annotations
+
+import functools
+import math
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+START_METHOD_ENV = "AMORSIZE_START_METHOD"
+
+
+@functools.cache
+def usable_cpus() -> int:
+    """CPUs this process may really use: affinity mask, then any cgroup CPU quota.
+
+    ``os.cpu_count()`` counts the host's cores, which in a container or under ``taskset`` is
+    more than the process gets; over-counting makes every process pool oversubscribed.
+    """
+    import psutil
+
+    try:
+        count = len(psutil.Process().cpu_affinity() or []) or (psutil.cpu_count() or 1)
+    except (AttributeError, OSError):
+        count = psutil.cpu_count() or os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.floor(quota)))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by a cgroup v2 ``cpu.max`` or v1 CFS quota, or None when unlimited."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory() -> int:
+    """Bytes of memory available without swapping."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def default_start_method() -> str:
+    """The start method for process pools: ``AMORSIZE_START_METHOD`` if set, else forkserver
+    where it exists, else spawn.
+
+    Not fork: amorsize keeps threads alive (thread pools, the executors' manager threads), and
+    forking a process that has threads can deadlock the child on a lock held at fork time. Python
+    3.14 made forkserver the default on Linux for this reason.
+    """
+    chosen = os.environ.get(START_METHOD_ENV)
+    available = multiprocessing.get_all_start_methods()
+    if chosen:
+        if chosen not in available:
+            raise ValueError(
+                f"{START_METHOD_ENV}={chosen!r} is not a start method here; use one of {available}"
+            )
+        return chosen
+    if "forkserver" in available and sys.platform != "darwin":
+        return "forkserver"
+    return "spawn"
+
+
+def blas_pools() -> list[dict]:
+    """BLAS/OpenMP thread pools loaded in this process (threadpoolctl), for reports."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        {k: info.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
+        for info in threadpool_info()
+    ]
+
+
+def describe() -> dict:
+    """A summary for ``amorsize info`` and plan reports."""
+    import psutil
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "logical_cpus": psutil.cpu_count() or os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "cgroup_cpu_quota": cgroup_cpu_quota(),
+        "available_memory_gb": round(available_memory() / 2**30, 2),
+        "start_method": default_start_method(),
+    }

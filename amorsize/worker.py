@@ -1,0 +1,98 @@
+"""Code that runs inside pool workers: calling the user's function on a chunk, timed.
+
+Kept tiny and free of heavy imports because every process worker imports it at start-up.
+Functions travel as cloudpickle bytes (so lambdas, closures and ``__main__`` functions work);
+each worker keeps the last few unpickled functions so a chunk does not pay to unpickle again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from typing import Any
+
+_BLAS_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+_FUNC_CACHE: OrderedDict[bytes, Any] = OrderedDict()
+_FUNC_CACHE_SIZE = 16
+
+
+class PickledFunction:
+    """A function shipped as cloudpickle bytes, with a digest so workers can cache it."""
+
+    __slots__ = ("digest", "payload")
+
+    def __init__(self, func: Any) -> None:
+        import hashlib
+
+        import cloudpickle
+
+        self.payload = cloudpickle.dumps(func)
+        self.digest = hashlib.blake2b(self.payload, digest_size=16).digest()
+
+    def __getstate__(self) -> tuple[bytes, bytes]:
+        return self.digest, self.payload
+
+    def __setstate__(self, state: tuple[bytes, bytes]) -> None:
+        self.digest, self.payload = state
+
+    def load(self) -> Any:
+        func = _FUNC_CACHE.get(self.digest)
+        if func is None:
+            import cloudpickle
+
+            func = cloudpickle.loads(self.payload)
+            _FUNC_CACHE[self.digest] = func
+            if len(_FUNC_CACHE) > _FUNC_CACHE_SIZE:
+                _FUNC_CACHE.popitem(last=False)
+        return func
+
+
+def _resolve(func: Any) -> Any:
+    return func.load() if isinstance(func, PickledFunction) else func
+
+
+def run_chunk(func: Any, items: list) -> tuple[list, float]:
+    """Call ``func`` on each item; return the results and the seconds spent computing them."""
+    f = _resolve(func)
+    start = time.perf_counter()
+    results = [f(x) for x in items]
+    return results, time.perf_counter() - start
+
+
+def call(func: Any, args: tuple, kwargs: dict) -> Any:
+    """Call a (possibly pickled) function with arguments: what ``Pool.submit`` runs."""
+    return _resolve(func)(*args, **kwargs)
+
+
+def timed_call(func: Any, args: tuple, kwargs: dict) -> tuple[Any, float]:
+    """Call and time in the worker, so dispatch and queueing never count as compute time."""
+    f = _resolve(func)
+    start = time.perf_counter()
+    result = f(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def pid_after(seconds: float) -> int:
+    """Stay busy briefly, then tell which worker ran: used to start every worker of a pool."""
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def initialize(blas_threads: int | None) -> None:
+    """Process-worker initializer: cap BLAS/OpenMP threads so n workers do not oversubscribe.
+
+    Environment variables are set before numpy is imported in the worker, as loky does; a value
+    the user set explicitly is left alone.
+    """
+    if blas_threads is not None:
+        for var in _BLAS_ENV_VARS:
+            os.environ.setdefault(var, str(blas_threads))
+    os.environ["AMORSIZE_IN_WORKER"] = "1"

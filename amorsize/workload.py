@@ -1,0 +1,57 @@
+"""What is known about a piece of work before deciding how to run it.
+
+`Profile` holds what was measured about the function on real items; `Workload` holds what the
+caller knows (how many items, which executors are allowed, who is asking). Both cross the hook
+boundary (`amorsize_make_plan(func, sample, workload)`), so plugins and adapters build them too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Measured behaviour of one function on a few real items.
+
+    ``thread_scaling`` is how much faster two calls ran at once on two threads than one after the
+    other: 1.0 means the GIL serialised them, 2.0 means they overlapped fully (I/O, or C code that
+    releases the GIL). ``None`` when it was not measured.
+    """
+
+    per_item_seconds: float
+    per_item_spread: float = 0.0
+    cpu_ratio: float = 1.0
+    arg_bytes: float = 0.0
+    result_bytes: float = 0.0
+    pickle_seconds: float = 0.0
+    thread_scaling: float | None = None
+    picklable: bool = True
+    unpicklable_reason: str = ""
+    n_measured: int = 0
+    measured_by: str = "sampling"
+
+    @property
+    def io_bound(self) -> bool:
+        """Most of a call's time is spent waiting rather than computing."""
+        return self.cpu_ratio < 0.5
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the caller knows about the work: size, constraints and origin.
+
+    ``n_items`` is None for an iterator of unknown length. ``executors`` restricts the choice
+    (e.g. joblib's ``require="sharedmem"`` allows only serial and threads). ``warm_hint`` tells the
+    optimizer how many times this function has already been run in this process, so the start-up
+    of a pool can be amortised over calls that keep coming.
+    """
+
+    n_items: int | None
+    source: str = "map"
+    executors: tuple[str, ...] = ("serial", "thread", "process")
+    max_workers: int | None = None
+    min_speedup: float = 1.2
+    previous_runs: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
