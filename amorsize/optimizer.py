@@ -99,7 +99,9 @@ def _describe(profile: Profile, workload: Workload) -> str:
     text = (f"{_fmt_seconds(profile.per_item_seconds)} per item, {how}; CPU/wall "
             f"{profile.cpu_ratio:.2f}: {kind}")
     if profile.thread_scaling is not None:
-        overlap = "overlap" if profile.thread_scaling > 1.3 else "do not overlap (GIL)"
+        overlap = ("overlap" if profile.thread_scaling > 1.6
+                   else "overlap partly" if profile.thread_scaling > 1.15
+                   else "do not overlap (GIL)")
         text += f"; two calls on two threads ran {profile.thread_scaling:.2f}x: they {overlap}"
     if profile.arg_bytes or profile.result_bytes:
         text += (f"; pickled item {_fmt_bytes(profile.arg_bytes)}, result "

@@ -124,8 +124,8 @@ def make(
         known = len(items)
         indices = (sampling.spread_indices(known, sample_size) if n is not None
                    else list(range(known)))
-        pair = [i for i in sampling.spread_indices(known, 2 * sample_size + 3)
-                if i not in indices][:2]
+        pair = [i for i in sampling.spread_indices(known, 3 * sample_size + 2 * sampling.PAIR_MAX)
+                if i not in indices]
         sample = sampling.measure(func, items, indices, _two_threads, pair)
         profile, results = sample.profile, sample.results
         memory = MEMORY.remember(key, profile)

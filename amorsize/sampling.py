@@ -7,6 +7,7 @@ again: measuring costs nothing beyond the lost parallelism of a few calls.
 
 from __future__ import annotations
 
+import math
 import pickle
 import statistics
 import time
@@ -18,7 +19,9 @@ from amorsize.workload import Profile
 
 DEFAULT_SAMPLE_SIZE = 8
 BUDGET_SECONDS = 0.05
-_PAIR_MIN_SECONDS = 20e-6
+_PAIR_MIN_SECONDS = 10e-6
+_PAIR_TARGET_SECONDS = 1e-3
+PAIR_MAX = 8
 _CPU_CLOCK_MIN_SECONDS = 2e-3
 _PAIR_MAX_SECONDS = 0.25
 
@@ -45,8 +48,8 @@ def measure(
     pair_indices: list[int] = (),  # type: ignore[assignment]
 ) -> Sample:
     """Run ``func`` on ``items[i]`` for ``i`` in ``indices`` (one at a time, stopping early once
-    the time budget is spent), then on two ``pair_indices`` at once on the pool ``thread_pair()``
-    returns (two warm threads) to learn whether calls overlap on threads. Errors in ``func`` propagate."""
+    the time budget is spent), then ``pair_indices`` split over two threads of the pool
+    ``thread_pair()`` returns to learn whether calls overlap on threads. Errors in ``func`` propagate."""
     results: dict[int, Any] = {}
     walls: list[float] = []
     cpus: list[float] = []
@@ -67,8 +70,9 @@ def measure(
     cpu_ratio = _cpu_ratio(walls, cpus)
     pickled = _pickling(func, [(items[i], results[i]) for i in list(results)[:3]])
     scaling = None
-    pairs = [i for i in pair_indices if i not in results][:2]
-    if (thread_pair is not None and len(pairs) == 2
+    wanted = 2 * pair_size(per_item)
+    pairs = [i for i in pair_indices if i not in results][:wanted]
+    if (thread_pair is not None and len(pairs) == wanted
             and _PAIR_MIN_SECONDS <= per_item <= _PAIR_MAX_SECONDS):
         scaling = _thread_scaling(func, items, pairs, thread_pair(), per_item, results)
     return Sample(
@@ -77,7 +81,7 @@ def measure(
             per_item_spread=spread,
             cpu_ratio=cpu_ratio,
             thread_scaling=scaling,
-            n_measured=len(walls) + (2 if scaling is not None else 0),
+            n_measured=len(walls) + (len(pairs) if scaling is not None else 0),
             measured_by="sampling",
             **pickled,
         ),
@@ -133,23 +137,30 @@ def _pickling(func: Callable, pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
     }
 
 
-def _timed(func: Callable, item: Any) -> tuple[Any, float, float]:
+def _timed_run(func: Callable, items: Sequence, indices: list[int]) -> tuple[list, float, float]:
     t0 = time.perf_counter()
-    result = func(item)
-    return result, t0, time.perf_counter()
+    results = [func(items[i]) for i in indices]
+    return results, t0, time.perf_counter()
+
+
+def pair_size(per_item: float) -> int:
+    """Items each of the two threads runs: enough that handing work to a thread is noise."""
+    return max(1, min(PAIR_MAX, math.ceil(_PAIR_TARGET_SECONDS / max(per_item, 1e-9))))
 
 
 def _thread_scaling(
     func: Callable, items: Sequence, pair: list[int], pool: Any, per_item: float,
     results: dict[int, Any],
 ) -> float:
-    """How much faster two calls ran at once on two threads than the serial estimate: 1.0 if
-    the GIL serialised them, up to 2.0 if they overlapped fully."""
-    futures = [pool.submit(_timed, func, items[i]) for i in pair]
+    """How much faster two runs went at once on two threads than the serial estimate says they
+    would one after the other: 1.0 if the GIL serialised them, up to 2.0 if they overlapped."""
+    half = len(pair) // 2
+    runs = [pair[:half], pair[half:]]
+    futures = [pool.submit(_timed_run, func, items, run) for run in runs]
     outcomes = [f.result() for f in futures]
-    for i, (result, _, _) in zip(pair, outcomes):
-        results[i] = result
+    for run, (run_results, _, _) in zip(runs, outcomes):
+        results.update(zip(run, run_results))
     together = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
     if together <= 0:
         return 2.0
-    return max(0.5, min(2.0, 2 * per_item / together))
+    return max(0.5, min(2.0, len(pair) * per_item / together))

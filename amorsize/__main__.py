@@ -1,0 +1,5 @@
+import sys
+
+from amorsize.cli import main
+
+sys.exit(main())
