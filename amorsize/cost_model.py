@@ -129,8 +129,8 @@ def best_candidates(
 ) -> dict[str, Candidate]:
     """The fastest configuration of each allowed executor type (at most one per type).
 
-    Types that cannot win are not evaluated: threads when calls do not overlap at all, processes
-    when the whole serial run is shorter than one round trip to a worker."""
+    When serial is allowed, types that cannot beat it are not evaluated: threads when calls do
+    not overlap at all, processes when the whole serial run is shorter than one round trip."""
     corrections = corrections or {}
     out: dict[str, Candidate] = {}
     executors = set(executors)
@@ -140,7 +140,8 @@ def best_candidates(
             serial_seconds(profile, n) * corrections.get("serial", 1.0))
     if n < 2 or max_workers == 1:
         return out
-    if "thread" in executors and thread_parallel_fraction(profile) >= _MIN_THREAD_OVERLAP:
+    prune = "serial" in executors
+    if "thread" in executors and (not prune or thread_parallel_fraction(profile) >= _MIN_THREAD_OVERLAP):
         fix = corrections.get("thread", 1.0)
         for threads in thread_counts(n, cpus, max_workers):
             warm = is_warm("thread", threads)
@@ -148,7 +149,7 @@ def best_candidates(
                 s = thread_seconds(profile, n, threads, c, cpus, ovh, warm) * fix
                 if "thread" not in out or s < out["thread"].seconds:
                     out["thread"] = Candidate("thread", threads, c, s)
-    cannot_pay = n * profile.per_item_seconds < ovh.process_latency
+    cannot_pay = prune and n * profile.per_item_seconds < ovh.process_latency
     if "process" in executors and profile.picklable and not cannot_pay:
         fix = corrections.get("process", 1.0)
         for workers in process_counts(n, cpus, max_workers):

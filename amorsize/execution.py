@@ -16,7 +16,7 @@ from amorsize import planning, plugins, sampling
 from amorsize.plan import Plan
 from amorsize.report import RunReport
 
-_Options = dict[str, Any]
+_SERIAL_BLOCK = 4096
 
 
 def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
@@ -125,13 +125,19 @@ def _skipping(data: Iterable, done: dict[int, Any]) -> _Todo:
 
 
 def _serial_blocks(func: Callable, todo: _Todo, counts: dict) -> Iterator[tuple[list, Any]]:
+    """Runs in blocks of at most ``_SERIAL_BLOCK`` items, so ``imap`` over a generator reads
+    only as far as its consumer has asked."""
     for run, follower in todo.runs():
-        t0 = time.perf_counter()
-        results = [func(x) for x in run]
-        counts["compute"] += time.perf_counter() - t0
-        counts["items"] += len(results)
-        counts["chunks"] += 1
-        yield results, follower
+        while True:
+            t0 = time.perf_counter()
+            results = [func(x) for x in itertools.islice(run, _SERIAL_BLOCK)]
+            counts["compute"] += time.perf_counter() - t0
+            counts["items"] += len(results)
+            counts["chunks"] += 1
+            if len(results) < _SERIAL_BLOCK:
+                yield results, follower
+                break
+            yield results, None
 
 
 def _pool_blocks(

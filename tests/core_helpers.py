@@ -1,0 +1,44 @@
+"""Module-level functions for core tests, importable by process-pool workers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def burn(x: int, loops: int = 20_000) -> int:
+    acc = x
+    for i in range(loops):
+        acc = (acc * 31 + i) % 1_000_003
+    return acc
+
+
+def nap(x: int, seconds: float = 0.003) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def pid_of(_: object) -> int:
+    return os.getpid()
+
+
+def fail_on_seven(x: int) -> int:
+    if x == 7:
+        raise KeyError(f"bad item {x}")
+    return x
+
+
+class MarkOnce:
+    """Creates one file per item; a second call on the same item raises FileExistsError."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __call__(self, x: int) -> int:
+        (self.directory / str(x)).open("x").close()
+        return x * 2

@@ -1,0 +1,125 @@
+"""The cost model on made-up numbers: each test is one claim about what wins when."""
+
+from __future__ import annotations
+
+import pytest
+
+from amorsize import cost_model
+from amorsize.overheads import Overheads
+from amorsize.workload import Profile
+
+OVH = Overheads(
+    thread_start=100e-6, thread_per_chunk=30e-6, process_start=0.05, process_per_chunk=150e-6,
+    process_latency=400e-6, process_per_byte=2e-9,
+)
+ALL = ("serial", "thread", "process")
+
+
+def best(profile: Profile, n: int, cpus: int = 2, warm: bool = False, **kw) -> cost_model.Candidate:
+    candidates = cost_model.best_candidates(
+        profile, n, cpus, OVH, kw.pop("executors", ALL), is_warm=lambda e, j: warm, **kw)
+    return cost_model.choose(candidates, 1.2)
+
+
+def test_trivial_calls_stay_serial():
+    assert best(Profile(per_item_seconds=1e-7, pickle_seconds=2e-6), 100_000).executor_type == "serial"
+
+
+def test_cpu_bound_work_goes_to_processes_with_every_core():
+    chosen = best(Profile(per_item_seconds=2e-3, cpu_ratio=1.0, thread_scaling=1.0), 400)
+    assert (chosen.executor_type, chosen.n_jobs) == ("process", 2)
+
+
+def test_io_bound_work_gets_more_threads_than_cores():
+    chosen = best(Profile(per_item_seconds=2e-3, cpu_ratio=0.02, thread_scaling=2.0), 1000)
+    assert chosen.executor_type == "thread"
+    assert chosen.n_jobs >= 32
+
+
+def test_gil_releasing_work_scales_on_threads_only_up_to_cores():
+    profile = Profile(per_item_seconds=1e-3, cpu_ratio=1.0, thread_scaling=2.0,
+                      arg_bytes=1e6, pickle_seconds=5e-4)
+    seconds = {t: cost_model.thread_seconds(profile, 400, t, 10, 2, OVH, True) for t in (2, 8)}
+    assert seconds[8] >= seconds[2] * 0.95
+    assert best(profile, 400).executor_type == "thread"
+
+
+def test_large_payload_with_cheap_work_never_goes_to_processes():
+    profile = Profile(per_item_seconds=50e-6, arg_bytes=1e6, result_bytes=20, pickle_seconds=5e-4)
+    assert best(profile, 200, warm=True).executor_type != "process"
+
+
+def test_cold_pool_start_up_keeps_short_work_serial_but_a_warm_pool_wins():
+    profile = Profile(per_item_seconds=40e-6, thread_scaling=1.0)
+    assert best(profile, 500, warm=False).executor_type == "serial"
+    assert best(profile, 500, warm=True).executor_type == "process"
+
+
+def test_start_up_share_amortises_pool_start_over_repeated_calls():
+    profile = Profile(per_item_seconds=40e-6)
+    full = cost_model.process_seconds(profile, 500, 2, 125, 2, OVH, warm=False)
+    shared = cost_model.process_seconds(profile, 500, 2, 125, 2, OVH, warm=False,
+                                        startup_share=0.1)
+    assert full - shared == pytest.approx(0.9 * 2 * OVH.process_start)
+
+
+def test_margin_keeps_serial_when_parallel_barely_wins():
+    candidates = {
+        "serial": cost_model.Candidate("serial", 1, 10, 1.0),
+        "process": cost_model.Candidate("process", 2, 5, 0.9),
+    }
+    assert cost_model.choose(candidates, 1.2).executor_type == "serial"
+    assert cost_model.choose(candidates, 1.05).executor_type == "process"
+
+
+def test_unpicklable_function_is_never_planned_on_processes():
+    profile = Profile(per_item_seconds=5e-3, picklable=False)
+    candidates = cost_model.best_candidates(profile, 400, 2, OVH, ALL)
+    assert "process" not in candidates
+
+
+def test_calls_that_hold_the_gil_are_not_evaluated_on_threads():
+    profile = Profile(per_item_seconds=5e-3, cpu_ratio=1.0, thread_scaling=1.0)
+    assert "thread" not in cost_model.best_candidates(profile, 400, 2, OVH, ALL)
+
+
+def test_function_using_every_core_itself_gains_nothing_from_processes():
+    busy = Profile(per_item_seconds=2e-3, cpu_ratio=2.0, thread_scaling=1.0)
+    assert best(busy, 400, warm=True).executor_type == "serial"
+
+
+def test_chunks_grow_with_per_chunk_overhead():
+    tiny = best(Profile(per_item_seconds=20e-6), 50_000, warm=True, executors=("process",))
+    big = best(Profile(per_item_seconds=20e-3), 100, warm=True, executors=("process",))
+    assert tiny.chunksize >= 1000
+    assert big.chunksize <= 50
+
+
+def test_max_workers_caps_every_executor():
+    profile = Profile(per_item_seconds=2e-3, cpu_ratio=0.01, thread_scaling=2.0)
+    candidates = cost_model.best_candidates(profile, 1000, 8, OVH, ALL, max_workers=3)
+    assert all(c.n_jobs <= 3 for c in candidates.values())
+
+
+def test_forced_chunksize_is_used():
+    profile = Profile(per_item_seconds=2e-3)
+    candidates = cost_model.best_candidates(profile, 400, 2, OVH, ALL, chunksize=7)
+    assert {c.chunksize for k, c in candidates.items() if k != "serial"} == {7}
+
+
+def test_corrections_from_past_runs_scale_predictions():
+    profile = Profile(per_item_seconds=2e-3, thread_scaling=1.0)
+    plain = cost_model.best_candidates(profile, 400, 2, OVH, ALL)
+    slower = cost_model.best_candidates(profile, 400, 2, OVH, ALL, corrections={"process": 3.0})
+    assert slower["process"].seconds == pytest.approx(3 * plain["process"].seconds)
+
+
+def test_chunk_candidates_cover_single_items_and_one_chunk_per_worker():
+    sizes = cost_model.chunk_candidates(1000, 2)
+    assert 1 in sizes and 500 in sizes
+
+
+def test_parallel_fraction_from_two_thread_measurement():
+    assert cost_model.thread_parallel_fraction(Profile(1e-3, thread_scaling=2.0)) == 1.0
+    assert cost_model.thread_parallel_fraction(Profile(1e-3, thread_scaling=1.0)) == 0.0
+    assert cost_model.thread_parallel_fraction(Profile(1e-3, cpu_ratio=0.25)) == 0.75

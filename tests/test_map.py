@@ -1,0 +1,221 @@
+"""amorsize.map / imap / optimize as a user sees them."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+
+import pytest
+from core_helpers import MarkOnce, burn, fail_on_seven, nap, pid_of, square
+
+import amorsize
+from amorsize.memory import MEMORY, function_key
+
+
+@pytest.mark.parametrize("executor", ["serial", "thread", "process"])
+def test_results_come_back_in_input_order(executor):
+    data = list(range(200))
+    assert amorsize.map(square, data, executor=executor, chunksize=7) == [x * x for x in data]
+
+
+@pytest.mark.parametrize("executor", [None, "thread", "process"])
+def test_every_item_is_computed_exactly_once(tmp_path, executor):
+    func = MarkOnce(tmp_path)
+    data = list(range(150))
+    assert amorsize.map(func, data, executor=executor, chunksize=4) == [x * 2 for x in data]
+    assert sorted(int(p.name) for p in tmp_path.iterdir()) == data
+
+
+def test_items_measured_while_sampling_are_not_run_again():
+    calls = []
+    lock = threading.Lock()
+
+    def record(x):
+        with lock:
+            calls.append(x)
+        return x
+
+    data = list(range(1000))
+    assert amorsize.map(record, data) == data
+    assert sorted(calls) == data
+
+
+def test_optimize_samples_items_spread_over_the_data_and_keeps_their_results():
+    plan = amorsize.optimize(square, list(range(10_000)))
+    indices = sorted(plan.sampled_results)
+    assert len(indices) >= 2
+    assert indices[0] > 0 and indices[-1] > 5000
+    assert all(plan.sampled_results[i] == i * i for i in indices)
+
+
+def test_run_plan_reuses_what_optimize_measured(tmp_path):
+    func = MarkOnce(tmp_path)
+    plan = amorsize.optimize(func, list(range(50)))
+    assert amorsize.run_plan(func, plan) == [x * 2 for x in range(50)]
+
+
+def test_map_accepts_generators_and_other_iterables():
+    assert amorsize.map(square, (x for x in range(100))) == [x * x for x in range(100)]
+    assert amorsize.map(square, {3: "a", 1: "b"}) == [9, 1]
+    assert amorsize.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_imap_is_lazy_over_a_generator():
+    consumed = itertools.count()
+
+    def items():
+        for x in range(10**7):
+            next(consumed)
+            yield x
+
+    results = amorsize.imap(square, items(), executor="thread", n_jobs=2, chunksize=10)
+    assert list(itertools.islice(results, 100)) == [x * x for x in range(100)]
+    assert next(consumed) < 10_000
+
+
+def test_imap_yields_everything_in_order():
+    assert list(amorsize.imap(square, iter(range(3000)))) == [x * x for x in range(3000)]
+
+
+def test_optimize_puts_consumed_iterator_items_back():
+    plan = amorsize.optimize(square, iter(range(100)))
+    assert list(plan.data) == list(range(100))
+
+
+def test_empty_input_gives_an_empty_list():
+    assert amorsize.map(square, []) == []
+    assert list(amorsize.imap(square, iter([]))) == []
+    assert amorsize.optimize(square, []).executor_type == "serial"
+
+
+@pytest.mark.parametrize("executor", ["serial", "thread", "process"])
+def test_error_in_the_function_keeps_its_type_and_message(executor):
+    with pytest.raises(KeyError, match="bad item 7"):
+        amorsize.map(fail_on_seven, list(range(20)), executor=executor, chunksize=3)
+
+
+def test_error_raised_while_sampling_keeps_its_type():
+    with pytest.raises(KeyError, match="bad item 7"):
+        amorsize.map(fail_on_seven, [7, 7, 7])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "names"),
+    [
+        ({"func": 42, "data": [1]}, TypeError, "func"),
+        ({"func": square, "data": None}, TypeError, "data"),
+        ({"func": square, "data": 5}, TypeError, "data"),
+        ({"func": square, "data": [1], "n_jobs": 0}, ValueError, "n_jobs"),
+        ({"func": square, "data": [1], "n_jobs": "2"}, TypeError, "n_jobs"),
+        ({"func": square, "data": [1], "executor": "gpu"}, ValueError, "executor"),
+        ({"func": square, "data": [1], "chunksize": 0}, ValueError, "chunksize"),
+        ({"func": square, "data": [1], "min_speedup": 0.5}, ValueError, "min_speedup"),
+        ({"func": square, "data": [1], "sample_size": -1}, ValueError, "sample_size"),
+    ],
+)
+@pytest.mark.parametrize("entry", [amorsize.map, amorsize.optimize, amorsize.imap])
+def test_bad_input_is_rejected_naming_the_argument(entry, kwargs, error, names):
+    kwargs = dict(kwargs)
+    with pytest.raises(error, match=names):
+        entry(kwargs.pop("func"), kwargs.pop("data"), **kwargs)
+
+
+def test_process_executor_runs_in_worker_processes():
+    pids = set(amorsize.map(pid_of, list(range(20)), executor="process", n_jobs=2, chunksize=1))
+    assert os.getpid() not in pids or len(pids) > 1
+
+
+def test_lambdas_and_closures_run_on_processes():
+    offset = 5
+    assert amorsize.map(lambda x: x + offset, list(range(30)), executor="process",
+                        chunksize=4) == [x + 5 for x in range(30)]
+
+
+def test_trivial_work_stays_serial():
+    plan = amorsize.optimize(square, list(range(100_000)))
+    assert plan.executor_type == "serial"
+    assert any("serial" in r for r in plan.reasons)
+
+
+def test_io_bound_work_gets_threads_sized_to_latency():
+    plan = amorsize.optimize(nap, list(range(300)))
+    assert plan.executor_type == "thread"
+    assert plan.n_jobs > os.cpu_count()
+    assert plan.profile.cpu_ratio < 0.5
+
+
+@pytest.mark.timeout(120)
+def test_cpu_bound_python_work_goes_to_processes():
+    plan = amorsize.optimize(burn, list(range(150)))
+    assert plan.profile.cpu_ratio > 0.5
+    assert plan.executor_type == "process", plan.explain()
+    assert plan.estimated_speedup > 1.2
+
+
+def test_large_payload_with_cheap_work_is_not_sent_to_processes():
+    data = [bytes(1_000_000) for _ in range(60)]
+    plan = amorsize.optimize(len, data)
+    assert plan.executor_type != "process", plan.explain()
+
+
+def test_unpicklable_function_runs_on_threads_or_serially_with_a_reason():
+    lock = threading.Lock()
+
+    def holds_lock(x):
+        with lock:
+            return burn(x, 5000)
+
+    plan = amorsize.optimize(holds_lock, list(range(100)))
+    assert plan.executor_type in ("serial", "thread")
+    assert not plan.profile.picklable
+    assert any("pickle" in r for r in plan.reasons)
+    assert amorsize.map(holds_lock, list(range(10))) == [burn(x, 5000) for x in range(10)]
+
+
+def test_a_function_seen_before_is_not_sampled_again():
+    calls = []
+
+    def record(x):
+        calls.append(x)
+        return x
+
+    amorsize.optimize(record, list(range(500)))
+    first = len(calls)
+    amorsize.optimize(record, list(range(500)))
+    assert first > 0 and len(calls) == first
+
+
+def test_resample_measures_again():
+    calls = []
+
+    def record(x):
+        calls.append(x)
+        return x
+
+    amorsize.optimize(record, list(range(500)))
+    first = len(calls)
+    amorsize.optimize(record, list(range(500)), resample=True)
+    assert len(calls) > first
+
+
+def test_finished_runs_are_remembered_and_correct_the_profile():
+    amorsize.map(nap, list(range(40)), executor="thread", n_jobs=4)
+    memory = MEMORY.recall(function_key(nap))
+    assert memory is not None and memory.runs == 1
+    assert memory.profile.measured_by == "runs"
+    assert memory.profile.per_item_seconds == pytest.approx(0.003, rel=0.9)
+
+
+def test_forced_executor_and_chunksize_are_honoured_and_n_jobs_caps_workers():
+    plan = amorsize.optimize(square, list(range(1000)), executor="thread", n_jobs=3, chunksize=11)
+    assert (plan.executor_type, plan.chunksize) == ("thread", 11)
+    assert 2 <= plan.n_jobs <= 3
+    capped = amorsize.optimize(nap, list(range(300)), n_jobs=4)
+    assert capped.n_jobs <= 4
+
+
+def test_explain_shows_the_measured_figures_and_reasons():
+    text = amorsize.optimize(nap, list(range(100))).explain()
+    for word in ("per item", "CPU/wall", "predicted", "why"):
+        assert word in text

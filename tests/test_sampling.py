@@ -1,0 +1,63 @@
+"""Measuring a function on a few items: where, what, and that nothing is computed twice."""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+from core_helpers import burn, nap, square
+
+from amorsize import sampling
+from amorsize.pools import ThreadPool
+
+
+def test_spread_indices_take_one_item_from_each_stratum():
+    assert sampling.spread_indices(100, 4) == [12, 37, 62, 87]
+    assert sampling.spread_indices(3, 8) == [0, 1, 2]
+
+
+def test_measured_items_keep_their_results():
+    data = list(range(50))
+    sample = sampling.measure(square, data, [5, 25, 45])
+    assert sample.results == {5: 25, 25: 625, 45: 2025}
+    assert sample.profile.n_measured == 3
+
+
+def test_waiting_is_told_from_computing():
+    waits = sampling.measure(nap, list(range(10)), [1, 5, 9]).profile
+    computes = sampling.measure(burn, list(range(10)), [1, 5, 9]).profile
+    assert waits.io_bound and waits.cpu_ratio < 0.3
+    assert not computes.io_bound and computes.cpu_ratio > 0.5
+
+
+def test_two_thread_test_sees_waits_overlap_and_gil_work_not():
+    pool = ThreadPool(2)
+    try:
+        data = list(range(40))
+        waits = sampling.measure(nap, data, [0, 10, 20], lambda: pool, list(range(21, 40)))
+        gil = sampling.measure(burn, data, [0, 10, 20], lambda: pool, list(range(21, 40)))
+    finally:
+        pool.shutdown()
+    assert waits.profile.thread_scaling > 1.5
+    assert gil.profile.thread_scaling < 1.5
+    assert set(waits.results) >= {0, 10, 20} and len(waits.results) > 3
+
+
+def test_pickled_sizes_are_measured():
+    profile = sampling.measure(len, [bytes(10_000)] * 4, [0, 2]).profile
+    assert 10_000 <= profile.arg_bytes < 11_000
+    assert profile.picklable
+
+
+def test_unpicklable_function_is_flagged_with_the_reason():
+    lock = threading.Lock()
+    profile = sampling.measure(lambda x: (lock, x)[1], [1, 2, 3], [0, 1]).profile
+    assert not profile.picklable
+    assert "function" in profile.unpicklable_reason
+
+
+def test_sampling_stops_early_on_expensive_items():
+    slow = functools.partial(nap, seconds=0.03)
+    sample = sampling.measure(slow, list(range(100)), list(range(0, 100, 10)))
+    assert sample.profile.n_measured == 2
+    assert sorted(sample.results) == [0, 10]

@@ -1,0 +1,89 @@
+"""Machine detection and per-function memory."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from amorsize import memory, system
+from amorsize.memory import ProfileMemory, function_key
+from amorsize.workload import Profile
+
+
+def test_cgroup_v2_quota_is_read(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert system.cgroup_cpu_quota(tmp_path) == 1.5
+
+
+def test_cgroup_v2_unlimited_is_none(tmp_path):
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert system.cgroup_cpu_quota(tmp_path) is None
+
+
+def test_cgroup_v1_quota_is_read(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert system.cgroup_cpu_quota(tmp_path) == 2.0
+
+
+def test_no_cgroup_files_means_no_quota(tmp_path):
+    assert system.cgroup_cpu_quota(tmp_path) is None
+
+
+def test_usable_cpus_respects_affinity():
+    import os
+
+    assert 1 <= system.usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_start_method_defaults_to_forkserver_and_env_overrides(monkeypatch):
+    monkeypatch.delenv(system.START_METHOD_ENV, raising=False)
+    assert system.default_start_method() == "forkserver"
+    monkeypatch.setenv(system.START_METHOD_ENV, "spawn")
+    assert system.default_start_method() == "spawn"
+    monkeypatch.setenv(system.START_METHOD_ENV, "teleport")
+    with pytest.raises(ValueError, match=system.START_METHOD_ENV):
+        system.default_start_method()
+
+
+def _f(x):
+    return x
+
+
+def test_function_key_is_stable_for_closures_partials_and_methods():
+    makers = [lambda: (lambda x: x) for _ in range(2)]
+    assert function_key(makers[0]()) == function_key(makers[1]())
+    assert function_key(functools.partial(_f)) == function_key(functools.partial(_f))
+
+    class A:
+        def m(self, x):
+            return x
+
+    assert function_key(A().m) == function_key(A().m)
+    assert function_key(_f) != function_key(A().m)
+
+
+def test_record_run_moves_per_item_time_towards_what_was_measured():
+    mem = ProfileMemory()
+    mem.remember("k", Profile(per_item_seconds=1.0))
+    mem.record_run("k", "process", n_items=10, compute_seconds=2.0, wall_seconds=4.0,
+                   predicted_seconds=2.0)
+    entry = mem.recall("k")
+    assert entry.runs == 1
+    assert entry.profile.per_item_seconds == pytest.approx(0.6)
+    assert entry.corrections["process"] == pytest.approx(1.5)
+
+
+def test_memory_is_bounded():
+    mem = ProfileMemory(max_entries=3)
+    for k in range(5):
+        mem.remember(k, Profile(1.0))
+    assert mem.recall(0) is None and mem.recall(4) is not None
+
+
+def test_global_memory_can_forget_everything():
+    memory.MEMORY.remember("x", Profile(1.0))
+    memory.MEMORY.forget()
+    assert memory.MEMORY.recall("x") is None
