@@ -38,10 +38,7 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
         func, *planning.split_items(items, sample_size), "map", n_jobs=n_jobs,
         executor=executor, chunksize=chunksize, min_speedup=min_speedup,
         sample_size=sample_size, resample=resample, start_method=start_method)
-    out: list = []
-    for block in _run(func, plan):
-        out.extend(block)
-    return out
+    return run_plan(func, plan)
 
 
 def imap(
@@ -76,8 +73,7 @@ def run_plan(func: Callable, plan: Plan) -> list:
 
 def _run(func: Callable, plan: Plan) -> Iterator[list]:
     """Yield blocks of ordered results; report the run to observers when it completes."""
-    done = plan.sampled_results
-    todo = _skipping(plan.data, done)
+    todo = _Todo(plan.data, plan.sampled_results)
     start = time.perf_counter()
     counts = {"items": 0, "chunks": 0, "compute": 0.0}
     if plan.executor_type == "serial" or plan.n_jobs == 1 and plan.executor_type != "process":
@@ -85,7 +81,7 @@ def _run(func: Callable, plan: Plan) -> Iterator[list]:
     else:
         pool = plugins.get_pool(plan.executor_type, plan.n_jobs)
         blocks = _pool_blocks(pool, func, todo, plan.chunksize, counts)
-    yield from _merge(blocks, done)
+    yield from blocks
     wall = time.perf_counter() - start
     report = RunReport(
         source=plan.workload.source,
@@ -120,11 +116,7 @@ class _Todo:
         yield self.it, None
 
 
-def _skipping(data: Iterable, done: dict[int, Any]) -> _Todo:
-    return _Todo(data, done)
-
-
-def _serial_blocks(func: Callable, todo: _Todo, counts: dict) -> Iterator[tuple[list, Any]]:
+def _serial_blocks(func: Callable, todo: _Todo, counts: dict) -> Iterator[list]:
     """Runs in blocks of at most ``_SERIAL_BLOCK`` items, so ``imap`` over a generator reads
     only as far as its consumer has asked."""
     for run, follower in todo.runs():
@@ -135,14 +127,16 @@ def _serial_blocks(func: Callable, todo: _Todo, counts: dict) -> Iterator[tuple[
             counts["items"] += len(results)
             counts["chunks"] += 1
             if len(results) < _SERIAL_BLOCK:
-                yield results, follower
+                if follower is not None:
+                    results.append(todo.done_results[follower])
+                yield results
                 break
-            yield results, None
+            yield results
 
 
 def _pool_blocks(
     pool: Any, func: Callable, todo: _Todo, chunksize: int, counts: dict
-) -> Iterator[tuple[list, Any]]:
+) -> Iterator[list]:
     """All remaining items go through one stream of chunks, with a bounded number in flight;
     already-computed results are slotted back in at their positions as chunks return."""
     remaining = itertools.chain.from_iterable(run for run, _ in todo.runs())
@@ -151,8 +145,8 @@ def _pool_blocks(
         counts["compute"] += seconds
         counts["items"] += len(results)
         counts["chunks"] += 1
-        yield merger.feed(results), None
-    yield merger.rest(), None
+        yield merger.feed(results)
+    yield merger.rest()
 
 
 class _Merger:
@@ -188,10 +182,3 @@ class _Merger:
         out = [self.done[i] for i in self.order[self.next:]]
         self.next = len(self.order)
         return out
-
-
-def _merge(blocks: Iterator[tuple[list, Any]], done: dict[int, Any]) -> Iterator[list]:
-    for results, follower in blocks:
-        if follower is not None:
-            results.append(done[follower])
-        yield results

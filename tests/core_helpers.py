@@ -42,3 +42,10 @@ class MarkOnce:
     def __call__(self, x: int) -> int:
         (self.directory / str(x)).open("x").close()
         return x * 2
+
+
+def die_in_worker(x: int) -> int:
+    """Kills the worker process running it on item 5 (never the test process itself)."""
+    if x == 5 and os.environ.get("AMORSIZE_IN_WORKER"):
+        os._exit(1)
+    return x

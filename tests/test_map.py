@@ -7,7 +7,7 @@ import os
 import threading
 
 import pytest
-from core_helpers import MarkOnce, burn, fail_on_seven, nap, pid_of, square
+from core_helpers import MarkOnce, burn, die_in_worker, fail_on_seven, nap, pid_of, square
 
 import amorsize
 from amorsize.memory import MEMORY, function_key
@@ -219,3 +219,24 @@ def test_explain_shows_the_measured_figures_and_reasons():
     text = amorsize.optimize(nap, list(range(100))).explain()
     for word in ("per item", "CPU/wall", "predicted", "why"):
         assert word in text
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_dying_raises_instead_of_hanging_and_the_next_call_works():
+    with pytest.raises(amorsize.WorkerCrashedError):
+        amorsize.map(die_in_worker, list(range(40)), executor="process", n_jobs=2, chunksize=2)
+    assert amorsize.map(square, list(range(40)), executor="process", n_jobs=2,
+                        chunksize=2) == [x * x for x in range(40)]
+
+
+@pytest.mark.timeout(120)
+def test_32_threads_calling_map_at_once_all_get_their_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(k):
+        func = (square, nap)[k % 2]
+        data = list(range(k, k + 60))
+        return amorsize.map(func, data) == [func(x) for x in data]
+
+    with ThreadPoolExecutor(32) as ex:
+        assert all(ex.map(call, range(32)))
