@@ -1,0 +1,661 @@
+"""The joblib backend "amorsize": optimizer-chosen executor and batch size, on shared warm pools.
+
+joblib's ``Parallel`` hands a backend one ``BatchedCalls`` at a time and asks it how big the next
+batch should be. This backend answers both from amorsize's optimizer (through the hook relay
+``amorsize.plugins``): the first tasks of an unknown function are run one by one in the calling
+thread and timed there (wall and CPU time, no dispatch noise, results kept), the optimizer picks
+serial, threads or processes and a chunk size, and what was learned is kept per function so the
+next call starts with the right plan and skips measuring. A batch is then run where the plan says:
+in the calling thread (a serial plan costs no hand-off at all), or split into chunks of the plan's
+size on a shared warm pool, timed inside the worker. Shared pools are never shut down here: an
+abort cancels only this call's own pending chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import statistics
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from joblib._parallel_backends import (
+    FallbackToBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+    ThreadingBackend,
+)
+
+from amorsize import plugins, system
+from amorsize.errors import InvalidArgumentError, WorkerCrashedError, check_executor_type
+from amorsize.memory import MEMORY, function_key
+from amorsize.plan import Plan
+from amorsize.report import RunReport
+from amorsize.workload import Profile, Workload
+
+PROBE_MAX_TASKS = 8
+PROBE_MIN_TASKS = 3
+PROBE_ENOUGH_SECONDS = 0.005
+PROBE_MAX_SECONDS = 0.03
+SERIAL_FIRST_BATCH = 4096
+_MAX_BATCH = 1 << 22
+_ALL_EXECUTORS = ("serial", "thread", "process")
+_SHAREDMEM_EXECUTORS = ("serial", "thread")
+_last_counts: OrderedDict[Hashable, int] = OrderedDict()
+
+
+def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> Any:
+    """Run a joblib batch where it lands (caller, pool thread or process worker), timed there.
+
+    Returns the results, the wall seconds and the CPU seconds of this thread, so the optimizer
+    learns compute time, not dispatch-to-callback time. A process worker receives the batch as
+    cloudpickle bytes and answers in cloudpickle bytes (an error too, with its remote traceback),
+    so lambdas, ``__main__`` functions and exception classes travel as loky would ship them.
+    """
+    if not isinstance(batch, bytes):
+        return _timed(batch, inner_max_num_threads)
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps((True, _timed(cloudpickle.loads(batch), inner_max_num_threads)))
+    except BaseException as exc:  # noqa: BLE001 - sent back to be raised in the caller
+        import traceback
+
+        exc.__cause__ = _RemoteTraceback("".join(traceback.format_exception(exc)))
+        try:
+            return cloudpickle.dumps((False, exc))
+        except Exception:  # noqa: BLE001 - an error that cannot travel is described instead
+            return cloudpickle.dumps((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+def _timed(batch: Any, inner_max_num_threads: int | None) -> tuple[list, float, float]:
+    cpu0 = time.thread_time()
+    start = time.perf_counter()
+    if inner_max_num_threads is None:
+        results = batch()
+    else:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=inner_max_num_threads):
+            results = batch()
+    return results, time.perf_counter() - start, time.thread_time() - cpu0
+
+
+def _unpack(answer: Any) -> tuple[list, float, float]:
+    """A process worker's answer as results and times, raising the task's error as it was."""
+    if not isinstance(answer, bytes):
+        return answer
+    import cloudpickle
+
+    ok, value = cloudpickle.loads(answer)
+    if not ok:
+        raise value
+    return value
+
+
+class _RemoteTraceback(Exception):
+    """The traceback of an error raised in a worker process, attached as its ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class AmorsizeBackend(ParallelBackendBase):
+    """A joblib backend whose executor, worker count and batch size come from amorsize's plan.
+
+    Capabilities are declared as joblib expects. ``supports_sharedmem`` is true because
+    ``require="sharedmem"`` (or ``prefer="threads"``) restricts the plan to serial or threads
+    instead of making joblib fall back to its threading backend. ``default_n_jobs = -1`` makes
+    ``Parallel()`` inside ``parallel_config(backend="amorsize")`` run in parallel. Backend
+    parameters: ``executor`` forces "serial", "thread" or "process" (the optimizer still sizes
+    workers and batches), ``min_speedup`` is the margin parallel must win by. Nested calls
+    get joblib's threading backend capped at the cores left per outer worker (or run
+    sequentially), so nothing oversubscribes.
+    """
+
+    default_n_jobs = -1
+    supports_retrieve_callback = True
+    supports_return_generator = True
+    supports_timeout = True
+    supports_inner_max_num_threads = True
+    supports_sharedmem = True
+    uses_threads = False
+
+    def __init__(
+        self,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        n_jobs_cap: int | None = None,
+        min_speedup: float = 1.2,
+        executor: str | None = None,
+        **backend_kwargs: Any,
+    ) -> None:
+        if executor is not None:
+            check_executor_type("executor", executor)
+        super().__init__(
+            nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
+            **backend_kwargs,
+        )
+        self.n_jobs_cap = n_jobs_cap
+        self.min_speedup = min_speedup
+        self.executor = executor
+        self.parallel: Any = None
+        self.plan: Plan | None = None
+        self.batch_sizes: list[int] = []
+        self.n_probed = 0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._helper_executor: ThreadPoolExecutor | None = None
+        self._n_jobs = 1
+        self._max_workers: int | None = None
+        self._executors: tuple[str, ...] = _ALL_EXECUTORS
+        self._reset_call()
+
+    def __reduce__(self) -> tuple:
+        """Travel to workers inside each batch as the nested backend: settings only, no state."""
+        return (type(self), (self.nesting_level, self.inner_max_num_threads, self.n_jobs_cap,
+                             self.min_speedup, self.executor))
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """Workers joblib slices the work for: -1 means amorsize's usable CPUs (affinity and
+        cgroup quota aware), like joblib's ``cpu_count``."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        if n_jobs < 0:
+            return max(system.usable_cpus() + 1 + n_jobs, 1)
+        return n_jobs
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        """Resolve ``n_jobs`` and the allowed executors; nested calls are handed to joblib's own
+        threading (capped) or sequential backend, as joblib does for its backends."""
+        level = self.nesting_level or 0
+        if level > 0 or os.environ.get("AMORSIZE_IN_WORKER") == "1":
+            if level > 1:
+                raise FallbackToBackend(SequentialBackend(nesting_level=level))
+            cap = self.n_jobs_cap or _worker_cap()
+            raise FallbackToBackend(_CappedThreadingBackend(cap, nesting_level=level))
+        effective = self.effective_n_jobs(n_jobs)
+        if effective == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=level))
+        sharedmem = require == "sharedmem" or prefer == "threads"
+        self._executors = _SHAREDMEM_EXECUTORS if sharedmem else _ALL_EXECUTORS
+        if self.executor is not None:
+            if self.executor not in self._executors:
+                raise InvalidArgumentError(
+                    f"executor={self.executor!r} contradicts require={require!r}/prefer={prefer!r}"
+                    ", which allow only serial or threads; drop one of them")
+            self._executors = (self.executor,)
+        requested = self.default_n_jobs if n_jobs is None else n_jobs
+        self._max_workers = None if requested == -1 else effective
+        self._n_jobs = effective
+        self.parallel = parallel
+        return effective
+
+    def start_call(self) -> None:
+        self._reset_call()
+
+    def stop_call(self) -> None:
+        """Tell the optimizer what the call took, so the next call of this function starts right."""
+        key, plan = self._key, self.plan
+        if key is None or self._aborting:
+            return
+        if plan is None:
+            if self._probe_profile() is not None:
+                MEMORY.remember(key, self._probe_profile())
+            return
+        with self._lock:
+            items, chunks, compute = self._items, self._chunks, self._compute
+        if items == 0:
+            return
+        if MEMORY.recall(key) is None:
+            MEMORY.remember(key, Profile(compute / items, n_measured=items, measured_by="joblib"))
+        _remember_count(key, items)
+        plugins.run_finished(plan, RunReport(
+            source="joblib",
+            executor_type=plan.executor_type,
+            n_jobs=plan.n_jobs,
+            chunksize=plan.chunksize,
+            n_items=items,
+            n_chunks=chunks,
+            wall_seconds=time.perf_counter() - self._decided,
+            compute_seconds=compute,
+            predicted_seconds=self._checkable_prediction(plan),
+            predicted_speedup=plan.estimated_speedup,
+        ))
+
+    @staticmethod
+    def _checkable_prediction(plan: Plan) -> float | None:
+        """The prediction to set against the wall time, so the optimizer corrects its pool model
+        for this function (joblib's dispatch and polling included: they are a real cost of a
+        pool under joblib). None when the item count was guessed, or for a serial plan, whose
+        cost is its per-item time, which every report updates anyway."""
+        if plan.executor_type == "serial" or plan.workload.n_items is None:
+            return None
+        return plan.predicted_seconds
+
+    def terminate(self) -> None:
+        """Release this call's helper thread; the shared pools stay warm for the next caller."""
+        helper, self._helper_executor = self._helper_executor, None
+        if helper is not None:
+            helper.shutdown(wait=False)
+
+    def compute_batch_size(self) -> int:
+        """Tasks per joblib batch: small while measuring, then one wave of the plan's chunks
+        (one chunk per worker), or everything left at once for a serial plan."""
+        plan = self.plan
+        if plan is None:
+            return 1 if self._key is None else PROBE_MIN_TASKS + 1
+        if plan.executor_type != "serial":
+            return max(1, min(_MAX_BATCH, plan.chunksize * plan.n_jobs))
+        total = getattr(self.parallel, "n_tasks", None) or _last_counts.get(self._key)
+        if total:
+            done = getattr(self.parallel, "n_dispatched_tasks", 0)
+            return max(1, -(-(total - done) // self._n_jobs))
+        self._serial_batch = min(_MAX_BATCH, self._serial_batch * 2)
+        return self._serial_batch
+
+    def submit(self, func: Any, callback: Callable | None = None) -> Future:
+        """Run one joblib batch per the plan (measuring first if the function is new)."""
+        future: Future = Future()
+        if callback is not None:
+            future.add_done_callback(callback)
+        self.batch_sizes.append(len(func))
+        if self._key is None:
+            self._identify(func)
+        if self.plan is None or self.plan.executor_type == "serial":
+            self._run_in_order(func, future)
+        else:
+            self._run_on_pool(func, future)
+        return future
+
+    def retrieve_result_callback(self, out: Future) -> list:
+        return out.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancel this call's own pending chunks; never shut the shared pool down, since other
+        callers (amorsize.map, Dask, other Parallel calls) are using it."""
+        with self._lock:
+            self._aborting = True
+            pending = list(self._inflight)
+            self._inflight.clear()
+        for f in pending:
+            f.cancel()
+
+    def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
+        """Inner calls get this backend at the next nesting level (so workers know the name
+        "amorsize"), capped at the cores left per outer worker."""
+        plan = self.plan
+        outer = plan.n_jobs if plan is not None and plan.executor_type != "serial" else 1
+        cap = max(1, system.usable_cpus() // max(1, outer))
+        nested = AmorsizeBackend(
+            nesting_level=(self.nesting_level or 0) + 1,
+            inner_max_num_threads=self.inner_max_num_threads,
+            n_jobs_cap=cap,
+            min_speedup=self.min_speedup,
+        )
+        return nested, None
+
+    def _reset_call(self) -> None:
+        self.plan = None
+        self.batch_sizes = []
+        self.n_probed = 0
+        self._key: Hashable | None = None
+        self._func: Any = None
+        self._pool: Any = None
+        self._runner: Any = None
+        self._inflight: set[Future] = set()
+        self._aborting = False
+        self._items = 0
+        self._chunks = 0
+        self._compute = 0.0
+        self._probe_walls: list[float] = []
+        self._probe_cpus: list[float] = []
+        self._pickling: dict[str, Any] = {}
+        self._serial_batch = SERIAL_FIRST_BATCH // 2
+        self._decided = time.perf_counter()
+
+    def _identify(self, batch: Any) -> None:
+        """Key the call on its first task's function; a known function gets its plan now."""
+        func = batch.items[0][0]
+        self._func = func
+        self._key = function_key(func)
+        memory = MEMORY.recall(self._key)
+        if memory is not None:
+            self._decide(memory.profile, memory.runs, already_done=0)
+        elif self.executor in ("thread", "process"):
+            self._use_forced_executor()
+
+    def _use_forced_executor(self) -> None:
+        """A forced pool executor never runs tasks in the caller, not even to measure: the first
+        call runs one task per chunk on the pool and learns from the times taken there."""
+        workload = Workload(
+            None, "joblib", self._executors, self._max_workers, self.min_speedup,
+            options={"key": self._key})
+        plan = Plan(
+            executor_type=self.executor, n_jobs=self._n_jobs, chunksize=1,
+            estimated_speedup=1.0, reasons=[
+                f"executor={self.executor!r} forced by the caller and nothing measured yet: one "
+                "task per chunk, timed in the workers, to size the next call's chunks"],
+            profile=Profile(0.0, measured_by="none"), workload=workload, decided_by="joblib")
+        self._pool = plugins.get_pool(plan.executor_type, plan.n_jobs)
+        self._runner = self._pool.prepare(run_batch)
+        self.plan = plan
+
+    def _decide(self, profile: Profile, previous_runs: int, already_done: int) -> None:
+        total = getattr(self.parallel, "n_tasks", None)
+        if total is None:
+            total = _last_counts.get(self._key)
+        workload = Workload(
+            n_items=total,
+            source="joblib",
+            executors=self._executors,
+            max_workers=self._max_workers,
+            min_speedup=self.min_speedup,
+            previous_runs=previous_runs,
+            options={"key": self._key, "already_done": already_done},
+        )
+        plan = plugins.make_plan(self._func, profile, workload)
+        if plan.executor_type != "serial":
+            self._pool = plugins.get_pool(plan.executor_type, plan.n_jobs)
+            self._runner = self._pool.prepare(run_batch)
+        self.plan = plan
+        self._decided = time.perf_counter()
+
+    def _run_in_order(self, batch: Any, future: Future) -> None:
+        """Measure or run a serial batch, one after the other: in the calling thread (through a
+        trampoline, so batches completing inside callbacks do not recurse), or on a helper
+        thread when ``timeout`` is set so that joblib can still time the call out."""
+        if getattr(self.parallel, "timeout", None) is not None:
+            self._helper().submit(self._run_here, batch, future)
+            return
+        queue = getattr(self._local, "queue", None)
+        if queue is None:
+            queue = self._local.queue = deque()
+        queue.append((batch, future))
+        if getattr(self._local, "running", False):
+            return
+        self._local.running = True
+        try:
+            while queue:
+                self._run_here(*queue.popleft())
+        finally:
+            self._local.running = False
+
+    def _run_here(self, batch: Any, future: Future) -> None:
+        if future.done():
+            return
+        if self._aborting:
+            future.cancel()
+            return
+        if self.plan is not None and self.plan.executor_type != "serial":
+            self._run_on_pool(batch, future)
+            return
+        try:
+            if self.plan is None:
+                results = self._measure(batch, future)
+                if results is None:
+                    return
+            else:
+                results, wall, _ = run_batch(batch, self.inner_max_num_threads)
+                self._record(len(results), wall)
+        except BaseException as exc:  # noqa: BLE001 - delivered to joblib through the future
+            _settle(future, exception=exc)
+            return
+        _settle(future, result=results)
+
+    def _measure(self, batch: Any, future: Future) -> list | None:
+        """Run the batch's tasks one at a time, timing each, until the profile is good enough;
+        then decide, and send what is left of the batch where the plan says (None: sent)."""
+        cls, args = _batch_parts(batch)
+        tasks, rest = args[0], args[1:]
+        results: list = []
+        for i, task in enumerate(tasks):
+            if self.plan is not None:
+                remainder = cls(tasks[i:], *rest)
+                if self.plan.executor_type == "serial":
+                    more, wall, _ = run_batch(remainder, self.inner_max_num_threads)
+                    self._record(len(more), wall)
+                    return results + more
+                self._run_on_pool(remainder, future, prefix=results)
+                return None
+            out, wall, cpu = run_batch(cls([task], *rest), self.inner_max_num_threads)
+            results.extend(out)
+            self._record(1, wall)
+            self._probe_walls.append(wall)
+            self._probe_cpus.append(cpu)
+            self.n_probed += 1
+            if not self._pickling:
+                self._pickling = _pickling(task, out[0])
+            if self._probe_is_enough():
+                profile = self._probe_profile()
+                assert profile is not None
+                memory = MEMORY.remember(self._key, profile)
+                self._decide(profile, memory.runs, already_done=self.n_probed)
+        return results
+
+    def _probe_is_enough(self) -> bool:
+        n, spent = len(self._probe_walls), sum(self._probe_walls)
+        return (n >= PROBE_MAX_TASKS or (n >= PROBE_MIN_TASKS and spent >= PROBE_ENOUGH_SECONDS)
+                or spent >= PROBE_MAX_SECONDS)
+
+    def _probe_profile(self) -> Profile | None:
+        walls, cpus = self._probe_walls, self._probe_cpus
+        if not walls:
+            return None
+        per_item = _typical(walls)
+        spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
+        cpu_ratio = min(1.0, sum(cpus) / sum(walls)) if sum(walls) > 0 else 1.0
+        return Profile(
+            per_item_seconds=per_item, per_item_spread=spread, cpu_ratio=cpu_ratio,
+            n_measured=len(walls), measured_by="joblib", **self._pickling,
+        )
+
+    def _run_on_pool(self, batch: Any, future: Future, prefix: list | None = None) -> None:
+        """Split the batch into the plan's chunks (at most one per worker, so joblib's small tail
+        batches still spread over the pool) on the shared pool; the batch completes when all its
+        chunks have, results in order."""
+        plan = self.plan
+        assert plan is not None
+        chunks = _split(batch, max(1, min(plan.chunksize, -(-len(batch) // plan.n_jobs))))
+        gather = _Gather(self, future, len(chunks), prefix or [])
+        as_bytes = plan.executor_type == "process"
+        if as_bytes:
+            import cloudpickle
+        for index, chunk in enumerate(chunks):
+            if self._aborting:
+                gather.cancel()
+                return
+            try:
+                payload = cloudpickle.dumps(chunk) if as_bytes else chunk
+                part = self._pool.submit(self._runner, payload, self.inner_max_num_threads)
+            except BaseException as exc:  # noqa: BLE001 - e.g. unpicklable task: joblib raises it
+                gather.fail(exc)
+                return
+            with self._lock:
+                self._inflight.add(part)
+            part.add_done_callback(functools.partial(gather.part_done, index))
+
+    def _complete(self, future: Future, **outcome: Any) -> None:
+        """Settle a batch; off a process pool's manager thread, so joblib's callback (which
+        pickles and submits the next batch) never stalls the shared pool's result delivery."""
+        if self.plan is not None and self.plan.executor_type == "process":
+            try:
+                self._helper().submit(_settle, future, **outcome)
+                return
+            except RuntimeError:
+                pass
+        _settle(future, **outcome)
+
+    def _helper(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._helper_executor is None:
+                self._helper_executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="amorsize-joblib")
+            return self._helper_executor
+
+    def _record(self, n_items: int, seconds: float) -> None:
+        with self._lock:
+            self._items += n_items
+            self._chunks += 1
+            self._compute += seconds
+
+
+class _Gather:
+    """Collects the chunks of one joblib batch and settles its future once, in order."""
+
+    def __init__(self, backend: AmorsizeBackend, future: Future, n_parts: int, prefix: list):
+        self.backend = backend
+        self.future = future
+        self.parts: list[list | None] = [None] * n_parts
+        self.left = n_parts
+        self.prefix = prefix
+        self.finished = False
+        self.lock = threading.Lock()
+
+    def part_done(self, index: int, part: Future) -> None:
+        with self.backend._lock:
+            self.backend._inflight.discard(part)
+        if part.cancelled():
+            self.cancel()
+            return
+        error = part.exception()
+        if error is not None:
+            if isinstance(error, BrokenProcessPool) and not isinstance(error, WorkerCrashedError):
+                error = WorkerCrashedError(
+                    f"a worker process died while running a joblib batch ({error}); the pool is "
+                    "replaced on the next call")
+            self.fail(error)
+            return
+        try:
+            results, wall, _ = _unpack(part.result())
+        except BaseException as exc:  # noqa: BLE001 - the task's own error, raised by joblib
+            self.fail(exc)
+            return
+        self.backend._record(len(results), wall)
+        with self.lock:
+            self.parts[index] = results
+            self.left -= 1
+            if self.left or self.finished:
+                return
+            self.finished = True
+        out = self.prefix
+        for chunk in self.parts:
+            out.extend(chunk or ())
+        self.backend._complete(self.future, result=out)
+
+    def fail(self, error: BaseException) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+        self.backend._complete(self.future, exception=error)
+
+    def cancel(self) -> None:
+        with self.lock:
+            if self.finished:
+                return
+            self.finished = True
+        self.future.cancel()
+
+
+class _CappedThreadingBackend(ThreadingBackend):
+    """joblib's threading backend for nested calls, with ``n_jobs=-1`` meaning the cores left
+    per outer worker rather than every core (``cap=1`` runs the inner call sequentially)."""
+
+    def __init__(self, cap: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cap = cap
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        n = super().effective_n_jobs(n_jobs)
+        return min(n, self.cap) if n_jobs is None or n_jobs < 0 else n
+
+
+def _settle(future: Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Set a future's outcome unless an abort cancelled it first."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def _batch_parts(batch: Any) -> tuple[Any, tuple]:
+    """A ``BatchedCalls`` as (class, constructor arguments), through its pickling protocol, so
+    sub-batches keep the nested backend and settings without touching private attributes."""
+    cls, args = batch.__reduce__()
+    return cls, args
+
+
+def _split(batch: Any, size: int) -> list:
+    if len(batch) <= size:
+        return [batch]
+    cls, args = _batch_parts(batch)
+    tasks, rest = args[0], args[1:]
+    return [cls(tasks[i:i + size], *rest) for i in range(0, len(tasks), size)]
+
+
+def _typical(walls: list[float]) -> float:
+    """Mean time per task, ignoring a first task that was a warm-up outlier (imports, caches)."""
+    if len(walls) >= 3:
+        rest = walls[1:]
+        if walls[0] > 3 * statistics.median(rest):
+            return statistics.fmean(rest)
+    return statistics.fmean(walls)
+
+
+def _pickling(task: tuple, result: Any) -> dict[str, Any]:
+    """Sizes and times of shipping one task and its result to a process, and whether it can be
+    (the function and arguments go by cloudpickle, the result comes back by pickle)."""
+    import cloudpickle
+
+    func, args, kwargs = task
+    try:
+        cloudpickle.dumps(func)
+        start = time.perf_counter()
+        sent = cloudpickle.dumps((args, kwargs))
+        pickle.loads(sent)
+        back = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(back)
+        seconds = time.perf_counter() - start
+    except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
+        return {"picklable": False, "unpicklable_reason": f"a joblib task: {exc}"}
+    return {"arg_bytes": float(len(sent)), "result_bytes": float(len(back)),
+            "pickle_seconds": seconds}
+
+
+def _remember_count(key: Hashable, n_items: int) -> None:
+    """The number of tasks of the last call, the best guess when the next gives a generator."""
+    _last_counts[key] = n_items
+    _last_counts.move_to_end(key)
+    while len(_last_counts) > 512:
+        _last_counts.popitem(last=False)
+
+
+def _worker_cap() -> int:
+    """Threads a nested call may use inside a worker: what the pool left it for BLAS."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ValueError:
+        return 1

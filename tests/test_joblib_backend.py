@@ -1,0 +1,236 @@
+"""The joblib backend "amorsize" behaves as joblib requires of a backend (joblib's own
+test_parallel.py is the reference), and adds warm shared pools and learned batch sizes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import cloudpickle
+import joblib
+import joblib_helpers as h
+import pytest
+from joblib import Parallel, delayed, parallel_config
+
+import amorsize
+import amorsize_joblib
+from amorsize.memory import MEMORY, function_key
+from amorsize_joblib import AmorsizeBackend
+
+cloudpickle.register_pickle_by_value(h)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def process_backend() -> AmorsizeBackend:
+    return AmorsizeBackend(executor="process")
+
+
+def test_import_registers_the_backend_and_register_is_idempotent():
+    assert joblib.parallel.BACKENDS["amorsize"] is AmorsizeBackend
+    amorsize_joblib.register()
+    amorsize_joblib.register(make_default=False)
+    assert joblib.parallel.BACKENDS["amorsize"] is AmorsizeBackend
+    assert joblib.parallel.DEFAULT_BACKEND == "loky"
+
+
+def test_parallel_config_by_name_runs_the_backend():
+    with parallel_config(backend="amorsize"):
+        out = Parallel(n_jobs=2)(delayed(h.square)(i) for i in range(50))
+    assert out == [i * i for i in range(50)]
+
+
+def test_parallel_backend_context_by_name_runs_the_backend():
+    with joblib.parallel_backend("amorsize", n_jobs=2):
+        out = Parallel()(delayed(h.square)(i) for i in range(20))
+    assert out == [i * i for i in range(20)]
+
+
+@pytest.mark.parametrize("executor", ["serial", "thread", "process"])
+def test_results_come_back_in_input_order(executor):
+    backend = AmorsizeBackend(executor=executor)
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(h.wait)(i, 0.001 * (i % 3)) for i in range(60))
+    assert out == list(range(60))
+    assert backend.plan.executor_type == executor
+
+
+def test_return_as_generator_yields_results_in_order():
+    gen = Parallel(n_jobs=2, backend="amorsize", return_as="generator")(
+        delayed(h.wait)(i, 0.001) for i in range(30))
+    assert not isinstance(gen, list)
+    assert list(gen) == list(range(30))
+
+
+def test_return_as_generator_unordered_yields_every_result():
+    gen = Parallel(n_jobs=2, backend=AmorsizeBackend(executor="thread"),
+                   return_as="generator_unordered")(
+        delayed(h.wait)(i, 0.001 * (5 - i % 5)) for i in range(30))
+    assert sorted(gen) == list(range(30))
+
+
+def test_timeout_raises_timeout_error():
+    with pytest.raises(multiprocessing.TimeoutError):
+        Parallel(n_jobs=2, backend="amorsize", timeout=0.1)(
+            delayed(h.wait)(i, 0.5) for i in range(4))
+
+
+@pytest.mark.parametrize("executor", ["serial", "thread", "process"])
+def test_task_error_keeps_its_original_type(executor):
+    with pytest.raises(h.TaskError, match="item 7 is bad"):
+        Parallel(n_jobs=2, backend=AmorsizeBackend(executor=executor))(
+            delayed(h.fail_on)(i, 7) for i in range(40))
+
+
+def test_abort_on_first_error_leaves_the_shared_pool_working():
+    manager = amorsize.get_global_pool_manager()
+    with pytest.raises(h.TaskError):
+        Parallel(n_jobs=2, backend=process_backend())(
+            delayed(h.fail_on)(i, 3) for i in range(200))
+    created = manager.get_stats()["creations"]
+    out = Parallel(n_jobs=2, backend=process_backend())(delayed(h.square)(i) for i in range(20))
+    assert out == [i * i for i in range(20)]
+    assert manager.get_stats()["creations"] == created
+
+
+def test_abort_does_not_break_a_concurrent_call_on_the_same_pool():
+    results: list = []
+
+    def other_call():
+        results.extend(Parallel(n_jobs=2, backend=process_backend())(
+            delayed(h.wait)(i, 0.005) for i in range(60)))
+
+    thread = threading.Thread(target=other_call)
+    thread.start()
+    with pytest.raises(h.TaskError):
+        Parallel(n_jobs=2, backend=process_backend())(
+            delayed(h.fail_on)(i, 2) for i in range(100))
+    thread.join(30)
+    assert results == list(range(60))
+
+
+def test_nested_parallel_runs_inner_calls_on_threads_or_sequentially():
+    out = Parallel(n_jobs=2, backend=process_backend())(
+        delayed(h.nested_sum)(n) for n in (3, 4, 5, 6))
+    assert [s for s, _ in out] == [5, 14, 30, 55]
+    assert {name for _, name in out} <= {"_CappedThreadingBackend", "AmorsizeBackend",
+                                         "SequentialBackend", "ThreadingBackend"}
+    assert all(joblib.effective_n_jobs() >= 1 for _ in out)
+
+
+def test_nested_backend_never_starts_processes():
+    nested, _ = AmorsizeBackend(nesting_level=0).get_nested_backend()
+    with parallel_config(backend=nested):
+        out = Parallel(n_jobs=-1)(delayed(h.pid)() for _ in range(6))
+    assert set(out) == {__import__("os").getpid()}
+
+
+def test_require_sharedmem_runs_in_this_process_sharing_memory():
+    seen: list[int] = []
+    backend = AmorsizeBackend()
+    Parallel(n_jobs=2, backend=backend, require="sharedmem")(
+        delayed(seen.append)(i) for i in range(50))
+    assert sorted(seen) == list(range(50))
+    assert backend.plan.executor_type in ("serial", "thread")
+
+
+def test_prefer_threads_keeps_work_in_this_process():
+    backend = AmorsizeBackend()
+    with parallel_config(backend=backend, prefer="threads"):
+        out = Parallel(n_jobs=2)(delayed(h.pid)() for _ in range(10))
+    assert set(out) == {__import__("os").getpid()}
+
+
+def test_n_jobs_none_in_parallel_config_runs_in_parallel():
+    backend = AmorsizeBackend()
+    with parallel_config(backend=backend):
+        parallel = Parallel()
+        out = parallel(delayed(h.wait)(i, 0.003) for i in range(200))
+    assert out == list(range(200))
+    assert parallel.n_jobs == -1
+    assert backend.plan.executor_type == "thread" and backend.plan.n_jobs > 1
+
+
+def test_workers_know_the_backend_name():
+    out = Parallel(n_jobs=2, backend=process_backend())(
+        delayed(h.inner_amorsize)(n) for n in (3, 4))
+    assert out == [(5, True, "1"), (14, True, "1")]
+
+
+def test_lambdas_and_closures_run_on_processes():
+    offset = 10
+    out = Parallel(n_jobs=2, backend=process_backend())(
+        delayed(lambda x: x + offset)(i) for i in range(20))
+    assert out == [i + 10 for i in range(20)]
+
+
+def test_second_call_reuses_the_warm_pool():
+    manager = amorsize.get_global_pool_manager()
+    Parallel(n_jobs=2, backend=process_backend())(delayed(h.square)(i) for i in range(10))
+    before = manager.get_stats()
+    pids = Parallel(n_jobs=2, backend=process_backend())(delayed(h.pid)(i) for i in range(10))
+    after = manager.get_stats()
+    assert after["creations"] == before["creations"]
+    assert after["hits"] > before["hits"]
+    worker_pids = {p for pool in after["pools"].values() for p in pool["worker_pids"]}
+    assert set(pids) <= worker_pids
+
+
+def test_trivial_tasks_get_large_batches_and_the_size_is_remembered():
+    def triple(x):
+        return 3 * x
+
+    MEMORY.forget(function_key(triple))
+    first = AmorsizeBackend()
+    assert Parallel(n_jobs=2, backend=first)(delayed(triple)(i) for i in range(20_000)) == [
+        3 * i for i in range(20_000)]
+    assert first.plan.executor_type == "serial"
+    assert max(first.batch_sizes) >= 1000
+    assert first.n_probed > 0
+
+    again = AmorsizeBackend()
+    Parallel(n_jobs=2, backend=again)(delayed(triple)(i) for i in range(20_000))
+    assert again.n_probed == 0
+    assert again.plan.executor_type == "serial"
+    assert len(again.batch_sizes) <= len(first.batch_sizes)
+    assert MEMORY.recall(function_key(triple)).runs >= 2
+
+
+def test_io_bound_tasks_get_more_threads_than_cores():
+    backend = AmorsizeBackend()
+    start = time.perf_counter()
+    out = Parallel(n_jobs=-1, backend=backend)(delayed(h.wait)(i, 0.01) for i in range(100))
+    elapsed = time.perf_counter() - start
+    assert out == list(range(100))
+    assert backend.plan.executor_type == "thread"
+    assert backend.plan.n_jobs > amorsize.system.usable_cpus()
+    assert elapsed < 1.0 * 0.5
+
+
+def test_n_jobs_one_is_a_plain_loop():
+    parallel = Parallel(n_jobs=1, backend="amorsize")
+    assert parallel(delayed(h.square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
+    assert type(parallel._backend).__name__ == "SequentialBackend"
+
+
+def test_inner_max_num_threads_is_accepted():
+    with parallel_config(backend="amorsize", inner_max_num_threads=1):
+        out = Parallel(n_jobs=2)(delayed(h.square)(i) for i in range(10))
+    assert out == [i * i for i in range(10)]
+
+
+def test_executor_contradicting_sharedmem_is_refused():
+    with pytest.raises(amorsize.InvalidArgumentError, match="executor='process'"):
+        Parallel(n_jobs=2, backend=process_backend(), require="sharedmem")(
+            delayed(h.square)(i) for i in range(3))
+
+
+def test_worker_crash_raises_worker_crashed_error():
+    import os
+
+    with pytest.raises(amorsize.WorkerCrashedError):
+        Parallel(n_jobs=2, backend=process_backend())(
+            delayed(os._exit)(1) for _ in range(2))
+    out = Parallel(n_jobs=2, backend=process_backend())(delayed(h.square)(i) for i in range(4))
+    assert out == [0, 1, 4, 9]
