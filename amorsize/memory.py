@@ -23,10 +23,13 @@ _SMOOTHING = 0.5
 
 @dataclass
 class Memory:
-    """What is known about one function: its profile, how often it ran, model corrections."""
+    """What is known about one function: its profile, how often it ran, how many items its last
+    run had (the best guess when the next input is an iterator of unknown length), and the
+    model's corrections by executor type."""
 
     profile: Profile
     runs: int = 0
+    last_n_items: int | None = None
     corrections: dict[str, float] = field(default_factory=dict)
 
 
@@ -89,6 +92,7 @@ class ProfileMemory:
             if entry is None:
                 return
             entry.runs += 1
+            entry.last_n_items = n_items
             if n_items > 0 and compute_seconds > 0:
                 measured = compute_seconds / n_items
                 old = entry.profile.per_item_seconds

@@ -22,9 +22,12 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     """The plan amorsize recommends for ``func`` on this workload."""
     cpus = system.usable_cpus()
     start_method = workload.options.get("start_method") or system.default_start_method()
-    n = workload.n_items if workload.n_items is not None else ASSUMED_ITEMS_WHEN_UNKNOWN
-    remaining = max(0, n - int(workload.options.get("already_done", 0)))
     memory = MEMORY.recall(workload.options.get("key", function_key(func)))
+    n = workload.n_items
+    if n is None:
+        n = (memory.last_n_items if memory and memory.last_n_items
+             else ASSUMED_ITEMS_WHEN_UNKNOWN)
+    remaining = max(0, n - int(workload.options.get("already_done", 0)))
     corrections = dict(memory.corrections) if memory else {}
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
