@@ -7,6 +7,7 @@ already warm, what past runs of the function taught -- and writes down why it ch
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -55,15 +56,25 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
         ovh = overheads.measure_threads(_pool("thread", chosen.n_jobs), start_method)
         candidates = evaluate()
         chosen = cost_model.choose(candidates, workload.min_speedup)
-    if chosen.executor_type == "process" and "process" not in ovh.measured:
-        pool = _pool("process", chosen.n_jobs)
-        ovh = overheads.measure_processes(pool, start_method)
-        reasons.append(
-            f"measured a real {chosen.n_jobs}-process pool ({start_method}): start-up "
-            f"{_fmt_seconds(pool.startup_seconds)}, round trip {_fmt_seconds(ovh.process_latency)}"
-        )
-        candidates = evaluate()
-        chosen = cost_model.choose(candidates, workload.min_speedup)
+    if chosen.executor_type == "process":
+        try:
+            pool = _pool("process", chosen.n_jobs)
+        except Exception as exc:
+            if executors == {"process"}:
+                raise
+            executors.discard("process")
+            reasons.append(_no_processes(exc))
+            candidates = evaluate()
+            chosen = cost_model.choose(candidates, workload.min_speedup)
+        else:
+            if "process" not in ovh.measured:
+                ovh = overheads.measure_processes(pool, start_method)
+                reasons.append(
+                    f"measured a real {chosen.n_jobs}-process pool ({start_method}): start-up "
+                    f"{_fmt_seconds(pool.startup_seconds)}, round trip "
+                    f"{_fmt_seconds(ovh.process_latency)}")
+                candidates = evaluate()
+                chosen = cost_model.choose(candidates, workload.min_speedup)
     reasons.extend(_compare(candidates, chosen, workload, share, corrections))
     serial = candidates.get("serial")
     speedup = serial.seconds / chosen.seconds if serial and chosen.seconds > 0 else 1.0
@@ -87,6 +98,16 @@ def learn(key: Any, report: Any) -> None:
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds,
     )
+
+
+def _no_processes(exc: Exception) -> str:
+    """Processes looked fastest but no pool could start: run without them, and say why."""
+    cause = exc.__cause__ or exc
+    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    message = (f"processes excluded: a process pool could not start "
+               f"({type(cause).__name__}: {first_line})")
+    warnings.warn(f"amorsize: {message}", RuntimeWarning, stacklevel=4)
+    return message
 
 
 def _pool(executor: str, n_jobs: int) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -252,3 +253,24 @@ def test_an_iterator_of_unknown_length_is_planned_for_the_size_of_the_last_run()
     assert optimizer.ASSUMED_ITEMS_WHEN_UNKNOWN != MEMORY.recall(function_key(square)).last_n_items
     assert "serial" in plan.predictions
     assert plan.predictions["serial"] < 300 * plan.profile.per_item_seconds * 1.01
+
+
+class _NoProcessPools:
+    @amorsize.hookimpl(tryfirst=True)
+    def amorsize_get_pool(self, executor, n_jobs, create):
+        if executor == "process" and create:
+            raise OSError("no more processes allowed here")
+
+
+def test_when_no_process_pool_can_start_the_work_still_runs_without_processes():
+    blocker = _NoProcessPools()
+    amorsize.register_plugin(blocker)
+    try:
+        heavy = functools.partial(burn, loops=100_000)
+        with pytest.warns(RuntimeWarning, match="could not start"):
+            plan = amorsize.optimize(heavy, list(range(100)))
+        assert plan.executor_type != "process"
+        assert any("no more processes allowed here" in r for r in plan.reasons)
+        assert amorsize.map(heavy, list(range(30))) == [heavy(x) for x in range(30)]
+    finally:
+        amorsize.unregister_plugin(blocker)
