@@ -1,0 +1,280 @@
+"""The ``"amorsize"`` Dask scheduler: Dask's own ``get_async`` loop on amorsize's warm pools.
+
+Dask decides *what* runs when (dependencies, memory-friendly order, callbacks); amorsize decides
+*where*: serially in the caller, on threads or on processes, how many workers, and how many ready
+tasks travel together per submission. The decision comes from the optimizer through
+``amorsize.plugins``, fed with task times measured on the graph (see ``measure``) and
+corrected after every compute, remembered per graph shape. Pools are the shared warm ones, so a
+second compute pays no process start-up.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+import cloudpickle
+from dask import config
+from dask._task_spec import DataNode
+from dask.callbacks import Callback
+from dask.local import get_async
+from dask.multiprocessing import pack_exception as pack_remote_exception
+from dask.multiprocessing import reraise as reraise_remote
+from dask.threaded import pack_exception as pack_local_exception
+
+from amorsize import plugins
+from amorsize.errors import EXECUTOR_TYPES, WorkerCrashedError, check_executor_type
+from amorsize.memory import MEMORY
+from amorsize.plan import Plan
+from amorsize.report import RunReport
+from amorsize.workload import Profile, Workload
+from amorsize_dask import tasks
+from amorsize_dask.graph import GraphWork, as_graph, needed_work, shape_key
+from amorsize_dask.measure import measure
+
+PROCESS_BATCHES_PER_WORKER = 2
+UNMEASURED = Profile(per_item_seconds=1e-3, measured_by="nothing yet: first compute")
+
+
+def get(
+    dsk: Any,
+    keys: Sequence | Any,
+    cache: dict | None = None,
+    num_workers: int | None = None,
+    executor: str | None = None,
+    chunksize: int | None = None,
+    callbacks: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Compute ``keys`` of a Dask graph on amorsize's warm pools; Dask's scheduler interface.
+
+    ``dsk`` is whatever ``dask.compute`` hands a scheduler (an expression, a HighLevelGraph or a
+    dict of legacy tasks). ``num_workers`` caps the workers, ``executor`` ("serial", "thread",
+    "process") and ``chunksize`` (tasks per submission) force a choice; pass them through
+    ``x.compute(scheduler="amorsize", executor="process")``. Other keywords go to
+    ``dask.local.get_async`` (e.g. ``rerun_exceptions_locally``).
+
+    The first compute of a new kind of graph runs a few of its tasks in the calling thread to
+    measure them, except when Dask callbacks are active (they must see every task) or a thread
+    or process executor is forced (the caller asked that no task run here, e.g. to survive a
+    task that kills its process); those computes are planned without measurements and teach
+    the next one.
+    """
+    if executor is not None:
+        check_executor_type("executor", executor)
+    _warn_if_client_bypassed()
+    graph = as_graph(dsk)
+    if cache is None:
+        cache = config.get("cache", None)
+    work = needed_work(graph, keys, cache)
+    if tasks.in_task() or not work.tasks:
+        executor = "serial"
+    shape = shape_key(work)
+    memory = MEMORY.recall(shape)
+    done: dict = {}
+    executors: tuple[str, ...] = (executor,) if executor else EXECUTOR_TYPES
+    if memory is None:
+        if _callbacks_active(callbacks) or executor in ("thread", "process"):
+            profile = UNMEASURED
+            if executor is None:
+                executors = ("thread",)
+        else:
+            sample = measure(work, cache, plugins.get_pool("thread", 2))
+            profile = UNMEASURED if sample is None else sample.profile
+            done = {} if sample is None else sample.results
+        memory = MEMORY.remember(shape, profile)
+    for key, value in done.items():
+        graph[key] = DataNode(key, value)
+    workload = Workload(
+        n_items=work.n_tasks,
+        source="dask",
+        executors=executors,
+        max_workers=num_workers or config.get("num_workers", None),
+        previous_runs=memory.runs,
+        options={"key": shape, "already_done": len(done), "chunksize": chunksize},
+    )
+    plan = plugins.make_plan(tasks.run_node, memory.profile, workload)
+    runner = Runner(plan)
+    if done:
+        profile = memory.profile
+        runner.add(len(done), profile.per_item_seconds * len(done), profile.cpu_ratio)
+    start = time.perf_counter()
+    result = get_async(
+        runner.submit,
+        runner.num_workers,
+        graph,
+        keys,
+        cache=cache,
+        callbacks=callbacks,
+        chunksize=runner.chunksize,
+        **runner.get_async_options(),
+        **kwargs,
+    )
+    runner.finished(shape, work, time.perf_counter() - start)
+    return result
+
+
+class Runner:
+    """Runs the batches ``get_async`` submits on the pool a plan chose, and times them.
+
+    Each batch is timed inside its worker (``tasks.run_batch``); the sums are what the finished
+    run reports, so the next compute of the same kind of graph is planned from what tasks took.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        kind = plan.executor_type
+        self.pool = None if kind == "serial" else plugins.get_pool(kind, plan.n_jobs)
+        self.uses_processes = kind == "process"
+        self.num_workers = 1 if self.pool is None else self.pool.n_jobs
+        if self.uses_processes:
+            self.num_workers *= PROCESS_BATCHES_PER_WORKER
+        self.chunksize = 1 if self.pool is None else max(1, plan.chunksize)
+        self._run_batch = tasks.run_batch if self.pool is None else self.pool.prepare(
+            tasks.run_batch)
+        self._lock = threading.Lock()
+        self.n_tasks = 0
+        self.n_batches = 0
+        self.compute_seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.measuring_seconds = 0.0
+
+    def get_async_options(self) -> dict[str, Any]:
+        """How tasks and errors travel: pickled with cloudpickle to processes, as they are to
+        threads; errors come back with their original type either way."""
+        if self.uses_processes:
+            return {
+                "dumps": partial(cloudpickle.dumps, protocol=pickle.HIGHEST_PROTOCOL),
+                "loads": cloudpickle.loads,
+                "get_id": tasks.process_id,
+                "pack_exception": pack_remote_exception,
+                "raise_exception": reraise_remote,
+            }
+        return {"get_id": tasks.thread_id, "pack_exception": pack_local_exception}
+
+    def submit(self, fn: Callable, batch: list) -> Future:
+        """``get_async``'s ``submit(batch_execute_tasks, batch)``: run it timed instead."""
+        if self.pool is None:
+            future: Future = Future()
+            try:
+                future.set_result(self._record(tasks.run_batch(batch)))
+            except BaseException as exc:  # noqa: B036 - delivered through the future, as executors do
+                future.set_exception(exc)
+            return future
+        outer: Future = Future()
+        self.pool.submit(self._run_batch, batch).add_done_callback(partial(self._relay, outer))
+        return outer
+
+    def _relay(self, outer: Future, inner: Future) -> None:
+        try:
+            outer.set_result(self._record(inner.result()))
+        except BrokenProcessPool as exc:
+            outer.set_exception(exc if isinstance(exc, WorkerCrashedError) else _crashed(exc))
+        except BaseException as exc:  # noqa: B036 - delivered through the future, as executors do
+            outer.set_exception(exc)
+
+    def add(self, n_tasks: int, seconds: float, cpu_ratio: float) -> None:
+        """Count tasks run before the loop (while measuring) as part of this run: they ran one
+        after the other in the caller, so their time is wall time too."""
+        self.n_tasks += n_tasks
+        self.compute_seconds += seconds
+        self.cpu_seconds += seconds * cpu_ratio
+        self.measuring_seconds += seconds
+
+    def _record(self, timed: tuple[list, float, float]) -> list:
+        results, wall, cpu = timed
+        with self._lock:
+            self.n_tasks += len(results)
+            self.n_batches += 1
+            self.compute_seconds += wall
+            self.cpu_seconds += cpu
+        return results
+
+    def finished(self, shape: Any, work: GraphWork, wall_seconds: float) -> None:
+        """Tell the optimizer what the run took, from the moment its pool was ready (a pool's
+        start-up is the optimizer's to predict, not a sign the plan ran slow).
+
+        The measured CPU share of the tasks is kept only from serial runs: a task sharing the
+        machine with its neighbours (threads holding the GIL, processes on busy cores) spends
+        time off the CPU without waiting for anything, and would look I/O-bound. For the same
+        reason a run on several threads reports the remembered per-task time, not the time
+        each task spent in its thread (which counts waiting for the GIL): such a run corrects
+        the thread model's prediction, not what a task costs.
+        """
+        plan = self.plan
+        if self.n_tasks == 0:
+            return
+        memory = MEMORY.recall(shape)
+        compute_seconds = self.compute_seconds
+        if memory is not None and plan.executor_type == "serial" and compute_seconds > 0:
+            ratio = self.cpu_seconds / compute_seconds
+            MEMORY.remember(shape, replace(memory.profile, cpu_ratio=ratio))
+        if plan.executor_type == "thread" and plan.n_jobs > 1 and memory is not None:
+            compute_seconds = memory.profile.per_item_seconds * self.n_tasks
+        plugins.run_finished(plan, RunReport(
+            source="dask",
+            executor_type=plan.executor_type,
+            n_jobs=plan.n_jobs,
+            chunksize=self.chunksize,
+            n_items=self.n_tasks,
+            n_chunks=self.n_batches,
+            wall_seconds=wall_seconds + self.measuring_seconds,
+            compute_seconds=compute_seconds,
+            predicted_seconds=plan.predicted_seconds,
+            predicted_speedup=plan.estimated_speedup,
+        ))
+
+
+def _callbacks_active(callbacks: Any) -> bool:
+    """Dask callbacks (ProgressBar, Profiler) see every task only if none ran before the loop."""
+    return bool(callbacks) or bool(Callback.active)
+
+
+class ClientBypassedWarning(UserWarning):
+    """A dask.distributed Client is the default, yet a compute ran on ``scheduler="amorsize"``."""
+
+
+_warned_clients: set[int] = set()
+
+
+def _warn_if_client_bypassed() -> None:
+    """Say so, once per Client, when ``scheduler="amorsize"`` keeps work off an active cluster.
+
+    Creating a ``Client`` sets ``scheduler="dask.distributed"`` in Dask's config, so the Client
+    wins over an earlier global ``scheduler="amorsize"``; amorsize only runs while a Client is
+    the default when asked for afterwards or explicitly, and that is worth one warning.
+    """
+    if "distributed" not in sys.modules:
+        return
+    from amorsize_dask.distributed import current_client
+
+    client = current_client()
+    if client is None or id(client) in _warned_clients:
+        return
+    _warned_clients.add(id(client))
+    warnings.warn(
+        f"a dask.distributed Client ({client.scheduler.address if client.scheduler else '?'}) "
+        "is the default, but this compute runs on this machine with scheduler='amorsize'; "
+        "pass scheduler=client (or leave scheduler unset) to use the cluster, or "
+        "amorsize_dask.map(func, data, client=client) for batches sized for it",
+        ClientBypassedWarning,
+        stacklevel=4,
+    )
+
+
+def _crashed(exc: BaseException) -> WorkerCrashedError:
+    error = WorkerCrashedError(
+        "a worker process running Dask tasks died (killed, segfault or os._exit); the compute "
+        "is abandoned, the pool is discarded and the next compute gets a fresh one"
+    )
+    error.__cause__ = exc
+    return error
