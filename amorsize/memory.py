@@ -86,14 +86,17 @@ class ProfileMemory:
         wall_seconds: float,
         predicted_seconds: float | None,
     ) -> None:
-        """Fold a finished run into what is known: per-item time and the model's error."""
+        """Fold a finished run into what is known: per-item time (from serial and process runs)
+        and the model's error for the executor that ran."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return
             entry.runs += 1
             entry.last_n_items = n_items
-            if n_items > 0 and compute_seconds > 0:
+            # Time measured inside threads includes waiting for the GIL held by other threads:
+            # it says how the thread run went (the correction below), not what one call costs.
+            if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
                 measured = compute_seconds / n_items
                 old = entry.profile.per_item_seconds
                 entry.profile = dataclasses.replace(

@@ -201,7 +201,7 @@ def test_resample_measures_again():
 
 
 def test_finished_runs_are_remembered_and_correct_the_profile():
-    amorsize.map(nap, list(range(40)), executor="thread", n_jobs=4)
+    amorsize.map(nap, list(range(40)), executor="process", n_jobs=2)
     memory = MEMORY.recall(function_key(nap))
     assert memory is not None and memory.runs == 1
     assert memory.profile.measured_by == "runs"

@@ -87,3 +87,14 @@ def test_global_memory_can_forget_everything():
     memory.MEMORY.remember("x", Profile(1.0))
     memory.MEMORY.forget()
     assert memory.MEMORY.recall("x") is None
+
+
+def test_thread_runs_correct_the_model_but_not_the_per_item_time():
+    mem = ProfileMemory()
+    mem.remember("k", Profile(per_item_seconds=1.0))
+    mem.record_run("k", "thread", n_items=10, compute_seconds=50.0, wall_seconds=2.0,
+                   predicted_seconds=1.0)
+    entry = mem.recall("k")
+    assert entry.profile.per_item_seconds == 1.0
+    assert entry.corrections["thread"] == pytest.approx(1.5)
+    assert entry.last_n_items == 10
