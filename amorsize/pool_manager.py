@@ -3,20 +3,29 @@
 Reuse rule: the same key -- executor type, worker count, start method and initializer -- returns
 the same running pool; anything else gets its own. A pool that lost a worker, or sat idle past
 ``idle_timeout``, is never handed out again: it is shut down and replaced on the next request.
+
+Events passed to ``on_event(event, key, stats)`` (the global manager forwards them to the
+``amorsize_pool_event`` hook) are the hook's five: "created", "reused", "evicted" (with
+``stats["reason"]`` "idle", "released" or "force_new"), "broken" and "shutdown".
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
+import math
+import multiprocessing
 import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from amorsize import pools as _pools
 from amorsize import system
 from amorsize.errors import (
     InvalidArgumentError,
@@ -31,6 +40,12 @@ START_METHODS = ("fork", "forkserver", "spawn")
 PoolKey = tuple[str, int, str | None, Any]
 EventListener = Callable[[str, PoolKey, dict], None]
 
+_EVENT_OF_REASON = {
+    "idle": "evicted", "released": "evicted", "force_new": "evicted",
+    "broken": "broken", "shutdown": "shutdown",
+}
+_STARTUPS_KEPT = 256
+
 _managers: weakref.WeakSet[PoolManager] = weakref.WeakSet()
 
 
@@ -38,9 +53,10 @@ class PoolManager:
     """Keeps warm pools by key and hands them out; thread-safe, fork-safe, shut down at exit.
 
     ``idle_timeout`` seconds after its last use, a pool is closed the next time any pool is
-    requested. With ``enable_auto_cleanup`` every pool is shut down at interpreter exit (the
-    manager is referenced weakly, so this does not keep it alive). ``start_method`` is the
-    default for process pools (see ``amorsize.system.default_start_method``).
+    requested (0 closes every pool not running a task at each request). With
+    ``enable_auto_cleanup`` every pool is shut down at interpreter exit (the manager is referenced
+    weakly, so this does not keep it alive). ``start_method`` is the default for process pools
+    (see ``amorsize.system.default_start_method``); ``on_event`` observes the pools' lives.
     """
 
     def __init__(
@@ -54,7 +70,7 @@ class PoolManager:
             raise InvalidArgumentTypeError(
                 f"idle_timeout must be a number of seconds >= 0, got {type(idle_timeout).__name__}"
             )
-        if idle_timeout < 0:
+        if math.isnan(idle_timeout) or idle_timeout < 0:
             raise InvalidArgumentError(
                 f"idle_timeout must be a number of seconds >= 0, got {idle_timeout!r}"
             )
@@ -71,7 +87,8 @@ class PoolManager:
         self._counts = {
             "hits": 0, "misses": 0, "creations": 0, "evictions": 0, "replacements": 0,
         }
-        self._startups: list[dict] = []
+        self._evictions_by_reason = {"idle": 0, "released": 0, "force_new": 0}
+        self._startups: collections.deque[dict] = collections.deque(maxlen=_STARTUPS_KEPT)
         if enable_auto_cleanup:
             _managers.add(self)
 
@@ -96,59 +113,68 @@ class PoolManager:
         initargs: tuple = (),
         create: bool = True,
     ) -> Pool | None:
-        """The warm pool for this key, created on first request; None if ``create=False`` and
-        there is no warm pool."""
+        """The warm pool for this key, created on first request (``force_new`` replaces it);
+        None if ``create=False`` and there is no warm pool.
+
+        Also closes, first, the other pools idle past ``idle_timeout``.
+        """
         check_positive_int("n_jobs", n_jobs)
         check_executor_type("executor_type", executor_type)
         _check_start_method("start_method", start_method, allow_none=True)
         key = self._key(n_jobs, executor_type, start_method, initializer, initargs)
         self._check_process()
         with self._lock:
-            if self._closed:
-                raise PoolManagerClosedError(
-                    "this PoolManager was shut down; create a new one (or, for the global one, "
-                    "call amorsize.get_global_pool_manager() again)"
-                )
+            self._check_open_locked()
+            stale = self._take_stale_locked(exclude=key, check_broken=False)
             pool = self._pools.get(key)
-            if pool is not None and not force_new and not pool.broken:
-                if not create:
-                    return pool
+            hit = pool if pool is not None and not force_new and not pool.broken else None
+            if hit is not None and create:
                 self._counts["hits"] += 1
-                pool.last_used = time.monotonic()
-                hit = pool
-            else:
-                hit = None
-        if hit is not None:
-            self._emit("reused", key, {"startup_seconds": 0.0})
-            return hit
-        with self._lock:
-            stale = self._take_stale_locked(exclude=key)
+                hit.last_used = time.monotonic()
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-        self._close_all(stale, "evicted")
+        self._close_all(stale)
+        if hit is not None:
+            if create:
+                self._emit("reused", key, {"startup_seconds": 0.0})
+            return hit
         if not create:
             return None
+        return self._get_or_create(key, n_jobs, executor_type, force_new, initializer, initargs,
+                                   key_lock)
+
+    def _get_or_create(self, key: PoolKey, n_jobs: int, executor_type: str, force_new: bool,
+                       initializer: Callable | None, initargs: tuple,
+                       key_lock: threading.Lock) -> Pool:
+        """One creator per key at a time: a thread that waited finds the pool made meanwhile."""
         with key_lock:
             with self._lock:
+                self._check_open_locked()
+                stale = self._take_stale_locked(exclude=key, check_broken=True)
                 pool = self._pools.get(key)
                 if pool is not None and not force_new and not pool.broken:
                     self._counts["hits"] += 1
-                    return pool
-                old = self._pools.pop(key, None)
-                self._counts["misses"] += 1
-            if old is not None:
-                event = "broken" if old.broken else "replaced"
-                if old.broken:
-                    with self._lock:
-                        self._counts["replacements"] += 1
-                self._close_all([(key, old)], event, force=old.broken)
-            pool = self._create(key, n_jobs, executor_type, start_method, initializer, initargs)
+                    pool.last_used = time.monotonic()
+                    hit = pool
+                else:
+                    hit = None
+                    self._counts["misses"] += 1
+                    if pool is not None:
+                        stale.append(self._retire_locked(key, "broken" if pool.broken else "force_new"))
+            self._close_all(stale)
+            if hit is not None:
+                self._emit("reused", key, {"startup_seconds": 0.0})
+                return hit
+            pool = self._create(key, n_jobs, executor_type, initializer, initargs)
             with self._lock:
                 if self._closed:
                     pool.shutdown(force=True)
-                    raise PoolManagerClosedError("the PoolManager was shut down while a pool started")
+                    raise PoolManagerClosedError(
+                        "this PoolManager was shut down while the pool was starting; create a new "
+                        "PoolManager (for the global one, call amorsize.get_global_pool_manager())"
+                    )
                 self._pools[key] = pool
                 self._counts["creations"] += 1
-                self._startups.append({"key": key, "startup_seconds": pool.startup_seconds})
+                self._startups.append({"key": _key_name(key), "startup_seconds": pool.startup_seconds})
             self._emit("created", key, {"startup_seconds": pool.startup_seconds})
             return pool
 
@@ -161,37 +187,42 @@ class PoolManager:
         initializer: Callable | None = None,
         initargs: tuple = (),
     ) -> bool:
-        """Shut the pool for this key down now instead of at its idle timeout; True if one was."""
+        """Shut the pool for this key down now (waiting for its running tasks) instead of at its
+        idle timeout; True if there was one. The next ``get_pool`` for the key starts a new one."""
         check_positive_int("n_jobs", n_jobs)
         check_executor_type("executor_type", executor_type)
+        _check_start_method("start_method", start_method, allow_none=True)
         key = self._key(n_jobs, executor_type, start_method, initializer, initargs)
+        self._check_process()
         with self._lock:
-            pool = self._pools.pop(key, None)
-        if pool is None:
-            return False
-        self._close_all([(key, pool)], "evicted")
+            if key not in self._pools:
+                return False
+            retired = self._retire_locked(key, "released")
+        self._close_all([retired])
         return True
 
     def shutdown(self, force: bool = False) -> None:
         """Close every pool and refuse further requests; ``force`` terminates busy workers,
-        otherwise running tasks finish first."""
+        otherwise running tasks finish first. When it returns, no worker process of this
+        manager is left."""
+        self._check_process()
         with self._lock:
             self._closed = True
-            pools = list(self._pools.items())
-            self._pools.clear()
-        self._close_all(pools, "shutdown", force=force)
+            retired = [self._retire_locked(key, "shutdown") for key in list(self._pools)]
+        self._close_all(retired, force=force)
         _managers.discard(self)
 
     def clear(self) -> None:
-        """Close every pool but keep the manager usable (new pools start on the next request)."""
+        """Close every pool (waiting for running tasks) but keep the manager usable."""
+        self._check_process()
         with self._lock:
-            pools = list(self._pools.items())
-            self._pools.clear()
-        self._close_all(pools, "shutdown")
+            retired = [self._retire_locked(key, "shutdown") for key in list(self._pools)]
+        self._close_all(retired)
 
     def get_stats(self) -> dict:
-        """Pools alive by key, counters of hits, misses, creations, evictions and replacements,
-        and the measured start-up of every pool this manager created."""
+        """Pools alive by key, counters of hits, misses, creations, evictions and replacements
+        (of broken pools), and the measured start-up of the pools this manager created."""
+        self._check_process()
         with self._lock:
             pools = {
                 _key_name(key): {
@@ -207,6 +238,7 @@ class PoolManager:
             }
             return {
                 **self._counts,
+                "evictions_by_reason": dict(self._evictions_by_reason),
                 "pools": pools,
                 "startups": list(self._startups),
                 "idle_timeout": self.idle_timeout,
@@ -216,40 +248,89 @@ class PoolManager:
 
     def _key(self, n_jobs: int, executor_type: str, start_method: str | None,
              initializer: Callable | None, initargs: tuple) -> PoolKey:
-        if executor_type != "process":
-            return (executor_type, n_jobs, None, None)
+        if initializer is not None and not callable(initializer):
+            raise InvalidArgumentTypeError(
+                f"initializer must be callable or None, got {type(initializer).__name__}"
+            )
         init = None if initializer is None else (initializer, tuple(initargs))
-        return (executor_type, n_jobs, start_method or self.start_method, init)
+        if executor_type == "serial":
+            key: PoolKey = ("serial", 1, None, init)
+        elif executor_type == "thread":
+            key = ("thread", n_jobs, None, init)
+        else:
+            key = ("process", n_jobs, start_method or self.start_method, init)
+        try:
+            hash(key)
+        except TypeError:
+            raise InvalidArgumentTypeError(
+                "initargs must be hashable (a tuple of numbers, strings, tuples...) because it is "
+                f"part of the pool's key; got {initargs!r}"
+            ) from None
+        return key
 
-    def _create(self, key: PoolKey, n_jobs: int, executor_type: str, start_method: str | None,
+    def _create(self, key: PoolKey, n_jobs: int, executor_type: str,
                 initializer: Callable | None, initargs: tuple) -> Pool:
         if executor_type == "serial":
-            return SerialPool(1)
+            return SerialPool(1, initializer, initargs)
         if executor_type == "thread":
-            return ThreadPool(n_jobs)
+            return ThreadPool(n_jobs, initializer, initargs)
         blas_threads = max(1, system.usable_cpus() // n_jobs)
         return ProcessPool(n_jobs, key[2], initializer, initargs, blas_threads)
 
-    def _take_stale_locked(self, exclude: PoolKey) -> list[tuple[PoolKey, Pool]]:
-        """Remove (under the lock) pools idle past the timeout or broken; closed by the caller."""
-        stale = [
-            (key, pool) for key, pool in self._pools.items()
-            if key != exclude and (pool.broken or pool.idle_seconds > self.idle_timeout)
-        ]
-        for key, pool in stale:
-            del self._pools[key]
-            self._counts["replacements" if pool.broken else "evictions"] += 1
+    def _check_open_locked(self) -> None:
+        if self._closed:
+            raise PoolManagerClosedError(
+                "this PoolManager was shut down; create a new one (for the global one, call "
+                "amorsize.get_global_pool_manager() again)"
+            )
+
+    def _retire_locked(self, key: PoolKey, reason: str) -> tuple[PoolKey, Pool, str]:
+        """Take a pool out of service (under the lock) and count why; the caller closes it."""
+        pool = self._pools.pop(key)
+        if reason == "broken":
+            self._counts["replacements"] += 1
+        elif reason in self._evictions_by_reason:
+            self._counts["evictions"] += 1
+            self._evictions_by_reason[reason] += 1
+        return key, pool, reason
+
+    def _take_stale_locked(self, exclude: PoolKey,
+                           check_broken: bool) -> list[tuple[PoolKey, Pool, str]]:
+        """Retire the pools idle past the timeout (and, if asked, the broken ones)."""
+        stale = []
+        for key, pool in list(self._pools.items()):
+            if key == exclude:
+                continue
+            if check_broken and pool.broken:
+                stale.append(self._retire_locked(key, "broken"))
+            elif pool.idle_seconds > self.idle_timeout:
+                stale.append(self._retire_locked(key, "idle"))
         return stale
 
-    def _close_all(self, pools: list[tuple[PoolKey, Pool]], event: str, force: bool = False) -> None:
-        for key, pool in pools:
-            pool.shutdown(wait=True, force=force or pool.broken)
-            self._emit("broken" if pool.broken else event, key, {
-                "idle_seconds": pool.idle_seconds, "startup_seconds": pool.startup_seconds})
+    def _close_all(self, retired: list[tuple[PoolKey, Pool, str]], force: bool = False) -> None:
+        """Shut retired pools down outside the lock; one failing does not keep the rest open."""
+        errors = []
+        for key, pool, reason in retired:
+            broken = reason == "broken" or pool.broken
+            try:
+                pool.shutdown(wait=True, force=force or broken)
+            except Exception as exc:  # noqa: BLE001 - close the others, then report
+                errors.append(exc)
+            stats = {"idle_seconds": pool.idle_seconds, "startup_seconds": pool.startup_seconds}
+            if _EVENT_OF_REASON[reason] == "evicted":
+                stats["reason"] = reason
+            self._emit("broken" if broken else _EVENT_OF_REASON[reason], key, stats)
+        if errors:
+            raise errors[0]
 
     def _emit(self, event: str, key: PoolKey, stats: dict) -> None:
-        if self._on_event is not None:
+        if self._on_event is None:
+            return
+        try:
             self._on_event(event, key, stats)
+        except Exception as exc:  # noqa: BLE001 - an observer must not break pool bookkeeping
+            warnings.warn(f"PoolManager on_event callback raised {exc!r} on {event!r}",
+                          RuntimeWarning, stacklevel=3)
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
@@ -266,9 +347,10 @@ class PoolManager:
 def _check_start_method(name: str, value: object, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
-    if value not in START_METHODS:
+    available = [m for m in START_METHODS if m in multiprocessing.get_all_start_methods()]
+    if value not in available:
         raise InvalidArgumentError(
-            f"{name} must be one of {', '.join(map(repr, START_METHODS))}, got {value!r}"
+            f"{name} must be one of {', '.join(map(repr, available))} here, got {value!r}"
         )
 
 
@@ -278,7 +360,7 @@ def _key_name(key: PoolKey) -> str:
     if start_method:
         name += f":{start_method}"
     if init is not None:
-        name += f":{getattr(init[0], '__qualname__', init[0])}"
+        name += f":{getattr(init[0], '__qualname__', init[0])}{init[1]!r}"
     return name
 
 
@@ -293,7 +375,8 @@ def _emit_to_plugins(event: str, key: PoolKey, stats: dict) -> None:
 
 
 def get_global_pool_manager() -> PoolManager:
-    """The process-wide PoolManager that amorsize.map, joblib and Dask share (created on first use)."""
+    """The process-wide PoolManager that amorsize.map, joblib and Dask share (created on first
+    use, thread-safe; a new one after ``shutdown_global_pool_manager``)."""
     global _global_manager
     manager = _global_manager
     if manager is not None and not manager._closed and manager._pid == os.getpid():
@@ -325,7 +408,7 @@ def managed_pool(
     """A pool for a ``with`` block: a warm shared one (kept afterwards) from ``manager`` or the
     global manager, or, with ``use_global=False`` and no manager, a private one shut down on exit."""
     if manager is None and not use_global:
-        with PoolManager(enable_auto_cleanup=True) as private:
+        with PoolManager() as private:
             pool = private.get_pool(n_jobs, executor_type)
             assert pool is not None
             yield pool
@@ -346,8 +429,11 @@ def _shutdown_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _global_lock
+    _global_lock = threading.Lock()
     for manager in list(_managers):
         manager._forget_pools()
+    _pools.after_fork_in_child()
 
 
 atexit.register(_shutdown_at_exit)

@@ -4,12 +4,17 @@ Every pool has ``map(func, iterable, chunksize=1) -> list`` (ordered), ``submit(
 **kwargs) -> Future`` and ``submit_chunk(func, items) -> Future[(results, compute_seconds)]``, so
 a plan runs the same way whatever its executor. Each class declares what it is as class
 attributes (as joblib's backends do) rather than callers testing types.
+
+A pool belongs to the process that made it and lives until ``shutdown``: after either a
+shutdown or a ``fork()`` it refuses work with a clear error instead of queueing tasks that no
+worker will ever run.
 """
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,14 +32,21 @@ class Pool:
     executor_type: ClassVar[str]
     uses_processes: ClassVar[bool] = False
     needs_pickling: ClassVar[bool] = False
+    usable_after_fork: ClassVar[bool] = False
 
     def __init__(self, n_jobs: int) -> None:
         self.n_jobs = n_jobs
         self.created_at = time.monotonic()
         self.last_used = self.created_at
         self.startup_seconds = 0.0
+        self.closed = False
+        self._pid = os.getpid()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "broken" if self.broken else "open"
+        return f"<{type(self).__name__} n_jobs={self.n_jobs} {state}>"
 
     @property
     def busy(self) -> bool:
@@ -53,16 +65,20 @@ class Pool:
         return func
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; its exception, if any, comes through the future."""
+        self._check_usable()
         return self._track(self._submit(worker.call, self.prepare(fn), args, kwargs))
 
     def submit_timed(self, fn: Callable, *args: Any, **kwargs: Any) -> Future:
         """Like ``submit``, but the future gives ``(result, seconds)`` timed inside the worker,
         so queueing and transfer never count as the function's compute time."""
+        self._check_usable()
         return self._track(self._submit(worker.timed_call, self.prepare(fn), args, kwargs))
 
     def submit_chunk(self, func: Any, items: list) -> Future:
         """Run ``func`` (as returned by ``prepare``) on ``items``; the future gives
         ``(results, compute_seconds)``."""
+        self._check_usable()
         return self._track(self._submit(worker.run_chunk, func, items))
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> list:
@@ -77,14 +93,18 @@ class Pool:
     ) -> Iterator[tuple[list, float]]:
         """Yield ``(results, compute_seconds)`` per chunk, in order, keeping at most
         ``max_inflight`` chunks submitted ahead (default: four per worker) so memory stays bounded."""
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        _check_chunksize(chunksize)
+        self._check_usable()
+        return self._imap_chunks(func, iterable, chunksize, max_inflight)
+
+    def _imap_chunks(
+        self, func: Callable, iterable: Iterable, chunksize: int, max_inflight: int | None
+    ) -> Iterator[tuple[list, float]]:
         prepared = self.prepare(func)
         limit = max_inflight or 4 * self.n_jobs
-        chunks = _chunked(iterable, chunksize)
         pending: list[Future] = []
         try:
-            for chunk in chunks:
+            for chunk in _chunked(iterable, chunksize):
                 pending.append(self.submit_chunk(prepared, chunk))
                 if len(pending) >= limit:
                     yield self._result(pending.pop(0))
@@ -95,16 +115,21 @@ class Pool:
                 f.cancel()
 
     def _result(self, future: Future) -> Any:
-        try:
-            return future.result()
-        except BrokenProcessPool as exc:
-            if isinstance(exc, WorkerCrashedError):
-                raise
-            raise WorkerCrashedError(
-                f"a worker process of this {self.n_jobs}-worker pool died (killed, segfault or "
-                "os._exit) while running tasks; the pool is discarded and the next call gets a "
-                "fresh one"
-            ) from exc
+        return future.result()
+
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise RuntimeError(
+                f"this {self.executor_type} pool was shut down (idle timeout, release_pool, "
+                "force_new, clear or its manager's shutdown); ask the PoolManager for a pool again "
+                "with get_pool()"
+            )
+        if not self.usable_after_fork and os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this {self.executor_type} pool belongs to process {self._pid}, and this is a "
+                f"forked child ({os.getpid()}) whose copy has no workers; call get_pool() in the "
+                "child for a pool of its own"
+            )
 
     def _track(self, future: Future) -> Future:
         with self._inflight_lock:
@@ -128,12 +153,25 @@ class Pool:
 
 
 class SerialPool(Pool):
-    """Runs everything in the calling thread: a serial plan needs no special case."""
+    """Runs everything in the calling thread: a serial plan needs no special case.
+
+    ``submit`` runs the call at once; the returned future is already done and carries the
+    call's result or its exception, as an executor's future would.
+    """
 
     executor_type = "serial"
+    usable_after_fork = True
+
+    def __init__(
+        self, n_jobs: int = 1, initializer: Callable | None = None, initargs: tuple = ()
+    ) -> None:
+        super().__init__(1)
+        if initializer is not None:
+            initializer(*initargs)
 
     def _submit(self, fn: Callable, *args: Any) -> Future:
         future: Future = Future()
+        future.set_running_or_notify_cancel()
         try:
             future.set_result(fn(*args))
         except BaseException as exc:  # noqa: BLE001 - delivered through the future, as executors do
@@ -141,11 +179,15 @@ class SerialPool(Pool):
         return future
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> list:
-        self.last_used = time.monotonic()
-        return [func(x) for x in iterable]
+        _check_chunksize(chunksize)
+        self._check_usable()
+        try:
+            return [func(x) for x in iterable]
+        finally:
+            self.last_used = time.monotonic()
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
-        pass
+        self.closed = True
 
 
 class ThreadPool(Pool):
@@ -153,28 +195,41 @@ class ThreadPool(Pool):
 
     executor_type = "thread"
 
-    def __init__(self, n_jobs: int) -> None:
+    def __init__(
+        self, n_jobs: int, initializer: Callable | None = None, initargs: tuple = ()
+    ) -> None:
         super().__init__(n_jobs)
         start = time.perf_counter()
-        self._executor = ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="amorsize")
+        self._executor = ThreadPoolExecutor(
+            max_workers=n_jobs, thread_name_prefix="amorsize",
+            initializer=initializer, initargs=initargs,
+        )
         barrier = threading.Barrier(n_jobs)
-        for f in [self._executor.submit(barrier.wait, 10) for _ in range(n_jobs)]:
-            f.result()
+        try:
+            for f in [self._executor.submit(barrier.wait, 10) for _ in range(n_jobs)]:
+                f.result()
+        except BaseException:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            raise
         self.startup_seconds = time.perf_counter() - start
 
     def _submit(self, fn: Callable, *args: Any) -> Future:
         return self._executor.submit(fn, *args)
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
-        self._executor.shutdown(wait=wait and not force, cancel_futures=force)
+        """``force`` cancels queued tasks and does not wait; a running thread cannot be killed."""
+        self.closed = True
+        if os.getpid() == self._pid:
+            self._executor.shutdown(wait=wait and not force, cancel_futures=force)
 
 
 class ProcessPool(Pool):
     """Processes: true parallelism for pure-Python CPU work, at the price of pickling.
 
     Functions travel with cloudpickle, so lambdas, closures and ``__main__`` functions work. A
-    worker that dies marks the pool broken (``broken``); its running calls raise
-    ``WorkerCrashedError`` instead of hanging.
+    worker that dies marks the pool broken (``broken``); its running and queued calls raise
+    ``WorkerCrashedError`` (a ``BrokenProcessPool``) instead of hanging, through ``map`` and
+    through the futures of ``submit`` alike.
     """
 
     executor_type = "process"
@@ -191,6 +246,7 @@ class ProcessPool(Pool):
     ) -> None:
         super().__init__(n_jobs)
         self.start_method = start_method
+        self._broken_seen = False
         start = time.perf_counter()
         context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -201,23 +257,36 @@ class ProcessPool(Pool):
             initializer=_initialize,
             initargs=(blas_threads, initializer, initargs),
         )
-        _start_all_workers(self._executor, n_jobs)
+        try:
+            _start_all_workers(self._executor, n_jobs)
+        except BrokenProcessPool as exc:
+            self.shutdown(force=True)
+            raise WorkerCrashedError(
+                f"a worker of a new {n_jobs}-worker {start_method} pool exited while starting; "
+                "if an initializer was given, its exception is logged above (stderr of the worker)"
+            ) from exc
+        except BaseException:
+            self.shutdown(force=True)
+            raise
         self.startup_seconds = time.perf_counter() - start
-        self._broken_seen = False
 
     def prepare(self, func: Callable) -> Any:
         return func if isinstance(func, worker.PickledFunction) else worker.PickledFunction(func)
 
     def _submit(self, fn: Callable, *args: Any) -> Future:
-        future = self._executor.submit(fn, *args)
-        return future
-
-    def _result(self, future: Future) -> Any:
         try:
-            return super()._result(future)
-        except WorkerCrashedError:
+            inner = self._executor.submit(fn, *args)
+        except BrokenProcessPool as exc:
             self._broken_seen = True
-            raise
+            raise self._crashed() from exc
+        return _CrashAwareFuture(inner, self)
+
+    def _crashed(self) -> WorkerCrashedError:
+        return WorkerCrashedError(
+            f"a worker process of this {self.n_jobs}-worker pool died (killed, segfault or "
+            "os._exit) while running tasks; the pool is discarded and the next get_pool() "
+            "gets a fresh one"
+        )
 
     @property
     def broken(self) -> bool:
@@ -230,15 +299,54 @@ class ProcessPool(Pool):
         return list((getattr(self._executor, "_processes", None) or {}).keys())
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
+        """Stop the workers; ``force`` terminates them even mid-task (their futures fail)."""
+        self.closed = True
+        if os.getpid() != self._pid:
+            return
         if force:
-            terminate = getattr(self._executor, "terminate_workers", None)
-            if terminate is not None:
-                terminate()
-            else:
-                for p in list((getattr(self._executor, "_processes", None) or {}).values()):
-                    if p.exitcode is None:
-                        p.terminate()
+            for p in list((getattr(self._executor, "_processes", None) or {}).values()):
+                if p.exitcode is None:
+                    p.terminate()
         self._executor.shutdown(wait=wait or force, cancel_futures=force)
+
+
+class _CrashAwareFuture(Future):
+    """Mirrors an executor's future, turning the ``BrokenProcessPool`` of a dead worker into
+    ``WorkerCrashedError`` (and marking the pool broken), so callers of ``submit`` see the same
+    error as callers of ``map``."""
+
+    def __init__(self, inner: Future, pool: ProcessPool) -> None:
+        super().__init__()
+        self._inner = inner
+        self._pool = pool
+        inner.add_done_callback(self._copy)
+
+    def cancel(self) -> bool:
+        return self._inner.cancel()
+
+    def running(self) -> bool:
+        return not self.done() and self._inner.running()
+
+    def _copy(self, inner: Future) -> None:
+        if inner.cancelled():
+            Future.cancel(self)
+            self.set_running_or_notify_cancel()
+            return
+        exc = inner.exception()
+        if exc is None:
+            self.set_result(inner.result())
+        elif isinstance(exc, BrokenProcessPool) and not isinstance(exc, WorkerCrashedError):
+            self._pool._broken_seen = True
+            crashed = self._pool._crashed()
+            crashed.__cause__ = exc
+            self.set_exception(crashed)
+        else:
+            self.set_exception(exc)
+
+
+def _check_chunksize(chunksize: object) -> None:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
 
 
 def _initialize(blas_threads: int | None, initializer: Callable | None, initargs: tuple) -> None:
@@ -264,6 +372,32 @@ def _preload_forkserver(context: Any) -> None:
     worker forks with them loaded instead of importing them again."""
     with _preload_lock:
         context.set_forkserver_preload(["__main__", "amorsize.worker"])
+
+
+def after_fork_in_child() -> None:
+    """Make a forked child able to start process pools of its own.
+
+    The child inherits the parent's locks (possibly held by a thread that does not exist in the
+    child) and the parent's fork-server handle, whose liveness check (``waitpid`` on a process
+    that is not the child's) fails; both are reset so the child starts its own fork server.
+    """
+    global _preload_lock
+    _preload_lock = threading.Lock()
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    server._lock = threading.Lock()
+    alive_fd = server._forkserver_alive_fd
+    server._forkserver_pid = None
+    server._forkserver_address = None
+    server._forkserver_alive_fd = None
+    if alive_fd is not None:
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
 
 
 def _chunked(iterable: Iterable, size: int) -> Iterator[list]:
