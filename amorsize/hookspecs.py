@@ -5,11 +5,21 @@ implement any of them with ``@amorsize.hookimpl`` and are found through the ``am
 entry-point group or ``amorsize.register_plugin()``. amorsize's own optimizer and pool provider
 are plugins too (``amorsize.default_plugins``), so a plugin stands on equal footing with them.
 
+An implementation may take any subset of a hook's arguments, by name. No specification gives an
+argument a default value, and an implementation must not either: pluggy does not pass an argument
+that has a default, so the implementation would always see its default.
+
 Which hooks may fail a run: ``amorsize_make_plan``, ``amorsize_adjust_plan`` and
-``amorsize_get_pool`` decide how work runs, so an exception in them stops the run before any item
-is computed and reaches the caller as ``amorsize.PluginError`` naming the plugin. The observers
-``amorsize_pool_event`` and ``amorsize_run_finished`` only watch: an exception there is reported
-as a ``amorsize.PluginWarning`` and the run's results are kept.
+``amorsize_get_pool`` decide how work runs, so an exception in them -- or a return value that is
+not what the hook promises -- stops the run before its work is dispatched (only the few items
+measured while sampling have been computed) and reaches the caller as ``amorsize.PluginError``
+naming the plugin and the hook, chained from the original exception. The observers
+``amorsize_pool_event`` and ``amorsize_run_finished`` only watch: an exception there becomes an
+``amorsize.PluginWarning``, the other observers are still called and the run's results are kept.
+
+Order: implementations run in pluggy's order -- ``tryfirst`` ones first, ``trylast`` ones last,
+otherwise the most recently registered first -- with wrappers (``wrapper=True`` or the old-style
+``hookwrapper=True``) around all of them.
 """
 
 from __future__ import annotations
@@ -27,10 +37,16 @@ def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
     """Decide how to run ``func``: return an ``amorsize.Plan``, or None to let the next plugin decide.
 
     Called once per ``amorsize.map``/``imap``/``optimize`` call, joblib ``Parallel`` call and Dask
-    compute that needs a decision. ``sample`` is the measured ``amorsize.Profile`` of the function
-    (per-item time, CPU/wall ratio, pickled sizes); ``workload`` is the ``amorsize.Workload``
-    (number of items, allowed executors, caller). The first non-None result wins; mark an
-    implementation ``tryfirst=True`` to decide before amorsize's own optimizer, which always answers.
+    compute that needs a decision, after a few items were measured. ``sample`` is the measured
+    ``amorsize.Profile`` of the function (per-item time, CPU/wall ratio, pickled sizes);
+    ``workload`` is the ``amorsize.Workload`` (number of items, allowed ``executors``,
+    ``max_workers`` and ``source``, the caller: "map", "imap", "optimize", "joblib", "dask").
+    The first non-None result wins: mark an implementation ``tryfirst=True`` to decide before
+    amorsize's own optimizer, which is ``trylast`` and always answers.
+
+    The plan must have an ``executor_type`` of "serial", "thread" or "process" and ``n_jobs`` and
+    ``chunksize`` ints >= 1; the caller runs exactly that. A plan whose ``decided_by`` was left at
+    its default is labelled with the name of the plugin that returned it.
     """
 
 
@@ -38,9 +54,15 @@ def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
 def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
     """Change a plan after it is made: return a new ``Plan`` (e.g. ``plan.replace(n_jobs=1)``) or None.
 
-    Every implementation is called, in pluggy's order (``tryfirst`` first), each receiving the plan
-    as left by the one before, so adjustments compose: cap workers on a shared host, force threads
-    for a service, forbid processes under a debugger.
+    Called right after ``amorsize_make_plan``, for every plan, whoever made it. Every
+    implementation is called, in order, each receiving the plan as left by the one before, so
+    adjustments compose: cap workers on a shared host, force threads for a service, forbid
+    processes under a debugger. A change of executor, workers or chunk size is added to the
+    plan's ``reasons`` with the plugin's name. The predictions in the plan are those of the plan
+    as made; a plugin that changes the plan may update them.
+
+    A wrapper (``wrapper=True``) sees the plan as it enters the chain and receives the final
+    plan from its ``yield``; what it returns is the plan that runs (None keeps it).
     """
 
 
@@ -48,20 +70,29 @@ def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
 def amorsize_get_pool(executor: str, n_jobs: int, create: bool) -> Any:
     """Return a pool of ``n_jobs`` workers of kind ``executor`` ("serial", "thread", "process").
 
-    The pool has ``map(func, iterable, chunksize=1) -> list``, ``submit(fn, *args, **kwargs) ->
-    Future`` and ``submit_chunk(func, items) -> Future`` of ``(results, compute_seconds)``. With
-    ``create=False`` return only an already-running (warm) pool, or None: the optimizer asks this
-    to know whether a pool start-up must be paid. The default is the global ``PoolManager``.
+    Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
+    plan, and by the optimizer to learn which pools are warm. A pool behaves like
+    ``amorsize.pools.Pool``: ``imap_chunks(func, iterable, chunksize)`` yielding ``(results,
+    compute_seconds)`` per chunk in order, ``map(func, iterable, chunksize=1) -> list``,
+    ``submit(fn, *args, **kwargs) -> Future``, ``submit_timed`` and ``submit_chunk``.
+
+    With ``create=False`` return only an already-running (warm) pool, or None: the optimizer asks
+    this to know whether a pool start-up must be paid, and must not start one by asking. With
+    ``create=True`` some plugin must return a pool. The default is the global ``PoolManager``.
     """
 
 
 @hookspec
 def amorsize_pool_event(event: str, key: tuple, stats: dict) -> None:
-    """Observe a pool's life: ``event`` is "created", "reused", "evicted", "broken" or "shutdown".
+    """Observe a pool's life: ``event`` is "created", "reused", "evicted", "broken" (a worker
+    died; the pool is discarded) or "shutdown".
 
-    ``key`` identifies the pool (executor type, n_jobs, start method, ...); ``stats`` holds
-    figures about it (e.g. ``startup_seconds`` on "created"). Called in the thread that caused it;
-    keep it cheap. Exceptions become warnings.
+    Called by the global ``PoolManager`` as it happens. ``key`` identifies the pool:
+    ``(executor, n_jobs, start_method, initializer)``; ``stats`` holds figures about it:
+    ``startup_seconds``, ``idle_seconds`` when a pool is closed, and on "evicted" the ``reason``:
+    "idle" (past the idle timeout), "released" (``release_pool``) or "force_new". Called in the
+    thread that caused it, sometimes while the manager holds the lock of that pool: keep it cheap,
+    and do not ask amorsize for pools or run ``amorsize.map`` from it. Exceptions become warnings.
     """
 
 
@@ -69,8 +100,12 @@ def amorsize_pool_event(event: str, key: tuple, stats: dict) -> None:
 def amorsize_run_finished(plan: Any, report: Any) -> None:
     """Observe a finished run: the ``plan`` it followed and the measured ``amorsize.RunReport``.
 
-    The report has ``wall_seconds``, ``n_items``, ``n_chunks``, ``compute_seconds`` (time spent
-    inside the function, summed over workers), ``predicted_seconds``, ``predicted_speedup`` and
-    ``actual_speedup``. amorsize's optimizer uses it to correct the next plan for the same
-    function. Exceptions become warnings.
+    Called once per run, after the last result is computed and before ``amorsize.map`` returns
+    (for ``imap``: when the iterator is exhausted; a run abandoned half-way or failed by the
+    user's function reports nothing). The report has ``source``, ``executor_type``, ``n_jobs``,
+    ``chunksize``, ``wall_seconds``, ``n_items`` and ``n_chunks`` (items computed in this run, not
+    counting those computed while sampling), ``compute_seconds`` (time spent inside the function,
+    summed over workers), ``predicted_seconds``, ``predicted_speedup`` and ``actual_speedup``.
+    amorsize's optimizer uses it to correct the next plan for the same function. Exceptions
+    become warnings.
     """

@@ -2,22 +2,38 @@
 
 amorsize.map/imap, the joblib backend and the Dask scheduler get plans and pools only through the
 functions here, so a plugin that replaces or observes a decision does so for all of them at once.
+
+pluggy holds the plugins, validates them and orders their implementations; the relay calls them
+itself (in pluggy's order, wrappers included) rather than through ``pm.hook``, for three reasons:
+``amorsize_adjust_plan`` hands each plugin the plan left by the one before, which pluggy's call
+cannot do; a failing observer must not keep the next observer from being called; and an error or
+a bad return value must name the plugin it came from. pluggy's tracing
+(``pm.enable_tracing``) does not see these calls.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.metadata
 import os
 import threading
 import warnings
+from collections.abc import Generator
 from typing import Any
 
 import pluggy
 
 from amorsize import hookspecs
-from amorsize.errors import PluginError, PluginWarning
+from amorsize.errors import EXECUTOR_TYPES, PluginError, PluginWarning
+from amorsize.plan import Plan
+from amorsize.workload import Workload
 
 ENTRY_POINT_GROUP = "amorsize"
 DISABLE_ENV = "AMORSIZE_DISABLE_PLUGINS"
+BUILTIN_NAMES = ("amorsize.default_plugins.optimizer", "amorsize.default_plugins.pools")
+_DEFAULT_DECIDED_BY = "amorsize.optimizer"
+_OFF = {"", "0", "false", "no", "off"}
+_ALL = {"1", "true", "yes", "on", "all"}
 
 pm = pluggy.PluginManager("amorsize")
 pm.add_hookspecs(hookspecs)
@@ -27,119 +43,320 @@ _load_lock = threading.Lock()
 
 
 def _load_plugins() -> None:
-    """Register the built-in plugins, then third-party ones from entry points (once)."""
+    """Register the built-in plugins, then third-party ones from entry points (once).
+
+    An entry point that fails to load raises ``PluginError`` naming it, on this and every later
+    call, until it is fixed or skipped with ``AMORSIZE_DISABLE_PLUGINS``.
+    """
     global _loaded
+    if _loaded:
+        return
     with _load_lock:
         if _loaded:
             return
         from amorsize.default_plugins import optimizer, pools
 
         for module in (optimizer, pools):
-            if not pm.is_registered(module):
+            if not pm.is_registered(module) and not pm.is_blocked(module.__name__):
                 pm.register(module, name=module.__name__)
-        if not os.environ.get(DISABLE_ENV):
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _load_entry_points(disabled_entry_points())
         _loaded = True
 
 
+def disabled_entry_points() -> set[str] | None:
+    """What ``AMORSIZE_DISABLE_PLUGINS`` skips: None for every entry point ("1", "true", "all"),
+    else the set of entry-point names it lists, comma-separated (empty when unset or "0")."""
+    setting = os.environ.get(DISABLE_ENV, "").strip()
+    if setting.lower() in _ALL:
+        return None
+    if setting.lower() in _OFF:
+        return set()
+    return {name.strip() for name in setting.split(",") if name.strip()}
+
+
+def _load_entry_points(skip: set[str] | None) -> None:
+    if skip is None:
+        return
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in skip or pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+            plugin = pm.get_plugin(ep.name)
+            if plugin is not None:
+                _check_or_unregister(plugin)
+        except Exception as exc:
+            raise PluginError(ep.name, f"loading entry point {ep.value!r}", exc) from exc
+
+
 def register_plugin(plugin: object, name: str | None = None) -> str:
-    """Register a plugin object or module from user code; returns the name it got."""
+    """Register a plugin object or module from user code; returns the name it got.
+
+    Raises ``pluggy.PluginValidationError`` for an implementation that no hook specification
+    knows (a misspelt name), that asks for an argument the hook does not have, or that gives a
+    hook argument a default value (pluggy would never pass it); ``ValueError`` if the plugin or
+    its name is already registered, or the name is blocked.
+    """
     _load_plugins()
     registered = pm.register(plugin, name=name)
     if registered is None:
-        raise ValueError(f"plugin {name or plugin!r} is blocked or already registered")
+        raise ValueError(f"plugin name {name!r} is blocked (pm.set_blocked); choose another name")
+    _check_or_unregister(plugin)
     return registered
 
 
-def unregister_plugin(plugin: object = None, name: str | None = None) -> None:
-    """Unregister a plugin given as the object or by its name."""
+def unregister_plugin(plugin: object = None, name: str | None = None) -> object:
+    """Unregister a plugin given as the object or by its name; returns the plugin.
+
+    Built-in plugins can be unregistered too (by their names in ``BUILTIN_NAMES``), e.g. to
+    replace the optimizer entirely; ``ValueError`` if no such plugin is registered.
+    """
     if plugin is None and name is None:
         raise TypeError("unregister_plugin() needs the plugin object or name=")
-    pm.unregister(plugin=plugin, name=name)
+    _load_plugins()
+    registered_name = pm.get_name(plugin) if plugin is not None else name
+    if registered_name is None or pm.get_plugin(registered_name) is None:
+        raise ValueError(f"plugin {name or plugin!r} is not registered; registered: "
+                         f"{', '.join(n for n, _ in pm.list_name_plugin())}")
+    return pm.unregister(plugin=plugin, name=registered_name)
+
+
+def _check_or_unregister(plugin: object) -> None:
+    """Refuse what pluggy accepts silently: unknown hook names and defaulted hook arguments."""
+    problems = []
+    for caller in pm.get_hookcallers(plugin) or []:
+        impls = [i for i in caller.get_hookimpls() if i.plugin is plugin]
+        if not caller.has_spec():
+            if not all(i.optionalhook for i in impls):
+                close = difflib.get_close_matches(caller.name, _hook_names(), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{caller.name} is not an amorsize hook{hint}")
+            continue
+        spec_args = set(caller.spec.argnames) if caller.spec else set()
+        for impl in impls:
+            defaulted = sorted(spec_args & set(impl.kwargnames))
+            if defaulted:
+                problems.append(
+                    f"{caller.name} gives {', '.join(defaulted)} a default value: pluggy never "
+                    "passes such an argument; remove the default")
+    if problems:
+        pm.unregister(plugin)
+        raise pluggy.PluginValidationError(
+            plugin, f"amorsize plugin {plugin!r}: " + "; ".join(problems))
+
+
+def _hook_names() -> list[str]:
+    return [name for name in dir(hookspecs) if name.startswith("amorsize_")]
 
 
 def plugin_names() -> list[tuple[str, list[str]]]:
-    """Every registered plugin with the hooks it implements (for ``amorsize plugins``)."""
+    """Every registered plugin with the hooks it implements (for ``amorsize plugins``), the most
+    recently registered first (so the built-ins come last)."""
     _load_plugins()
     out = []
-    for name, plugin in pm.list_name_plugin():
+    for name, plugin in reversed(pm.list_name_plugin()):
+        if plugin is None:
+            continue
         hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
         out.append((name, hooks))
     return out
 
 
-def make_plan(func: Any, sample: Any, workload: Any) -> Any:
-    """The plan for ``func``: ``amorsize_make_plan``, then each ``amorsize_adjust_plan`` in order."""
+def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
+    """The plan for ``func``: ``amorsize_make_plan``, then each ``amorsize_adjust_plan`` in order.
+
+    The plan returned is always a new object, so a plugin may return the same plan every time
+    without callers (which attach the data to it) sharing it.
+    """
     _load_plugins()
-    hook = pm.hook.amorsize_make_plan
-    try:
-        plan = hook(func=func, sample=sample, workload=workload)
-    except Exception as exc:
-        raise _plugin_error("amorsize_make_plan", exc) from exc
+    plan, by = _call("amorsize_make_plan", {"func": func, "sample": sample, "workload": workload},
+                     firstresult=True)
     if plan is None:
-        raise PluginError("<none>", "amorsize_make_plan", RuntimeError("no plugin made a plan"))
-    for impl in reversed(pm.hook.amorsize_adjust_plan.get_hookimpls()):
-        kwargs = {"plan": plan, "workload": workload}
-        try:
-            adjusted = impl.function(*(kwargs[a] for a in impl.argnames))
-        except Exception as exc:
-            raise PluginError(impl.plugin_name, "amorsize_adjust_plan", exc) from exc
-        if adjusted is not None:
-            plan = adjusted
-    return plan
+        raise PluginError("<none>", "amorsize_make_plan", RuntimeError(
+            "no plugin made a plan (was amorsize.default_plugins.optimizer unregistered?)"))
+    _check_plan(plan, by, "amorsize_make_plan")
+    changes: dict[str, Any] = {}
+    if plan.decided_by == _DEFAULT_DECIDED_BY and by != BUILTIN_NAMES[0]:
+        changes["decided_by"] = by
+    plan = plan.replace(**changes)
+    if not pm.hook.amorsize_adjust_plan.get_hookimpls():
+        return plan
+    adjusted, _ = _call("amorsize_adjust_plan", {"plan": plan, "workload": workload},
+                        chain="plan", check=_check_plan)
+    return adjusted
 
 
 def get_pool(executor: str, n_jobs: int, create: bool = True) -> Any:
-    """A pool from the first plugin that provides one (by default the global PoolManager)."""
+    """A pool from the first plugin that provides one (by default the global PoolManager); with
+    ``create=False`` only a warm one, or None."""
     _load_plugins()
-    try:
-        return pm.hook.amorsize_get_pool(executor=executor, n_jobs=n_jobs, create=create)
-    except Exception as exc:
-        raise _plugin_error("amorsize_get_pool", exc) from exc
+    pool, by = _call("amorsize_get_pool", {"executor": executor, "n_jobs": n_jobs, "create": create},
+                     firstresult=True)
+    if pool is None and create:
+        raise PluginError("<none>", "amorsize_get_pool", RuntimeError(
+            f"no plugin provided a {executor} pool of {n_jobs} (was "
+            f"{BUILTIN_NAMES[1]} unregistered?)"))
+    if pool is not None and not hasattr(pool, "imap_chunks"):
+        raise PluginError(by or "<unknown>", "amorsize_get_pool", TypeError(
+            f"returned {type(pool).__name__}, which has no imap_chunks(); a pool must behave "
+            "like amorsize.pools.Pool"))
+    return pool
 
 
 def pool_event(event: str, key: tuple, stats: dict) -> None:
     """Tell observers about a pool; a failing observer becomes a warning, never a failed run."""
-    _notify("amorsize_pool_event", event=event, key=key, stats=stats)
+    _load_plugins()
+    _call("amorsize_pool_event", {"event": event, "key": key, "stats": stats}, observe=True)
 
 
 def run_finished(plan: Any, report: Any) -> None:
     """Tell observers what a run took; a failing observer becomes a warning."""
-    _notify("amorsize_run_finished", plan=plan, report=report)
-
-
-def _notify(hook_name: str, **kwargs: Any) -> None:
     _load_plugins()
+    _call("amorsize_run_finished", {"plan": plan, "report": report}, observe=True)
+
+
+def _check_plan(plan: Any, by: str | None, hook_name: str) -> None:
+    """A plan a caller can run, or ``PluginError`` naming the plugin that returned it."""
+    problem = None
+    if not isinstance(plan, Plan):
+        problem = TypeError(f"returned {type(plan).__name__} {plan!r:.80}, not an amorsize.Plan")
+    elif plan.executor_type not in EXECUTOR_TYPES:
+        problem = ValueError(f"returned a plan with executor_type {plan.executor_type!r}; "
+                             f"it must be one of {', '.join(map(repr, EXECUTOR_TYPES))}")
+    elif not isinstance(plan.workload, Workload):
+        problem = TypeError(f"returned a plan whose workload is {type(plan.workload).__name__}, "
+                            "not an amorsize.Workload (pass on the workload the hook received)")
+    else:
+        for field in ("n_jobs", "chunksize"):
+            value = getattr(plan, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problem = ValueError(f"returned a plan with {field}={value!r}; it must be an int >= 1")
+                break
+    if problem is not None:
+        raise PluginError(by or "<unknown>", hook_name, problem)
+
+
+def _describe_change(before: Plan, after: Plan, by: str) -> str | None:
+    changed = [f"{field} {getattr(before, field)!r} -> {getattr(after, field)!r}"
+               for field in ("executor_type", "n_jobs", "chunksize")
+               if getattr(before, field) != getattr(after, field)]
+    return f"adjusted by plugin {by!r}: " + ", ".join(changed) if changed else None
+
+
+def _call(
+    hook_name: str,
+    kwargs: dict[str, Any],
+    *,
+    firstresult: bool = False,
+    chain: str | None = None,
+    check: Any = None,
+    observe: bool = False,
+) -> tuple[Any, str | None]:
+    """Call a hook's implementations in pluggy's order; return (result, name of its plugin).
+
+    ``firstresult``: stop at the first non-None result. ``chain``: each non-None result replaces
+    the argument of that name for the next implementation, and the last one is the result
+    (``check`` validates each). ``observe``: an exception becomes a ``PluginWarning`` and the
+    next implementation is still called; otherwise it stops the call as a ``PluginError``, which
+    the open wrappers see (thrown in, as pluggy does) before it reaches the caller.
+    """
+    outcome: Any = kwargs[chain] if chain else None
+    by: str | None = None
+    error: BaseException | None = None
+    opened: list[tuple[Any, Generator]] = []
     for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
         try:
-            impl.function(*(kwargs[a] for a in impl.argnames))
+            args = [kwargs[name] for name in impl.argnames]
+            if impl.wrapper or impl.hookwrapper:
+                gen = impl.function(*args)
+                next(gen)
+                opened.append((impl, gen))
+                continue
+            value = impl.function(*args)
+            if value is None:
+                continue
+            if chain:
+                check(value, impl.plugin_name, hook_name)
+                reason = _describe_change(kwargs[chain], value, impl.plugin_name)
+                if reason:
+                    value = value.replace(reasons=[*value.reasons, reason])
+                kwargs = {**kwargs, chain: value}
+                outcome, by = value, impl.plugin_name
+            else:
+                outcome, by = value, impl.plugin_name
+                if firstresult:
+                    break
         except Exception as exc:
-            warnings.warn(
-                f"amorsize plugin {impl.plugin_name!r} raised {type(exc).__name__} in "
-                f"{hook_name}: {exc}; the run's results are kept",
-                PluginWarning,
-                stacklevel=3,
-            )
+            error = _failed(impl.plugin_name, hook_name, exc, observe)
+            if error is not None:
+                break
+    for impl, gen in reversed(opened):
+        before = outcome
+        outcome, error = _close_wrapper(impl, gen, hook_name, outcome, error, chain, observe)
+        if outcome is not before:
+            by = impl.plugin_name
+    if error is not None:
+        raise error
+    return outcome, by
 
 
-def _plugin_error(hook_name: str, exc: Exception) -> PluginError:
-    """Name the plugin whose implementation raised, found from the traceback's frames."""
-    impls = {impl.function.__code__: impl.plugin_name
-             for impl in getattr(pm.hook, hook_name).get_hookimpls()
-             if hasattr(impl.function, "__code__")}
-    name = "<unknown>"
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code in impls:
-            name = impls[tb.tb_frame.f_code]
-            break
-        tb = tb.tb_next
-    return PluginError(name, hook_name, exc)
+def _close_wrapper(
+    impl: Any, gen: Generator, hook_name: str, outcome: Any, error: BaseException | None,
+    chain: str | None, observe: bool,
+) -> tuple[Any, BaseException | None]:
+    """Run a wrapper's part after ``yield``; return the (outcome, error) it leaves."""
+    result = pluggy.Result(outcome, error) if impl.hookwrapper else None
+    try:
+        if result is not None:
+            gen.send(result)
+        elif error is not None:
+            gen.throw(error)
+        else:
+            gen.send(outcome)
+    except StopIteration as stop:
+        if result is not None:
+            error = result.exception
+            outcome = None if error is not None else result.get_result()
+        elif not (chain and stop.value is None):
+            outcome, error = stop.value, None
+        else:
+            error = None
+    except Exception as exc:
+        if exc is not error:
+            error = _failed(impl.plugin_name, hook_name, exc, observe)
+    else:
+        gen.close()
+        error = _failed(impl.plugin_name, hook_name, RuntimeError("wrapper yielded twice"), observe)
+    if chain and error is None:
+        try:
+            _check_plan(outcome, impl.plugin_name, hook_name)
+        except PluginError as exc:
+            error = exc
+    return outcome, error
+
+
+def _failed(plugin_name: str, hook_name: str, exc: Exception, observe: bool) -> PluginError | None:
+    """A ``PluginError`` for a deciding hook; for an observer, a warning (and None)."""
+    if not observe:
+        if isinstance(exc, PluginError):
+            return exc
+        error = PluginError(plugin_name, hook_name, exc)
+        error.__cause__ = exc
+        return error
+    warnings.warn(
+        f"amorsize plugin {plugin_name!r} raised {type(exc).__name__} in {hook_name}: {exc}; "
+        "the run's results are kept",
+        PluginWarning,
+        stacklevel=4,
+    )
+    return None
 
 
 __all__ = [
+    "BUILTIN_NAMES",
     "DISABLE_ENV",
     "ENTRY_POINT_GROUP",
+    "disabled_entry_points",
     "get_pool",
     "make_plan",
     "plugin_names",
