@@ -79,7 +79,8 @@ def _run(func: Callable, plan: Plan) -> Iterator[list]:
     if plan.executor_type == "serial" or plan.n_jobs == 1 and plan.executor_type != "process":
         blocks = _serial_blocks(func, todo, counts)
     else:
-        pool = plugins.get_pool(plan.executor_type, plan.n_jobs)
+        pool = plugins.get_pool(plan.executor_type, plan.n_jobs,
+                                start_method=plan.machine.get("start_method"))
         blocks = _pool_blocks(pool, func, todo, plan.chunksize, counts)
     yield from blocks
     wall = time.perf_counter() - start

@@ -67,7 +67,7 @@ def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def amorsize_get_pool(executor: str, n_jobs: int, create: bool) -> Any:
+def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None) -> Any:
     """Return a pool of ``n_jobs`` workers of kind ``executor`` ("serial", "thread", "process").
 
     Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
@@ -75,6 +75,9 @@ def amorsize_get_pool(executor: str, n_jobs: int, create: bool) -> Any:
     ``amorsize.pools.Pool``: ``imap_chunks(func, iterable, chunksize)`` yielding ``(results,
     compute_seconds)`` per chunk in order, ``map(func, iterable, chunksize=1) -> list``,
     ``submit(fn, *args, **kwargs) -> Future``, ``submit_timed`` and ``submit_chunk``.
+
+    ``start_method`` is the process start method asked for ("fork", "forkserver", "spawn"), or
+    None for the provider's default; it means nothing to serial and thread pools.
 
     With ``create=False`` return only an already-running (warm) pool, or None: the optimizer asks
     this to know whether a pool start-up must be paid, and must not start one by asking. With
@@ -88,7 +91,7 @@ def amorsize_pool_event(event: str, key: tuple, stats: dict) -> None:
     died; the pool is discarded) or "shutdown".
 
     Called by the global ``PoolManager`` as it happens. ``key`` identifies the pool:
-    ``(executor, n_jobs, start_method, initializer)``; ``stats`` holds figures about it:
+    ``(executor, n_jobs, start_method, (initializer, initargs) or None)``; ``stats`` holds figures about it:
     ``startup_seconds``, ``idle_seconds`` when a pool is closed, and on "evicted" the ``reason``:
     "idle" (past the idle timeout), "released" (``release_pool``) or "force_new". Called in the
     thread that caused it, sometimes while the manager holds the lock of that pool: keep it cheap,

@@ -38,7 +38,7 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
         reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
 
     def is_warm(executor: str, n_jobs: int) -> bool:
-        return plugins.get_pool(executor, n_jobs, create=False) is not None
+        return plugins.get_pool(executor, n_jobs, False, start_method) is not None
 
     share = 1.0 / (1 + workload.previous_runs)
     forced_chunks = workload.options.get("chunksize")
@@ -53,12 +53,12 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     candidates = evaluate()
     chosen = cost_model.choose(candidates, workload.min_speedup)
     if chosen.executor_type == "thread" and "thread" not in ovh.measured:
-        ovh = overheads.measure_threads(_pool("thread", chosen.n_jobs), start_method)
+        ovh = overheads.measure_threads(_pool("thread", chosen.n_jobs, start_method), start_method)
         candidates = evaluate()
         chosen = cost_model.choose(candidates, workload.min_speedup)
     if chosen.executor_type == "process":
         try:
-            pool = _pool("process", chosen.n_jobs)
+            pool = _pool("process", chosen.n_jobs, start_method)
         except Exception as exc:
             if executors == {"process"}:
                 raise
@@ -110,8 +110,8 @@ def _no_processes(exc: Exception) -> str:
     return message
 
 
-def _pool(executor: str, n_jobs: int) -> Any:
-    return plugins.get_pool(executor, n_jobs)
+def _pool(executor: str, n_jobs: int, start_method: str) -> Any:
+    return plugins.get_pool(executor, n_jobs, start_method=start_method)
 
 
 def _describe(profile: Profile, workload: Workload) -> str:

@@ -186,11 +186,13 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
     return adjusted
 
 
-def get_pool(executor: str, n_jobs: int, create: bool = True) -> Any:
+def get_pool(executor: str, n_jobs: int, create: bool = True,
+             start_method: str | None = None) -> Any:
     """A pool from the first plugin that provides one (by default the global PoolManager); with
-    ``create=False`` only a warm one, or None."""
+    ``create=False`` only a warm one, or None. ``start_method`` None means the default."""
     _load_plugins()
-    pool, by = _call("amorsize_get_pool", {"executor": executor, "n_jobs": n_jobs, "create": create},
+    pool, by = _call("amorsize_get_pool", {"executor": executor, "n_jobs": n_jobs, "create": create,
+                                           "start_method": start_method},
                      firstresult=True)
     if pool is None and create:
         raise PluginError("<none>", "amorsize_get_pool", RuntimeError(

@@ -12,6 +12,7 @@ worker will ever run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -258,7 +259,8 @@ class ProcessPool(Pool):
             initargs=(blas_threads, initializer, initargs),
         )
         try:
-            _start_all_workers(self._executor, n_jobs)
+            with _without_main_module():
+                _start_all_workers(self._executor, n_jobs)
         except BrokenProcessPool as exc:
             self.shutdown(force=True)
             raise WorkerCrashedError(
@@ -275,7 +277,7 @@ class ProcessPool(Pool):
 
     def _submit(self, fn: Callable, *args: Any) -> Future:
         try:
-            inner = self._executor.submit(fn, *args)
+            inner = self._executor.submit(worker.call_by_value, worker.ByValue((fn, args)))
         except BrokenProcessPool as exc:
             self._broken_seen = True
             raise self._crashed() from exc
@@ -311,9 +313,9 @@ class ProcessPool(Pool):
 
 
 class _CrashAwareFuture(Future):
-    """Mirrors an executor's future, turning the ``BrokenProcessPool`` of a dead worker into
-    ``WorkerCrashedError`` (and marking the pool broken), so callers of ``submit`` see the same
-    error as callers of ``map``."""
+    """Mirrors an executor's future: unpacks the by-value result or exception of the worker, and
+    turns the ``BrokenProcessPool`` of a dead worker into ``WorkerCrashedError`` (marking the
+    pool broken), so callers of ``submit`` see the same error as callers of ``map``."""
 
     def __init__(self, inner: Future, pool: ProcessPool) -> None:
         super().__init__()
@@ -334,13 +336,21 @@ class _CrashAwareFuture(Future):
             return
         exc = inner.exception()
         if exc is None:
-            self.set_result(inner.result())
+            self._set_loaded(inner.result())
+        elif isinstance(exc, worker.RemoteError):
+            self.set_exception(exc.original())
         elif isinstance(exc, BrokenProcessPool) and not isinstance(exc, WorkerCrashedError):
             self._pool._broken_seen = True
             crashed = self._pool._crashed()
             crashed.__cause__ = exc
             self.set_exception(crashed)
         else:
+            self.set_exception(exc)
+
+    def _set_loaded(self, packed: worker.ByValue) -> None:
+        try:
+            self.set_result(packed.load())
+        except Exception as exc:  # noqa: BLE001 - a result that cannot be unpickled is this call's error
             self.set_exception(exc)
 
 
@@ -368,10 +378,40 @@ _preload_lock = threading.Lock()
 
 
 def _preload_forkserver(context: Any) -> None:
-    """Have the fork server import amorsize's worker module and ``__main__`` once, so each
+    """Have the fork server import amorsize's worker module and cloudpickle once, so each
     worker forks with them loaded instead of importing them again."""
     with _preload_lock:
-        context.set_forkserver_preload(["__main__", "amorsize.worker"])
+        context.set_forkserver_preload(["amorsize.worker", "cloudpickle"])
+
+
+_launch_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Start workers that do not import the parent's ``__main__``.
+
+    ``multiprocessing`` makes forkserver and spawn children re-run the parent's main script
+    (as ``__mp_main__``), which runs an unguarded script's top level again in every worker.
+    amorsize sends everything by value (``worker.ByValue``), so its workers need no ``__main__``:
+    the preparation data of the processes started here leaves it out, as loky's does.
+    """
+    from multiprocessing import spawn
+
+    with _launch_lock:
+        original = spawn.get_preparation_data
+
+        def without_main(name: str) -> dict:
+            data = original(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = original
 
 
 def after_fork_in_child() -> None:

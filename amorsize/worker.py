@@ -1,8 +1,12 @@
 """Code that runs inside pool workers: calling the user's function on a chunk, timed.
 
 Kept tiny and free of heavy imports because every process worker imports it at start-up.
-Functions travel as cloudpickle bytes (so lambdas, closures and ``__main__`` functions work);
-each worker keeps the last few unpickled functions so a chunk does not pay to unpickle again.
+
+Process workers do not import the parent's ``__main__`` (as loky's workers do not): a script
+without an ``if __name__ == "__main__":`` guard is never run again in a worker. So everything
+crossing to and from a process worker -- the call, its arguments, its result or its exception --
+travels as cloudpickle bytes (``ByValue``), which carry ``__main__`` functions and classes by
+value. Each worker keeps the last few unpickled functions so a chunk does not pay to unpickle again.
 """
 
 from __future__ import annotations
@@ -53,6 +57,67 @@ class PickledFunction:
             if len(_FUNC_CACHE) > _FUNC_CACHE_SIZE:
                 _FUNC_CACHE.popitem(last=False)
         return func
+
+
+class ByValue:
+    """An object pickled with cloudpickle, so ``__main__`` functions and classes in it travel by
+    value; cloudpickle keeps class identity, so a ``__main__`` class sent back is the parent's."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, obj: Any) -> None:
+        import cloudpickle
+
+        self.data = cloudpickle.dumps(obj, protocol=5)
+
+    def __getstate__(self) -> bytes:
+        return self.data
+
+    def __setstate__(self, data: bytes) -> None:
+        self.data = data
+
+    def load(self) -> Any:
+        import cloudpickle
+
+        return cloudpickle.loads(self.data)
+
+
+class RemoteError(Exception):
+    """A worker's exception, carried by value with the worker's traceback as text."""
+
+    def __init__(self, error: ByValue, traceback_text: str) -> None:
+        super().__init__(error, traceback_text)
+        self.error = error
+        self.traceback_text = traceback_text
+
+    def original(self) -> BaseException:
+        """The exception as raised in the worker, with its traceback attached as the cause."""
+        error = self.error.load()
+        error.__cause__ = RemoteTraceback(self.traceback_text)
+        return error
+
+
+class RemoteTraceback(Exception):
+    """Shows where in the worker an exception was raised (as ``concurrent.futures`` does)."""
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.args[0]}\"\"\""
+
+
+def call_by_value(call: ByValue) -> ByValue:
+    """What a process worker runs: unpack ``(fn, args)``, call, and pack the outcome by value."""
+    fn, args = call.load()
+    try:
+        return ByValue(fn(*args))
+    except Exception as exc:
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        try:
+            packed = ByValue(exc)
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled keeps its message
+            packed = ByValue(RuntimeError(f"{type(exc).__qualname__}: {exc}"))
+        raise RemoteError(packed, text) from None
 
 
 def _resolve(func: Any) -> Any:

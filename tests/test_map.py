@@ -275,3 +275,48 @@ def test_when_no_process_pool_can_start_the_work_still_runs_without_processes():
             assert amorsize.map(heavy, list(range(30))) == [heavy(x) for x in range(30)]
     finally:
         amorsize.unregister_plugin(blocker)
+
+
+@pytest.mark.timeout(120)
+def test_the_start_method_asked_for_is_the_one_the_pool_uses():
+    amorsize.map(square, list(range(20)), executor="process", n_jobs=2, start_method="spawn")
+    pools = amorsize.get_global_pool_manager().get_stats()["pools"]
+    assert any(p["start_method"] == "spawn" for p in pools.values())
+
+
+def test_a_script_without_a_main_guard_runs_once_with_its_own_classes_by_value(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent("""
+        import dataclasses
+        import amorsize
+
+        @dataclasses.dataclass
+        class Box:
+            value: int
+
+        class Bad(Exception):
+            pass
+
+        def work(box):
+            if box.value < 0:
+                raise Bad("negative")
+            return Box(box.value * 2)
+
+        print("top level ran")
+        out = amorsize.map(work, [Box(i) for i in range(50)], executor="process", n_jobs=2)
+        assert out == [Box(i * 2) for i in range(50)] and type(out[0]) is Box
+        try:
+            amorsize.map(work, [Box(1), Box(-1)] * 10, executor="process", n_jobs=2, chunksize=1)
+        except Bad as exc:
+            print("raised", type(exc).__name__, exc)
+    """))
+    for method in ("forkserver", "spawn"):
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "AMORSIZE_START_METHOD": method})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("top level ran") == 1, out.stdout
+        assert "raised Bad negative" in out.stdout

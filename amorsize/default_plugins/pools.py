@@ -9,5 +9,6 @@ from amorsize.pool_manager import get_global_pool_manager
 
 
 @hookimpl(trylast=True)
-def amorsize_get_pool(executor: str, n_jobs: int, create: bool) -> Any:
-    return get_global_pool_manager().get_pool(n_jobs, executor, create=create)
+def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None) -> Any:
+    return get_global_pool_manager().get_pool(
+        n_jobs, executor, create=create, start_method=start_method if executor == "process" else None)
