@@ -50,31 +50,14 @@ _SHAREDMEM_EXECUTORS = ("serial", "thread")
 _last_counts: OrderedDict[Hashable, int] = OrderedDict()
 
 
-def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> Any:
+def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:
     """Run a joblib batch where it lands (caller, pool thread or process worker), timed there.
 
     Returns the results, the wall seconds and the CPU seconds of this thread, so the optimizer
-    learns compute time, not dispatch-to-callback time. A process worker receives the batch as
-    cloudpickle bytes and answers in cloudpickle bytes (an error too, with its remote traceback),
-    so lambdas, ``__main__`` functions and exception classes travel as loky would ship them.
+    learns compute time, not dispatch-to-callback time. On a process pool the batch, its results
+    and its errors travel by value (cloudpickle, done by amorsize's pools), so lambdas,
+    ``__main__`` functions and exception classes work as with loky.
     """
-    if not isinstance(batch, bytes):
-        return _timed(batch, inner_max_num_threads)
-    import cloudpickle
-
-    try:
-        return cloudpickle.dumps((True, _timed(cloudpickle.loads(batch), inner_max_num_threads)))
-    except BaseException as exc:  # noqa: BLE001 - sent back to be raised in the caller
-        import traceback
-
-        exc.__cause__ = _RemoteTraceback("".join(traceback.format_exception(exc)))
-        try:
-            return cloudpickle.dumps((False, exc))
-        except Exception:  # noqa: BLE001 - an error that cannot travel is described instead
-            return cloudpickle.dumps((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
-
-
-def _timed(batch: Any, inner_max_num_threads: int | None) -> tuple[list, float, float]:
     cpu0 = time.thread_time()
     start = time.perf_counter()
     if inner_max_num_threads is None:
@@ -85,29 +68,6 @@ def _timed(batch: Any, inner_max_num_threads: int | None) -> tuple[list, float, 
         with threadpool_limits(limits=inner_max_num_threads):
             results = batch()
     return results, time.perf_counter() - start, time.thread_time() - cpu0
-
-
-def _unpack(answer: Any) -> tuple[list, float, float]:
-    """A process worker's answer as results and times, raising the task's error as it was."""
-    if not isinstance(answer, bytes):
-        return answer
-    import cloudpickle
-
-    ok, value = cloudpickle.loads(answer)
-    if not ok:
-        raise value
-    return value
-
-
-class _RemoteTraceback(Exception):
-    """The traceback of an error raised in a worker process, attached as its ``__cause__``."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
 
 
 class AmorsizeBackend(ParallelBackendBase):
@@ -477,16 +437,12 @@ class AmorsizeBackend(ParallelBackendBase):
         assert plan is not None
         chunks = _split(batch, max(1, min(plan.chunksize, -(-len(batch) // plan.n_jobs))))
         gather = _Gather(self, future, len(chunks), prefix or [])
-        as_bytes = plan.executor_type == "process"
-        if as_bytes:
-            import cloudpickle
         for index, chunk in enumerate(chunks):
             if self._aborting:
                 gather.cancel()
                 return
             try:
-                payload = cloudpickle.dumps(chunk) if as_bytes else chunk
-                part = self._pool.submit(self._runner, payload, self.inner_max_num_threads)
+                part = self._pool.submit(self._runner, chunk, self.inner_max_num_threads)
             except BaseException as exc:  # noqa: BLE001 - e.g. unpicklable task: joblib raises it
                 gather.fail(exc)
                 return
@@ -546,7 +502,7 @@ class _Gather:
             self.fail(error)
             return
         try:
-            results, wall, _ = _unpack(part.result())
+            results, wall, _ = part.result()
         except BaseException as exc:  # noqa: BLE001 - the task's own error, raised by joblib
             self.fail(exc)
             return
