@@ -337,8 +337,6 @@ class _CrashAwareFuture(Future):
         exc = inner.exception()
         if exc is None:
             self._set_loaded(inner.result())
-        elif isinstance(exc, worker.RemoteError):
-            self.set_exception(exc.original())
         elif isinstance(exc, BrokenProcessPool) and not isinstance(exc, WorkerCrashedError):
             self._pool._broken_seen = True
             crashed = self._pool._crashed()
@@ -349,8 +347,8 @@ class _CrashAwareFuture(Future):
 
     def _set_loaded(self, packed: worker.ByValue) -> None:
         try:
-            self.set_result(packed.load())
-        except Exception as exc:  # noqa: BLE001 - a result that cannot be unpickled is this call's error
+            self.set_result(worker.unpack_outcome(packed))
+        except Exception as exc:  # noqa: BLE001 - the call's own error, or an unloadable result
             self.set_exception(exc)
 
 

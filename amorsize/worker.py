@@ -82,21 +82,6 @@ class ByValue:
         return cloudpickle.loads(self.data)
 
 
-class RemoteError(Exception):
-    """A worker's exception, carried by value with the worker's traceback as text."""
-
-    def __init__(self, error: ByValue, traceback_text: str) -> None:
-        super().__init__(error, traceback_text)
-        self.error = error
-        self.traceback_text = traceback_text
-
-    def original(self) -> BaseException:
-        """The exception as raised in the worker, with its traceback attached as the cause."""
-        error = self.error.load()
-        error.__cause__ = RemoteTraceback(self.traceback_text)
-        return error
-
-
 class RemoteTraceback(Exception):
     """Shows where in the worker an exception was raised (as ``concurrent.futures`` does)."""
 
@@ -105,19 +90,33 @@ class RemoteTraceback(Exception):
 
 
 def call_by_value(call: ByValue) -> ByValue:
-    """What a process worker runs: unpack ``(fn, args)``, call, and pack the outcome by value."""
+    """What a process worker runs: unpack ``(fn, args)``, call, and pack the outcome by value.
+
+    The outcome is ``(True, result)`` or ``(False, (exception, traceback text))``: an exception
+    is returned, never raised, so ``multiprocessing`` never pickles it by reference (it cannot
+    for a class that came by value).
+    """
     fn, args = call.load()
     try:
-        return ByValue(fn(*args))
+        result = fn(*args)
     except Exception as exc:
         import traceback
 
         text = "".join(traceback.format_exception(exc))
         try:
-            packed = ByValue(exc)
+            return ByValue((False, (exc, text)))
         except Exception:  # noqa: BLE001 - an exception that cannot be pickled keeps its message
-            packed = ByValue(RuntimeError(f"{type(exc).__qualname__}: {exc}"))
-        raise RemoteError(packed, text) from None
+            return ByValue((False, (RuntimeError(f"{type(exc).__qualname__}: {exc}"), text)))
+    return ByValue((True, result))
+
+
+def unpack_outcome(packed: ByValue) -> Any:
+    """The result of ``call_by_value``, or its exception raised with the worker's traceback."""
+    ok, value = packed.load()
+    if ok:
+        return value
+    error, text = value
+    raise error from RemoteTraceback(text)
 
 
 def _resolve(func: Any) -> Any:
