@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -49,3 +50,16 @@ def die_in_worker(x: int) -> int:
     if x == 5 and os.environ.get("AMORSIZE_IN_WORKER"):
         os._exit(1)
     return x
+
+
+class Recorder:
+    """Returns its argument and records every call (thread-safe), to count calls per item."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self._lock = threading.Lock()
+
+    def __call__(self, x: object) -> object:
+        with self._lock:
+            self.calls.append(x)
+        return x

@@ -8,7 +8,16 @@ import os
 import threading
 
 import pytest
-from core_helpers import MarkOnce, burn, die_in_worker, fail_on_seven, nap, pid_of, square
+from core_helpers import (
+    MarkOnce,
+    Recorder,
+    burn,
+    die_in_worker,
+    fail_on_seven,
+    nap,
+    pid_of,
+    square,
+)
 
 import amorsize
 from amorsize.memory import MEMORY, function_key
@@ -29,17 +38,10 @@ def test_every_item_is_computed_exactly_once(tmp_path, executor):
 
 
 def test_items_measured_while_sampling_are_not_run_again():
-    calls = []
-    lock = threading.Lock()
-
-    def record(x):
-        with lock:
-            calls.append(x)
-        return x
-
+    record = Recorder()
     data = list(range(1000))
     assert amorsize.map(record, data) == data
-    assert sorted(calls) == data
+    assert sorted(record.calls) == data
 
 
 def test_optimize_samples_items_spread_over_the_data_and_keeps_their_results():
@@ -174,30 +176,14 @@ def test_unpicklable_function_runs_on_threads_or_serially_with_a_reason():
     assert amorsize.map(holds_lock, list(range(10))) == [burn(x, 5000) for x in range(10)]
 
 
-def test_a_function_seen_before_is_not_sampled_again():
-    calls = []
-
-    def record(x):
-        calls.append(x)
-        return x
-
+@pytest.mark.parametrize(("resample", "measures_again"), [(False, False), (True, True)])
+def test_a_function_seen_before_is_sampled_again_only_when_asked(resample, measures_again):
+    record = Recorder()
     amorsize.optimize(record, list(range(500)))
-    first = len(calls)
-    amorsize.optimize(record, list(range(500)))
-    assert first > 0 and len(calls) == first
-
-
-def test_resample_measures_again():
-    calls = []
-
-    def record(x):
-        calls.append(x)
-        return x
-
-    amorsize.optimize(record, list(range(500)))
-    first = len(calls)
-    amorsize.optimize(record, list(range(500)), resample=True)
-    assert len(calls) > first
+    first = len(record.calls)
+    amorsize.optimize(record, list(range(500)), resample=resample)
+    assert first > 0
+    assert (len(record.calls) > first) is measures_again
 
 
 def test_finished_runs_are_remembered_and_correct_the_profile():
