@@ -16,6 +16,8 @@ from amorsize.workload import Profile
 
 THREAD_COUNTS = (2, 4, 8, 16, 32, 64, 128)
 _MIN_THREAD_OVERLAP = 0.05
+_BUSY_CPU_RATIO = 0.8
+_NOISE_SCALING = 1.3
 _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
 
 
@@ -41,6 +43,8 @@ def thread_parallel_fraction(profile: Profile) -> float:
     overlap, since pure-Python CPU work holds the GIL.
     """
     if profile.thread_scaling is not None:
+        if profile.cpu_ratio >= _BUSY_CPU_RATIO and profile.thread_scaling < _NOISE_SCALING:
+            return 0.0  # computing calls that barely overlapped: GIL-bound, the rest is noise
         s = max(1.0, min(2.0, profile.thread_scaling))
         return max(0.0, min(1.0, 2.0 * (1.0 - 1.0 / s)))
     return max(0.0, 1.0 - min(1.0, profile.cpu_ratio))

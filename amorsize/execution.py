@@ -17,6 +17,7 @@ from amorsize.plan import Plan
 from amorsize.report import RunReport
 
 _SERIAL_BLOCK = 4096
+_LAZY_BLOCK_SECONDS = 0.01
 
 
 def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
@@ -74,15 +75,17 @@ def run_plan(func: Callable, plan: Plan) -> list:
 def _run(func: Callable, plan: Plan) -> Iterator[list]:
     """Yield blocks of ordered results; report the run to observers when it completes."""
     todo = _Todo(plan.data, plan.sampled_results)
+    lazy = plan.workload.source == "imap"
     start = time.perf_counter()
     counts = {"items": 0, "chunks": 0, "compute": 0.0}
     if plan.executor_type == "serial" or plan.n_jobs == 1 and plan.executor_type != "process":
-        blocks = _serial_blocks(func, todo, counts)
+        block = _serial_block_size(plan.profile.per_item_seconds) if lazy else _SERIAL_BLOCK
+        yield from _serial_blocks(func, todo, counts, block)
     else:
         pool = plugins.get_pool(plan.executor_type, plan.n_jobs,
                                 start_method=plan.machine.get("start_method"))
-        blocks = _pool_blocks(pool, func, todo, plan.chunksize, counts)
-    yield from blocks
+        with pool.lease():
+            yield from _pool_blocks(pool, func, todo, plan.chunksize, counts)
     wall = time.perf_counter() - start
     report = RunReport(
         source=plan.workload.source,
@@ -93,7 +96,8 @@ def _run(func: Callable, plan: Plan) -> Iterator[list]:
         n_chunks=counts["chunks"],
         wall_seconds=wall,
         compute_seconds=counts["compute"],
-        predicted_seconds=plan.predicted_seconds,
+        # imap's wall time includes its consumer's pauses: no verdict on the prediction
+        predicted_seconds=None if lazy else plan.predicted_seconds,
         predicted_speedup=plan.estimated_speedup,
     )
     plugins.run_finished(plan, report)
@@ -117,17 +121,22 @@ class _Todo:
         yield self.it, None
 
 
-def _serial_blocks(func: Callable, todo: _Todo, counts: dict) -> Iterator[list]:
-    """Runs in blocks of at most ``_SERIAL_BLOCK`` items, so ``imap`` over a generator reads
-    only as far as its consumer has asked."""
+def _serial_block_size(per_item_seconds: float) -> int:
+    """Items per block for a lazy serial run: about 10 ms of work, so ``imap`` yields promptly."""
+    return max(1, min(_SERIAL_BLOCK, int(_LAZY_BLOCK_SECONDS / max(per_item_seconds, 1e-9))))
+
+
+def _serial_blocks(func: Callable, todo: _Todo, counts: dict, block: int) -> Iterator[list]:
+    """Runs in blocks of at most ``block`` items, so ``imap`` over a generator reads only as
+    far as its consumer has asked."""
     for run, follower in todo.runs():
         while True:
             t0 = time.perf_counter()
-            results = [func(x) for x in itertools.islice(run, _SERIAL_BLOCK)]
+            results = [func(x) for x in itertools.islice(run, block)]
             counts["compute"] += time.perf_counter() - t0
             counts["items"] += len(results)
             counts["chunks"] += 1
-            if len(results) < _SERIAL_BLOCK:
+            if len(results) < block:
                 if follower is not None:
                     results.append(todo.done_results[follower])
                 yield results

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -34,16 +35,19 @@ class Memory:
 
 
 def function_key(func: Callable) -> Hashable:
-    """A key that is equal for calls of the same code, stable across re-created closures and
-    bound methods (a lambda defined in a loop is one function for this purpose)."""
+    """A key that is equal for calls of the same code, stable across re-created closures, bound
+    methods and callable objects (a lambda defined in a loop is one function for this purpose)."""
     if isinstance(func, functools.partial):
         return ("partial", function_key(func.func), len(func.args), tuple(sorted(func.keywords)))
-    code = getattr(func, "__code__", None)
+    code = getattr(func, "__code__", None)  # functions, lambdas, closures, bound methods
     if code is not None:
         return code
-    inner = getattr(func, "__func__", None)
-    if inner is not None and getattr(inner, "__code__", None) is not None:
-        return (inner.__code__, type(getattr(func, "__self__", None)))
+    # A callable object is known by its class's __call__: keying by the object itself would
+    # keep it (and whatever it holds) alive in this memory.
+    call = next((vars(c)["__call__"] for c in type(func).__mro__ if "__call__" in vars(c)), None)
+    code = getattr(call, "__code__", None)
+    if code is not None:
+        return code
     try:
         hash(func)
         return func
@@ -58,6 +62,10 @@ class ProfileMemory:
         self._entries: OrderedDict[Hashable, Memory] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_entries
+
+    def _reset_lock(self) -> None:
+        """A fork taken while another thread held the lock would leave it held in the child."""
+        self._lock = threading.Lock()
 
     def recall(self, key: Hashable) -> Memory | None:
         with self._lock:
@@ -119,3 +127,4 @@ class ProfileMemory:
 
 
 MEMORY = ProfileMemory()
+os.register_at_fork(after_in_child=MEMORY._reset_lock)

@@ -34,7 +34,6 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     reasons = [_describe(profile, workload)]
     if "process" in executors and not profile.picklable:
         executors.discard("process")
-        executors.add("thread")
         reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
 
     def is_warm(executor: str, n_jobs: int) -> bool:

@@ -7,6 +7,7 @@ time the optimizer considers processes seriously, it measures them on the (then 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import threading
 import time
@@ -51,17 +52,6 @@ def current(start_method: str) -> Overheads:
     if found is None:
         found = Overheads(process_start=_START_DEFAULTS.get(start_method, 0.1))
     return found
-
-
-def processes_measured(start_method: str) -> bool:
-    return "process" in current(start_method).measured
-
-
-def record_process_startup(start_method: str, n_jobs: int, seconds: float) -> None:
-    """Fold the measured start-up of a real pool into the per-worker start cost."""
-    with _lock:
-        base = current(start_method)
-        _cache[start_method] = dataclasses.replace(base, process_start=seconds / max(1, n_jobs))
 
 
 def measure_threads(pool: Any, start_method: str) -> Overheads:
@@ -128,3 +118,12 @@ def forget() -> None:
     """Drop measured figures (tests, or after the machine's load changed a lot)."""
     with _lock:
         _cache.clear()
+
+
+def _reset_lock_in_child() -> None:
+    """A fork taken while another thread measured leaves the lock held in the child forever."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from amorsize import plugins, sampling
+from amorsize import plugins, sampling, worker
 from amorsize.errors import (
     EXECUTOR_TYPES,
     InvalidArgumentError,
@@ -113,6 +113,8 @@ def make(
     key = function_key(func)
     options = {"key": key, "chunksize": chunksize, "start_method": start_method}
     executors = (executor,) if executor else EXECUTOR_TYPES
+    if worker.inside_worker():
+        executors, n_jobs = ("serial",), 1
     if n == 0:
         workload = Workload(0, source, executors, n_jobs, min_speedup, options=options)
         return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
@@ -126,9 +128,15 @@ def make(
                    else list(range(known)))
         pair = [i for i in sampling.spread_indices(known, 3 * sample_size + 2 * sampling.PAIR_MAX)
                 if i not in indices]
-        sample = sampling.measure(func, items, indices, _two_threads, pair)
+        threads_allowed = "thread" in executors and n_jobs != 1
+        sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
+                                  pair)
         profile, results = sample.profile, sample.results
         memory = MEMORY.remember(key, profile)
+    if executors == ("process",) and not profile.picklable:
+        raise InvalidArgumentError(
+            f"executor='process' cannot run this function: cannot pickle "
+            f"{profile.unpicklable_reason}; use executor='thread' or None, or make it picklable")
     options["already_done"] = len(results)
     workload = Workload(n, source, executors, n_jobs, min_speedup, memory.runs, options)
     plan = plugins.make_plan(func, profile, workload)

@@ -42,6 +42,14 @@ _loaded = False
 _load_lock = threading.Lock()
 
 
+def _reset_lock_in_child() -> None:
+    global _load_lock
+    _load_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
 def _load_plugins() -> None:
     """Register the built-in plugins, then third-party ones from entry points (once).
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.spawn
 import os
 import threading
 import time
@@ -32,7 +33,6 @@ class Pool:
 
     executor_type: ClassVar[str]
     uses_processes: ClassVar[bool] = False
-    needs_pickling: ClassVar[bool] = False
     usable_after_fork: ClassVar[bool] = False
 
     def __init__(self, n_jobs: int) -> None:
@@ -53,6 +53,17 @@ class Pool:
     def busy(self) -> bool:
         return self._inflight > 0
 
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Count the pool busy for a whole run, so a paused ``imap`` (no chunk in flight) never
+        finds it closed as idle by another caller's request."""
+        with self._inflight_lock:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            self._done(None)
+
     @property
     def idle_seconds(self) -> float:
         return 0.0 if self.busy else time.monotonic() - self.last_used
@@ -69,12 +80,6 @@ class Pool:
         """Run ``fn(*args, **kwargs)`` on a worker; its exception, if any, comes through the future."""
         self._check_usable()
         return self._track(self._submit(worker.call, self.prepare(fn), args, kwargs))
-
-    def submit_timed(self, fn: Callable, *args: Any, **kwargs: Any) -> Future:
-        """Like ``submit``, but the future gives ``(result, seconds)`` timed inside the worker,
-        so queueing and transfer never count as the function's compute time."""
-        self._check_usable()
-        return self._track(self._submit(worker.timed_call, self.prepare(fn), args, kwargs))
 
     def submit_chunk(self, func: Any, items: list) -> Future:
         """Run ``func`` (as returned by ``prepare``) on ``items``; the future gives
@@ -138,7 +143,7 @@ class Pool:
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _: Future) -> None:
+    def _done(self, _: Future | None) -> None:
         with self._inflight_lock:
             self._inflight -= 1
             self.last_used = time.monotonic()
@@ -235,7 +240,6 @@ class ProcessPool(Pool):
 
     executor_type = "process"
     uses_processes = True
-    needs_pickling = True
 
     def __init__(
         self,
@@ -369,7 +373,10 @@ def _start_all_workers(executor: ProcessPoolExecutor, n_jobs: int, timeout: floa
     seen: set[int] = set()
     while len(seen) < n_jobs and time.monotonic() < deadline:
         futures = [executor.submit(worker.pid_after, 0.005) for _ in range(n_jobs)]
-        seen.update(f.result() for f in futures)
+        seen.update(f.result(timeout=max(0.1, deadline - time.monotonic())) for f in futures)
+    if len(seen) < n_jobs:
+        raise TimeoutError(f"only {len(seen)} of {n_jobs} workers started within {timeout:.0f} s "
+                           "(is the initializer stuck?)")
 
 
 _preload_lock = threading.Lock()
@@ -383,6 +390,7 @@ def _preload_forkserver(context: Any) -> None:
 
 
 _launch_lock = threading.Lock()
+_GET_PREPARATION_DATA = multiprocessing.spawn.get_preparation_data
 
 
 @contextlib.contextmanager
@@ -397,10 +405,8 @@ def _without_main_module() -> Iterator[None]:
     from multiprocessing import spawn
 
     with _launch_lock:
-        original = spawn.get_preparation_data
-
         def without_main(name: str) -> dict:
-            data = original(name)
+            data = _GET_PREPARATION_DATA(name)
             data.pop("init_main_from_path", None)
             data.pop("init_main_from_name", None)
             return data
@@ -409,7 +415,7 @@ def _without_main_module() -> Iterator[None]:
         try:
             yield
         finally:
-            spawn.get_preparation_data = original
+            spawn.get_preparation_data = _GET_PREPARATION_DATA
 
 
 def after_fork_in_child() -> None:
@@ -419,8 +425,10 @@ def after_fork_in_child() -> None:
     child) and the parent's fork-server handle, whose liveness check (``waitpid`` on a process
     that is not the child's) fails; both are reset so the child starts its own fork server.
     """
-    global _preload_lock
+    global _preload_lock, _launch_lock
     _preload_lock = threading.Lock()
+    _launch_lock = threading.Lock()
+    multiprocessing.spawn.get_preparation_data = _GET_PREPARATION_DATA
     from multiprocessing import forkserver
 
     server = getattr(forkserver, "_forkserver", None)

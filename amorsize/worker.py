@@ -12,6 +12,7 @@ value. Each worker keeps the last few unpickled functions so a chunk does not pa
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -26,6 +27,7 @@ _BLAS_ENV_VARS = (
 )
 _FUNC_CACHE: OrderedDict[bytes, Any] = OrderedDict()
 _FUNC_CACHE_SIZE = 16
+_IN_PROCESS_WORKER = False
 
 
 class PickledFunction:
@@ -103,11 +105,30 @@ def call_by_value(call: ByValue) -> ByValue:
         import traceback
 
         text = "".join(traceback.format_exception(exc))
-        try:
-            return ByValue((False, (exc, text)))
-        except Exception:  # noqa: BLE001 - an exception that cannot be pickled keeps its message
-            return ByValue((False, (RuntimeError(f"{type(exc).__qualname__}: {exc}"), text)))
+        for error in (exc, _ErrorState(exc)):
+            try:
+                packed = ByValue((False, (error, text)))
+                packed.load()  # an exception whose __init__ takes other arguments won't load
+                return packed
+            except Exception:  # noqa: BLE001, S112 - try the next, plainer form
+                continue
+        stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+        return ByValue((False, (stand_in, text)))
     return ByValue((True, result))
+
+
+class _ErrorState:
+    """An exception as its class, args and attributes, rebuilt without calling its
+    ``__init__`` (which pickling calls with ``args``, and which may want something else)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.cls, self.args, self.state = type(exc), exc.args, dict(vars(exc))
+
+    def rebuild(self) -> BaseException:
+        error = BaseException.__new__(self.cls)
+        error.args = self.args
+        error.__dict__.update(self.state)
+        return error
 
 
 def unpack_outcome(packed: ByValue) -> Any:
@@ -116,6 +137,8 @@ def unpack_outcome(packed: ByValue) -> Any:
     if ok:
         return value
     error, text = value
+    if isinstance(error, _ErrorState):
+        error = error.rebuild()
     raise error from RemoteTraceback(text)
 
 
@@ -123,25 +146,45 @@ def _resolve(func: Any) -> Any:
     return func.load() if isinstance(func, PickledFunction) else func
 
 
+_inside = threading.local()
+
+
+def inside_worker() -> bool:
+    """True while this thread runs a task for an amorsize pool (thread or process worker).
+
+    A nested ``amorsize.map`` there must not wait on the pools its caller is occupying (a thread
+    pool whose threads all wait on it never frees one) nor multiply processes: it runs serially.
+    """
+    return getattr(_inside, "depth", 0) > 0 or _IN_PROCESS_WORKER
+
+
+def _enter() -> None:
+    _inside.depth = getattr(_inside, "depth", 0) + 1
+
+
+def _leave() -> None:
+    _inside.depth -= 1
+
+
 def run_chunk(func: Any, items: list) -> tuple[list, float]:
     """Call ``func`` on each item; return the results and the seconds spent computing them."""
     f = _resolve(func)
-    start = time.perf_counter()
-    results = [f(x) for x in items]
-    return results, time.perf_counter() - start
+    _enter()
+    try:
+        start = time.perf_counter()
+        results = [f(x) for x in items]
+        return results, time.perf_counter() - start
+    finally:
+        _leave()
 
 
 def call(func: Any, args: tuple, kwargs: dict) -> Any:
     """Call a (possibly pickled) function with arguments: what ``Pool.submit`` runs."""
-    return _resolve(func)(*args, **kwargs)
-
-
-def timed_call(func: Any, args: tuple, kwargs: dict) -> tuple[Any, float]:
-    """Call and time in the worker, so dispatch and queueing never count as compute time."""
-    f = _resolve(func)
-    start = time.perf_counter()
-    result = f(*args, **kwargs)
-    return result, time.perf_counter() - start
+    _enter()
+    try:
+        return _resolve(func)(*args, **kwargs)
+    finally:
+        _leave()
 
 
 def pid_after(seconds: float) -> int:
@@ -160,3 +203,5 @@ def initialize(blas_threads: int | None) -> None:
         for var in _BLAS_ENV_VARS:
             os.environ.setdefault(var, str(blas_threads))
     os.environ["AMORSIZE_IN_WORKER"] = "1"
+    global _IN_PROCESS_WORKER
+    _IN_PROCESS_WORKER = True

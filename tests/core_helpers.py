@@ -63,3 +63,23 @@ class Recorder:
         with self._lock:
             self.calls.append(x)
         return x
+
+
+class TwoPartError(Exception):
+    """An exception whose __init__ takes other arguments than its args: pickling alone loses it."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+
+
+def fail_two_part_on_seven(x: int) -> int:
+    if x == 7:
+        raise TwoPartError(7, "seven")
+    return x
+
+
+def nested_map(x: int) -> list:
+    import amorsize
+
+    return amorsize.map(square, list(range(x, x + 20)))

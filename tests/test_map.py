@@ -6,15 +6,19 @@ import functools
 import itertools
 import os
 import threading
+import time
 
 import pytest
 from core_helpers import (
     MarkOnce,
     Recorder,
+    TwoPartError,
     burn,
     die_in_worker,
     fail_on_seven,
+    fail_two_part_on_seven,
     nap,
+    nested_map,
     pid_of,
     square,
 )
@@ -126,7 +130,9 @@ def test_bad_input_is_rejected_naming_the_argument(entry, kwargs, error, names):
 
 def test_process_executor_runs_in_worker_processes():
     pids = set(amorsize.map(pid_of, list(range(20)), executor="process", n_jobs=2, chunksize=1))
-    assert os.getpid() not in pids or len(pids) > 1
+    workers = set(amorsize.get_global_pool_manager().get_pool(2, "process").worker_pids())
+    assert pids - {os.getpid()}, "every item ran in the caller"
+    assert pids - {os.getpid()} <= workers
 
 
 def test_lambdas_and_closures_run_on_processes():
@@ -306,3 +312,82 @@ def test_a_script_without_a_main_guard_runs_once_with_its_own_classes_by_value(t
         assert out.returncode == 0, out.stderr
         assert out.stdout.count("top level ran") == 1, out.stdout
         assert "raised Bad negative" in out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_map_inside_a_worker_runs_serially_instead_of_deadlocking_on_busy_pools():
+    outer = amorsize.map(nested_map, list(range(8)), executor="thread", n_jobs=2, chunksize=1)
+    assert outer == [[y * y for y in range(x, x + 20)] for x in range(8)]
+    inner = amorsize.map(nested_map, list(range(4)), executor="process", n_jobs=2, chunksize=1)
+    assert inner == [[y * y for y in range(x, x + 20)] for x in range(4)]
+
+
+def test_forcing_processes_for_an_unpicklable_function_is_an_error_naming_the_fix():
+    lock = threading.Lock()
+    with pytest.raises(amorsize.InvalidArgumentError, match="executor='process'.*pickle"):
+        amorsize.map(lambda x: (lock, x)[1], list(range(50)), executor="process")
+
+
+@pytest.mark.parametrize("limits", [{"executor": "serial"}, {"n_jobs": 1}])
+def test_when_threads_are_not_allowed_the_function_only_runs_in_the_calling_thread(limits):
+    threads = set()
+
+    def where(x):
+        threads.add(threading.current_thread().name)
+        return x
+
+    assert amorsize.map(where, list(range(500)), **limits) == list(range(500))
+    assert threads == {threading.current_thread().name}
+
+
+def test_an_exception_whose_init_takes_other_arguments_keeps_its_type_from_processes():
+    with pytest.raises(TwoPartError, match="7: seven") as info:
+        amorsize.map(fail_two_part_on_seven, list(range(10)), executor="process", chunksize=1)
+    assert info.value.code == 7
+
+
+def test_a_slow_imap_consumer_does_not_teach_the_optimizer_that_parallel_is_slow():
+    results = amorsize.imap(nap, list(range(40)), executor="thread", n_jobs=4, chunksize=2)
+    for _ in results:
+        time.sleep(0.002)
+    assert "thread" not in MEMORY.recall(function_key(nap)).corrections
+
+
+@pytest.mark.timeout(60)
+def test_a_paused_imap_keeps_its_pool_while_idle_pools_are_evicted():
+    manager = amorsize.get_global_pool_manager()
+    saved, manager.idle_timeout = manager.idle_timeout, 0.05
+    try:
+        results = amorsize.imap(square, list(range(400)), executor="thread", n_jobs=4,
+                                chunksize=5)
+        head = list(itertools.islice(results, 10))
+        time.sleep(0.2)
+        manager.get_pool(3, "thread")
+        assert head + list(results) == [x * x for x in range(400)]
+    finally:
+        manager.idle_timeout = saved
+
+
+def test_serial_imap_yields_before_computing_a_large_block():
+    consumed = itertools.count()
+
+    def items():
+        for x in range(10_000):
+            next(consumed)
+            yield x
+
+    results = amorsize.imap(functools.partial(nap, seconds=0.0005), items(), executor="serial")
+    assert list(itertools.islice(results, 20)) == list(range(20))
+    assert next(consumed) < 500
+
+
+def test_a_callable_object_is_not_kept_alive_by_what_amorsize_remembers():
+    import gc
+    import weakref
+
+    record = Recorder()
+    amorsize.map(record, list(range(100)))
+    ref = weakref.ref(record)
+    del record
+    gc.collect()
+    assert ref() is None
