@@ -65,7 +65,9 @@ def imap(
 
 
 def run_plan(func: Callable, plan: Plan) -> list:
-    """Run a plan made by ``optimize`` (with its sampled results reused): ordered results."""
+    """Run a plan made by ``optimize`` (with its sampled results reused): ordered results.
+
+    A plan made from an iterator holds that iterator: it can be run once."""
     out: list = []
     for block in _run(func, plan):
         out.extend(block)

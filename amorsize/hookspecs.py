@@ -74,7 +74,7 @@ def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: st
     plan, and by the optimizer to learn which pools are warm. A pool behaves like
     ``amorsize.pools.Pool``: ``imap_chunks(func, iterable, chunksize)`` yielding ``(results,
     compute_seconds)`` per chunk in order, ``map(func, iterable, chunksize=1) -> list``,
-    ``submit(fn, *args, **kwargs) -> Future``, ``submit_timed`` and ``submit_chunk``.
+    ``submit(fn, *args, **kwargs) -> Future`` and ``submit_chunk``.
 
     ``start_method`` is the process start method asked for ("fork", "forkserver", "spawn"), or
     None for the provider's default; it means nothing to serial and thread pools.

@@ -43,7 +43,7 @@ class Workload:
     """What the caller knows about the work: size, constraints and origin.
 
     ``n_items`` is None for an iterator of unknown length. ``executors`` restricts the choice
-    (e.g. joblib's ``require="sharedmem"`` allows only serial and threads). ``warm_hint`` tells the
+    (e.g. joblib's ``require="sharedmem"`` allows only serial and threads). ``previous_runs`` tells the
     optimizer how many times this function has already been run in this process, so the start-up
     of a pool can be amortised over calls that keep coming.
     """
