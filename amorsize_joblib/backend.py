@@ -19,7 +19,7 @@ import pickle
 import statistics
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -47,7 +47,6 @@ SERIAL_FIRST_BATCH = 4096
 _MAX_BATCH = 1 << 22
 _ALL_EXECUTORS = ("serial", "thread", "process")
 _SHAREDMEM_EXECUTORS = ("serial", "thread")
-_last_counts: OrderedDict[Hashable, int] = OrderedDict()
 
 
 def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:
@@ -188,7 +187,6 @@ class AmorsizeBackend(ParallelBackendBase):
             return
         if MEMORY.recall(key) is None:
             MEMORY.remember(key, Profile(compute / items, n_measured=items, measured_by="joblib"))
-        _remember_count(key, items)
         plugins.run_finished(plan, RunReport(
             source="joblib",
             executor_type=plan.executor_type,
@@ -226,7 +224,7 @@ class AmorsizeBackend(ParallelBackendBase):
             return 1 if self._key is None else PROBE_MIN_TASKS + 1
         if plan.executor_type != "serial":
             return max(1, min(_MAX_BATCH, plan.chunksize * plan.n_jobs))
-        total = getattr(self.parallel, "n_tasks", None) or _last_counts.get(self._key)
+        total = getattr(self.parallel, "n_tasks", None) or _last_count(self._key)
         if total:
             done = getattr(self.parallel, "n_dispatched_tasks", 0)
             return max(1, -(-(total - done) // self._n_jobs))
@@ -323,7 +321,7 @@ class AmorsizeBackend(ParallelBackendBase):
     def _decide(self, profile: Profile, previous_runs: int, already_done: int) -> None:
         total = getattr(self.parallel, "n_tasks", None)
         if total is None:
-            total = _last_counts.get(self._key)
+            total = _last_count(self._key)
         workload = Workload(
             n_items=total,
             source="joblib",
@@ -601,12 +599,11 @@ def _pickling(task: tuple, result: Any) -> dict[str, Any]:
             "pickle_seconds": seconds}
 
 
-def _remember_count(key: Hashable, n_items: int) -> None:
-    """The number of tasks of the last call, the best guess when the next gives a generator."""
-    _last_counts[key] = n_items
-    _last_counts.move_to_end(key)
-    while len(_last_counts) > 512:
-        _last_counts.popitem(last=False)
+def _last_count(key: Hashable | None) -> int | None:
+    """How many tasks the last call of this function had: joblib does not know a generator's
+    length, and the optimizer plans better for the size it saw last time than for a guess."""
+    memory = None if key is None else MEMORY.recall(key)
+    return memory.last_n_items if memory is not None else None
 
 
 def _worker_cap() -> int:
