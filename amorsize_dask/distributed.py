@@ -82,7 +82,8 @@ def map(
     import amorsize
 
     client = client or default_client()
-    plan = amorsize.optimize(func, data)
+    # Measure only: a serial plan starts no local pool, which the cluster would not use.
+    plan = amorsize.optimize(func, data, executor="serial")
     items = list(plan.data)
     done = dict(plan.sampled_results)
     todo = [i for i in range(len(items)) if i not in done]
@@ -113,7 +114,7 @@ def bag(func: Callable, data: Iterable, client: Any = None) -> Any:
     import amorsize
 
     items = list(data)
-    plan = amorsize.optimize(func, items)
+    plan = amorsize.optimize(func, items, executor="serial")
     if client is None:
         client = current_client()
     if client is None:

@@ -113,3 +113,12 @@ def test_map_without_any_client_starts_a_local_cluster_once():
         assert amorsize_dask.distributed.default_client() is client
     finally:
         amorsize_dask.close_local_cluster()
+
+
+def test_map_on_a_cluster_starts_no_local_pool(client):
+    import amorsize
+
+    manager = amorsize.get_global_pool_manager()
+    before = manager.get_stats()["creations"]
+    assert amorsize_dask.map(partial(spin, seconds=0.002), range(200), client=client)[:2] == [0, 1]
+    assert manager.get_stats()["creations"] == before
