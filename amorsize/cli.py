@@ -16,13 +16,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--repeat", type=int, default=20,
                       help="calls in the repeated-call workload (default 20)")
     demo.add_argument("--explain", action="store_true", help="print each plan's full report")
-    commands.add_parser("info", help="what amorsize detected about this machine")
+    info = commands.add_parser("info", help="what amorsize detected about this machine")
+    info.add_argument("--measure", action="store_true",
+                      help="start a 2-worker thread and process pool and measure their overheads")
     commands.add_parser("plugins", help="registered plugins and the hooks each implements")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return run_demo(args.repeat, args.explain)
     if args.command == "info":
-        return show_info()
+        return show_info(args.measure)
     return show_plugins()
 
 
@@ -62,14 +64,22 @@ def _timed(run: Callable[[], list], repeat: int) -> tuple[float, list]:
     return time.perf_counter() - t0, result
 
 
-def show_info() -> int:
-    from amorsize import overheads, system
+def show_info(measure: bool) -> int:
+    from amorsize import overheads, plugins, system
 
     for key, value in system.describe().items():
         print(f"{key:>20}: {value}")
+    try:
+        import numpy  # noqa: F401 - loads the BLAS library so threadpoolctl can report it
+    except ImportError:
+        pass
     pools = system.blas_pools()
     print(f"{'blas_pools':>20}: {pools or 'none loaded'}")
-    ovh = overheads.current(system.default_start_method())
+    method = system.default_start_method()
+    if measure:
+        overheads.measure_threads(plugins.get_pool("thread", 2), method)
+        overheads.measure_processes(plugins.get_pool("process", 2, start_method=method), method)
+    ovh = overheads.current(method)
     print(f"{'overheads':>20}: " + ("measured" if ovh.measured else "defaults until measured"))
     for key, value in ovh.as_dict().items():
         print(f"{key:>20}: {value:.3g}")

@@ -16,8 +16,14 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_info_prints_the_detected_machine():
     out = run("info")
     assert out.returncode == 0, out.stderr
-    for word in ("usable_cpus", "start_method", "available_memory_gb"):
+    for word in ("usable_cpus", "start_method", "available_memory_gb", "defaults until measured"):
         assert word in out.stdout
+
+
+def test_info_measure_reports_measured_pool_overheads():
+    out = run("info", "--measure")
+    assert out.returncode == 0, out.stderr
+    assert "overheads: measured" in out.stdout
 
 
 @pytest.mark.timeout(300)
