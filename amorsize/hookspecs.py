@@ -9,8 +9,8 @@ An implementation may take any subset of a hook's arguments, by name. No specifi
 argument a default value, and an implementation must not either: pluggy does not pass an argument
 that has a default, so the implementation would always see its default.
 
-Which hooks may fail a run: ``amorsize_make_plan``, ``amorsize_adjust_plan`` and
-``amorsize_get_pool`` decide how work runs, so an exception in them -- or a return value that is
+Which hooks may fail a run: ``amorsize_recall``, ``amorsize_remember``, ``amorsize_make_plan``,
+``amorsize_adjust_plan`` and ``amorsize_get_pool`` decide how work runs, so an exception in them -- or a return value that is
 not what the hook promises -- stops the run before its work is dispatched (only the few items
 measured while sampling have been computed) and reaches the caller as ``amorsize.PluginError``
 naming the plugin and the hook, chained from the original exception. The observers
@@ -82,6 +82,26 @@ def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: st
     With ``create=False`` return only an already-running (warm) pool, or None: the optimizer asks
     this to know whether a pool start-up must be paid, and must not start one by asking. With
     ``create=True`` some plugin must return a pool. The default is the global ``PoolManager``.
+    """
+
+
+@hookspec(firstresult=True)
+def amorsize_recall(key: Any) -> Any:
+    """What is remembered about a function (or a Dask graph shape) ``key``: an
+    ``amorsize.memory.Memory`` (``profile``, ``runs``, ``last_n_items``, ``corrections``) or None.
+
+    Called before measuring, by ``amorsize.map``/``optimize`` and both adapters: a remembered
+    profile means the function is not measured again. The first non-None result wins; the
+    default is the optimizer's in-process memory. May fail a run.
+    """
+
+
+@hookspec
+def amorsize_remember(key: Any, profile: Any) -> None:
+    """Keep ``profile`` (an ``amorsize.Profile`` just measured, or corrected) for ``key``.
+
+    Called after measuring by ``amorsize.map``/``optimize`` and both adapters, so the next call
+    starts from it. Every implementation is called. May fail a run.
     """
 
 

@@ -14,7 +14,7 @@ from amorsize.errors import (
     check_executor_type,
     check_positive_int,
 )
-from amorsize.memory import MEMORY, function_key
+from amorsize.memory import Memory, function_key
 from amorsize.plan import Plan
 from amorsize.workload import Profile, Workload
 
@@ -119,7 +119,7 @@ def make(
         workload = Workload(0, source, executors, n_jobs, min_speedup, options=options)
         return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
                     Profile(0.0), workload, data=data)
-    memory = None if resample else MEMORY.recall(key)
+    memory = None if resample else plugins.recall(key)
     if memory is not None:
         profile, results = memory.profile, {}
     else:
@@ -132,7 +132,8 @@ def make(
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
                                   pair)
         profile, results = sample.profile, sample.results
-        memory = MEMORY.remember(key, profile)
+        plugins.remember(key, profile)
+        memory = plugins.recall(key) or Memory(profile)
     if executors == ("process",) and not profile.picklable:
         raise InvalidArgumentError(
             f"executor='process' cannot run this function: cannot pickle "

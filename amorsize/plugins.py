@@ -213,6 +213,19 @@ def get_pool(executor: str, n_jobs: int, create: bool = True,
     return pool
 
 
+def recall(key: Any) -> Any:
+    """What the first plugin that remembers ``key`` knows (a ``Memory``), or None."""
+    _load_plugins()
+    memory, _ = _call("amorsize_recall", {"key": key}, firstresult=True)
+    return memory
+
+
+def remember(key: Any, profile: Any) -> None:
+    """Hand a measured profile to every plugin that keeps them (by default the optimizer)."""
+    _load_plugins()
+    _call("amorsize_remember", {"key": key, "profile": profile})
+
+
 def pool_event(event: str, key: tuple, stats: dict) -> None:
     """Tell observers about a pool; a failing observer becomes a warning, never a failed run."""
     _load_plugins()
@@ -372,7 +385,9 @@ __all__ = [
     "plugin_names",
     "pm",
     "pool_event",
+    "recall",
     "register_plugin",
+    "remember",
     "run_finished",
     "unregister_plugin",
 ]

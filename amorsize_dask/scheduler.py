@@ -33,7 +33,7 @@ from dask.threaded import pack_exception as pack_local_exception
 
 from amorsize import plugins
 from amorsize.errors import EXECUTOR_TYPES, WorkerCrashedError, check_executor_type
-from amorsize.memory import MEMORY
+from amorsize.memory import Memory
 from amorsize.plan import Plan
 from amorsize.report import RunReport
 from amorsize.workload import Profile, Workload
@@ -79,7 +79,7 @@ def get(
     if tasks.in_task() or not work.tasks:
         executor = "serial"
     shape = shape_key(work)
-    memory = MEMORY.recall(shape)
+    memory = plugins.recall(shape)
     done: dict = {}
     executors: tuple[str, ...] = (executor,) if executor else EXECUTOR_TYPES
     if memory is None:
@@ -91,7 +91,8 @@ def get(
             sample = measure(work, cache, plugins.get_pool("thread", 2))
             profile = UNMEASURED if sample is None else sample.profile
             done = {} if sample is None else sample.results
-        memory = MEMORY.remember(shape, profile)
+        plugins.remember(shape, profile)
+        memory = plugins.recall(shape) or Memory(profile)
     for key, value in done.items():
         graph[key] = DataNode(key, value)
     workload = Workload(
@@ -213,11 +214,11 @@ class Runner:
         plan = self.plan
         if self.n_tasks == 0:
             return
-        memory = MEMORY.recall(shape)
+        memory = plugins.recall(shape)
         compute_seconds = self.compute_seconds
         if memory is not None and plan.executor_type == "serial" and compute_seconds > 0:
             ratio = self.cpu_seconds / compute_seconds
-            MEMORY.remember(shape, replace(memory.profile, cpu_ratio=ratio))
+            plugins.remember(shape, replace(memory.profile, cpu_ratio=ratio))
         if plan.executor_type == "thread" and plan.n_jobs > 1 and memory is not None:
             compute_seconds = memory.profile.per_item_seconds * self.n_tasks
         plugins.run_finished(plan, RunReport(

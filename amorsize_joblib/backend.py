@@ -34,7 +34,7 @@ from joblib._parallel_backends import (
 
 from amorsize import plugins, system
 from amorsize.errors import InvalidArgumentError, WorkerCrashedError, check_executor_type
-from amorsize.memory import MEMORY, function_key
+from amorsize.memory import function_key
 from amorsize.plan import Plan
 from amorsize.report import RunReport
 from amorsize.workload import Profile, Workload
@@ -179,14 +179,14 @@ class AmorsizeBackend(ParallelBackendBase):
             return
         if plan is None:
             if self._probe_profile() is not None:
-                MEMORY.remember(key, self._probe_profile())
+                plugins.remember(key, self._probe_profile())
             return
         with self._lock:
             items, chunks, compute = self._items, self._chunks, self._compute
         if items == 0:
             return
-        if MEMORY.recall(key) is None:
-            MEMORY.remember(key, Profile(compute / items, n_measured=items, measured_by="joblib"))
+        if plugins.recall(key) is None:
+            plugins.remember(key, Profile(compute / items, n_measured=items, measured_by="joblib"))
         plugins.run_finished(plan, RunReport(
             source="joblib",
             executor_type=plan.executor_type,
@@ -296,7 +296,7 @@ class AmorsizeBackend(ParallelBackendBase):
         func = batch.items[0][0]
         self._func = func
         self._key = function_key(func)
-        memory = MEMORY.recall(self._key)
+        memory = plugins.recall(self._key)
         if memory is not None:
             self._decide(memory.profile, memory.runs, already_done=0)
         elif self.executor in ("thread", "process"):
@@ -406,8 +406,10 @@ class AmorsizeBackend(ParallelBackendBase):
             if self._probe_is_enough():
                 profile = self._probe_profile()
                 assert profile is not None
-                memory = MEMORY.remember(self._key, profile)
-                self._decide(profile, memory.runs, already_done=self.n_probed)
+                plugins.remember(self._key, profile)
+                memory = plugins.recall(self._key)
+                runs = memory.runs if memory is not None else 0
+                self._decide(profile, runs, already_done=self.n_probed)
         return results
 
     def _probe_is_enough(self) -> bool:
@@ -602,7 +604,7 @@ def _pickling(task: tuple, result: Any) -> dict[str, Any]:
 def _last_count(key: Hashable | None) -> int | None:
     """How many tasks the last call of this function had: joblib does not know a generator's
     length, and the optimizer plans better for the size it saw last time than for a guess."""
-    memory = None if key is None else MEMORY.recall(key)
+    memory = None if key is None else plugins.recall(key)
     return memory.last_n_items if memory is not None else None
 
 

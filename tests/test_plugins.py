@@ -21,7 +21,7 @@ from amorsize.default_plugins import optimizer as builtin_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ["amorsize_adjust_plan", "amorsize_get_pool", "amorsize_make_plan",
-         "amorsize_pool_event", "amorsize_run_finished"]
+         "amorsize_pool_event", "amorsize_recall", "amorsize_remember", "amorsize_run_finished"]
 
 
 @pytest.fixture
@@ -93,8 +93,8 @@ def test_every_hook_is_specified_with_documentation_and_no_defaults():
 
 def test_builtin_optimizer_and_pool_provider_are_ordinary_plugins():
     listed = dict(plugins.plugin_names())
-    assert listed["amorsize.default_plugins.optimizer"] == ["amorsize_make_plan",
-                                                            "amorsize_run_finished"]
+    assert listed["amorsize.default_plugins.optimizer"] == [
+        "amorsize_make_plan", "amorsize_recall", "amorsize_remember", "amorsize_run_finished"]
     assert listed["amorsize.default_plugins.pools"] == ["amorsize_get_pool"]
 
 
@@ -607,3 +607,39 @@ def test_the_documented_examples_are_the_shipped_ones():
     docs = (ROOT / "docs" / "plugins.md").read_text()
     assert inspect.getsource(_example("cap_workers").WorkerCap) in docs
     assert inspect.getsource(_example("log_speedup").SpeedupLog) in docs
+
+
+class _OwnMemory:
+    """Keeps profiles itself, as a plugin replacing amorsize's optimizer would."""
+
+    def __init__(self):
+        self.kept = {}
+
+    @amorsize.hookimpl(tryfirst=True)
+    def amorsize_recall(self, key):
+        return self.kept.get(key)
+
+    @amorsize.hookimpl
+    def amorsize_remember(self, key, profile):
+        from amorsize.memory import Memory
+
+        self.kept[key] = Memory(profile)
+
+
+def test_a_plugin_can_keep_what_was_measured_and_optimize_recalls_it_from_there():
+    own = _OwnMemory()
+    amorsize.register_plugin(own)
+    try:
+        calls = []
+
+        def record(x):
+            calls.append(x)
+            return x
+
+        amorsize.optimize(record, list(range(300)))
+        measured = len(calls)
+        assert measured > 0 and len(own.kept) == 1
+        amorsize.optimize(record, list(range(300)))
+        assert len(calls) == measured
+    finally:
+        amorsize.unregister_plugin(own)

@@ -1,4 +1,5 @@
-"""Built-in plugin: amorsize's optimizer makes the plan and learns from finished runs."""
+"""Built-in plugin: amorsize's optimizer makes the plan, keeps what was measured per function,
+and learns from finished runs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from amorsize import optimizer
 from amorsize.hookspecs import hookimpl
+from amorsize.memory import MEMORY
 
 
 @hookimpl(trylast=True)
@@ -18,3 +20,13 @@ def amorsize_run_finished(plan: Any, report: Any) -> None:
     key = plan.workload.options.get("key")
     if key is not None:
         optimizer.learn(key, report)
+
+
+@hookimpl(trylast=True)
+def amorsize_recall(key: Any) -> Any:
+    return MEMORY.recall(key)
+
+
+@hookimpl
+def amorsize_remember(key: Any, profile: Any) -> None:
+    MEMORY.remember(key, profile)
