@@ -10,10 +10,10 @@ argument a default value, and an implementation must not either: pluggy does not
 that has a default, so the implementation would always see its default.
 
 Which hooks may fail a run: ``amorsize_recall``, ``amorsize_remember``, ``amorsize_make_plan``,
-``amorsize_adjust_plan`` and ``amorsize_get_pool`` decide how work runs, so an exception in them -- or a return value that is
-not what the hook promises -- stops the run before its work is dispatched (only the few items
-measured while sampling have been computed) and reaches the caller as ``amorsize.PluginError``
-naming the plugin and the hook, chained from the original exception. The observers
+``amorsize_adjust_plan`` and ``amorsize_get_pool`` decide how work runs, so an exception in them --
+or a return value that is not what the hook promises -- stops the run before its work is
+dispatched (only the few items measured while sampling have been computed) and reaches the caller
+as ``amorsize.PluginError`` naming the plugin and the hook, chained from the original exception. The observers
 ``amorsize_pool_event`` and ``amorsize_run_finished`` only watch: an exception there becomes an
 ``amorsize.PluginWarning``, the other observers are still called and the run's results are kept.
 

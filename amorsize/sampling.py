@@ -66,7 +66,8 @@ def measure(
         spent = t1 - started
         if (len(walls) >= 2 and spent > BUDGET_SECONDS) or spent > 4 * BUDGET_SECONDS:
             break
-    per_item = max(_typical(walls) - _timing_overhead(), 0.1 * _typical(walls))
+    typical = typical_seconds(walls)
+    per_item = max(typical - _timing_overhead(), 0.1 * typical)
     spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
     cpu_ratio = _cpu_ratio(walls, cpus)
     pickled = _pickling(func, [(items[i], results[i]) for i in list(results)[:3]])
@@ -116,7 +117,7 @@ def _cpu_ratio(walls: list[float], cpus: list[float]) -> float:
     return sum(cpus) / total
 
 
-def _typical(walls: list[float]) -> float:
+def typical_seconds(walls: list[float]) -> float:
     """Mean time per call, ignoring a first call that was a warm-up outlier (imports, caches)."""
     if len(walls) >= 3:
         rest = walls[1:]

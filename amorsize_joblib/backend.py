@@ -37,6 +37,7 @@ from amorsize.errors import InvalidArgumentError, WorkerCrashedError, check_exec
 from amorsize.memory import function_key
 from amorsize.plan import Plan
 from amorsize.report import RunReport
+from amorsize.sampling import typical_seconds
 from amorsize.workload import Profile, Workload
 
 PROBE_MAX_TASKS = 8
@@ -421,7 +422,7 @@ class AmorsizeBackend(ParallelBackendBase):
         walls, cpus = self._probe_walls, self._probe_cpus
         if not walls:
             return None
-        per_item = _typical(walls)
+        per_item = typical_seconds(walls)
         spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
         cpu_ratio = min(1.0, sum(cpus) / sum(walls)) if sum(walls) > 0 else 1.0
         return Profile(
@@ -570,15 +571,6 @@ def _split(batch: Any, size: int) -> list:
     cls, args = _batch_parts(batch)
     tasks, rest = args[0], args[1:]
     return [cls(tasks[i:i + size], *rest) for i in range(0, len(tasks), size)]
-
-
-def _typical(walls: list[float]) -> float:
-    """Mean time per task, ignoring a first task that was a warm-up outlier (imports, caches)."""
-    if len(walls) >= 3:
-        rest = walls[1:]
-        if walls[0] > 3 * statistics.median(rest):
-            return statistics.fmean(rest)
-    return statistics.fmean(walls)
 
 
 def _pickling(task: tuple, result: Any) -> dict[str, Any]:
