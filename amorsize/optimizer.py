@@ -7,6 +7,7 @@ already warm, what past runs of the function taught -- and writes down why it ch
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +37,9 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
         executors.discard("process")
         reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
 
+    @functools.cache
     def is_warm(executor: str, n_jobs: int) -> bool:
+        """Asked once per (executor, n_jobs) in this decision, however often it is re-evaluated."""
         return plugins.get_pool(executor, n_jobs, False, start_method) is not None
 
     share = 1.0 / (1 + workload.previous_runs)
@@ -53,9 +56,13 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     chosen = cost_model.choose(candidates, workload.min_speedup)
     if chosen.executor_type == "thread" and "thread" not in ovh.measured:
         ovh = overheads.measure_threads(_pool("thread", chosen.n_jobs, start_method), start_method)
+        is_warm.cache_clear()
         candidates = evaluate()
         chosen = cost_model.choose(candidates, workload.min_speedup)
-    if chosen.executor_type == "process":
+    if chosen.executor_type == "process" and not (
+            "process" in ovh.measured and is_warm("process", chosen.n_jobs)):
+        # Start (and, the first time, measure) the pool now; a warm, measured one needs nothing,
+        # and fetching it here would count a use the run itself will count again.
         try:
             pool = _pool("process", chosen.n_jobs, start_method)
         except Exception as exc:
@@ -66,6 +73,7 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
             candidates = evaluate()
             chosen = cost_model.choose(candidates, workload.min_speedup)
         else:
+            is_warm.cache_clear()
             if "process" not in ovh.measured:
                 ovh = overheads.measure_processes(pool, start_method)
                 reasons.append(

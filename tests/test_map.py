@@ -253,16 +253,17 @@ class _NoProcessPools:
 
 
 def test_when_no_process_pool_can_start_the_work_still_runs_without_processes():
+    amorsize.shutdown_global_pool_manager()  # no warm process pool: one would have to start
     blocker = _NoProcessPools()
     amorsize.register_plugin(blocker)
     try:
-        heavy = functools.partial(burn, loops=100_000)
+        heavy = functools.partial(burn, loops=400_000)  # ~20 ms: processes win even cold
         with pytest.warns(RuntimeWarning, match="could not start"):
-            plan = amorsize.optimize(heavy, list(range(100)))
+            plan = amorsize.optimize(heavy, list(range(60)))
         assert plan.executor_type != "process"
         assert any("no more processes allowed here" in r for r in plan.reasons)
         with pytest.warns(RuntimeWarning, match="could not start"):
-            assert amorsize.map(heavy, list(range(30))) == [heavy(x) for x in range(30)]
+            assert amorsize.map(heavy, list(range(60))) == [heavy(x) for x in range(60)]
     finally:
         amorsize.unregister_plugin(blocker)
 
