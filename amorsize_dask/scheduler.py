@@ -10,7 +10,6 @@ second compute pays no process start-up.
 
 from __future__ import annotations
 
-import pickle
 import sys
 import threading
 import time
@@ -22,7 +21,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-import cloudpickle
 from dask import config
 from dask._task_spec import DataNode
 from dask.callbacks import Callback
@@ -150,12 +148,11 @@ class Runner:
         self.measuring_seconds = 0.0
 
     def get_async_options(self) -> dict[str, Any]:
-        """How tasks and errors travel: pickled with cloudpickle to processes, as they are to
-        threads; errors come back with their original type either way."""
+        """How errors travel: with their traceback from processes, with their original type
+        either way. Tasks need no ``dumps``/``loads`` here: amorsize's process pools already ship
+        every call and result by value (cloudpickle)."""
         if self.uses_processes:
             return {
-                "dumps": partial(cloudpickle.dumps, protocol=pickle.HIGHEST_PROTOCOL),
-                "loads": cloudpickle.loads,
                 "get_id": tasks.process_id,
                 "pack_exception": pack_remote_exception,
                 "raise_exception": reraise_remote,
