@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from amorsize.errors import check_start_method
+
 START_METHOD_ENV = "AMORSIZE_START_METHOD"
 
 
@@ -66,10 +68,7 @@ def default_start_method() -> str:
     chosen = os.environ.get(START_METHOD_ENV)
     available = multiprocessing.get_all_start_methods()
     if chosen:
-        if chosen not in available:
-            raise ValueError(
-                f"{START_METHOD_ENV}={chosen!r} is not a start method here; use one of {available}"
-            )
+        check_start_method(START_METHOD_ENV, chosen)
         return chosen
     if "forkserver" in available and sys.platform != "darwin":
         return "forkserver"

@@ -142,7 +142,8 @@ def default_client() -> Any:
     """The default Client, or one on a ``LocalCluster`` started once and kept until exit.
 
     The local one is not made the default (``set_as_default=False``), so starting it does not
-    redirect the user's ``.compute()`` calls to it.
+    redirect the user's ``.compute()`` calls to it; its scheduler listens on 127.0.0.1 only and
+    it starts no dashboard.
     """
     client = current_client()
     if client is not None:
@@ -152,7 +153,8 @@ def default_client() -> Any:
         if client is None or client.status in ("closed", "closing"):
             from distributed import Client, LocalCluster
 
-            cluster = LocalCluster(dashboard_address=":0")
+            # Loopback only and no dashboard: nothing reachable from other machines.
+            cluster = LocalCluster(host="127.0.0.1", dashboard_address=None)
             client = Client(cluster, set_as_default=False)
             _local.update(client=client, cluster=cluster)
             atexit.register(close_local_cluster)
