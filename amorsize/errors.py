@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
 
 
@@ -19,6 +21,23 @@ class InvalidArgumentTypeError(AmorsizeError, TypeError):
 
 class PoolManagerClosedError(AmorsizeError, RuntimeError):
     """A pool was requested from a PoolManager after its shutdown()."""
+
+
+class PoolClosedError(AmorsizeError, RuntimeError):
+    """A pool was used after it was shut down, or leased after its manager retired it."""
+
+
+class RunCancelledError(AmorsizeError, RuntimeError):
+    """Work was handed to a run after it was cancelled."""
+
+
+class TimeoutError(AmorsizeError, builtins.TimeoutError):  # noqa: A001 - the builtin's subclass
+    """An item ran longer than the ``timeout=`` of its call; ``index`` is its position in the
+    input. The run was cancelled: nothing more is dispatched and busy workers were stopped."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class WorkerCrashedError(AmorsizeError, BrokenProcessPool):
@@ -58,6 +77,24 @@ def check_positive_int(name: str, value: object, *, allow_none: bool = False) ->
         raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def resolve_n_jobs(name: str, value: object, cpus: int) -> int | None:
+    """Validate a worker count and resolve it as joblib does: None stays None, an int >= 1 is
+    itself, -1 is all ``cpus``, -2 all but one, and so on, never below 1 (so ``n_jobs=-8`` on a
+    4-CPU machine means 1, as in joblib). 0 and non-ints are errors naming the argument."""
+    if value is None:
+        return None
+    allowed = "an int >= 1, or negative as in joblib (-1 = all usable CPUs, -2 = all but one, ...)"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentTypeError(
+            f"{name} must be {allowed}, got {type(value).__name__} {value!r}"
+        )
+    if value == 0:
+        raise InvalidArgumentError(f"{name} must be {allowed}, got 0")
+    if value > 0:
+        return value
+    return max(1, cpus + 1 + value)
+
+
 EXECUTOR_TYPES = ("serial", "thread", "process")
 
 
@@ -71,4 +108,19 @@ def check_executor_type(name: str, value: object) -> None:
     if value not in EXECUTOR_TYPES:
         raise InvalidArgumentError(
             f"{name} must be one of {', '.join(map(repr, EXECUTOR_TYPES))}, got {value!r}"
+        )
+
+
+START_METHODS = ("fork", "forkserver", "spawn")
+
+
+def check_start_method(name: str, value: object, *, allow_none: bool = False) -> None:
+    """Validate a multiprocessing start method, naming it (an argument or an environment
+    variable) in the error with the methods available on this platform."""
+    if value is None and allow_none:
+        return
+    available = [m for m in START_METHODS if m in multiprocessing.get_all_start_methods()]
+    if not isinstance(value, str) or value not in available:
+        raise InvalidArgumentError(
+            f"{name} must be one of {', '.join(map(repr, available))} here, got {value!r}"
         )

@@ -7,14 +7,16 @@ reaches the caller with its own type; a worker that dies raises ``WorkerCrashedE
 
 from __future__ import annotations
 
+import collections
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from amorsize import planning, plugins, sampling
 from amorsize.plan import Plan
-from amorsize.report import RunReport
+from amorsize.run import PROGRESS_CHUNK_SECONDS, Run, check_timeout
 
 _SERIAL_BLOCK = 4096
 _LAZY_BLOCK_SECONDS = 0.01
@@ -31,15 +33,26 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
     sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
     resample: bool = False,
     start_method: str | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
 ) -> list:
-    """``[func(x) for x in data]``, run the fastest way amorsize can find (see ``optimize``)."""
-    planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size)
+    """``[func(x) for x in data]``, run the fastest way amorsize can find (see ``optimize``).
+
+    ``timeout`` limits each item to that many seconds: an item running longer raises
+    ``amorsize.TimeoutError`` (a ``TimeoutError``) naming its index, and the call is cancelled.
+    ``progress=True`` reports progress to the ``amorsize_run_progress`` hook (a tqdm bar by
+    default). Ctrl-C, or an error in ``func``, cancels the call the same way: nothing more
+    runs, and workers still busy with it are stopped.
+    """
+    planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
+                             start_method=start_method)
+    check_timeout(timeout)
     items = data if hasattr(data, "__len__") else list(data)
     plan = planning.make(
         func, *planning.split_items(items, sample_size), "map", n_jobs=n_jobs,
         executor=executor, chunksize=chunksize, min_speedup=min_speedup,
-        sample_size=sample_size, resample=resample, start_method=start_method)
-    return run_plan(func, plan)
+        sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout)
+    return run_plan(func, plan, timeout=timeout, progress=progress)
 
 
 def imap(
@@ -53,56 +66,63 @@ def imap(
     sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
     resample: bool = False,
     start_method: str | None = None,
+    timeout: float | None = None,
+    progress: bool = False,
 ) -> Iterator:
     """Lazy, ordered ``map``: items are read and results produced as they go, with a bounded
-    number of chunks in flight, so a generator or a huge input never sits in memory whole."""
-    planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size)
+    number of chunks in flight, so a generator or a huge input never sits in memory whole.
+
+    Over an iterator of unknown length, chunks start small (about 10 ms of work) and grow, so
+    the first results come after about the first chunk's time. Closing the iterator (``break``
+    out of the loop, or dropping it) cancels the run: nothing more is computed.
+    """
+    planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
+                             start_method=start_method)
+    check_timeout(timeout)
     plan = planning.make(
         func, *planning.split_items(data, sample_size), "imap", n_jobs=n_jobs,
         executor=executor, chunksize=chunksize, min_speedup=min_speedup,
-        sample_size=sample_size, resample=resample, start_method=start_method)
-    return itertools.chain.from_iterable(_run(func, plan))
+        sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout)
+    return itertools.chain.from_iterable(_run(func, plan, timeout, progress))
 
 
-def run_plan(func: Callable, plan: Plan) -> list:
+def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
+             progress: bool = False) -> list:
     """Run a plan made by ``optimize`` (with its sampled results reused): ordered results.
 
     A plan made from an iterator holds that iterator: it can be run once."""
+    check_timeout(timeout)
     out: list = []
-    for block in _run(func, plan):
+    for block in _run(func, plan, timeout, progress):
         out.extend(block)
     return out
 
 
-def _run(func: Callable, plan: Plan) -> Iterator[list]:
+def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool) -> Iterator[list]:
     """Yield blocks of ordered results; report the run to observers when it completes."""
     todo = _Todo(plan.data, plan.sampled_results)
     lazy = plan.workload.source == "imap"
-    start = time.perf_counter()
-    counts = {"items": 0, "chunks": 0, "compute": 0.0}
-    if plan.executor_type == "serial" or plan.n_jobs == 1 and plan.executor_type != "process":
-        block = _serial_block_size(plan.profile.per_item_seconds) if lazy else _SERIAL_BLOCK
-        yield from _serial_blocks(func, todo, counts, block)
-    else:
-        pool = plugins.get_pool(plan.executor_type, plan.n_jobs,
-                                start_method=plan.machine.get("start_method"))
-        with pool.lease():
-            yield from _pool_blocks(pool, func, todo, plan.chunksize, counts)
-    wall = time.perf_counter() - start
-    report = RunReport(
-        source=plan.workload.source,
-        executor_type=plan.executor_type,
-        n_jobs=plan.n_jobs,
-        chunksize=plan.chunksize,
-        n_items=counts["items"],
-        n_chunks=counts["chunks"],
-        wall_seconds=wall,
-        compute_seconds=counts["compute"],
+    run = Run(plan, timeout=timeout, progress=progress, description=_name(func),
+              total=_expected_items(plan) if progress else None, done=len(plan.sampled_results))
+    with run:
+        if run.pool is None:
+            yield from _serial_blocks(func, todo, run, _serial_block(plan, lazy, progress))
+        else:
+            yield from _pool_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress))
         # imap's wall time includes its consumer's pauses: no verdict on the prediction
-        predicted_seconds=None if lazy else plan.predicted_seconds,
-        predicted_speedup=plan.estimated_speedup,
-    )
-    plugins.run_finished(plan, report)
+        run.finish(predicted_seconds=None if lazy else plan.predicted_seconds)
+
+
+def _expected_items(plan: Plan) -> int | None:
+    """Items to count to: the input's length, else the last input size of this function."""
+    if plan.n_items is not None:
+        return plan.n_items
+    memory = plugins.recall(plan.workload.options.get("key"))
+    return memory.last_n_items if memory is not None else None
+
+
+def _name(func: Callable) -> str:
+    return getattr(func, "__qualname__", None) or type(func).__name__
 
 
 class _Todo:
@@ -122,22 +142,53 @@ class _Todo:
             pos = index + 1
         yield self.it, None
 
+    def positions(self) -> Iterator[int]:
+        """The input positions of the items ``runs`` yields, in the same order."""
+        start = 0
+        for index in self.done:
+            yield from range(start, index)
+            start = index + 1
+        yield from itertools.count(start)
 
-def _serial_block_size(per_item_seconds: float) -> int:
-    """Items per block for a lazy serial run: about 10 ms of work, so ``imap`` yields promptly."""
-    return max(1, min(_SERIAL_BLOCK, int(_LAZY_BLOCK_SECONDS / max(per_item_seconds, 1e-9))))
+
+def _serial_block(plan: Plan, lazy: bool, progress: bool) -> int:
+    """Items per block in the calling thread: all at once for ``map``; about 10 ms of work for
+    ``imap`` (so it yields promptly); at most half a second of work with a progress bar."""
+    per_item = max(plan.profile.per_item_seconds, 1e-9)
+    block = _SERIAL_BLOCK
+    if lazy:
+        block = min(block, int(_LAZY_BLOCK_SECONDS / per_item))
+    if progress:
+        block = min(block, int(PROGRESS_CHUNK_SECONDS / per_item))
+    return max(1, block)
 
 
-def _serial_blocks(func: Callable, todo: _Todo, counts: dict, block: int) -> Iterator[list]:
+def _chunk_sizes(plan: Plan, run: Run, lazy: bool, progress: bool) -> Iterator[int]:
+    """Chunk sizes, one per chunk: the plan's, at most half a second of work with a progress
+    bar; a serial plan run on a thread (for a time limit) in serial blocks; over an iterator of
+    unknown length, starting at about 10 ms of work and doubling each wave of chunks."""
+    per_item = max(plan.profile.per_item_seconds, 1e-9)
+    size = plan.chunksize
+    if plan.executor_type == "serial":
+        size = _serial_block(plan, lazy, progress)
+    elif progress:
+        size = max(1, min(size, int(PROGRESS_CHUNK_SECONDS / per_item)))
+    if not (lazy and plan.n_items is None):
+        return itertools.repeat(size)
+    first = max(1, min(size, math.ceil(_LAZY_BLOCK_SECONDS / per_item)))
+    wave = max(1, run.pool.n_jobs)
+    return itertools.chain.from_iterable(
+        itertools.repeat(min(size, first << k), wave) for k in itertools.count())
+
+
+def _serial_blocks(func: Callable, todo: _Todo, run: Run, block: int) -> Iterator[list]:
     """Runs in blocks of at most ``block`` items, so ``imap`` over a generator reads only as
     far as its consumer has asked."""
-    for run, follower in todo.runs():
+    for items, follower in todo.runs():
         while True:
             t0 = time.perf_counter()
-            results = [func(x) for x in itertools.islice(run, block)]
-            counts["compute"] += time.perf_counter() - t0
-            counts["items"] += len(results)
-            counts["chunks"] += 1
+            results = [func(x) for x in itertools.islice(items, block)]
+            run.record(len(results), time.perf_counter() - t0)
             if len(results) < block:
                 if follower is not None:
                     results.append(todo.done_results[follower])
@@ -146,19 +197,32 @@ def _serial_blocks(func: Callable, todo: _Todo, counts: dict, block: int) -> Ite
             yield results
 
 
-def _pool_blocks(
-    pool: Any, func: Callable, todo: _Todo, chunksize: int, counts: dict
-) -> Iterator[list]:
-    """All remaining items go through one stream of chunks, with a bounded number in flight;
-    already-computed results are slotted back in at their positions as chunks return."""
-    remaining = itertools.chain.from_iterable(run for run, _ in todo.runs())
+def _pool_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int]) -> Iterator[list]:
+    """All remaining items go through one stream of chunks, with at most four per worker in
+    flight; already-computed results are slotted back in at their positions as chunks return."""
+    remaining = itertools.chain.from_iterable(items for items, _ in todo.runs())
+    positions = todo.positions() if run.timeout is not None else None
+    prepared = run.pool.prepare(func)
+    limit = 4 * run.pool.n_jobs
     merger = _Merger(todo.done_results)
-    for results, seconds in pool.imap_chunks(func, remaining, chunksize):
-        counts["compute"] += seconds
-        counts["items"] += len(results)
-        counts["chunks"] += 1
-        yield merger.feed(results)
+    pending: collections.deque[Any] = collections.deque()
+    for size in sizes:
+        chunk = list(itertools.islice(remaining, size))
+        if not chunk:
+            break
+        indices = None if positions is None else list(itertools.islice(positions, len(chunk)))
+        pending.append(run.submit_chunk(prepared, chunk, indices))
+        if len(pending) >= limit:
+            yield merger.feed(_collect(run, pending.popleft()))
+    while pending:
+        yield merger.feed(_collect(run, pending.popleft()))
     yield merger.rest()
+
+
+def _collect(run: Run, future: Any) -> list:
+    results, seconds = run.result(future)
+    run.record(len(results), seconds)
+    return results
 
 
 class _Merger:

@@ -13,9 +13,10 @@ Which hooks may fail a run: ``amorsize_recall``, ``amorsize_remember``, ``amorsi
 ``amorsize_adjust_plan`` and ``amorsize_get_pool`` decide how work runs, so an exception in them --
 or a return value that is not what the hook promises -- stops the run before its work is
 dispatched (only the few items measured while sampling have been computed) and reaches the caller
-as ``amorsize.PluginError`` naming the plugin and the hook, chained from the original exception. The observers
-``amorsize_pool_event`` and ``amorsize_run_finished`` only watch: an exception there becomes an
-``amorsize.PluginWarning``, the other observers are still called and the run's results are kept.
+as ``amorsize.PluginError`` naming the plugin and the hook, chained from the original exception.
+The observers ``amorsize_pool_event``, ``amorsize_run_progress`` and ``amorsize_run_finished``
+only watch: an exception there becomes an ``amorsize.PluginWarning``, the other observers are
+still called and the run's results are kept.
 
 Order: implementations run in pluggy's order -- ``tryfirst`` ones first, ``trylast`` ones last,
 otherwise the most recently registered first -- with wrappers (``wrapper=True`` or the old-style
@@ -132,3 +133,21 @@ def amorsize_run_finished(plan: Any, report: Any) -> None:
     amorsize's optimizer uses it to correct the next plan for the same function. Exceptions
     become warnings.
     """
+
+
+@hookspec
+def amorsize_run_progress(progress: Any) -> None:
+    """Observe a running call: ``progress`` is an ``amorsize.RunProgress``.
+
+    Called only for calls that asked for progress (``progress=True`` on ``amorsize.map`` and
+    ``imap``, the joblib backend parameter ``progress=True``, ``compute(scheduler="amorsize",
+    progress=True)``): once with ``state`` "started", then "advanced" as items complete (at
+    least every second or so for a run whose items keep completing), and once "finished" or
+    "cancelled". ``run_id`` tells concurrent runs apart; ``n_done`` counts items (not chunks),
+    including those computed while measuring; ``n_total`` is the number of items, the last
+    input size remembered for an iterator of a known function, or None (an open count); at
+    "finished" it equals ``n_done``. amorsize's own progress bar (tqdm) is a plugin of this hook.
+    Called from whichever thread saw the items complete; keep it cheap. Exceptions become
+    warnings.
+    """
+

@@ -55,7 +55,8 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     candidates = evaluate()
     chosen = cost_model.choose(candidates, workload.min_speedup)
     if chosen.executor_type == "thread" and "thread" not in ovh.measured:
-        ovh = overheads.measure_threads(_pool("thread", chosen.n_jobs, start_method), start_method)
+        with plugins.leased_pool("thread", chosen.n_jobs, start_method) as pool:
+            ovh = overheads.measure_threads(pool, start_method)
         is_warm.cache_clear()
         candidates = evaluate()
         chosen = cost_model.choose(candidates, workload.min_speedup)
@@ -64,7 +65,10 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
         # Start (and, the first time, measure) the pool now; a warm, measured one needs nothing,
         # and fetching it here would count a use the run itself will count again.
         try:
-            pool = _pool("process", chosen.n_jobs, start_method)
+            with plugins.leased_pool("process", chosen.n_jobs, start_method) as pool:
+                measured = "process" not in ovh.measured
+                if measured:
+                    ovh = overheads.measure_processes(pool, start_method)
         except Exception as exc:
             if executors == {"process"}:
                 raise
@@ -74,8 +78,7 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
             chosen = cost_model.choose(candidates, workload.min_speedup)
         else:
             is_warm.cache_clear()
-            if "process" not in ovh.measured:
-                ovh = overheads.measure_processes(pool, start_method)
+            if measured:
                 reasons.append(
                     f"measured a real {chosen.n_jobs}-process pool ({start_method}): start-up "
                     f"{_fmt_seconds(pool.startup_seconds)}, round trip "
@@ -115,10 +118,6 @@ def _no_processes(exc: Exception) -> str:
                f"({type(cause).__name__}: {first_line})")
     warnings.warn(f"amorsize: {message}", RuntimeWarning, stacklevel=4)
     return message
-
-
-def _pool(executor: str, n_jobs: int, start_method: str) -> Any:
-    return plugins.get_pool(executor, n_jobs, start_method=start_method)
 
 
 def _describe(profile: Profile, workload: Workload) -> str:

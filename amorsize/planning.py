@@ -6,16 +6,21 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from amorsize import plugins, sampling, worker
+import cloudpickle
+
+from amorsize import plugins, sampling, system, worker
 from amorsize.errors import (
     EXECUTOR_TYPES,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     check_executor_type,
     check_positive_int,
+    check_start_method,
+    resolve_n_jobs,
 )
 from amorsize.memory import Memory, function_key
 from amorsize.plan import Plan
+from amorsize.run import call_watched
 from amorsize.workload import Profile, Workload
 
 
@@ -39,7 +44,8 @@ def optimize(
     every item (an iterator's consumed items put back); its ``sampled_results`` are the results
     of the items measured, which ``amorsize.map`` does not compute again.
     """
-    check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size)
+    check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
+                    start_method=start_method)
     items, n, rest = split_items(data, sample_size)
     return make(func, items, n, rest, "optimize", n_jobs=n_jobs, executor=executor,
                  chunksize=chunksize, min_speedup=min_speedup, sample_size=sample_size,
@@ -48,9 +54,13 @@ def optimize(
 
 def check_arguments(
     func: Any, data: Any, n_jobs: Any, executor: Any, chunksize: Any, min_speedup: Any,
-    sample_size: Any,
+    sample_size: Any, start_method: Any = None,
 ) -> None:
-    """Bad input fails before any work, with the argument named and the fix."""
+    """Bad input fails before any work, with the argument named and the fix.
+
+    ``n_jobs`` may be negative as in joblib (-1 = all usable CPUs); ``make`` resolves it. Without
+    a ``start_method``, a bad ``AMORSIZE_START_METHOD`` is rejected here too.
+    """
     if not callable(func):
         raise InvalidArgumentTypeError(
             f"func must be callable (a function, lambda or object with __call__), "
@@ -63,7 +73,11 @@ def check_arguments(
             f"data must be an iterable of items (list, range, generator...), "
             f"got {type(data).__name__}"
         )
-    check_positive_int("n_jobs", n_jobs, allow_none=True)
+    resolve_n_jobs("n_jobs", n_jobs, system.usable_cpus())
+    if start_method is None:
+        system.default_start_method()
+    else:
+        check_start_method("start_method", start_method)
     check_positive_int("chunksize", chunksize, allow_none=True)
     check_positive_int("sample_size", sample_size)
     if executor is not None:
@@ -107,8 +121,14 @@ def make(
     sample_size: int,
     resample: bool,
     start_method: str | None,
+    timeout: float | None = None,
 ) -> Plan:
-    """The plan for already-checked arguments, ``items`` as returned by ``split_items``."""
+    """The plan for already-checked arguments, ``items`` as returned by ``split_items``.
+
+    The items measured run where the caller allows: on a process worker when processes are
+    forced (a crash there is a ``WorkerCrashedError``, never the caller's death), on a thread
+    when there is a ``timeout`` (an item past it cancels the call); otherwise in the caller."""
+    n_jobs = resolve_n_jobs("n_jobs", n_jobs, system.usable_cpus())
     data: Any = items if rest is None else itertools.chain(items, rest)
     key = function_key(func)
     options = {"key": key, "chunksize": chunksize, "start_method": start_method}
@@ -130,7 +150,8 @@ def make(
                 if i not in indices]
         threads_allowed = "thread" in executors and n_jobs != 1
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
-                                  pair)
+                                  pair, _probe_elsewhere(func, executors, n_jobs, start_method,
+                                                         timeout))
         profile, results = sample.profile, sample.results
         plugins.remember(key, profile)
         memory = plugins.recall(key) or Memory(profile)
@@ -147,4 +168,27 @@ def make(
 
 
 def _two_threads() -> Any:
-    return plugins.get_pool("thread", 2)
+    return plugins.leased_pool("thread", 2)
+
+
+def _probe_elsewhere(func: Callable, executors: tuple[str, ...], n_jobs: int | None,
+                     start_method: str | None, timeout: float | None) -> Any:
+    """Where measured items run when not in the caller (see ``make``), or None for the caller."""
+    if executors == ("process",):
+        where = ("process", n_jobs or system.usable_cpus())
+        try:
+            cloudpickle.dumps(func)
+        except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
+            raise InvalidArgumentError(
+                f"executor='process' cannot run this function: cannot pickle the function: {exc}"
+                "; use executor='thread' or None, or make it picklable") from exc
+    elif timeout is not None:
+        where = ("thread", 1)
+    else:
+        return None
+
+    def run_timed(func: Callable, items: list, indices: list[int], budget: float) -> Any:
+        with plugins.leased_pool(*where, start_method) as pool:
+            return call_watched(pool, worker.run_timed, (func, items, budget), indices, timeout)
+
+    return run_timed

@@ -13,24 +13,30 @@ a bad return value must name the plugin it came from. pluggy's tracing
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.metadata
 import os
 import threading
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pluggy
 
 from amorsize import hookspecs
-from amorsize.errors import EXECUTOR_TYPES, PluginError, PluginWarning
+from amorsize.errors import EXECUTOR_TYPES, PluginError, PluginWarning, PoolClosedError
 from amorsize.plan import Plan
 from amorsize.workload import Workload
 
 ENTRY_POINT_GROUP = "amorsize"
 DISABLE_ENV = "AMORSIZE_DISABLE_PLUGINS"
-BUILTIN_NAMES = ("amorsize.default_plugins.optimizer", "amorsize.default_plugins.pools")
+BUILTIN_NAMES = (
+    "amorsize.default_plugins.optimizer",
+    "amorsize.default_plugins.pools",
+    "amorsize.default_plugins.progress_bar",
+)
+_LEASE_ATTEMPTS = 5
 _DEFAULT_DECIDED_BY = "amorsize.optimizer"
 _OFF = {"", "0", "false", "no", "off"}
 _ALL = {"1", "true", "yes", "on", "all"}
@@ -62,9 +68,9 @@ def _load_plugins() -> None:
     with _load_lock:
         if _loaded:
             return
-        from amorsize.default_plugins import optimizer, pools
+        from amorsize.default_plugins import optimizer, pools, progress_bar
 
-        for module in (optimizer, pools):
+        for module in (optimizer, pools, progress_bar):
             if not pm.is_registered(module) and not pm.is_blocked(module.__name__):
                 pm.register(module, name=module.__name__)
         _load_entry_points(disabled_entry_points())
@@ -213,6 +219,23 @@ def get_pool(executor: str, n_jobs: int, create: bool = True,
     return pool
 
 
+@contextlib.contextmanager
+def leased_pool(executor: str, n_jobs: int, start_method: str | None = None) -> Iterator[Any]:
+    """``get_pool`` and hold the pool for a ``with`` block (``Pool.lease``): a pool retired by
+    another thread in between (``clear()``, ``release_pool()``, idle eviction) is asked for
+    again, so sharing pools never fails a call."""
+    with contextlib.ExitStack() as stack:
+        for attempt in range(_LEASE_ATTEMPTS):
+            pool = get_pool(executor, n_jobs, start_method=start_method)
+            try:
+                stack.enter_context(pool.lease())
+                break
+            except PoolClosedError:
+                if attempt == _LEASE_ATTEMPTS - 1:
+                    raise
+        yield pool
+
+
 def recall(key: Any) -> Any:
     """What the first plugin that remembers ``key`` knows (a ``Memory``), or None."""
     _load_plugins()
@@ -230,6 +253,12 @@ def pool_event(event: str, key: tuple, stats: dict) -> None:
     """Tell observers about a pool; a failing observer becomes a warning, never a failed run."""
     _load_plugins()
     _call("amorsize_pool_event", {"event": event, "key": key, "stats": stats}, observe=True)
+
+
+def run_progress(progress: Any) -> None:
+    """Tell progress observers (a bar, a log) how far a run is; failures become warnings."""
+    _load_plugins()
+    _call("amorsize_run_progress", {"progress": progress}, observe=True)
 
 
 def run_finished(plan: Any, report: Any) -> None:
@@ -381,6 +410,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "disabled_entry_points",
     "get_pool",
+    "leased_pool",
     "make_plan",
     "plugin_names",
     "pm",
@@ -389,5 +419,6 @@ __all__ = [
     "register_plugin",
     "remember",
     "run_finished",
+    "run_progress",
     "unregister_plugin",
 ]

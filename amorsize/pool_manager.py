@@ -4,9 +4,15 @@ Reuse rule: the same key -- executor type, worker count, start method and initia
 the same running pool; anything else gets its own. A pool that lost a worker, or sat idle past
 ``idle_timeout``, is never handed out again: it is shut down and replaced on the next request.
 
+A run leases its pool (``Pool.lease``): retiring a leased pool (``clear``, ``release_pool``, idle
+timeout, ``force_new``) takes it out of the table at once, so new requests get a fresh pool, but
+closes it only when the last lease ends, so no running call fails. Only ``shutdown`` (the
+manager's end) closes pools under their runs.
+
 Events passed to ``on_event(event, key, stats)`` (the global manager forwards them to the
 ``amorsize_pool_event`` hook) are the hook's five: "created", "reused", "evicted" (with
-``stats["reason"]`` "idle", "released" or "force_new"), "broken" and "shutdown".
+``stats["reason"]`` "idle", "released", "force_new", "cancelled" -- a cancelled run stopped
+its workers -- or "closed" -- someone shut the pool down), "broken" and "shutdown".
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import atexit
 import collections
 import math
-import multiprocessing
 import os
 import sys
 import threading
@@ -33,17 +38,18 @@ from amorsize.errors import (
     PoolManagerClosedError,
     check_executor_type,
     check_positive_int,
+    check_start_method,
 )
 from amorsize.pools import Pool, ProcessPool, SerialPool, ThreadPool
 
-START_METHODS = ("fork", "forkserver", "spawn")
 PoolKey = tuple[str, int, str | None, Any]
 EventListener = Callable[[str, PoolKey, dict], None]
 
 _EVENT_OF_REASON = {
-    "idle": "evicted", "released": "evicted", "force_new": "evicted",
-    "broken": "broken", "shutdown": "shutdown",
+    "idle": "evicted", "released": "evicted", "force_new": "evicted", "cancelled": "evicted",
+    "closed": "evicted", "broken": "broken", "shutdown": "shutdown",
 }
+_DEFERRED = {"idle", "released", "force_new", "shutdown"}
 _STARTUPS_KEPT = 256
 
 _managers: weakref.WeakSet[PoolManager] = weakref.WeakSet()
@@ -74,7 +80,7 @@ class PoolManager:
             raise InvalidArgumentError(
                 f"idle_timeout must be a number of seconds >= 0, got {idle_timeout!r}"
             )
-        _check_start_method("start_method", start_method, allow_none=True)
+        check_start_method("start_method", start_method, allow_none=True)
         self.idle_timeout = float(idle_timeout)
         self.enable_auto_cleanup = enable_auto_cleanup
         self.start_method = start_method or system.default_start_method()
@@ -87,7 +93,9 @@ class PoolManager:
         self._counts = {
             "hits": 0, "misses": 0, "creations": 0, "evictions": 0, "replacements": 0,
         }
-        self._evictions_by_reason = {"idle": 0, "released": 0, "force_new": 0}
+        self._evictions_by_reason = {
+            "idle": 0, "released": 0, "force_new": 0, "cancelled": 0, "closed": 0,
+        }
         self._startups: collections.deque[dict] = collections.deque(maxlen=_STARTUPS_KEPT)
         if enable_auto_cleanup:
             _managers.add(self)
@@ -120,14 +128,14 @@ class PoolManager:
         """
         check_positive_int("n_jobs", n_jobs)
         check_executor_type("executor_type", executor_type)
-        _check_start_method("start_method", start_method, allow_none=True)
+        check_start_method("start_method", start_method, allow_none=True)
         key = self._key(n_jobs, executor_type, start_method, initializer, initargs)
         self._check_process()
         with self._lock:
             self._check_open_locked()
             stale = self._take_stale_locked(exclude=key, check_broken=False)
             pool = self._pools.get(key)
-            hit = pool if pool is not None and not force_new and not pool.broken else None
+            hit = pool if pool is not None and not force_new and _unusable(pool) is None else None
             if hit is not None and create:
                 self._counts["hits"] += 1
                 hit.last_used = time.monotonic()
@@ -151,7 +159,7 @@ class PoolManager:
                 self._check_open_locked()
                 stale = self._take_stale_locked(exclude=key, check_broken=True)
                 pool = self._pools.get(key)
-                if pool is not None and not force_new and not pool.broken:
+                if pool is not None and not force_new and _unusable(pool) is None:
                     self._counts["hits"] += 1
                     pool.last_used = time.monotonic()
                     hit = pool
@@ -159,7 +167,7 @@ class PoolManager:
                     hit = None
                     self._counts["misses"] += 1
                     if pool is not None:
-                        stale.append(self._retire_locked(key, "broken" if pool.broken else "force_new"))
+                        stale.append(self._retire_locked(key, _unusable(pool) or "force_new"))
             self._close_all(stale)
             if hit is not None:
                 self._emit("reused", key, {"startup_seconds": 0.0})
@@ -187,18 +195,19 @@ class PoolManager:
         initializer: Callable | None = None,
         initargs: tuple = (),
     ) -> bool:
-        """Shut the pool for this key down now (waiting for its running tasks) instead of at its
-        idle timeout; True if there was one. The next ``get_pool`` for the key starts a new one."""
+        """Shut the pool for this key down now (waiting for its running tasks; a run holding it
+        keeps it until the run ends) instead of at its idle timeout; True if there was one. The
+        next ``get_pool`` for the key starts a new one."""
         check_positive_int("n_jobs", n_jobs)
         check_executor_type("executor_type", executor_type)
-        _check_start_method("start_method", start_method, allow_none=True)
+        check_start_method("start_method", start_method, allow_none=True)
         key = self._key(n_jobs, executor_type, start_method, initializer, initargs)
         self._check_process()
         with self._lock:
             if key not in self._pools:
                 return False
             retired = self._retire_locked(key, "released")
-        self._close_all([retired])
+        self._close_all([retired], defer=True)
         return True
 
     def shutdown(self, force: bool = False) -> None:
@@ -213,11 +222,12 @@ class PoolManager:
         _managers.discard(self)
 
     def clear(self) -> None:
-        """Close every pool (waiting for running tasks) but keep the manager usable."""
+        """Close every pool (waiting for running tasks; a pool a run holds closes when that run
+        ends) but keep the manager usable: the next request starts a fresh pool."""
         self._check_process()
         with self._lock:
             retired = [self._retire_locked(key, "shutdown") for key in list(self._pools)]
-        self._close_all(retired)
+        self._close_all(retired, defer=True)
 
     def get_stats(self) -> dict:
         """Pools alive by key, counters of hits, misses, creations, evictions and replacements
@@ -301,25 +311,34 @@ class PoolManager:
         for key, pool in list(self._pools.items()):
             if key == exclude:
                 continue
-            if check_broken and pool.broken:
-                stale.append(self._retire_locked(key, "broken"))
+            if check_broken and _unusable(pool) is not None:
+                stale.append(self._retire_locked(key, _unusable(pool) or "broken"))
             elif pool.idle_seconds > self.idle_timeout:
                 stale.append(self._retire_locked(key, "idle"))
         return stale
 
-    def _close_all(self, retired: list[tuple[PoolKey, Pool, str]], force: bool = False) -> None:
-        """Shut retired pools down outside the lock; one failing does not keep the rest open."""
+    def _close_all(self, retired: list[tuple[PoolKey, Pool, str]], force: bool = False,
+                   defer: bool = False) -> None:
+        """Shut retired pools down outside the lock; one failing does not keep the rest open.
+
+        With ``defer`` (every retirement but the manager's shutdown) a leased pool closes when
+        its last lease ends instead (``Pool.retire``)."""
         errors = []
         for key, pool, reason in retired:
-            broken = reason == "broken" or pool.broken
+            broken = reason == "broken"
             try:
-                pool.shutdown(wait=True, force=force or broken)
+                if broken or reason in ("cancelled", "closed"):
+                    pool.shutdown(wait=True, force=True)
+                elif defer and reason in _DEFERRED:
+                    pool.retire(wait=True, force=force)
+                else:
+                    pool.shutdown(wait=True, force=force or pool.broken)
             except Exception as exc:  # noqa: BLE001 - close the others, then report
                 errors.append(exc)
             stats = {"idle_seconds": pool.idle_seconds, "startup_seconds": pool.startup_seconds}
             if _EVENT_OF_REASON[reason] == "evicted":
                 stats["reason"] = reason
-            self._emit("broken" if broken else _EVENT_OF_REASON[reason], key, stats)
+            self._emit(_EVENT_OF_REASON[reason], key, stats)
         if errors:
             raise errors[0]
 
@@ -344,14 +363,14 @@ class PoolManager:
         self._pid = os.getpid()
 
 
-def _check_start_method(name: str, value: object, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    available = [m for m in START_METHODS if m in multiprocessing.get_all_start_methods()]
-    if value not in available:
-        raise InvalidArgumentError(
-            f"{name} must be one of {', '.join(map(repr, available))} here, got {value!r}"
-        )
+def _unusable(pool: Pool) -> str | None:
+    """Why a pool in the table must not be handed out: "cancelled" (a cancelled run stopped
+    its workers), "broken" (a worker died), "closed" (shut down behind the manager's back)."""
+    if pool.broken:
+        return "cancelled" if getattr(pool, "_terminated", False) else "broken"
+    if pool.closed:
+        return "closed"
+    return None
 
 
 def _key_name(key: PoolKey) -> str:

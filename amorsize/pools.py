@@ -17,19 +17,21 @@ import itertools
 import multiprocessing
 import multiprocessing.spawn
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Container, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, ClassVar
 
 from amorsize import worker
-from amorsize.errors import WorkerCrashedError
+from amorsize.errors import PoolClosedError, WorkerCrashedError
 
 
 class Pool:
-    """Base of the pools: bookkeeping of use and liveness shared by every kind."""
+    """Base of the pools: bookkeeping of use, leases and liveness shared by every kind."""
 
     executor_type: ClassVar[str]
     uses_processes: ClassVar[bool] = False
@@ -41,8 +43,12 @@ class Pool:
         self.last_used = self.created_at
         self.startup_seconds = 0.0
         self.closed = False
+        self.board: Any = None
         self._pid = os.getpid()
         self._inflight = 0
+        self._leases = 0
+        self._retiring = False
+        self._terminated = False
         self._inflight_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -54,15 +60,43 @@ class Pool:
         return self._inflight > 0
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[None]:
-        """Count the pool busy for a whole run, so a paused ``imap`` (no chunk in flight) never
-        finds it closed as idle by another caller's request."""
+    def lease(self) -> Iterator[Pool]:
+        """Hold the pool for a whole run: it counts as busy (a paused ``imap`` is never closed
+        as idle), and a manager that retires it meanwhile (``clear``, ``release_pool``, idle
+        eviction) closes it only when the last lease ends. A pool already retired or closed
+        raises ``PoolClosedError``: ask the manager again for its replacement."""
         with self._inflight_lock:
+            if self.closed or self._retiring:
+                raise self._closed_error()
+            self._leases += 1
             self._inflight += 1
         try:
-            yield
+            yield self
         finally:
-            self._done(None)
+            with self._inflight_lock:
+                self._leases -= 1
+                self._inflight -= 1
+                self.last_used = time.monotonic()
+                close_now = self._retiring and self._leases == 0 and not self.closed
+            if close_now:
+                self.shutdown(wait=False)
+
+    def retire(self, wait: bool = True, force: bool = False) -> bool:
+        """Take the pool out of service: shut it down now, or, while a run holds a lease, when
+        that run ends (its work is neither failed nor killed). True if it was closed now."""
+        with self._inflight_lock:
+            self._retiring = True
+            deferred = self._leases > 0 and not force
+        if not deferred:
+            self.shutdown(wait=wait, force=force)
+        return not deferred
+
+    def terminate(self) -> None:
+        """Stop now, for a cancelled run that still has work here: queued work is dropped,
+        running work is killed (processes) or abandoned (threads cannot be killed); the pool is
+        then broken, and its manager replaces it on the next request."""
+        self._terminated = True
+        self.shutdown(wait=False, force=True)
 
     @property
     def idle_seconds(self) -> float:
@@ -70,7 +104,7 @@ class Pool:
 
     @property
     def broken(self) -> bool:
-        return False
+        return self._terminated
 
     def prepare(self, func: Callable) -> Any:
         """The form of ``func`` that travels to workers (cloudpickle bytes for processes)."""
@@ -81,11 +115,12 @@ class Pool:
         self._check_usable()
         return self._track(self._submit(worker.call, self.prepare(fn), args, kwargs))
 
-    def submit_chunk(self, func: Any, items: list) -> Future:
+    def submit_chunk(self, func: Any, items: list, token: float = 0.0) -> Future:
         """Run ``func`` (as returned by ``prepare``) on ``items``; the future gives
-        ``(results, compute_seconds)``."""
+        ``(results, compute_seconds)``. A ``token`` has each item's start written on the
+        pool's board (``running_items``), for time limits."""
         self._check_usable()
-        return self._track(self._submit(worker.run_chunk, func, items))
+        return self._track(self._submit(worker.run_chunk, func, items, token))
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> list:
         """Ordered results of ``func`` over ``iterable``; the first error is raised as-is."""
@@ -123,13 +158,16 @@ class Pool:
     def _result(self, future: Future) -> Any:
         return future.result()
 
+    def _closed_error(self) -> PoolClosedError:
+        return PoolClosedError(
+            f"this {self.executor_type} pool was shut down (idle timeout, release_pool, "
+            "force_new, clear, a cancelled run or its manager's shutdown); ask the PoolManager "
+            "for a pool again with get_pool()"
+        )
+
     def _check_usable(self) -> None:
         if self.closed:
-            raise RuntimeError(
-                f"this {self.executor_type} pool was shut down (idle timeout, release_pool, "
-                "force_new, clear or its manager's shutdown); ask the PoolManager for a pool again "
-                "with get_pool()"
-            )
+            raise self._closed_error()
         if not self.usable_after_fork and os.getpid() != self._pid:
             raise RuntimeError(
                 f"this {self.executor_type} pool belongs to process {self._pid}, and this is a "
@@ -153,6 +191,20 @@ class Pool:
 
     def worker_pids(self) -> list[int]:
         return []
+
+    def running_items(self, tokens: Container[float]) -> list[tuple[float, int, float]]:
+        """``(token, item, started)`` of each item a worker is computing now for a chunk whose
+        token is in ``tokens`` (``started`` on ``time.monotonic()``); needs ``run_chunk``'s
+        token."""
+        board = self.board
+        if board is None:
+            return []
+        out = []
+        for at in range(0, len(board), 3):
+            token = board[at]
+            if token and token in tokens:
+                out.append((token, int(board[at + 1]), board[at + 2]))
+        return out
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
         raise NotImplementedError
@@ -206,27 +258,106 @@ class ThreadPool(Pool):
     ) -> None:
         super().__init__(n_jobs)
         start = time.perf_counter()
-        self._executor = ThreadPoolExecutor(
-            max_workers=n_jobs, thread_name_prefix="amorsize",
-            initializer=initializer, initargs=initargs,
-        )
-        barrier = threading.Barrier(n_jobs)
-        try:
-            for f in [self._executor.submit(barrier.wait, 10) for _ in range(n_jobs)]:
-                f.result()
-        except BaseException:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            raise
+        self.board = [0.0] * (3 * n_jobs)
+        self._executor = DaemonThreadExecutor(n_jobs, self.board, initializer, initargs)
         self.startup_seconds = time.perf_counter() - start
+
+    @property
+    def broken(self) -> bool:
+        return self._terminated or self._executor.broken is not None
 
     def _submit(self, fn: Callable, *args: Any) -> Future:
         return self._executor.submit(fn, *args)
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
-        """``force`` cancels queued tasks and does not wait; a running thread cannot be killed."""
+        """``force`` cancels queued tasks and does not wait; a running thread cannot be killed,
+        and being a daemon it never holds up the interpreter's exit."""
         self.closed = True
         if os.getpid() == self._pid:
             self._executor.shutdown(wait=wait and not force, cancel_futures=force)
+
+
+class DaemonThreadExecutor(Executor):
+    """A fixed set of daemon threads taking calls from one queue.
+
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit, so a call abandoned by a
+    cancelled run (a thread cannot be stopped) would hold the exit until it finished; daemon
+    threads let the process go. Each thread gets its slot on ``board`` (see ``worker``). If the
+    initializer raises in a thread, the executor is broken: every call fails with
+    ``BrokenThreadPool`` instead of running in a thread that was not set up.
+    """
+
+    def __init__(self, n_jobs: int, board: list, initializer: Callable | None = None,
+                 initargs: tuple = ()) -> None:
+        self.broken: BaseException | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._ready = threading.Barrier(n_jobs + 1)
+        self._threads = [
+            threading.Thread(target=self._work, args=(i, board, initializer, initargs),
+                             name=f"amorsize-{i}", daemon=True)
+            for i in range(n_jobs)
+        ]
+        for t in self._threads:
+            t.start()
+        self._ready.wait(60)
+        if self.broken is not None:
+            self.shutdown(wait=False, cancel_futures=True)
+            raise BrokenThreadPool(f"a thread initializer raised {self.broken!r}") from self.broken
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        if self._closed:
+            raise RuntimeError("cannot submit to a thread pool after its shutdown")
+        future: Future = Future()
+        if self.broken is not None:
+            future.set_exception(BrokenThreadPool(
+                f"a thread initializer raised {self.broken!r}; the pool cannot run calls"))
+            return future
+        self._queue.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closed = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                if t is not threading.current_thread():
+                    t.join()
+
+    def _work(self, index: int, board: list, initializer: Callable | None,
+              initargs: tuple) -> None:
+        worker.bind_thread_slot(board, index)
+        try:
+            if initializer is not None:
+                initializer(*initargs)
+        except BaseException as exc:  # noqa: BLE001 - reported through every later call
+            self.broken = exc
+        finally:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self._ready.wait(60)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - delivered through the future
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del item, future, fn, args, kwargs
 
 
 class ProcessPool(Pool):
@@ -256,11 +387,13 @@ class ProcessPool(Pool):
         context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             _preload_forkserver(context)
+        self.board = context.Array("d", 3 * n_jobs, lock=False)
+        claimed = context.Value("i", 0)
         self._executor = ProcessPoolExecutor(
             max_workers=n_jobs,
             mp_context=context,
             initializer=_initialize,
-            initargs=(blas_threads, initializer, initargs),
+            initargs=(blas_threads, self.board, claimed, initializer, initargs),
         )
         try:
             with _without_main_module():
@@ -296,7 +429,7 @@ class ProcessPool(Pool):
 
     @property
     def broken(self) -> bool:
-        if self._broken_seen or getattr(self._executor, "_broken", False):
+        if self._terminated or self._broken_seen or getattr(self._executor, "_broken", False):
             return True
         processes = getattr(self._executor, "_processes", None) or {}
         return any(p.exitcode is not None for p in list(processes.values()))
@@ -305,15 +438,25 @@ class ProcessPool(Pool):
         return list((getattr(self._executor, "_processes", None) or {}).keys())
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
-        """Stop the workers; ``force`` terminates them even mid-task (their futures fail)."""
+        """Stop the workers; ``force`` terminates them even mid-task (their futures fail) and
+        waits for them to be gone, however ``wait`` is set."""
         self.closed = True
         if os.getpid() != self._pid:
             return
-        if force:
-            for p in list((getattr(self._executor, "_processes", None) or {}).values()):
-                if p.exitcode is None:
-                    p.terminate()
-        self._executor.shutdown(wait=wait or force, cancel_futures=force)
+        if not force:
+            self._executor.shutdown(wait=wait)
+            return
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
+        for p in processes:
+            if p.exitcode is None:
+                p.terminate()
+        deadline = time.monotonic() + 2.0
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.exitcode is None:
+                p.kill()
+                p.join(1.0)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class _CrashAwareFuture(Future):
@@ -361,8 +504,9 @@ def _check_chunksize(chunksize: object) -> None:
         raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
 
 
-def _initialize(blas_threads: int | None, initializer: Callable | None, initargs: tuple) -> None:
-    worker.initialize(blas_threads)
+def _initialize(blas_threads: int | None, board: Any, claimed: Any,
+                initializer: Callable | None, initargs: tuple) -> None:
+    worker.initialize(blas_threads, board, claimed)
     if initializer is not None:
         initializer(*initargs)
 

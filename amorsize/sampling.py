@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from amorsize import worker
 from amorsize.workload import Profile
 
 DEFAULT_SAMPLE_SIZE = 8
@@ -47,25 +48,22 @@ def measure(
     indices: list[int],
     thread_pair: Callable[[], Any] | None = None,
     pair_indices: list[int] = (),  # type: ignore[assignment]
+    run_timed: Callable[[Callable, list, list[int], float], tuple] | None = None,
 ) -> Sample:
     """Run ``func`` on ``items[i]`` for ``i`` in ``indices`` (one at a time, stopping early once
-    the time budget is spent), then ``pair_indices`` split over two threads of the pool
-    ``thread_pair()`` returns to learn whether calls overlap on threads. Errors in ``func`` propagate."""
-    results: dict[int, Any] = {}
-    walls: list[float] = []
-    cpus: list[float] = []
-    started = time.perf_counter()
-    for i in indices:
-        item = items[i]
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        results[i] = func(item)
-        t1 = time.perf_counter()
-        walls.append(t1 - t0)
-        cpus.append(time.process_time() - c0)
-        spent = t1 - started
-        if (len(walls) >= 2 and spent > BUDGET_SECONDS) or spent > 4 * BUDGET_SECONDS:
-            break
+    the time budget is spent), then ``pair_indices`` split over two threads of the pool that
+    ``thread_pair()`` leases (a context manager) to learn whether calls overlap on threads.
+
+    ``run_timed(func, items, indices, budget)`` runs the measured items where the caller wants
+    them (``worker.run_timed``'s contract; default: here, in the calling thread) -- on a
+    process worker when the caller forced processes, so a crash there never kills the caller.
+    Errors in ``func`` propagate."""
+    chosen = [items[i] for i in indices]
+    if run_timed is None:
+        outs, walls, cpus = worker.run_timed(func, chosen, BUDGET_SECONDS)
+    else:
+        outs, walls, cpus = run_timed(func, chosen, indices, BUDGET_SECONDS)
+    results: dict[int, Any] = dict(zip(indices, outs))
     typical = typical_seconds(walls)
     per_item = max(typical - _timing_overhead(), 0.1 * typical)
     spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
@@ -76,7 +74,8 @@ def measure(
     pairs = [i for i in pair_indices if i not in results][:wanted]
     if (thread_pair is not None and len(pairs) == wanted
             and _PAIR_MIN_SECONDS <= per_item <= _PAIR_MAX_SECONDS):
-        scaling = _thread_scaling(func, items, pairs, thread_pair(), per_item, results)
+        with thread_pair() as pool:
+            scaling = _thread_scaling(func, items, pairs, pool, per_item, results)
     return Sample(
         Profile(
             per_item_seconds=per_item,

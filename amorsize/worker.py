@@ -28,6 +28,7 @@ _BLAS_ENV_VARS = (
 _FUNC_CACHE: OrderedDict[bytes, Any] = OrderedDict()
 _FUNC_CACHE_SIZE = 16
 _IN_PROCESS_WORKER = False
+_PROCESS_SLOT: tuple[Any, int] | None = None
 
 
 class PickledFunction:
@@ -166,16 +167,81 @@ def _leave() -> None:
     _inside.depth -= 1
 
 
-def run_chunk(func: Any, items: list) -> tuple[list, float]:
-    """Call ``func`` on each item; return the results and the seconds spent computing them."""
+def run_chunk(func: Any, items: list, token: float = 0.0) -> tuple[list, float]:
+    """Call ``func`` on each item; return the results and the seconds spent computing them.
+
+    With a ``token`` (a run watching for time limits), each item's start is written to this
+    worker's slot of the pool's board first, so the caller can tell which item runs too long.
+    """
     f = _resolve(func)
     _enter()
     try:
         start = time.perf_counter()
-        results = [f(x) for x in items]
+        slot = _slot() if token else None
+        if slot is None:
+            results = [f(x) for x in items]
+        else:
+            results = []
+            try:
+                for k, x in enumerate(items):
+                    _mark(slot, token, k)
+                    results.append(f(x))
+            finally:
+                _mark(slot, 0.0, 0)
         return results, time.perf_counter() - start
     finally:
         _leave()
+
+
+def run_timed(
+    func: Any, items: list, budget: float, token: float = 0.0
+) -> tuple[list, list[float], list[float]]:
+    """Call ``func`` on items one at a time, timed each (wall and CPU), stopping once at least two
+    ran and ``budget`` seconds are spent (or four budgets after one): what measuring runs, in
+    the caller or on a worker. Returns the results so far, their wall and their CPU seconds."""
+    f = _resolve(func)
+    slot = _slot() if token else None
+    results: list = []
+    walls: list[float] = []
+    cpus: list[float] = []
+    _enter()
+    try:
+        started = time.perf_counter()
+        for k, x in enumerate(items):
+            if slot is not None:
+                _mark(slot, token, k)
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            results.append(f(x))
+            t1 = time.perf_counter()
+            walls.append(t1 - t0)
+            cpus.append(time.process_time() - c0)
+            spent = t1 - started
+            if (len(walls) >= 2 and spent > budget) or spent > 4 * budget:
+                break
+        return results, walls, cpus
+    finally:
+        if slot is not None:
+            _mark(slot, 0.0, 0)
+        _leave()
+
+
+def _slot() -> tuple[Any, int] | None:
+    """This worker's place on its pool's board: (board, offset), or None outside a pool."""
+    return getattr(_inside, "slot", None) or _PROCESS_SLOT
+
+
+def _mark(slot: tuple[Any, int], token: float, k: int) -> None:
+    board, at = slot
+    board[at] = 0.0
+    board[at + 1] = k
+    board[at + 2] = time.monotonic()
+    board[at] = token
+
+
+def bind_thread_slot(board: Any, index: int) -> None:
+    """Give the calling pool thread its slot on the board (three numbers: token, item, start)."""
+    _inside.slot = (board, 3 * index)
 
 
 def call(func: Any, args: tuple, kwargs: dict) -> Any:
@@ -193,8 +259,9 @@ def pid_after(seconds: float) -> int:
     return os.getpid()
 
 
-def initialize(blas_threads: int | None) -> None:
-    """Process-worker initializer: cap BLAS/OpenMP threads so n workers do not oversubscribe.
+def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None) -> None:
+    """Process-worker initializer: cap BLAS/OpenMP threads so n workers do not oversubscribe,
+    and take a free slot on the pool's board (``claimed`` counts the slots taken).
 
     Environment variables are set before numpy is imported in the worker, as loky does; a value
     the user set explicitly is left alone.
@@ -203,5 +270,11 @@ def initialize(blas_threads: int | None) -> None:
         for var in _BLAS_ENV_VARS:
             os.environ.setdefault(var, str(blas_threads))
     os.environ["AMORSIZE_IN_WORKER"] = "1"
-    global _IN_PROCESS_WORKER
+    global _IN_PROCESS_WORKER, _PROCESS_SLOT
     _IN_PROCESS_WORKER = True
+    if board is not None and claimed is not None:
+        with claimed.get_lock():
+            index = claimed.value
+            claimed.value += 1
+        if 3 * index + 2 < len(board):
+            _PROCESS_SLOT = (board, 3 * index)

@@ -21,7 +21,8 @@ from amorsize.default_plugins import optimizer as builtin_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ["amorsize_adjust_plan", "amorsize_get_pool", "amorsize_make_plan",
-         "amorsize_pool_event", "amorsize_recall", "amorsize_remember", "amorsize_run_finished"]
+         "amorsize_pool_event", "amorsize_recall", "amorsize_remember", "amorsize_run_finished",
+         "amorsize_run_progress"]
 
 
 @pytest.fixture

@@ -1,0 +1,262 @@
+"""One run of a plan, whoever asked for it: ``amorsize.map``/``imap``, the joblib backend, the
+Dask scheduler.
+
+A ``Run`` holds what a plan's execution needs and nothing else: the lease on its pool, the
+chunks in flight, the item counts that progress and the report are made of, and ``cancel()``.
+Front ends feed it work and results; they keep no bookkeeping of their own.
+
+Cancelling is the one way a run stops early, whatever the cause -- Ctrl-C in the caller, an
+error in the user's function, a time limit, an ``imap`` closed or dropped, a joblib abort, a
+failed Dask compute: nothing more is dispatched, queued chunks are cancelled, and if any of the
+run's chunks is still running, its pool is terminated (process workers killed, thread work
+abandoned) and the manager replaces it. A pool holding none of the run's work is left alone:
+pools are shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from amorsize import errors, plugins
+from amorsize.plan import Plan
+from amorsize.report import RunReport
+
+PROGRESS_CHUNK_SECONDS = 0.5
+WATCH_SECONDS = 0.1
+
+_run_ids = itertools.count(1)
+_tokens = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """How far a run is, as ``amorsize_run_progress`` observers see it (see the hook)."""
+
+    run_id: int
+    source: str
+    description: str
+    state: str
+    n_done: int
+    n_total: int | None
+
+
+class Run:
+    """The execution of one plan; a context manager that cancels the run if its block fails.
+
+    ``timeout`` (seconds) limits each item: an item running longer cancels the run and raises
+    ``amorsize.TimeoutError`` naming the item. A serial plan with a time limit runs on one
+    thread, since the calling thread cannot be given up on. ``progress`` reports to the
+    ``amorsize_run_progress`` hook; ``total`` is the item count to show (None: open count) and
+    ``done`` the items already computed (while measuring).
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        timeout: float | None = None,
+        progress: bool = False,
+        description: str = "",
+        total: int | None = None,
+        done: int = 0,
+    ) -> None:
+        check_timeout(timeout)
+        self.plan = plan
+        self.id = next(_run_ids)
+        self.timeout = timeout
+        self.progress = progress
+        self.description = description
+        self.total = total
+        self.n_done = done
+        self.n_items = 0
+        self.n_chunks = 0
+        self.compute_seconds = 0.0
+        self.cancelled = False
+        self.pool: Any = None
+        self.executor_type = plan.executor_type
+        if self.executor_type == "serial" and timeout is not None:
+            self.executor_type = "thread"
+        self._start_method = plan.machine.get("start_method")
+        self._stack = contextlib.ExitStack()
+        self._inflight: dict[Future, tuple[float, Sequence[int] | None]] = {}
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> Run:
+        if self.executor_type != "serial":
+            n_jobs = 1 if self.plan.executor_type == "serial" else self.plan.n_jobs
+            self.pool = self._stack.enter_context(
+                plugins.leased_pool(self.executor_type, n_jobs, self._start_method))
+        self._announce("started")
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is not None:
+                self.cancel()
+        finally:
+            self._stack.close()
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        """Run ``fn(*args)`` on the run's pool as part of this run (an adapter's batch)."""
+        self._check_not_cancelled()
+        future = self.pool.submit(fn, *args)
+        self._track(future, 0.0, None)
+        return future
+
+    def submit_chunk(self, func: Any, items: list, indices: Sequence[int] | None = None) -> Future:
+        """Run ``func`` (as the pool prepared it) on ``items``; ``indices`` are their positions
+        in the input, which a time limit needs to name the item that overran."""
+        self._check_not_cancelled()
+        token = float(next(_tokens)) if self.timeout is not None else 0.0
+        future = self.pool.submit_chunk(func, items, token)
+        self._track(future, token, indices)
+        return future
+
+    def result(self, future: Future) -> Any:
+        """``future.result()``, watching this run's items for the time limit meanwhile."""
+        if self.timeout is None:
+            return future.result()
+        while True:
+            try:
+                return future.result(timeout=WATCH_SECONDS)
+            except TimeoutError:
+                if future.done():
+                    raise
+                self._check_time_limit()
+
+    def record(self, n_items: int, compute_seconds: float) -> None:
+        """Count a chunk of ``n_items`` that took ``compute_seconds`` inside the function."""
+        with self._lock:
+            self.n_items += n_items
+            self.n_done += n_items
+            self.n_chunks += 1
+            self.compute_seconds += compute_seconds
+        self._announce("advanced")
+
+    def cancel(self) -> None:
+        """Stop the run: see the module's docstring. Safe to call from any thread, and again."""
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+            pending = list(self._inflight)
+        unfinished = [f for f in pending if not f.cancel() and not f.done()]
+        if unfinished and self.pool is not None:
+            self.pool.terminate()
+        self._announce("cancelled")
+
+    def finish(self, **measured: Any) -> RunReport:
+        """Report the completed run to ``amorsize_run_finished`` observers; ``measured``
+        overrides the report's fields that a front end knows better."""
+        plan = self.plan
+        fields: dict[str, Any] = {
+            "source": plan.workload.source,
+            "executor_type": plan.executor_type,
+            "n_jobs": plan.n_jobs,
+            "chunksize": plan.chunksize,
+            "n_items": self.n_items,
+            "n_chunks": self.n_chunks,
+            "wall_seconds": time.perf_counter() - self._started,
+            "compute_seconds": self.compute_seconds,
+            "predicted_seconds": plan.predicted_seconds,
+            "predicted_speedup": plan.estimated_speedup,
+        }
+        fields.update(measured)
+        report = RunReport(**fields)
+        self.total = self.n_done
+        self._announce("finished")
+        plugins.run_finished(plan, report)
+        return report
+
+    def running_seconds(self) -> float:
+        return time.perf_counter() - self._started
+
+    def _track(self, future: Future, token: float, indices: Sequence[int] | None) -> None:
+        with self._lock:
+            self._inflight[future] = (token, indices)
+        future.add_done_callback(self._untrack)
+
+    def _untrack(self, future: Future) -> None:
+        with self._lock:
+            self._inflight.pop(future, None)
+
+    def _check_not_cancelled(self) -> None:
+        if self.cancelled:
+            raise errors.RunCancelledError(
+                "this run was cancelled (an error, a time limit, Ctrl-C or its caller gave up); "
+                "start a new call")
+
+    def _check_time_limit(self) -> None:
+        with self._lock:
+            watched = {token: indices for token, indices in self._inflight.values() if token}
+        overrun = find_overrun(self.pool, watched, self.timeout)
+        if overrun is not None:
+            self.cancel()
+            raise overrun
+
+    def _announce(self, state: str) -> None:
+        if self.progress:
+            plugins.run_progress(RunProgress(
+                self.id, self.plan.workload.source, self.description, state, self.n_done,
+                self.total))
+
+
+def find_overrun(pool: Any, watched: dict[float, Sequence[int] | None],
+                 timeout: float | None) -> errors.TimeoutError | None:
+    """The error for the first item of ``watched`` chunks that has run past ``timeout``."""
+    if timeout is None or not watched:
+        return None
+    now = time.monotonic()
+    for token, k, started in pool.running_items(watched):
+        if now - started > timeout:
+            indices = watched[token]
+            index = indices[k] if indices is not None and k < len(indices) else None
+            where = "an item" if index is None else f"item {index}"
+            return errors.TimeoutError(
+                f"{where} ran longer than timeout={timeout:g} s ({now - started:.1f} s so far); "
+                "the call was cancelled", index)
+    return None
+
+
+def call_watched(pool: Any, fn: Callable, args: tuple, indices: Sequence[int],
+                 timeout: float | None) -> Any:
+    """``fn(*args, token)`` on ``pool``, waited for with ``timeout`` per item (``indices`` name
+    the items); on any way out but a result, its work is stopped as a cancelled run's is."""
+    token = float(next(_tokens)) if timeout is not None else 0.0
+    future = pool.submit(fn, *args, token)
+    try:
+        while True:
+            try:
+                return future.result(timeout=None if timeout is None else WATCH_SECONDS)
+            except TimeoutError:
+                if future.done():
+                    raise
+                overrun = find_overrun(pool, {token: indices}, timeout)
+                if overrun is not None:
+                    raise overrun from None
+    except BaseException:
+        if not future.cancel() and not future.done():
+            pool.terminate()
+        raise
+
+
+def check_timeout(timeout: object) -> None:
+    """A time limit is seconds > 0, or None for none."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise errors.InvalidArgumentTypeError(
+            f"timeout must be a number of seconds > 0 (or None for no limit), "
+            f"got {type(timeout).__name__} {timeout!r}")
+    if not timeout > 0 or math.isinf(timeout):
+        raise errors.InvalidArgumentError(
+            f"timeout must be a number of seconds > 0 (or None for no limit), got {timeout!r}")
