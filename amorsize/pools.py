@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, ClassVar
@@ -49,6 +49,7 @@ class Pool:
         self._leases = 0
         self._retiring = False
         self._terminated = False
+        self.terminated_by: int | None = None
         self._inflight_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -91,10 +92,11 @@ class Pool:
             self.shutdown(wait=wait, force=force)
         return not deferred
 
-    def terminate(self) -> None:
-        """Stop now, for a cancelled run that still has work here: queued work is dropped,
-        running work is killed (processes) or abandoned (threads cannot be killed); the pool is
-        then broken, and its manager replaces it on the next request."""
+    def terminate(self, by: int | None = None) -> None:
+        """Stop now, for a cancelled run (its id ``by``) that still has work here: queued work is
+        dropped, running work is killed (processes) or abandoned (threads cannot be killed); the
+        pool is then broken, and its manager replaces it on the next request."""
+        self.terminated_by = by if by is not None else 0
         self._terminated = True
         self.shutdown(wait=False, force=True)
 
@@ -383,6 +385,7 @@ class ProcessPool(Pool):
         super().__init__(n_jobs)
         self.start_method = start_method
         self._broken_seen = False
+        self._outer: set[_CrashAwareFuture] = set()
         start = time.perf_counter()
         context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -418,7 +421,11 @@ class ProcessPool(Pool):
         except BrokenProcessPool as exc:
             self._broken_seen = True
             raise self._crashed() from exc
-        return _CrashAwareFuture(inner, self)
+        outer = _CrashAwareFuture(inner, self)
+        with self._inflight_lock:
+            self._outer.add(outer)
+        outer.add_done_callback(self._outer.discard)
+        return outer
 
     def _crashed(self) -> WorkerCrashedError:
         return WorkerCrashedError(
@@ -456,7 +463,11 @@ class ProcessPool(Pool):
             if p.exitcode is None:
                 p.kill()
                 p.join(1.0)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._inflight_lock:
+            unsettled = list(self._outer)
+        for future in unsettled:
+            future.fail_crashed()
+        self._executor.shutdown(wait=True)
 
 
 class _CrashAwareFuture(Future):
@@ -477,6 +488,8 @@ class _CrashAwareFuture(Future):
         return not self.done() and self._inner.running()
 
     def _copy(self, inner: Future) -> None:
+        if self.done():  # failed already by a forced shutdown
+            return
         if inner.cancelled():
             Future.cancel(self)
             self.set_running_or_notify_cancel()
@@ -491,6 +504,14 @@ class _CrashAwareFuture(Future):
             self.set_exception(crashed)
         else:
             self.set_exception(exc)
+
+    def fail_crashed(self) -> None:
+        """Fail with ``WorkerCrashedError`` now: the pool's workers were killed. Not left to the
+        executor, which on Python 3.11 stops delivering failures when it meets a cancelled
+        future (a cancelled run's) among the pending ones."""
+        crashed = self._pool._crashed()
+        with contextlib.suppress(InvalidStateError):
+            self.set_exception(crashed)
 
     def _set_loaded(self, packed: worker.ByValue) -> None:
         try:

@@ -10,7 +10,8 @@ error in the user's function, a time limit, an ``imap`` closed or dropped, a job
 failed Dask compute: nothing more is dispatched, queued chunks are cancelled, and if any of the
 run's chunks is still running, its pool is terminated (process workers killed, thread work
 abandoned) and the manager replaces it. A pool holding none of the run's work is left alone:
-pools are shared.
+pools are shared. Another run's chunks lost with such a pool (killed, or dropped from its queue)
+are sent again on a fresh pool: one run's cancel never fails another run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ from amorsize.report import RunReport
 
 PROGRESS_CHUNK_SECONDS = 0.5
 WATCH_SECONDS = 0.1
+_RESENDS = 3
 
 _run_ids = itertools.count(1)
 _tokens = itertools.count(1)
@@ -108,7 +111,7 @@ class Run:
     def submit(self, fn: Callable, *args: Any) -> Future:
         """Run ``fn(*args)`` on the run's pool as part of this run (an adapter's batch)."""
         self._check_not_cancelled()
-        future = self.pool.submit(fn, *args)
+        future = _RunFuture(self, lambda pool: pool.submit(fn, *args))
         self._track(future, 0.0, None)
         return future
 
@@ -117,7 +120,7 @@ class Run:
         in the input, which a time limit needs to name the item that overran."""
         self._check_not_cancelled()
         token = float(next(_tokens)) if self.timeout is not None else 0.0
-        future = self.pool.submit_chunk(func, items, token)
+        future = _RunFuture(self, lambda pool: pool.submit_chunk(func, items, token))
         self._track(future, token, indices)
         return future
 
@@ -149,9 +152,10 @@ class Run:
                 return
             self.cancelled = True
             pending = list(self._inflight)
-        unfinished = [f for f in pending if not f.cancel() and not f.done()]
-        if unfinished and self.pool is not None:
-            self.pool.terminate()
+        if self.pool is not None and any(f.running() for f in pending):
+            self.pool.terminate(by=self.id)  # fails the queued ones too
+        elif [f for f in pending if not f.cancel() and not f.done()] and self.pool is not None:
+            self.pool.terminate(by=self.id)
         self._announce("cancelled")
 
     def finish(self, **measured: Any) -> RunReport:
@@ -179,6 +183,31 @@ class Run:
 
     def running_seconds(self) -> float:
         return time.perf_counter() - self._started
+
+    def _on_pool(self, call: Callable[[Any], Future]) -> tuple[Any, Future]:
+        """``call(pool)`` on the run's pool, moving to a fresh pool if another run's cancel
+        closed this one."""
+        for _ in range(_RESENDS):
+            pool = self.pool
+            try:
+                return pool, call(pool)
+            except errors.PoolClosedError:
+                if not self.lost_to_another_run(pool):
+                    raise
+                self._replace_pool(pool)
+        pool = self.pool
+        return pool, call(pool)
+
+    def lost_to_another_run(self, pool: Any) -> bool:
+        """True if ``pool`` was terminated by another run's cancel, not by this run's."""
+        by = getattr(pool, "terminated_by", None)
+        return by is not None and by != self.id and not self.cancelled
+
+    def _replace_pool(self, old: Any) -> None:
+        with self._lock:
+            if self.pool is old:
+                self.pool = self._stack.enter_context(plugins.leased_pool(
+                    self.executor_type, old.n_jobs, self._start_method))
 
     def _track(self, future: Future, token: float, indices: Sequence[int] | None) -> None:
         with self._lock:
@@ -208,6 +237,51 @@ class Run:
             plugins.run_progress(RunProgress(
                 self.id, self.plan.workload.source, self.description, state, self.n_done,
                 self.total))
+
+
+class _RunFuture(Future):
+    """A run's chunk or batch: the future of a pool's, sent again on a fresh pool if another
+    run's cancel killed or dropped it (see ``Run.lost_to_another_run``); cancelling it cancels
+    the pool's future."""
+
+    def __init__(self, run: Run, call: Callable[[Any], Future]) -> None:
+        super().__init__()
+        self._run = run
+        self._call = call
+        self._resends = 0
+        self._attach(*run._on_pool(call))
+
+    def _attach(self, pool: Any, inner: Future) -> None:
+        self._pool = pool
+        self._inner = inner
+        inner.add_done_callback(self._copy)
+
+    def cancel(self) -> bool:
+        return self._inner.cancel()
+
+    def running(self) -> bool:
+        return not self.done() and self._inner.running()
+
+    def _copy(self, inner: Future) -> None:
+        lost = inner.cancelled() or isinstance(inner.exception(), BrokenProcessPool)
+        if lost and self._run.lost_to_another_run(self._pool) and self._resends < _RESENDS:
+            # Not from this thread: it may be the dead pool's own, which its shutdown joins.
+            self._resends += 1
+            threading.Thread(target=self._resend, daemon=True).start()
+        elif inner.cancelled():
+            Future.cancel(self)
+            self.set_running_or_notify_cancel()
+        elif inner.exception() is not None:
+            self.set_exception(inner.exception())
+        else:
+            self.set_result(inner.result())
+
+    def _resend(self) -> None:
+        try:
+            self._run._replace_pool(self._pool)
+            self._attach(*self._run._on_pool(self._call))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            self.set_exception(exc)
 
 
 def find_overrun(pool: Any, watched: dict[float, Sequence[int] | None],

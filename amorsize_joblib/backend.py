@@ -13,6 +13,7 @@ abort cancels only this call's own pending chunks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -36,7 +37,7 @@ from amorsize import plugins, system
 from amorsize.errors import InvalidArgumentError, WorkerCrashedError, check_executor_type
 from amorsize.memory import function_key
 from amorsize.plan import Plan
-from amorsize.report import RunReport
+from amorsize.run import Run
 from amorsize.sampling import typical_seconds
 from amorsize.workload import Profile, Workload
 
@@ -44,6 +45,7 @@ PROBE_MAX_TASKS = 8
 PROBE_MIN_TASKS = 3
 PROBE_ENOUGH_SECONDS = 0.005
 PROBE_MAX_SECONDS = 0.03
+PROBE_WAIT_SECONDS = 0.05
 SERIAL_FIRST_BATCH = 4096
 _MAX_BATCH = 1 << 22
 _ALL_EXECUTORS = ("serial", "thread", "process")
@@ -98,6 +100,7 @@ class AmorsizeBackend(ParallelBackendBase):
         n_jobs_cap: int | None = None,
         min_speedup: float = 1.2,
         executor: str | None = None,
+        progress: bool = False,
         **backend_kwargs: Any,
     ) -> None:
         if executor is not None:
@@ -109,6 +112,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self.n_jobs_cap = n_jobs_cap
         self.min_speedup = min_speedup
         self.executor = executor
+        self.progress = progress
         self.parallel: Any = None
         self.plan: Plan | None = None
         self.batch_sizes: list[int] = []
@@ -125,6 +129,11 @@ class AmorsizeBackend(ParallelBackendBase):
         """Travel to workers inside each batch as the nested backend: settings only, no state."""
         return (type(self), (self.nesting_level, self.inner_max_num_threads, self.n_jobs_cap,
                              self.min_speedup, self.executor))
+
+    @property
+    def run(self) -> Run | None:
+        """The run of the current call once its plan is made (see ``amorsize.run.Run``)."""
+        return self._run
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """Workers joblib slices the work for: -1 means amorsize's usable CPUs (affinity and
@@ -175,31 +184,32 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def stop_call(self) -> None:
         """Tell the optimizer what the call took, so the next call of this function starts right."""
-        key, plan = self._key, self.plan
+        try:
+            self._report()
+        finally:
+            self._close_run()
+
+    def _report(self) -> None:
+        key, plan, run = self._key, self.plan, self._run
         if key is None or self._aborting:
             return
-        if plan is None:
+        if plan is None or run is None:
             if self._probe_profile() is not None:
                 plugins.remember(key, self._probe_profile())
             return
-        with self._lock:
-            items, chunks, compute = self._items, self._chunks, self._compute
+        items = run.n_items + self.n_probed
+        compute = run.compute_seconds + sum(self._probe_walls)
         if items == 0:
             return
         if plugins.recall(key) is None:
             plugins.remember(key, Profile(compute / items, n_measured=items, measured_by="joblib"))
-        plugins.run_finished(plan, RunReport(
-            source="joblib",
-            executor_type=plan.executor_type,
-            n_jobs=plan.n_jobs,
-            chunksize=plan.chunksize,
+        run.finish(
             n_items=items,
-            n_chunks=chunks,
+            n_chunks=run.n_chunks + self.n_probed,
             wall_seconds=time.perf_counter() - self._decided,
             compute_seconds=compute,
             predicted_seconds=self._checkable_prediction(plan),
-            predicted_speedup=plan.estimated_speedup,
-        ))
+        )
 
     @staticmethod
     def _checkable_prediction(plan: Plan) -> float | None:
@@ -212,17 +222,20 @@ class AmorsizeBackend(ParallelBackendBase):
         return plan.predicted_seconds
 
     def terminate(self) -> None:
-        """Release this call's helper thread; the shared pools stay warm for the next caller."""
+        """Release this call's pools and helper thread; the shared pools stay warm for the next
+        caller (unless an abort had to stop work still running on them)."""
+        self._close_run()
         helper, self._helper_executor = self._helper_executor, None
         if helper is not None:
             helper.shutdown(wait=False)
 
     def compute_batch_size(self) -> int:
-        """Tasks per joblib batch: small while measuring, then one wave of the plan's chunks
+        """Tasks per joblib batch: one while measuring (a slow task measured must not hold others
+        back), then one wave of the plan's chunks
         (one chunk per worker), or everything left at once for a serial plan."""
         plan = self.plan
         if plan is None:
-            return 1 if self._key is None else PROBE_MIN_TASKS + 1
+            return 1
         if plan.executor_type != "serial":
             return max(1, min(_MAX_BATCH, plan.chunksize * plan.n_jobs))
         total = getattr(self.parallel, "n_tasks", None) or _last_count(self._key)
@@ -250,14 +263,16 @@ class AmorsizeBackend(ParallelBackendBase):
         return out.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Cancel this call's own pending chunks; never shut the shared pool down, since other
-        callers (amorsize.map, Dask, other Parallel calls) are using it."""
-        with self._lock:
-            self._aborting = True
-            pending = list(self._inflight)
-            self._inflight.clear()
-        for f in pending:
-            f.cancel()
+        """Cancel this call's run (``Run.cancel``): its pending chunks are dropped, and a shared
+        pool still busy with its work -- or the measuring thread, if a task measured is still
+        running -- is stopped and replaced, so the next call runs at full speed."""
+        self._aborting = True
+        if self._run is not None:
+            self._run.cancel()
+        unfinished = [f for f in self._measuring if not f.cancel() and not f.done()]
+        if unfinished:
+            self._probe_pool.terminate()
+        self._close_run()
 
     def get_nested_backend(self) -> tuple[ParallelBackendBase, int | None]:
         """Inner calls get this backend at the next nesting level (so workers know the name
@@ -279,13 +294,12 @@ class AmorsizeBackend(ParallelBackendBase):
         self.n_probed = 0
         self._key: Hashable | None = None
         self._func: Any = None
-        self._pool: Any = None
+        self._run: Run | None = None
+        self._stack = contextlib.ExitStack()
+        self._probe_pool: Any = None
+        self._measuring: list[Future] = []
         self._runner: Any = None
-        self._inflight: set[Future] = set()
         self._aborting = False
-        self._items = 0
-        self._chunks = 0
-        self._compute = 0.0
         self._probe_walls: list[float] = []
         self._probe_cpus: list[float] = []
         self._pickling: dict[str, Any] = {}
@@ -315,9 +329,7 @@ class AmorsizeBackend(ParallelBackendBase):
                 f"executor={self.executor!r} forced by the caller and nothing measured yet: one "
                 "task per chunk, timed in the workers, to size the next call's chunks"],
             profile=Profile(0.0, measured_by="none"), workload=workload, decided_by="joblib")
-        self._pool = plugins.get_pool(plan.executor_type, plan.n_jobs)
-        self._runner = self._pool.prepare(run_batch)
-        self.plan = plan
+        self._open_run(plan)
 
     def _decide(self, profile: Profile, previous_runs: int, already_done: int) -> None:
         total = getattr(self.parallel, "n_tasks", None)
@@ -332,19 +344,41 @@ class AmorsizeBackend(ParallelBackendBase):
             previous_runs=previous_runs,
             options={"key": self._key, "already_done": already_done},
         )
-        plan = plugins.make_plan(self._func, profile, workload)
-        if plan.executor_type != "serial":
-            self._pool = plugins.get_pool(plan.executor_type, plan.n_jobs)
-            self._runner = self._pool.prepare(run_batch)
-        self.plan = plan
+        self._open_run(plugins.make_plan(self._func, profile, workload))
         self._decided = time.perf_counter()
+
+    def _open_run(self, plan: Plan) -> None:
+        """Start the call's run on the plan: lease its pool for the rest of the call."""
+        total = getattr(self.parallel, "n_tasks", None) or _last_count(self._key)
+        run = Run(plan, progress=self.progress, description=_name(self._func), total=total,
+                  done=self.n_probed)
+        self._stack.enter_context(run)
+        if run.pool is not None:
+            self._runner = run.pool.prepare(run_batch)
+        self._run = run
+        self.plan = plan
+
+    def _close_run(self) -> None:
+        self._run = None
+        self._stack.close()
+
+    def _on_measuring_thread(self, fn: Callable, *args: Any) -> Future:
+        """Run ``fn(*args)`` on a thread of the shared pools held for the call: measured tasks
+        run there (so the caller can stop waiting for a slow one), and serial batches when joblib
+        has a timeout; an abort abandons what still runs there."""
+        if self._probe_pool is None:
+            self._probe_pool = self._stack.enter_context(plugins.leased_pool("thread", 1))
+        future = self._probe_pool.submit(fn, *args)
+        self._measuring = [f for f in self._measuring if not f.done()] + [future]
+        return future
 
     def _run_in_order(self, batch: Any, future: Future) -> None:
         """Measure or run a serial batch, one after the other: in the calling thread (through a
-        trampoline, so batches completing inside callbacks do not recurse), or on a helper
-        thread when ``timeout`` is set so that joblib can still time the call out."""
+        trampoline, so batches completing inside callbacks do not recurse), or on the measuring
+        thread when ``timeout`` is set so that joblib can still time the call out (and an abort
+        can abandon it)."""
         if getattr(self.parallel, "timeout", None) is not None:
-            self._helper().submit(self._run_here, batch, future)
+            self._on_measuring_thread(self._run_here, batch, future)
             return
         queue = getattr(self._local, "queue", None)
         if queue is None:
@@ -382,11 +416,14 @@ class AmorsizeBackend(ParallelBackendBase):
         _settle(future, result=results)
 
     def _measure(self, batch: Any, future: Future) -> list | None:
-        """Run the batch's tasks one at a time, timing each, until the profile is good enough;
-        then decide, and send what is left of the batch where the plan says (None: sent)."""
+        """Run the batch's tasks one at a time on the measuring thread, timing each, until the
+        profile is good enough; then decide, and send what is left of the batch where the plan
+        says (None: sent). A task still running after ``PROBE_WAIT_SECONDS`` is not waited for:
+        it is slow enough to decide on, and the rest of the call goes ahead meanwhile."""
         cls, args = _batch_parts(batch)
         tasks, rest = args[0], args[1:]
         results: list = []
+        on_measuring_thread = getattr(self.parallel, "timeout", None) is not None
         for i, task in enumerate(tasks):
             if self.plan is not None:
                 remainder = cls(tasks[i:], *rest)
@@ -396,22 +433,56 @@ class AmorsizeBackend(ParallelBackendBase):
                     return results + more
                 self._run_on_pool(remainder, future, prefix=results)
                 return None
-            out, wall, cpu = run_batch(cls([task], *rest), self.inner_max_num_threads)
+            if on_measuring_thread:
+                out, wall, cpu = run_batch(cls([task], *rest), self.inner_max_num_threads)
+                results.extend(out)
+                self._note_probe(task, out, wall, cpu)
+                if self._probe_is_enough():
+                    self._decide_from_probe()
+                continue
+            started = time.perf_counter()
+            probe = self._on_measuring_thread(run_batch, cls([task], *rest),
+                                              self.inner_max_num_threads)
+            try:
+                out, wall, cpu = probe.result(timeout=PROBE_WAIT_SECONDS)
+            except TimeoutError:
+                if probe.done():
+                    raise
+                if self._decide_while_running(time.perf_counter() - started):
+                    rest_of_batch = cls(tasks[i + 1:], *rest) if i + 1 < len(tasks) else None
+                    self._run_on_pool(rest_of_batch, future, prefix=results, leading=probe)
+                    return None
+                out, wall, cpu = probe.result()
             results.extend(out)
-            self._record(1, wall)
-            self._probe_walls.append(wall)
-            self._probe_cpus.append(cpu)
-            self.n_probed += 1
-            if not self._pickling:
-                self._pickling = _pickling(task, out[0])
+            self._note_probe(task, out, wall, cpu)
             if self._probe_is_enough():
-                profile = self._probe_profile()
-                assert profile is not None
-                plugins.remember(self._key, profile)
-                memory = plugins.recall(self._key)
-                runs = memory.runs if memory is not None else 0
-                self._decide(profile, runs, already_done=self.n_probed)
+                self._decide_from_probe()
         return results
+
+    def _note_probe(self, task: tuple, out: list, wall: float, cpu: float) -> None:
+        self._probe_walls.append(wall)
+        self._probe_cpus.append(cpu)
+        self.n_probed += 1
+        if not self._pickling:
+            self._pickling = _pickling(task, out[0])
+
+    def _decide_from_probe(self) -> None:
+        profile = self._probe_profile()
+        assert profile is not None
+        plugins.remember(self._key, profile)
+        memory = plugins.recall(self._key)
+        runs = memory.runs if memory is not None else 0
+        self._decide(profile, runs, already_done=self.n_probed)
+
+    def _decide_while_running(self, elapsed: float) -> bool:
+        """Decide with a task still running, counting it at what it took so far (a lower
+        bound) and as computing; True if the plan runs on a pool (the task's result then joins
+        the batch when it comes)."""
+        self._probe_walls.append(elapsed)
+        self._probe_cpus.append(elapsed)
+        self.n_probed += 1
+        self._decide_from_probe()
+        return self.plan is not None and self.plan.executor_type != "serial"
 
     def _probe_is_enough(self) -> bool:
         n, spent = len(self._probe_walls), sum(self._probe_walls)
@@ -430,25 +501,29 @@ class AmorsizeBackend(ParallelBackendBase):
             n_measured=len(walls), measured_by="joblib", **self._pickling,
         )
 
-    def _run_on_pool(self, batch: Any, future: Future, prefix: list | None = None) -> None:
+    def _run_on_pool(self, batch: Any, future: Future, prefix: list | None = None,
+                     leading: Future | None = None) -> None:
         """Split the batch into the plan's chunks (at most one per worker, so joblib's small tail
-        batches still spread over the pool) on the shared pool; the batch completes when all its
-        chunks have, results in order."""
-        plan = self.plan
-        assert plan is not None
-        chunks = _split(batch, max(1, min(plan.chunksize, -(-len(batch) // plan.n_jobs))))
-        gather = _Gather(self, future, len(chunks), prefix or [])
-        for index, chunk in enumerate(chunks):
+        batches still spread over the pool) on the run's pool; the batch completes when all its
+        chunks have -- and ``leading``, a task still being measured whose results come first --
+        results in order."""
+        plan, run = self.plan, self._run
+        assert plan is not None and run is not None
+        size = 1 if batch is None else max(1, min(plan.chunksize, -(-len(batch) // plan.n_jobs)))
+        chunks = [] if batch is None else _split(batch, size)
+        parts = [leading] if leading is not None else []
+        gather = _Gather(self, future, len(parts) + len(chunks), prefix or [], len(parts))
+        for index, part in enumerate(parts):
+            part.add_done_callback(functools.partial(gather.part_done, index))
+        for index, chunk in enumerate(chunks, start=len(parts)):
             if self._aborting:
                 gather.cancel()
                 return
             try:
-                part = self._pool.submit(self._runner, chunk, self.inner_max_num_threads)
+                part = run.submit(self._runner, chunk, self.inner_max_num_threads)
             except BaseException as exc:  # noqa: BLE001 - e.g. unpicklable task: joblib raises it
                 gather.fail(exc)
                 return
-            with self._lock:
-                self._inflight.add(part)
             part.add_done_callback(functools.partial(gather.part_done, index))
 
     def _complete(self, future: Future, **outcome: Any) -> None:
@@ -470,17 +545,17 @@ class AmorsizeBackend(ParallelBackendBase):
             return self._helper_executor
 
     def _record(self, n_items: int, seconds: float) -> None:
-        with self._lock:
-            self._items += n_items
-            self._chunks += 1
-            self._compute += seconds
+        if self._run is not None:
+            self._run.record(n_items, seconds)
 
 
 class _Gather:
     """Collects the chunks of one joblib batch and settles its future once, in order."""
 
-    def __init__(self, backend: AmorsizeBackend, future: Future, n_parts: int, prefix: list):
+    def __init__(self, backend: AmorsizeBackend, future: Future, n_parts: int, prefix: list,
+                 n_measured: int = 0) -> None:
         self.backend = backend
+        self.n_measured = n_measured
         self.future = future
         self.parts: list[list | None] = [None] * n_parts
         self.left = n_parts
@@ -489,8 +564,6 @@ class _Gather:
         self.lock = threading.Lock()
 
     def part_done(self, index: int, part: Future) -> None:
-        with self.backend._lock:
-            self.backend._inflight.discard(part)
         if part.cancelled():
             self.cancel()
             return
@@ -507,7 +580,8 @@ class _Gather:
         except BaseException as exc:  # noqa: BLE001 - the task's own error, raised by joblib
             self.fail(exc)
             return
-        self.backend._record(len(results), wall)
+        if index >= self.n_measured:  # a measured task is counted as measured already
+            self.backend._record(len(results), wall)
         with self.lock:
             self.parts[index] = results
             self.left -= 1
@@ -591,6 +665,10 @@ def _pickling(task: tuple, result: Any) -> dict[str, Any]:
         return {"picklable": False, "unpicklable_reason": f"a joblib task: {exc}"}
     return {"arg_bytes": float(len(sent)), "result_bytes": float(len(back)),
             "pickle_seconds": seconds}
+
+
+def _name(func: Any) -> str:
+    return getattr(func, "__qualname__", None) or type(func).__name__
 
 
 def _last_count(key: Hashable | None) -> int | None:
