@@ -10,7 +10,10 @@ from amorsize.errors import (
     InvalidArgumentTypeError,
     PluginError,
     PluginWarning,
+    PoolClosedError,
     PoolManagerClosedError,
+    RunCancelledError,
+    TimeoutError,
     WorkerCrashedError,
 )
 from amorsize.execution import imap, map, run_plan
@@ -25,6 +28,7 @@ from amorsize.pool_manager import (
     shutdown_global_pool_manager,
 )
 from amorsize.report import RunReport
+from amorsize.run import RunProgress
 from amorsize.workload import Profile, Workload
 
 __version__ = "0.1.0"
@@ -37,9 +41,13 @@ __all__ = [
     "PluginError",
     "PluginWarning",
     "PoolManager",
+    "PoolClosedError",
     "PoolManagerClosedError",
     "Profile",
+    "RunCancelledError",
+    "RunProgress",
     "RunReport",
+    "TimeoutError",
     "WorkerCrashedError",
     "Workload",
     "get_global_pool_manager",

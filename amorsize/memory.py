@@ -93,15 +93,17 @@ class ProfileMemory:
         compute_seconds: float,
         wall_seconds: float,
         predicted_seconds: float | None,
+        n_input: int | None = None,
     ) -> None:
-        """Fold a finished run into what is known: per-item time (from serial and process runs)
-        and the model's error for the executor that ran."""
+        """Fold a finished run of ``n_items`` into what is known: per-item time (from serial and
+        process runs), the model's error for the executor that ran, and the input's size
+        (``n_input``, which counts the items measured before the run too)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return
             entry.runs += 1
-            entry.last_n_items = n_items
+            entry.last_n_items = n_items if n_input is None else n_input
             # Time measured inside threads includes waiting for the GIL held by other threads:
             # it says how the thread run went (the correction below), not what one call costs.
             if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
@@ -112,7 +114,7 @@ class ProfileMemory:
                     per_item_seconds=old + _SMOOTHING * (measured - old),
                     measured_by="runs",
                 )
-            if predicted_seconds and predicted_seconds > 0 and wall_seconds > 0:
+            if n_items > 0 and predicted_seconds and predicted_seconds > 0 and wall_seconds > 0:
                 ratio = min(10.0, max(0.1, wall_seconds / predicted_seconds))
                 old_ratio = entry.corrections.get(executor_type, 1.0)
                 entry.corrections[executor_type] = old_ratio + _SMOOTHING * (ratio - old_ratio)

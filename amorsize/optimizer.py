@@ -102,11 +102,13 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     )
 
 
-def learn(key: Any, report: Any) -> None:
-    """Fold a finished run into the function's memory (``amorsize_run_finished``)."""
+def learn(key: Any, report: Any, already_done: int = 0) -> None:
+    """Fold a finished run into the function's memory (``amorsize_run_finished``);
+    ``already_done`` items were computed before the run (measuring), so the input had
+    ``report.n_items + already_done``."""
     MEMORY.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
-        report.wall_seconds, report.predicted_seconds,
+        report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
     )
 
 

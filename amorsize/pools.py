@@ -386,6 +386,8 @@ class ProcessPool(Pool):
         self.start_method = start_method
         self._broken_seen = False
         self._outer: set[_CrashAwareFuture] = set()
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
         start = time.perf_counter()
         context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -446,10 +448,17 @@ class ProcessPool(Pool):
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
         """Stop the workers; ``force`` terminates them even mid-task (their futures fail) and
-        waits for them to be gone, however ``wait`` is set."""
+        waits for them to be gone, however ``wait`` is set. Done once: a second caller (a
+        cancelled run and the manager retiring the pool, at once) waits for the first."""
         self.closed = True
         if os.getpid() != self._pid:
             return
+        with self._shutdown_lock:
+            if not self._shut_down:
+                self._stop_workers(wait, force)
+                self._shut_down = True
+
+    def _stop_workers(self, wait: bool, force: bool) -> None:
         if not force:
             self._executor.shutdown(wait=wait)
             return

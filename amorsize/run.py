@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from amorsize import errors, plugins
+from amorsize import errors, plugins, worker
 from amorsize.plan import Plan
 from amorsize.report import RunReport
 
@@ -119,7 +119,8 @@ class Run:
         """Run ``func`` (as the pool prepared it) on ``items``; ``indices`` are their positions
         in the input, which a time limit needs to name the item that overran."""
         self._check_not_cancelled()
-        token = float(next(_tokens)) if self.timeout is not None else 0.0
+        watched = self.timeout is not None or self.executor_type == "thread"
+        token = float(next(_tokens)) if watched else 0.0
         future = _RunFuture(self, lambda pool: pool.submit_chunk(func, items, token))
         self._track(future, token, indices)
         return future
@@ -143,7 +144,8 @@ class Run:
             self.n_done += n_items
             self.n_chunks += 1
             self.compute_seconds += compute_seconds
-        self._announce("advanced")
+        if not self.cancelled:
+            self._announce("advanced")
 
     def cancel(self) -> None:
         """Stop the run: see the module's docstring. Safe to call from any thread, and again."""
@@ -151,10 +153,12 @@ class Run:
             if self.cancelled:
                 return
             self.cancelled = True
-            pending = list(self._inflight)
-        if self.pool is not None and any(f.running() for f in pending):
-            self.pool.terminate(by=self.id)  # fails the queued ones too
-        elif [f for f in pending if not f.cancel() and not f.done()] and self.pool is not None:
+            pending = dict(self._inflight)
+        running = [f for f in pending if f.running()]
+        worker.stop([pending[f][0] for f in running if pending[f][0]])
+        # Terminating fails the queued chunks too; cancelling them first would trip Python
+        # 3.11's executor, which then stops failing the other runs' futures.
+        if self.pool is not None and (running or not all(f.cancel() or f.done() for f in pending)):
             self.pool.terminate(by=self.id)
         self._announce("cancelled")
 

@@ -29,6 +29,7 @@ _FUNC_CACHE: OrderedDict[bytes, Any] = OrderedDict()
 _FUNC_CACHE_SIZE = 16
 _IN_PROCESS_WORKER = False
 _PROCESS_SLOT: tuple[Any, int] | None = None
+_STOPPED: set[float] = set()
 
 
 class PickledFunction:
@@ -170,8 +171,10 @@ def _leave() -> None:
 def run_chunk(func: Any, items: list, token: float = 0.0) -> tuple[list, float]:
     """Call ``func`` on each item; return the results and the seconds spent computing them.
 
-    With a ``token`` (a run watching for time limits), each item's start is written to this
-    worker's slot of the pool's board first, so the caller can tell which item runs too long.
+    With a ``token`` (a run watching for time limits, or on threads), each item's start is
+    written to this worker's slot of the pool's board first, so the caller can tell which item
+    runs too long; and a thread stops between items once its run cancelled the token
+    (``stop``), since a thread cannot be killed.
     """
     f = _resolve(func)
     _enter()
@@ -184,10 +187,13 @@ def run_chunk(func: Any, items: list, token: float = 0.0) -> tuple[list, float]:
             results = []
             try:
                 for k, x in enumerate(items):
+                    if token in _STOPPED:
+                        break
                     _mark(slot, token, k)
                     results.append(f(x))
             finally:
                 _mark(slot, 0.0, 0)
+                _STOPPED.discard(token)
         return results, time.perf_counter() - start
     finally:
         _leave()
@@ -224,6 +230,11 @@ def run_timed(
         if slot is not None:
             _mark(slot, 0.0, 0)
         _leave()
+
+
+def stop(tokens: list[float]) -> None:
+    """Have the thread workers running chunks with these tokens stop before their next item."""
+    _STOPPED.update(tokens)
 
 
 def _slot() -> tuple[Any, int] | None:

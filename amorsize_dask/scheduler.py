@@ -11,7 +11,6 @@ second compute pays no process start-up.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from amorsize import plugins
 from amorsize.errors import EXECUTOR_TYPES, WorkerCrashedError, check_executor_type
 from amorsize.memory import Memory
 from amorsize.plan import Plan
-from amorsize.report import RunReport
+from amorsize.run import Run
 from amorsize.workload import Profile, Workload
 from amorsize_dask import tasks
 from amorsize_dask.graph import GraphWork, as_graph, needed_work, shape_key
@@ -51,6 +50,7 @@ def get(
     executor: str | None = None,
     chunksize: int | None = None,
     callbacks: Any = None,
+    progress: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Compute ``keys`` of a Dask graph on amorsize's warm pools; Dask's scheduler interface.
@@ -58,8 +58,12 @@ def get(
     ``dsk`` is whatever ``dask.compute`` hands a scheduler (an expression, a HighLevelGraph or a
     dict of legacy tasks). ``num_workers`` caps the workers, ``executor`` ("serial", "thread",
     "process") and ``chunksize`` (tasks per submission) force a choice; pass them through
-    ``x.compute(scheduler="amorsize", executor="process")``. Other keywords go to
+    ``x.compute(scheduler="amorsize", executor="process")``. ``progress=True`` reports tasks
+    done to the ``amorsize_run_progress`` hook (a tqdm bar by default). Other keywords go to
     ``dask.local.get_async`` (e.g. ``rerun_exceptions_locally``).
+
+    A compute that fails (a task's error, Ctrl-C) cancels its run: batches not started are
+    dropped, and workers still busy with its tasks are stopped (see ``amorsize.run``).
 
     The first compute of a new kind of graph runs a few of its tasks in the calling thread to
     measure them, except when Dask callbacks are active (they must see every task) or a thread
@@ -86,7 +90,8 @@ def get(
             if executor is None:
                 executors = ("thread",)
         else:
-            sample = measure(work, cache, plugins.get_pool("thread", 2))
+            with plugins.leased_pool("thread", 2) as pair:
+                sample = measure(work, cache, pair)
             profile = UNMEASURED if sample is None else sample.profile
             done = {} if sample is None else sample.results
         plugins.remember(shape, profile)
@@ -102,50 +107,51 @@ def get(
         options={"key": shape, "already_done": len(done), "chunksize": chunksize},
     )
     plan = plugins.make_plan(tasks.run_node, memory.profile, workload)
-    runner = Runner(plan)
-    if done:
-        profile = memory.profile
-        runner.add(len(done), profile.per_item_seconds * len(done), profile.cpu_ratio)
-    start = time.perf_counter()
-    result = get_async(
-        runner.submit,
-        runner.num_workers,
-        graph,
-        keys,
-        cache=cache,
-        callbacks=callbacks,
-        chunksize=runner.chunksize,
-        **runner.get_async_options(),
-        **kwargs,
-    )
-    runner.finished(shape, work, time.perf_counter() - start)
+    with Runner(plan, progress, work.n_tasks, len(done)) as runner:
+        start = time.perf_counter()
+        result = get_async(
+            runner.submit,
+            runner.num_workers,
+            graph,
+            keys,
+            cache=cache,
+            callbacks=callbacks,
+            chunksize=runner.chunksize,
+            **runner.get_async_options(),
+            **kwargs,
+        )
+        runner.finished(shape, work, time.perf_counter() - start)
     return result
 
 
 class Runner:
-    """Runs the batches ``get_async`` submits on the pool a plan chose, and times them.
+    """Runs the batches ``get_async`` submits as one ``amorsize.run.Run`` of the plan, and times
+    them; a context manager whose failure cancels the run.
 
-    Each batch is timed inside its worker (``tasks.run_batch``); the sums are what the finished
-    run reports, so the next compute of the same kind of graph is planned from what tasks took.
+    Each batch is timed inside its worker (``tasks.run_batch``); the run's counts are what the
+    finished run reports, so the next compute of the same kind of graph is planned from what
+    tasks took.
     """
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, progress: bool = False, n_tasks: int | None = None,
+                 done: int = 0) -> None:
         self.plan = plan
-        kind = plan.executor_type
-        self.pool = None if kind == "serial" else plugins.get_pool(kind, plan.n_jobs)
-        self.uses_processes = kind == "process"
-        self.num_workers = 1 if self.pool is None else self.pool.n_jobs
+        self.run = Run(plan, progress=progress, description="dask", total=n_tasks, done=done)
+        self.uses_processes = plan.executor_type == "process"
+        self.cpu_seconds = 0.0
+
+    def __enter__(self) -> Runner:
+        self.run.__enter__()
+        pool = self.run.pool
+        self.num_workers = 1 if pool is None else pool.n_jobs
         if self.uses_processes:
             self.num_workers *= PROCESS_BATCHES_PER_WORKER
-        self.chunksize = 1 if self.pool is None else max(1, plan.chunksize)
-        self._run_batch = tasks.run_batch if self.pool is None else self.pool.prepare(
-            tasks.run_batch)
-        self._lock = threading.Lock()
-        self.n_tasks = 0
-        self.n_batches = 0
-        self.compute_seconds = 0.0
-        self.cpu_seconds = 0.0
-        self.measuring_seconds = 0.0
+        self.chunksize = 1 if pool is None else max(1, self.plan.chunksize)
+        self._run_batch = tasks.run_batch if pool is None else pool.prepare(tasks.run_batch)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.run.__exit__(*exc)
 
     def get_async_options(self) -> dict[str, Any]:
         """How errors travel: with their traceback from processes, with their original type
@@ -161,15 +167,17 @@ class Runner:
 
     def submit(self, fn: Callable, batch: list) -> Future:
         """``get_async``'s ``submit(batch_execute_tasks, batch)``: run it timed instead."""
-        if self.pool is None:
+        if self.run.pool is None:
             future: Future = Future()
             try:
-                future.set_result(self._record(tasks.run_batch(batch)))
+                results, wall, cpu = tasks.run_batch(batch)
+                self.cpu_seconds += cpu  # the calling thread only: no lock needed
+                future.set_result(self._record((results, wall, cpu)))
             except BaseException as exc:  # noqa: B036 - delivered through the future, as executors do
                 future.set_exception(exc)
             return future
         outer: Future = Future()
-        self.pool.submit(self._run_batch, batch).add_done_callback(partial(self._relay, outer))
+        self.run.submit(self._run_batch, batch).add_done_callback(partial(self._relay, outer))
         return outer
 
     def _relay(self, outer: Future, inner: Future) -> None:
@@ -180,21 +188,9 @@ class Runner:
         except BaseException as exc:  # noqa: B036 - delivered through the future, as executors do
             outer.set_exception(exc)
 
-    def add(self, n_tasks: int, seconds: float, cpu_ratio: float) -> None:
-        """Count tasks run before the loop (while measuring) as part of this run: they ran one
-        after the other in the caller, so their time is wall time too."""
-        self.n_tasks += n_tasks
-        self.compute_seconds += seconds
-        self.cpu_seconds += seconds * cpu_ratio
-        self.measuring_seconds += seconds
-
     def _record(self, timed: tuple[list, float, float]) -> list:
-        results, wall, cpu = timed
-        with self._lock:
-            self.n_tasks += len(results)
-            self.n_batches += 1
-            self.compute_seconds += wall
-            self.cpu_seconds += cpu
+        results, wall, _ = timed
+        self.run.record(len(results), wall)
         return results
 
     def finished(self, shape: Any, work: GraphWork, wall_seconds: float) -> None:
@@ -208,28 +204,21 @@ class Runner:
         each task spent in its thread (which counts waiting for the GIL): such a run corrects
         the thread model's prediction, not what a task costs.
         """
-        plan = self.plan
-        if self.n_tasks == 0:
-            return
+        plan, run = self.plan, self.run
+        n_tasks = run.n_items
         memory = plugins.recall(shape)
-        compute_seconds = self.compute_seconds
+        compute_seconds = run.compute_seconds
         if memory is not None and plan.executor_type == "serial" and compute_seconds > 0:
             ratio = self.cpu_seconds / compute_seconds
             plugins.remember(shape, replace(memory.profile, cpu_ratio=ratio))
         if plan.executor_type == "thread" and plan.n_jobs > 1 and memory is not None:
-            compute_seconds = memory.profile.per_item_seconds * self.n_tasks
-        plugins.run_finished(plan, RunReport(
-            source="dask",
-            executor_type=plan.executor_type,
-            n_jobs=plan.n_jobs,
+            compute_seconds = memory.profile.per_item_seconds * n_tasks
+        run.finish(
             chunksize=self.chunksize,
-            n_items=self.n_tasks,
-            n_chunks=self.n_batches,
-            wall_seconds=wall_seconds + self.measuring_seconds,
+            n_items=n_tasks,
+            wall_seconds=wall_seconds,
             compute_seconds=compute_seconds,
-            predicted_seconds=plan.predicted_seconds,
-            predicted_speedup=plan.estimated_speedup,
-        ))
+        )
 
 
 def _callbacks_active(callbacks: Any) -> bool:

@@ -197,19 +197,13 @@ class AmorsizeBackend(ParallelBackendBase):
             if self._probe_profile() is not None:
                 plugins.remember(key, self._probe_profile())
             return
-        items = run.n_items + self.n_probed
-        compute = run.compute_seconds + sum(self._probe_walls)
-        if items == 0:
+        if run.n_items == 0:
             return
         if plugins.recall(key) is None:
-            plugins.remember(key, Profile(compute / items, n_measured=items, measured_by="joblib"))
-        run.finish(
-            n_items=items,
-            n_chunks=run.n_chunks + self.n_probed,
-            wall_seconds=time.perf_counter() - self._decided,
-            compute_seconds=compute,
-            predicted_seconds=self._checkable_prediction(plan),
-        )
+            plugins.remember(key, Profile(run.compute_seconds / run.n_items,
+                                          n_measured=run.n_items, measured_by="joblib"))
+        run.finish(wall_seconds=time.perf_counter() - self._decided,
+                   predicted_seconds=self._checkable_prediction(plan))
 
     @staticmethod
     def _checkable_prediction(plan: Plan) -> float | None:

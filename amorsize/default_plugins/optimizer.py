@@ -19,7 +19,7 @@ def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
 def amorsize_run_finished(plan: Any, report: Any) -> None:
     key = plan.workload.options.get("key")
     if key is not None:
-        optimizer.learn(key, report)
+        optimizer.learn(key, report, plan.workload.options.get("already_done", 0))
 
 
 @hookimpl(trylast=True)

@@ -1,0 +1,414 @@
+"""A running call can be stopped, time-limited, watched and shared safely.
+
+Signals and faults run in a subprocess with a hard timeout, so a regression fails instead of
+hanging the suite or killing it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from control_helpers import (
+    Counter,
+    ProgressRecorder,
+    fail_fast_then_sleep,
+    run_script,
+    sleep_on,
+    spin_on,
+)
+
+import amorsize
+from amorsize.run import Run
+
+
+@pytest.fixture
+def progress():
+    recorder = ProgressRecorder()
+    amorsize.register_plugin(recorder, name="test-progress")
+    yield recorder
+    amorsize.unregister_plugin(name="test-progress")
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------
+
+CTRL_C = """
+import sys, time, amorsize
+from control_helpers import spin_on
+kind = sys.argv[1]
+amorsize.map(spin_on, range(2), executor=kind, n_jobs=2)          # warm the pool
+print("ready", flush=True)
+try:
+    # every item but the first (measured) runs 4 s on the pool
+    amorsize.map(lambda x: spin_on(x, slow=-1, others=4.0), range(8), executor=kind, n_jobs=2,
+                 chunksize=1, sample_size=1)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    start = time.perf_counter()
+    out = amorsize.map(spin_on, [0, 1, 2, 3], executor=kind, n_jobs=2)
+    print("next", out == [0, 1, 2, 3], round(time.perf_counter() - start, 2), flush=True)
+    raise
+"""
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+@pytest.mark.timeout(60)
+def test_ctrl_c_stops_the_call_and_the_process_exits_promptly_leaving_no_worker(kind):
+    proc = run_script(CTRL_C, args=[kind])
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    time.sleep(1.0)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "interrupted"
+    interrupted = time.monotonic() - sent
+    out = proc.stdout.readline().split()
+    proc.wait(30)
+    exited = time.monotonic() - sent
+    assert out[:2] == ["next", "True"], out + [proc.stderr.read()]   # the next call works
+    assert interrupted < 1.5
+    # four 4 s items were running or queued: waiting for them would take 4-8 s more
+    assert exited - float(out[-1]) < 3.0
+    time.sleep(0.5)
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
+# --- cancellation -------------------------------------------------------------------------
+
+def test_an_error_cancels_the_rest_of_a_thread_run():
+    counter = Counter(0.05)
+
+    def fail_on_three(x):
+        if x == 3:
+            raise KeyError(x)
+        return counter(x)
+
+    with pytest.raises(KeyError):
+        amorsize.map(fail_on_three, range(200), executor="thread", n_jobs=2, chunksize=1)
+    settled = counter.calls
+    time.sleep(0.3)
+    assert counter.calls == settled < 40   # nothing more is dispatched or run
+
+
+def test_an_error_stops_this_runs_busy_process_workers_and_the_pool_is_replaced():
+    manager = amorsize.get_global_pool_manager()
+    amorsize.map(sleep_on, range(2), executor="process", n_jobs=2)
+    pool = manager.get_pool(2, "process")
+    pids = pool.worker_pids()
+    before = manager.get_stats()["evictions_by_reason"]["cancelled"]
+    with pytest.raises(ValueError, match="item 0 fails"):
+        amorsize.map(fail_fast_then_sleep, [1, 2, 3, 0, 4, 5, 6, 7] * 4, executor="process",
+                     n_jobs=2, chunksize=1, sample_size=1)
+    assert pool.broken and all(not psutil.pid_exists(p) or
+                               psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+    assert manager.get_pool(2, "process") is not pool
+    assert manager.get_stats()["evictions_by_reason"]["cancelled"] == before + 1
+
+
+def test_a_run_that_finished_its_work_leaves_the_shared_pool_alone():
+    with Run(amorsize.optimize(sleep_on, range(8), executor="thread", n_jobs=2)) as run:
+        pool = run.pool
+        assert run.result(run.submit(sleep_on, 1)) == 1
+        run.cancel()
+    assert not pool.broken and not pool.closed
+
+
+def test_a_cancelled_run_refuses_more_work():
+    with Run(amorsize.optimize(sleep_on, range(8), executor="thread", n_jobs=2)) as run:
+        run.cancel()
+        with pytest.raises(amorsize.RunCancelledError):
+            run.submit(sleep_on, 1)
+
+
+def test_breaking_out_of_imap_stops_the_run():
+    counter = Counter(0.01)
+    for i, _ in enumerate(amorsize.imap(counter, iter(range(4000)), executor="thread",
+                                        n_jobs=2)):
+        if i == 50:
+            break
+    settled = counter.calls
+    time.sleep(0.3)
+    assert counter.calls == settled
+    assert settled < 400
+
+
+def test_dropping_an_imap_iterator_stops_the_run():
+    counter = Counter(0.01)
+    results = amorsize.imap(counter, iter(range(4000)), executor="thread", n_jobs=2)
+    next(results)
+    del results
+    settled = counter.calls
+    time.sleep(0.3)
+    assert counter.calls == settled < 400
+
+
+def test_imap_over_a_generator_streams_its_first_results_after_about_one_item():
+    def items():
+        yield from range(40)
+
+    start = time.perf_counter()
+    first = next(amorsize.imap(lambda x: sleep_on(x, slow=-1, others=0.1), items(), n_jobs=2))
+    # sampling runs a few items one by one, then the first chunk: not 10,000 assumed items
+    assert first == 0
+    assert time.perf_counter() - start < 2.5
+
+
+def test_imap_chunks_start_small_and_grow_for_an_iterator_of_unknown_length():
+    plan = amorsize.optimize(sleep_on, iter(range(10_000)), executor="thread", n_jobs=2,
+                             chunksize=64)
+    from amorsize.execution import _chunk_sizes
+
+    with Run(plan) as run:
+        sizes = list(itertools.islice(_chunk_sizes(plan, run, lazy=True, progress=False), 16))
+    assert sizes[0] == 1 and sizes == sorted(sizes) and sizes[-1] == 64
+
+
+# --- time limits --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("executor, func", [("thread", sleep_on), ("process", spin_on),
+                                             (None, sleep_on)])
+@pytest.mark.timeout(30)
+def test_timeout_raises_naming_the_item_well_before_it_would_finish(executor, func):
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="item 5 ran longer than timeout=1 s") as caught:
+        amorsize.map(func, range(12), executor=executor, n_jobs=2, timeout=1)
+    assert isinstance(caught.value, amorsize.TimeoutError) and caught.value.index == 5
+    assert time.perf_counter() - start < 4.0   # the item takes 6 s
+
+
+@pytest.mark.timeout(30)
+def test_timeout_covers_the_items_measured_before_the_plan():
+    with pytest.raises(amorsize.TimeoutError) as caught:
+        amorsize.map(sleep_on, [5, 1, 2], timeout=0.5)
+    assert caught.value.index == 0
+
+
+def test_a_generous_timeout_changes_no_result():
+    def quick(x):
+        return sleep_on(x, slow=-1)
+
+    assert amorsize.map(quick, range(20), n_jobs=2, timeout=5) == list(range(20))
+    assert list(amorsize.imap(quick, iter(range(20)), timeout=5)) == list(range(20))
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
+def test_timeout_must_be_positive_seconds(bad):
+    with pytest.raises(amorsize.InvalidArgumentError, match="timeout must be a number"):
+        amorsize.map(sleep_on, range(3), timeout=bad)
+
+
+def test_timeout_of_the_wrong_type_names_the_argument():
+    with pytest.raises(amorsize.InvalidArgumentTypeError, match="timeout"):
+        amorsize.imap(sleep_on, range(3), timeout="1")
+
+
+# --- progress -----------------------------------------------------------------------------
+
+def test_progress_counts_items_to_n_of_n_for_a_list(progress):
+    amorsize.map(Counter(0.001), list(range(300)), n_jobs=2, progress=True)
+    assert progress.states()[0] == "started" and progress.states()[-1] == "finished"
+    assert progress.seen[0].n_total == 300
+    assert (progress.last().n_done, progress.last().n_total) == (300, 300)
+    done = [p.n_done for p in progress.seen]
+    assert done == sorted(done)
+
+
+def test_progress_of_an_iterator_counts_to_the_last_size_of_a_known_function(progress):
+    counter = Counter()
+    amorsize.map(counter, list(range(120)))
+    list(amorsize.imap(counter, iter(range(120)), progress=True))
+    assert progress.seen[0].n_total == 120
+    assert (progress.last().n_done, progress.last().n_total) == (120, 120)
+
+
+def test_progress_of_an_unknown_iterator_is_an_open_count_that_closes_at_the_end(progress):
+    list(amorsize.imap(Counter(), iter(range(50)), progress=True))
+    assert progress.seen[0].n_total is None
+    assert (progress.last().n_done, progress.last().n_total) == (50, 50)
+
+
+def test_progress_moves_during_a_long_run(progress):
+    amorsize.map(lambda x: sleep_on(x, slow=-1, others=0.05), list(range(60)), n_jobs=2,
+                 executor="thread", progress=True)
+    advanced = [p for p in progress.seen if p.state == "advanced"]
+    assert len(advanced) >= 5
+
+
+def test_no_progress_is_reported_unless_asked(progress):
+    amorsize.map(Counter(), list(range(100)))
+    assert progress.seen == []
+
+
+def test_a_cancelled_run_reports_cancelled(progress):
+    with pytest.raises(KeyError):
+        amorsize.map(lambda x: {}[x] if x == 30 else x, list(range(100)), progress=True)
+    assert progress.states()[-1] == "cancelled"
+
+
+def test_the_built_in_bar_shows_n_of_n(capsys):
+    amorsize.map(Counter(), list(range(75)), progress=True)
+    assert "75/75" in capsys.readouterr().err
+
+
+# --- sharing pools ------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_concurrent_calls_never_fail_while_another_thread_clears_the_pools():
+    manager = amorsize.get_global_pool_manager()
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def clear_in_a_loop():
+        while not stop.is_set():
+            manager.clear()
+            time.sleep(0.002)
+
+    def call(i):
+        try:
+            for _ in range(5):
+                executor = ("thread", "process", None)[i % 3]
+                out = amorsize.map(lambda x: sleep_on(x, slow=-1, others=0.001), range(40),
+                                   executor=executor, n_jobs=2)
+                assert out == list(range(40))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            failures.append(exc)
+
+    clearer = threading.Thread(target=clear_in_a_loop)
+    clearer.start()
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(50)
+    stop.set()
+    clearer.join(10)
+    assert failures == []
+
+
+def test_a_pool_shut_down_by_its_user_is_replaced_not_handed_out_again():
+    manager = amorsize.PoolManager()
+    try:
+        pool = manager.get_pool(2, "thread")
+        pool.shutdown()
+        fresh = manager.get_pool(2, "thread")
+        assert fresh is not pool and fresh.map(abs, [-1]) == [1]
+        assert manager.get_stats()["evictions_by_reason"]["closed"] == 1
+    finally:
+        manager.shutdown()
+
+
+def test_release_pool_waits_for_the_run_that_holds_the_pool():
+    manager = amorsize.PoolManager()
+    try:
+        pool = manager.get_pool(2, "thread")
+        with pool.lease():
+            assert manager.release_pool(2, "thread")
+            assert not pool.closed
+            assert pool.submit(abs, -2).result() == 2
+            assert manager.get_pool(2, "thread") is not pool
+        assert pool.closed
+    finally:
+        manager.shutdown()
+
+
+def test_a_retired_pool_refuses_a_new_lease():
+    manager = amorsize.PoolManager()
+    try:
+        pool = manager.get_pool(1, "thread")
+        manager.clear()
+        with pytest.raises(amorsize.PoolClosedError), pool.lease():
+            pass
+    finally:
+        manager.shutdown()
+
+
+def test_another_runs_cancel_does_not_fail_a_run_on_the_same_pool():
+    amorsize.map(sleep_on, range(2), executor="process", n_jobs=2)
+    outcome: dict = {}
+
+    def steady():
+        outcome["out"] = amorsize.map(lambda x: sleep_on(x, slow=-1, others=0.05), range(40),
+                                      executor="process", n_jobs=2, chunksize=1)
+
+    thread = threading.Thread(target=steady)
+    thread.start()
+    time.sleep(0.3)
+    with pytest.raises(ValueError):
+        amorsize.map(fail_fast_then_sleep, [1, 2, 3, 0, 4, 5] * 4, executor="process", n_jobs=2,
+                     chunksize=1, sample_size=1)
+    thread.join(30)
+    assert outcome["out"] == list(range(40))
+
+
+# --- forced executors while measuring -----------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_forced_processes_measure_in_a_worker_so_a_crash_never_kills_the_caller():
+    proc = run_script("""
+        import amorsize
+        from control_helpers import exit_in_worker
+        try:
+            amorsize.map(exit_in_worker, range(8), executor="process", n_jobs=2)
+        except amorsize.WorkerCrashedError:
+            print("crashed in a worker")
+        print(amorsize.map(abs, [-1, -2], executor="process", n_jobs=2))
+    """)
+    out, err = proc.communicate(timeout=50)
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:2] == ["crashed in a worker", "[1, 2]"]
+
+
+# --- adapters -----------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_after_a_joblib_timeout_the_next_call_runs_at_normal_speed():
+    joblib = pytest.importorskip("joblib")
+    import amorsize_joblib  # noqa: F401
+
+    from multiprocessing import TimeoutError as JoblibTimeout  # what joblib raises
+
+    with pytest.raises(JoblibTimeout):
+        joblib.Parallel(n_jobs=2, backend="amorsize", timeout=0.5)(
+            joblib.delayed(sleep_on)(i, slow=-1, others=5.0) for i in range(6))
+    start = time.perf_counter()
+    joblib.Parallel(n_jobs=2, backend="amorsize")(
+        joblib.delayed(spin_on)(i, slow=-1, others=0.01) for i in range(6))
+    assert time.perf_counter() - start < 3.0   # not the 5 s tasks left over
+
+
+def test_joblib_reports_progress_to_the_same_hook(progress):
+    joblib = pytest.importorskip("joblib")
+    import amorsize_joblib  # noqa: F401
+
+    with joblib.parallel_config(backend="amorsize", progress=True):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(200))
+    assert progress.seen[-1].state == "finished" and progress.seen[-1].n_done == 200
+
+
+def test_a_failed_dask_compute_cancels_its_run_and_reports_progress(progress):
+    dask = pytest.importorskip("dask")
+    import amorsize_dask  # noqa: F401
+
+    counter = Counter(0.02)
+
+    def fail_on_two(x):
+        if x == 2:
+            raise KeyError(x)
+        return counter(x)
+
+    values = [dask.delayed(fail_on_two)(i) for i in range(100)]
+    with pytest.raises(KeyError):
+        dask.compute(*values, scheduler="amorsize", executor="thread", progress=True)
+    settled = counter.calls
+    time.sleep(0.3)
+    assert counter.calls == settled < 100
+    assert progress.states()[-1] == "cancelled"
+    ok = [dask.delayed(abs)(-i) for i in range(10)]
+    assert dask.compute(*ok, scheduler="amorsize", progress=True) == tuple(range(10))
+    assert progress.last().n_done == 10
+
