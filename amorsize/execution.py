@@ -11,7 +11,7 @@ import collections
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from amorsize import planning, plugins, sampling
@@ -74,7 +74,7 @@ def imap(
 
     Over an iterator of unknown length, chunks start small (about 10 ms of work) and grow, so
     the first results come after about the first chunk's time. Closing the iterator (``break``
-    out of the loop, or dropping it) cancels the run: nothing more is computed.
+    out of the loop, ``close()``, or dropping it) cancels the run: nothing more is computed.
     """
     planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
                              start_method=start_method)
@@ -83,7 +83,7 @@ def imap(
         func, *planning.split_items(data, sample_size), "imap", n_jobs=n_jobs,
         executor=executor, chunksize=chunksize, min_speedup=min_speedup,
         sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout)
-    return itertools.chain.from_iterable(_run(func, plan, timeout, progress))
+    return _flatten(_run(func, plan, timeout, progress))
 
 
 def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
@@ -111,6 +111,15 @@ def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool) -> I
             yield from _pool_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress))
         # imap's wall time includes its consumer's pauses: no verdict on the prediction
         run.finish(predicted_seconds=None if lazy else plan.predicted_seconds)
+
+
+def _flatten(blocks: Generator[list, None, None]) -> Generator:
+    """The results of ``blocks`` one by one; closing this (or dropping it) closes the run."""
+    try:
+        for block in blocks:
+            yield from block
+    finally:
+        blocks.close()
 
 
 def _expected_items(plan: Plan) -> int | None:
