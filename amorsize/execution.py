@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
@@ -92,10 +93,8 @@ def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
 
     A plan made from an iterator holds that iterator: it can be run once."""
     check_timeout(timeout)
-    out: list = []
-    for block in _run(func, plan, timeout, progress):
-        out.extend(block)
-    return out
+    blocks = [block for block in _run(func, plan, timeout, progress) if block]
+    return blocks[0] if len(blocks) == 1 else list(itertools.chain.from_iterable(blocks))
 
 
 def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool) -> Iterator[list]:
@@ -161,10 +160,10 @@ class _Todo:
 
 
 def _serial_block(plan: Plan, lazy: bool, progress: bool) -> int:
-    """Items per block in the calling thread: all at once for ``map``; about 10 ms of work for
-    ``imap`` (so it yields promptly); at most half a second of work with a progress bar."""
+    """Items per block in the calling thread: all at once for ``map`` (a plain loop); about 10 ms
+    of work for ``imap`` (so it yields promptly); at most half a second of work with a bar."""
     per_item = max(plan.profile.per_item_seconds, 1e-9)
-    block = _SERIAL_BLOCK
+    block = sys.maxsize if not (lazy or progress) else _SERIAL_BLOCK
     if lazy:
         block = min(block, int(_LAZY_BLOCK_SECONDS / per_item))
     if progress:
@@ -196,7 +195,9 @@ def _serial_blocks(func: Callable, todo: _Todo, run: Run, block: int) -> Iterato
     for items, follower in todo.runs():
         while True:
             t0 = time.perf_counter()
-            results = [func(x) for x in itertools.islice(items, block)]
+            # a plain loop when the block is everything (islice costs a trivial call's time)
+            results = [func(x) for x in (items if block == sys.maxsize
+                                         else itertools.islice(items, block))]
             run.record(len(results), time.perf_counter() - t0)
             if len(results) < block:
                 if follower is not None:

@@ -8,7 +8,9 @@ already warm, what past runs of the function taught -- and writes down why it ch
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -18,19 +20,93 @@ from amorsize.plan import Plan, _fmt_bytes, _fmt_seconds
 from amorsize.workload import Profile, Workload
 
 ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
+_SAME = 0.10
+
+
+class _Decisions:
+    """The last plan per situation (function, size, constraints), reused while the profile and
+    the corrections it was made from stay within ``_SAME`` of the current ones: each run moves
+    them a little, and rebuilding an identical plan (and its reasons) on every call of a
+    function called in a loop would cost more than the loop."""
+
+    def __init__(self, max_entries: int = 512) -> None:
+        self._entries: OrderedDict[tuple, tuple[Profile, dict[str, float], Plan]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def recall(self, situation: tuple, profile: Profile,
+               corrections: dict[str, float]) -> Plan | None:
+        try:
+            with self._lock:
+                entry = self._entries.get(situation)
+        except TypeError:  # an unhashable key or option: never cached
+            return None
+        if entry is None:
+            return None
+        was, was_corrections, plan = entry
+        if not (_near(profile.per_item_seconds, was.per_item_seconds)
+                and abs(profile.cpu_ratio - was.cpu_ratio) <= _SAME
+                and (profile.thread_scaling is None) == (was.thread_scaling is None)
+                and abs((profile.thread_scaling or 0) - (was.thread_scaling or 0)) <= 1.5 * _SAME
+                and _near(profile.arg_bytes + profile.result_bytes, was.arg_bytes + was.result_bytes)
+                and profile.picklable == was.picklable
+                and corrections.keys() == was_corrections.keys()
+                and all(_near(v, was_corrections[k]) for k, v in corrections.items())):
+            return None
+        return plan
+
+    def remember(self, situation: tuple, profile: Profile, corrections: dict[str, float],
+                 plan: Plan) -> None:
+        try:
+            with self._lock:
+                self._entries[situation] = (profile, corrections, plan)
+                self._entries.move_to_end(situation)
+                if len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+        except TypeError:
+            pass
+
+    def forget(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _near(a: float, b: float) -> bool:
+    return abs(a - b) <= _SAME * max(abs(a), abs(b))
+
+
+_DECISIONS = _Decisions()
 
 
 def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
-    """The plan amorsize recommends for ``func`` on this workload."""
+    """The plan amorsize recommends for ``func`` on this workload.
+
+    A function seen before gets its last plan again while nothing that decided it moved by more
+    than the noise between runs (``_DECISIONS``): same size and constraints, a profile and
+    corrections within 10%, and a warm pool for a parallel plan."""
     cpus = system.usable_cpus()
     start_method = workload.options.get("start_method") or system.default_start_method()
-    memory = MEMORY.recall(workload.options.get("key", function_key(func)))
+    key = workload.options.get("key", function_key(func))
+    memory = MEMORY.recall(key)
     n = workload.n_items
     if n is None:
         n = (memory.last_n_items if memory and memory.last_n_items
              else ASSUMED_ITEMS_WHEN_UNKNOWN)
     remaining = max(0, n - int(workload.options.get("already_done", 0)))
     corrections = dict(memory.corrections) if memory else {}
+    situation = (key, n, remaining, workload.executors, workload.max_workers,
+                 workload.min_speedup, workload.options.get("chunksize"), start_method, cpus)
+    known = _DECISIONS.recall(situation, profile, corrections)
+    if known is not None and (known.executor_type == "serial" or plugins.get_pool(
+            known.executor_type, known.n_jobs, False, start_method) is not None):
+        return known.replace(workload=workload, profile=profile)
+    plan = _decide(func, profile, workload, cpus, start_method, remaining, corrections)
+    _DECISIONS.remember(situation, profile, corrections, plan)
+    return plan
+
+
+def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, start_method: str,
+            remaining: int, corrections: dict[str, float]) -> Plan:
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
     if "process" in executors and not profile.picklable:

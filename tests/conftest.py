@@ -7,11 +7,13 @@ import pytest
 
 import amorsize
 from amorsize.memory import MEMORY
+from amorsize.optimizer import _DECISIONS
 
 
 @pytest.fixture(autouse=True)
 def _forget_functions():
     MEMORY.forget()
+    _DECISIONS.forget()
     yield
 
 

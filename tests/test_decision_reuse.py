@@ -1,0 +1,67 @@
+"""A function called again gets its last plan back without the model being run again, until
+what decided it moves."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from core_helpers import nap, square
+
+import amorsize
+from amorsize import cost_model, optimizer
+
+
+@pytest.fixture
+def model_calls(monkeypatch):
+    calls = []
+    real = cost_model.best_candidates
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cost_model, "best_candidates", counted)
+    optimizer._DECISIONS.forget()
+    return calls
+
+
+def test_a_seen_function_gets_its_plan_without_running_the_model_again(model_calls):
+    data = list(range(2000))
+    amorsize.optimize(square, data)     # measures: a few items are already done
+    first = amorsize.optimize(square, data)
+    before = len(model_calls)
+    again = amorsize.optimize(square, data)
+    assert len(model_calls) == before
+    assert (again.executor_type, again.n_jobs, again.chunksize) == (
+        first.executor_type, first.n_jobs, first.chunksize)
+    assert again is not first and again.reasons == first.reasons
+
+
+def test_another_input_size_is_decided_again(model_calls):
+    amorsize.optimize(square, list(range(2000)))
+    before = len(model_calls)
+    amorsize.optimize(square, list(range(3000)))
+    assert len(model_calls) > before
+
+
+def test_a_profile_that_moved_is_decided_again(model_calls):
+    data = list(range(200))
+    amorsize.optimize(nap, data)
+    plan = amorsize.optimize(nap, data)
+    before = len(model_calls)
+    optimizer.decide(nap, plan.profile, plan.workload)
+    assert len(model_calls) == before
+    slower = dataclasses.replace(plan.profile, per_item_seconds=plan.profile.per_item_seconds * 2)
+    optimizer.decide(nap, slower, plan.workload)
+    assert len(model_calls) == before + 1
+
+
+def test_a_parallel_plan_whose_pool_is_gone_is_decided_again(model_calls):
+    data = list(range(200))
+    plan = amorsize.optimize(nap, data, executor="thread")
+    assert plan.executor_type == "thread"
+    amorsize.get_global_pool_manager().clear()
+    before = len(model_calls)
+    amorsize.optimize(nap, data, executor="thread")
+    assert len(model_calls) > before
