@@ -46,14 +46,14 @@ def test_another_input_size_is_decided_again(model_calls):
 
 
 def test_a_profile_that_moved_is_decided_again(model_calls):
-    data = list(range(200))
-    amorsize.optimize(nap, data)
-    plan = amorsize.optimize(nap, data)
+    data = list(range(2000))
+    amorsize.optimize(square, data)
+    plan = amorsize.optimize(square, data)
     before = len(model_calls)
-    optimizer.decide(nap, plan.profile, plan.workload)
+    optimizer.decide(square, plan.profile, plan.workload)
     assert len(model_calls) == before
     slower = dataclasses.replace(plan.profile, per_item_seconds=plan.profile.per_item_seconds * 2)
-    optimizer.decide(nap, slower, plan.workload)
+    optimizer.decide(square, slower, plan.workload)
     assert len(model_calls) == before + 1
 
 
