@@ -19,6 +19,7 @@ _MIN_THREAD_OVERLAP = 0.05
 _BUSY_CPU_RATIO = 0.8
 _NOISE_SCALING = 1.3
 _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
+PREFER_THREADS_WITHIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -166,10 +167,16 @@ def best_candidates(
 
 
 def choose(candidates: dict[str, Candidate], min_speedup: float) -> Candidate:
-    """Serial unless the fastest parallel candidate beats it by ``min_speedup``."""
+    """Serial unless the fastest parallel candidate beats it by ``min_speedup``; threads over
+    processes when their predictions are within ``PREFER_THREADS_WITHIN`` of each other (no
+    copies, no pickling, less memory, and a prediction is not more exact than that)."""
     serial = candidates.get("serial")
     parallel = [c for k, c in candidates.items() if k != "serial"]
     best = min(parallel, key=lambda c: c.seconds, default=None)
+    thread = candidates.get("thread")
+    if (best is not None and best.executor_type == "process" and thread is not None
+            and thread.seconds <= best.seconds * PREFER_THREADS_WITHIN):
+        best = thread
     if serial is None:
         return best if best is not None else Candidate("serial", 1, 1, 0.0)
     if best is not None and best.seconds * min_speedup < serial.seconds:

@@ -7,6 +7,7 @@ already warm, what past runs of the function taught -- and writes down why it ch
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import warnings
@@ -109,6 +110,10 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
             remaining: int, corrections: dict[str, float]) -> Plan:
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
+    measured = profile
+    if profile.thread_scaling is None and not system.gil_enabled():
+        reasons.append("free-threaded interpreter (no GIL): calls taken to overlap on threads")
+        profile = dataclasses.replace(profile, thread_scaling=2.0)
     if "process" in executors and not profile.picklable:
         executors.discard("process")
         reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
@@ -142,8 +147,8 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         # and fetching it here would count a use the run itself will count again.
         try:
             with plugins.leased_pool("process", chosen.n_jobs, start_method) as pool:
-                measured = "process" not in ovh.measured
-                if measured:
+                first_time = "process" not in ovh.measured
+                if first_time:
                     ovh = overheads.measure_processes(pool, start_method)
         except Exception as exc:
             if executors == {"process"}:
@@ -154,7 +159,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
             chosen = cost_model.choose(candidates, workload.min_speedup)
         else:
             is_warm.cache_clear()
-            if measured:
+            if first_time:
                 reasons.append(
                     f"measured a real {chosen.n_jobs}-process pool ({start_method}): start-up "
                     f"{_fmt_seconds(pool.startup_seconds)}, round trip "
@@ -170,7 +175,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         chunksize=chosen.chunksize,
         estimated_speedup=max(speedup, 0.0),
         reasons=reasons,
-        profile=profile,
+        profile=measured,
         workload=workload,
         predictions={k: c.seconds for k, c in candidates.items()},
         overheads=ovh.as_dict(),

@@ -367,7 +367,7 @@ def _unusable(pool: Pool) -> str | None:
     """Why a pool in the table must not be handed out: "cancelled" (a cancelled run stopped
     its workers), "broken" (a worker died), "closed" (shut down behind the manager's back)."""
     if pool.broken:
-        return "cancelled" if getattr(pool, "_terminated", False) else "broken"
+        return "cancelled" if getattr(pool, "terminated_by", None) is not None else "broken"
     if pool.closed:
         return "closed"
     return None

@@ -96,7 +96,8 @@ class Pool:
         """Stop now, for a cancelled run (its id ``by``) that still has work here: queued work is
         dropped, running work is killed (processes) or abandoned (threads cannot be killed); the
         pool is then broken, and its manager replaces it on the next request."""
-        self.terminated_by = by if by is not None else 0
+        if not self.broken:  # a pool a worker's death broke stays "broken", not "cancelled"
+            self.terminated_by = by if by is not None else 0
         self._terminated = True
         self.shutdown(wait=False, force=True)
 

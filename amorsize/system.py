@@ -57,6 +57,13 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
+def gil_enabled() -> bool:
+    """False on a free-threaded interpreter (3.13t and later, with the GIL off): there, Python
+    code that computes runs in parallel on threads, as it does on processes."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
 def default_start_method() -> str:
     """The start method for process pools: ``AMORSIZE_START_METHOD`` if set, else forkserver
     where it exists, else spawn.

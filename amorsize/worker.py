@@ -12,6 +12,7 @@ value. Each worker keeps the last few unpickled functions so a chunk does not pa
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 from collections import OrderedDict
@@ -201,31 +202,34 @@ def run_chunk(func: Any, items: list, token: float = 0.0) -> tuple[list, float]:
 
 def run_timed(
     func: Any, items: list, budget: float, token: float = 0.0
-) -> tuple[list, list[float], list[float]]:
-    """Call ``func`` on items one at a time, timed each (wall and CPU), stopping once at least two
-    ran and ``budget`` seconds are spent (or four budgets after one): what measuring runs, in
-    the caller or on a worker. Returns the results so far, their wall and their CPU seconds."""
+) -> tuple[list, list[float], list[float], list[int]]:
+    """Call ``func`` on items one at a time, timed each (wall, CPU, times blocked), stopping once
+    at least two ran and ``budget`` seconds are spent (or four budgets after one): what
+    measuring runs, in the caller or on a worker. Returns the results so far and, per call, its
+    wall and CPU seconds and how often it blocked (-1: unknown)."""
     f = _resolve(func)
     slot = _slot() if token else None
     results: list = []
     walls: list[float] = []
     cpus: list[float] = []
+    blocked: list[int] = []
     _enter()
     try:
         started = time.perf_counter()
         for k, x in enumerate(items):
             if slot is not None:
                 _mark(slot, token, k)
-            c0 = time.process_time()
-            t0 = time.perf_counter()
+            w0 = waits()
+            t0, c0 = now()
             results.append(f(x))
-            t1 = time.perf_counter()
+            t1, c1 = now()
             walls.append(t1 - t0)
-            cpus.append(time.process_time() - c0)
+            cpus.append(c1 - c0)
+            blocked.append(-1 if w0 < 0 else waits() - w0)
             spent = t1 - started
             if (len(walls) >= 2 and spent > budget) or spent > 4 * budget:
                 break
-        return results, walls, cpus
+        return results, walls, cpus, blocked
     finally:
         if slot is not None:
             _mark(slot, 0.0, 0)
@@ -235,6 +239,25 @@ def run_timed(
 def stop(tokens: list[float]) -> None:
     """Have the thread workers running chunks with these tokens stop before their next item."""
     _STOPPED.update(tokens)
+
+
+def now() -> tuple[float, float]:
+    """The two clocks every measurement uses: wall time, and this process's CPU time (which
+    counts the cores a call uses itself, e.g. BLAS threads)."""
+    return time.perf_counter(), time.process_time()
+
+
+def waits() -> int:
+    """How many times this thread has blocked (voluntary context switches), or -1 where the
+    system does not tell (Linux does).
+
+    A call that was off the CPU without blocking was pre-empted -- the machine is busy -- not
+    waiting for I/O: the probe uses this to keep a computing call from looking I/O-bound on a
+    loaded machine."""
+    try:
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+    except (AttributeError, OSError):
+        return -1
 
 
 def _slot() -> tuple[Any, int] | None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Any
+
+from amorsize.worker import now
 
 _state = threading.local()
 
@@ -19,19 +20,20 @@ _state = threading.local()
 def run_batch(batch: list[tuple]) -> tuple[list, float, float]:
     """Run one batch of Dask tasks; return their results, wall seconds and CPU seconds.
 
-    CPU time is this thread's (``time.thread_time``), so a busy neighbour thread does not make
-    the tasks look CPU-bound; their ratio tells waiting work (I/O) from computing work.
+    The clocks are the probe's (``amorsize.worker.now``); their ratio tells waiting work (I/O)
+    from computing work.
     """
     from dask.local import batch_execute_tasks
 
     outer = getattr(_state, "active", False)
     _state.active = True
-    wall, cpu = time.perf_counter(), time.thread_time()
+    wall, cpu = now()
     try:
         results = batch_execute_tasks(batch)
     finally:
         _state.active = outer
-    return results, time.perf_counter() - wall, time.thread_time() - cpu
+    wall_end, cpu_end = now()
+    return results, wall_end - wall, cpu_end - cpu
 
 
 def in_task() -> bool:

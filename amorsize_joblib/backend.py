@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pickle
-import statistics
 import threading
 import time
 from collections import deque
@@ -37,8 +35,9 @@ from amorsize import plugins, system
 from amorsize.errors import InvalidArgumentError, WorkerCrashedError, check_executor_type
 from amorsize.memory import function_key
 from amorsize.plan import Plan
+from amorsize.probe import Probe
 from amorsize.run import Run
-from amorsize.sampling import typical_seconds
+from amorsize.worker import now, waits
 from amorsize.workload import Profile, Workload
 
 PROBE_MAX_TASKS = 8
@@ -55,13 +54,12 @@ _SHAREDMEM_EXECUTORS = ("serial", "thread")
 def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:
     """Run a joblib batch where it lands (caller, pool thread or process worker), timed there.
 
-    Returns the results, the wall seconds and the CPU seconds of this thread, so the optimizer
+    Returns the results, the wall seconds and the CPU seconds (the probe's clocks), so the optimizer
     learns compute time, not dispatch-to-callback time. On a process pool the batch, its results
     and its errors travel by value (cloudpickle, done by amorsize's pools), so lambdas,
     ``__main__`` functions and exception classes work as with loky.
     """
-    cpu0 = time.thread_time()
-    start = time.perf_counter()
+    start, cpu0 = now()
     if inner_max_num_threads is None:
         results = batch()
     else:
@@ -69,7 +67,16 @@ def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[lis
 
         with threadpool_limits(limits=inner_max_num_threads):
             results = batch()
-    return results, time.perf_counter() - start, time.thread_time() - cpu0
+    end, cpu1 = now()
+    return results, end - start, cpu1 - cpu0
+
+
+def _probe_batch(batch: Any, inner_max_num_threads: int | None) -> tuple[list, float, float, int]:
+    """``run_batch`` for a task being measured: also how often its thread blocked
+    (``amorsize.worker.waits``), which tells waiting from being pre-empted."""
+    before = waits()
+    results, wall, cpu = run_batch(batch, inner_max_num_threads)
+    return results, wall, cpu, -1 if before < 0 else waits() - before
 
 
 class AmorsizeBackend(ParallelBackendBase):
@@ -116,7 +123,6 @@ class AmorsizeBackend(ParallelBackendBase):
         self.parallel: Any = None
         self.plan: Plan | None = None
         self.batch_sizes: list[int] = []
-        self.n_probed = 0
         self._lock = threading.Lock()
         self._local = threading.local()
         self._helper_executor: ThreadPoolExecutor | None = None
@@ -285,7 +291,6 @@ class AmorsizeBackend(ParallelBackendBase):
     def _reset_call(self) -> None:
         self.plan = None
         self.batch_sizes = []
-        self.n_probed = 0
         self._key: Hashable | None = None
         self._func: Any = None
         self._run: Run | None = None
@@ -294,9 +299,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self._measuring: list[Future] = []
         self._runner: Any = None
         self._aborting = False
-        self._probe_walls: list[float] = []
-        self._probe_cpus: list[float] = []
-        self._pickling: dict[str, Any] = {}
+        self._observed = Probe("joblib")
         self._serial_batch = SERIAL_FIRST_BATCH // 2
         self._decided = time.perf_counter()
 
@@ -427,38 +430,29 @@ class AmorsizeBackend(ParallelBackendBase):
                     return results + more
                 self._run_on_pool(remainder, future, prefix=results)
                 return None
+            one = cls([task], *rest)
             if on_measuring_thread:
-                out, wall, cpu = run_batch(cls([task], *rest), self.inner_max_num_threads)
-                results.extend(out)
-                self._note_probe(task, out, wall, cpu)
-                if self._probe_is_enough():
-                    self._decide_from_probe()
-                continue
-            started = time.perf_counter()
-            probe = self._on_measuring_thread(run_batch, cls([task], *rest),
-                                              self.inner_max_num_threads)
-            try:
-                out, wall, cpu = probe.result(timeout=PROBE_WAIT_SECONDS)
-            except TimeoutError:
-                if probe.done():
-                    raise
-                if self._decide_while_running(time.perf_counter() - started):
-                    rest_of_batch = cls(tasks[i + 1:], *rest) if i + 1 < len(tasks) else None
-                    self._run_on_pool(rest_of_batch, future, prefix=results, leading=probe)
-                    return None
-                out, wall, cpu = probe.result()
+                out, wall, cpu, blocked = _probe_batch(one, self.inner_max_num_threads)
+            else:
+                started = time.perf_counter()
+                probe = self._on_measuring_thread(_probe_batch, one, self.inner_max_num_threads)
+                try:
+                    out, wall, cpu, blocked = probe.result(timeout=PROBE_WAIT_SECONDS)
+                except TimeoutError:
+                    if probe.done():
+                        raise
+                    if self._decide_while_running(time.perf_counter() - started):
+                        rest_of_batch = cls(tasks[i + 1:], *rest) if i + 1 < len(tasks) else None
+                        self._run_on_pool(rest_of_batch, future, prefix=results, leading=probe)
+                        return None
+                    out, wall, cpu, blocked = probe.result()
             results.extend(out)
-            self._note_probe(task, out, wall, cpu)
+            self._observed.observe(wall, cpu, blocked)
+            func, args, kwargs = task
+            self._observed.observe_shipping(func, [((args, kwargs), out[0])])
             if self._probe_is_enough():
                 self._decide_from_probe()
         return results
-
-    def _note_probe(self, task: tuple, out: list, wall: float, cpu: float) -> None:
-        self._probe_walls.append(wall)
-        self._probe_cpus.append(cpu)
-        self.n_probed += 1
-        if not self._pickling:
-            self._pickling = _pickling(task, out[0])
 
     def _decide_from_probe(self) -> None:
         profile = self._probe_profile()
@@ -472,28 +466,22 @@ class AmorsizeBackend(ParallelBackendBase):
         """Decide with a task still running, counting it at what it took so far (a lower
         bound) and as computing; True if the plan runs on a pool (the task's result then joins
         the batch when it comes)."""
-        self._probe_walls.append(elapsed)
-        self._probe_cpus.append(elapsed)
-        self.n_probed += 1
+        self._observed.observe(elapsed, elapsed)
         self._decide_from_probe()
         return self.plan is not None and self.plan.executor_type != "serial"
 
+    @property
+    def n_probed(self) -> int:
+        """Tasks of this call measured before its plan."""
+        return len(self._observed)
+
     def _probe_is_enough(self) -> bool:
-        n, spent = len(self._probe_walls), sum(self._probe_walls)
+        n, spent = len(self._observed), self._observed.seconds
         return (n >= PROBE_MAX_TASKS or (n >= PROBE_MIN_TASKS and spent >= PROBE_ENOUGH_SECONDS)
                 or spent >= PROBE_MAX_SECONDS)
 
     def _probe_profile(self) -> Profile | None:
-        walls, cpus = self._probe_walls, self._probe_cpus
-        if not walls:
-            return None
-        per_item = typical_seconds(walls)
-        spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
-        cpu_ratio = min(1.0, sum(cpus) / sum(walls)) if sum(walls) > 0 else 1.0
-        return Profile(
-            per_item_seconds=per_item, per_item_spread=spread, cpu_ratio=cpu_ratio,
-            n_measured=len(walls), measured_by="joblib", **self._pickling,
-        )
+        return self._observed.profile() if len(self._observed) else None
 
     def _run_on_pool(self, batch: Any, future: Future, prefix: list | None = None,
                      leading: Future | None = None) -> None:
@@ -570,7 +558,7 @@ class _Gather:
             self.fail(error)
             return
         try:
-            results, wall, _ = part.result()
+            results, wall = part.result()[:2]
         except BaseException as exc:  # noqa: BLE001 - the task's own error, raised by joblib
             self.fail(exc)
             return
@@ -639,26 +627,6 @@ def _split(batch: Any, size: int) -> list:
     cls, args = _batch_parts(batch)
     tasks, rest = args[0], args[1:]
     return [cls(tasks[i:i + size], *rest) for i in range(0, len(tasks), size)]
-
-
-def _pickling(task: tuple, result: Any) -> dict[str, Any]:
-    """Sizes and times of shipping one task and its result to a process, and whether it can be
-    (the function and arguments go by cloudpickle, the result comes back by pickle)."""
-    import cloudpickle
-
-    func, args, kwargs = task
-    try:
-        cloudpickle.dumps(func)
-        start = time.perf_counter()
-        sent = cloudpickle.dumps((args, kwargs))
-        pickle.loads(sent)
-        back = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
-        pickle.loads(back)
-        seconds = time.perf_counter() - start
-    except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
-        return {"picklable": False, "unpicklable_reason": f"a joblib task: {exc}"}
-    return {"arg_bytes": float(len(sent)), "result_bytes": float(len(back)),
-            "pickle_seconds": seconds}
 
 
 def _name(func: Any) -> str:

@@ -9,11 +9,12 @@ For every workload, in the same process:
 1. a grid search on warm pools of the global ``PoolManager``: serial (a plain loop), threads
    (1, 2, 4, ... 128 workers) and processes (1, 2, 4 workers) by chunk sizes spread by 4x between
    1 and items per worker, timing ``pool.map(func, items, chunksize=c)``. A cell is the best of
-   3 runs when it is a contender (within 1.5x of the best so far), else one run. Cells that cannot
-   win are pruned: chunk sizes are tried largest first and a row stops at a cell over 3x the best
-   so far, or at a cell slower than the one before it and over 1.5x the best; a worker sweep stops
-   after two doublings that did not beat its best row, when that row is over 1.5x the best.
-   Two probe cells (8 threads, 2 processes) run first, so pruning has a good best early;
+   3 runs when it is a contender (within 1.25x of the best so far), else one run. Cells that
+   cannot win are pruned: chunk sizes are tried largest first and a row stops at a cell over 3x
+   the best so far, at a cell slower than the one before it and over 1.5x the best, or after two
+   smaller chunk sizes that were not 5% faster than the row's best; a worker sweep stops after two
+   doublings of the workers that were not 5% faster than its best row. Two probe cells (8 threads,
+   2 processes, about 4 chunks per worker) run first, so pruning has a good best early;
 2. ``amorsize.map(func, items)`` as a user calls it in a loop: memory is cleared, one call
    measures and learns (not timed), then the best of the next 3 calls; the configuration shown
    is the one that call ran (an ``amorsize_run_finished`` observer), and the predicted speedup
@@ -63,6 +64,8 @@ PROCESS_WORKERS = (1, 2, 4)
 QUICK_THREAD_WORKERS = (2, 8, 32, 128)
 QUICK_PROCESS_WORKERS = (2, 4)
 WITHIN = 0.25  # a prediction within 25% of the measured speedup counts as right
+_CONTENDER = 1.25  # a cell within this factor of the best so far is timed best of 3
+_NO_GAIN = 0.95  # a cell or row not 5% faster than its predecessors' best gained nothing
 
 
 # ---------------------------------------------------------------- workloads (module level)
@@ -223,7 +226,7 @@ def workloads() -> list[Workload]:
                  lambda: _text_chunks(200)),
         Workload("difflib", "SequenceMatcher.ratio of 300 pairs of 100 chars", similarity,
                  lambda: _pairs(300)),
-        Workload("hetero", "800 busy loops of 0.1-20 ms (heavy tail)", busy, lambda: _costs(800)),
+        Workload("hetero", "500 busy loops of 0.1-20 ms (heavy tail)", busy, lambda: _costs(500)),
     ]
     try:
         import numpy  # noqa: F401
@@ -301,7 +304,7 @@ class Grid:
 
         took = _timed(run, self.expected)
         runs = 1
-        while runs < self.repeats and took <= 1.5 * self.best:  # a contender: best of repeats
+        while runs < self.repeats and took <= _CONTENDER * self.best:  # best of repeats
             took = min(took, _timed(run))
             runs += 1
         self.cells[key] = took
@@ -319,24 +322,25 @@ class Grid:
         self.cell(executor, n_jobs, min(sizes, key=lambda c: abs(math.log(c / max(want, 1)))))
 
     def sweep(self, executor: str, workers: tuple[int, ...]) -> None:
-        sweep_best = math.inf
-        stale = 0
+        """Rows of growing worker counts; in a row, chunk sizes from the largest down."""
+        sweep_best, stale_rows = math.inf, 0
         for n_jobs in workers:
-            row_best, previous = math.inf, None
+            row_best, previous, stale_cells = math.inf, None, 0
             for chunksize in chunk_sizes(len(self.items), n_jobs, self.factor):
                 took = self.cell(executor, n_jobs, chunksize)
+                gained = took < _NO_GAIN * row_best
                 row_best = min(row_best, took)
-                if took > 3 * self.best:
+                if took > 3 * self.best:  # hopeless, and smaller chunks only add overhead
                     break
                 if previous is not None and took > previous and took > 1.5 * self.best:
+                    break  # past this row's minimum, and not a contender
+                stale_cells = 0 if gained else stale_cells + 1
+                if stale_cells >= 2:  # two smaller chunk sizes gained nothing
                     break
                 previous = took
-            if row_best > 0.95 * sweep_best and row_best > 1.5 * self.best:
-                stale += 1
-                if stale >= 2:
-                    break
-            else:
-                stale = 0
+            stale_rows = stale_rows + 1 if row_best > _NO_GAIN * sweep_best else 0
+            if stale_rows >= 2:  # two doublings of the workers gained nothing
+                break
             sweep_best = min(sweep_best, row_best)
 
 
@@ -427,7 +431,6 @@ def bench(w: Workload, args: argparse.Namespace, observer: RunObserver) -> Row:
         if took < best:
             best, best_config = took, _ran(observer)
     plan = amorsize.optimize(w.func, items)
-    del items, expected, first
     return Row(w.name, len(grid.items), serial, grid.best, config(*grid.best_key), best, best_config,
                plan.estimated_speedup, config(plan.executor_type, plan.n_jobs, plan.chunksize),
                configs_run, first_call, first_config, len(grid.cells), time.perf_counter() - start)
@@ -440,7 +443,8 @@ def machine() -> list[str]:
         f"date {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; "
         f"{platform.platform()}; Python {platform.python_version()} ({sys.implementation.name})",
         f"os.cpu_count() {os.cpu_count()}, usable CPUs {system.usable_cpus()}, "
-        f"process start method {system.default_start_method()}",
+        f"process start method {system.default_start_method()}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
     ]
     try:
         import numpy
@@ -501,7 +505,8 @@ def main() -> None:
             f" (the timed calls ran {', '.join(sorted(r.configs_run))})"
         print(f"- {r.name}: serial {r.serial:.4f} s; first call {r.first_call:.4f} s "
               f"({r.first_config}); plan {r.plan_config}{note}; {r.cells} cells; {r.seconds:.1f} s")
-    print(f"\nTotal {time.perf_counter() - started:.0f} s.")
+    print(f"\nTotal {time.perf_counter() - started:.0f} s; load average at the end "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}.")
     amorsize.shutdown_global_pool_manager()
 
 

@@ -65,3 +65,29 @@ def test_a_parallel_plan_whose_pool_is_gone_is_decided_again(model_calls):
     before = len(model_calls)
     amorsize.optimize(nap, data, executor="thread")
     assert len(model_calls) > before
+
+
+def test_on_a_free_threaded_interpreter_computing_calls_run_on_threads(monkeypatch):
+    from amorsize import system
+
+    profile = amorsize.Profile(per_item_seconds=2e-3, cpu_ratio=1.0)
+    workload = amorsize.Workload(400, executors=("serial", "thread"))
+    with_gil = optimizer.decide(square, profile, workload)
+    monkeypatch.setattr(system, "gil_enabled", lambda: False)
+    optimizer._DECISIONS.forget()
+    without = optimizer.decide(square, profile, workload)
+    assert with_gil.executor_type == "serial"
+    assert without.executor_type == "thread" and without.estimated_speedup > 1.5
+    assert without.profile.thread_scaling is None   # the plan shows what was measured
+    assert any("free-threaded" in r for r in without.reasons)
+
+
+def test_threads_are_preferred_when_processes_are_predicted_barely_faster():
+    candidates = {
+        "serial": cost_model.Candidate("serial", 1, 100, 1.0),
+        "thread": cost_model.Candidate("thread", 2, 10, 0.52),
+        "process": cost_model.Candidate("process", 2, 10, 0.50),
+    }
+    assert cost_model.choose(candidates, 1.2).executor_type == "thread"
+    candidates["process"] = cost_model.Candidate("process", 2, 10, 0.30)
+    assert cost_model.choose(candidates, 1.2).executor_type == "process"

@@ -1,0 +1,195 @@
+"""The probe: observations of real calls in, a ``Profile`` out -- for every front end.
+
+``amorsize.map``/``optimize`` (``sampling`` picks the items), the joblib backend (the first
+tasks of a call) and the Dask scheduler (a graph's root tasks) see work differently, but they
+measure it here, the same way: each call timed where it ran with the same two clocks
+(``worker.now``: wall time and this process's CPU time, so a call that uses several cores
+itself shows a CPU/wall ratio above 1), sizes and times of what would travel to a process with
+the serializer the pools use (cloudpickle), and the two-thread overlap test. Front ends feed
+observations; none keeps statistics of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from amorsize import worker
+from amorsize.workload import Profile
+
+CPU_CLOCK_MIN_SECONDS = 2e-3
+AMBIGUOUS_OVERLAP = (1.15, 1.6)
+_COMPUTING = 0.3
+
+
+@dataclass
+class Sample:
+    """A measured profile, and the results of the calls made to measure it (by the caller's
+    key: an item's index, a task's key), which are never computed again."""
+
+    profile: Profile
+    results: dict = field(default_factory=dict)
+
+
+class Probe:
+    """Collects observations of one function's calls and turns them into a ``Profile``."""
+
+    def __init__(self, measured_by: str) -> None:
+        self.measured_by = measured_by
+        self.walls: list[float] = []
+        self.cpus: list[float] = []
+        self.blocked: list[int] = []
+        self.pickling: dict[str, Any] = {}
+        self.thread_scaling: float | None = None
+        self.n_overlap = 0
+
+    def __len__(self) -> int:
+        return len(self.walls)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the calls observed so far."""
+        return sum(self.walls)
+
+    def observe(self, wall: float, cpu: float, blocked: int = -1) -> None:
+        """One call that took ``wall`` seconds, ``cpu`` of them on this process's CPUs, during
+        which its thread blocked ``blocked`` times (-1: unknown; see ``worker.waits``)."""
+        self.walls.append(wall)
+        self.cpus.append(cpu)
+        self.blocked.append(blocked)
+
+    def observe_shipping(self, func: Any, pairs: Iterable[tuple[Any, Any]]) -> None:
+        """What would travel to a process worker: ``func`` once, then each (argument, result)
+        pair; measured once per probe, on the first pairs it is given."""
+        if not self.pickling:
+            self.pickling = shipping(func, pairs)
+
+    def profile(self) -> Profile:
+        walls = self.walls
+        typical = typical_seconds(walls)
+        per_item = max(typical - timing_overhead(), 0.1 * typical)
+        spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
+        total = sum(walls)
+        cpu_ratio = sum(self.cpus) / total if total >= CPU_CLOCK_MIN_SECONDS else 1.0
+        if cpu_ratio < 1.0 and self.blocked and all(b == 0 for b in self.blocked):
+            cpu_ratio = 1.0  # off the CPU without ever blocking: pre-empted on a busy machine
+        return Profile(
+            per_item_seconds=per_item,
+            per_item_spread=spread,
+            cpu_ratio=cpu_ratio,
+            thread_scaling=self.thread_scaling,
+            n_measured=len(walls) + self.n_overlap,
+            measured_by=self.measured_by,
+            **self.pickling,
+        )
+
+    def overlap(self, pool: Any, runs: list[Callable[[], Any]], serial_seconds: float,
+                again: list[Callable[[], Any]] | None = None) -> list[list]:
+        """Run the two ``runs`` at once on two threads of ``pool`` and compare with
+        ``serial_seconds``, what they take one after the other: 1.0 if the GIL serialised them,
+        up to 2.0 if they overlapped (I/O, C code that releases the GIL, a free-threaded
+        interpreter). Returns what the runs returned, one list per pair of runs made.
+
+        A result in between is ambiguous on a busy machine (the other core may have been taken
+        by someone else), so the test is repeated once on ``again`` (other calls: none is made
+        twice), and the larger figure kept: outside load only ever makes overlap look smaller.
+        """
+        outcomes, scaling = _two_at_once(pool, runs, serial_seconds)
+        made = [outcomes]
+        low, high = AMBIGUOUS_OVERLAP
+        if again is not None and low < scaling < high:
+            outcomes, repeated = _two_at_once(pool, again, serial_seconds)
+            made.append(outcomes)
+            scaling = max(scaling, repeated)
+        self.thread_scaling = scaling
+        return made
+
+
+def _two_at_once(pool: Any, runs: list[Callable[[], Any]],
+                 serial_seconds: float) -> tuple[list, float]:
+    """The runs at once on two threads; how many of them ran at a time, on average.
+
+    Work that computes is judged by the CPU time each thread got (their sum over the wall time
+    they took together: 1.0 when the GIL let one run at a time, 2.0 when both ran), which needs
+    no serial baseline -- a baseline measured a moment earlier, on a machine whose load
+    changes, is what made this test lie. Work that mostly waits gets no CPU time to judge by:
+    it is set against ``serial_seconds``, what the runs take one after the other."""
+    futures: list[Future] = [pool.submit(_timed, run) for run in runs]
+    outcomes = [f.result() for f in futures]
+    together = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
+    if together <= 0:
+        return [o[0] for o in outcomes], 2.0
+    cpu = sum(o[3] for o in outcomes)
+    on_cpu = cpu / sum(o[2] - o[1] for o in outcomes)
+    ran = cpu / together if on_cpu >= _COMPUTING else serial_seconds / together
+    return [o[0] for o in outcomes], max(0.5, min(2.0, ran))
+
+
+def _timed(run: Callable[[], Any]) -> tuple[Any, float, float, float]:
+    cpu = time.thread_time()
+    start = time.perf_counter()
+    out = run()
+    return out, start, time.perf_counter(), time.thread_time() - cpu
+
+
+def typical_seconds(walls: list[float]) -> float:
+    """Mean time per call, ignoring a first call that was a warm-up outlier (imports, caches)."""
+    if len(walls) >= 3:
+        rest = walls[1:]
+        if walls[0] > 3 * statistics.median(rest):
+            return statistics.fmean(rest)
+    return statistics.fmean(walls) if walls else 0.0
+
+
+@functools.cache
+def timing_overhead() -> float:
+    """Seconds the timing around one call adds (two clocks read twice, a call): about 0.3 µs,
+    which would make a 40 ns function look ten times dearer than it is, and parallel worth it."""
+    def nothing(x: Any) -> Any:
+        return x
+
+    laps = []
+    for _ in range(200):
+        t0, _ = worker.now()
+        nothing(None)
+        t1, _ = worker.now()
+        laps.append(t1 - t0)
+    return statistics.median(laps)
+
+
+def shipping(func: Any, pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    """Sizes and round-trip times of (argument, result) pairs through cloudpickle, as the
+    process pools ship them, and whether processes can run this at all: ``{}`` if there was
+    nothing to measure, ``picklable=False`` with the reason if something cannot travel."""
+    import cloudpickle
+
+    if func is not None:
+        try:
+            cloudpickle.dumps(func)
+        except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
+            return {"picklable": False, "unpicklable_reason": f"the function: {exc}"}
+    sizes_in, sizes_out, seconds = [], [], []
+    for argument, result in pairs:
+        try:
+            t0 = time.perf_counter()
+            a = cloudpickle.dumps(argument, protocol=5)
+            cloudpickle.loads(a)
+            b = cloudpickle.dumps(result, protocol=5)
+            cloudpickle.loads(b)
+            seconds.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001
+            return {"picklable": False, "unpicklable_reason": f"an item or result: {exc}"}
+        sizes_in.append(len(a))
+        sizes_out.append(len(b))
+    if not seconds:
+        return {}
+    return {
+        "arg_bytes": statistics.fmean(sizes_in),
+        "result_bytes": statistics.fmean(sizes_out),
+        "pickle_seconds": statistics.fmean(seconds),
+    }

@@ -1,0 +1,76 @@
+"""The one probe: observations of real calls in, a profile out, the same for every front end."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from core_helpers import burn, nap
+
+from amorsize import probe, worker
+from amorsize.pools import ThreadPool
+
+
+def test_a_call_off_the_cpu_that_never_blocked_was_preempted_not_waiting():
+    busy = probe.Probe("test")
+    for _ in range(3):
+        busy.observe(0.010, 0.004, blocked=0)
+    assert busy.profile().cpu_ratio == 1.0
+    waiting = probe.Probe("test")
+    for _ in range(3):
+        waiting.observe(0.010, 0.004, blocked=2)
+    assert waiting.profile().cpu_ratio == pytest.approx(0.4)
+
+
+def test_the_cpu_ratio_is_not_capped_for_calls_that_use_several_cores():
+    p = probe.Probe("test")
+    p.observe(0.010, 0.030)
+    assert p.profile().cpu_ratio == pytest.approx(3.0)
+
+
+def test_sizes_are_measured_with_the_serializer_the_pools_use():
+    shipped = probe.shipping(len, [(lambda: 1, 1)])   # plain pickle cannot send a lambda
+    assert shipped["arg_bytes"] > 0 and "picklable" not in shipped
+    lock = threading.Lock()
+    assert probe.shipping(len, [(lock, 1)])["picklable"] is False
+
+
+def test_waits_counts_the_times_a_thread_blocked():
+    before = worker.waits()
+    if before < 0:
+        pytest.skip("this system does not count context switches per thread")
+    time.sleep(0.01)
+    assert worker.waits() > before
+
+
+@pytest.fixture(scope="module")
+def pair_pool():
+    pool = ThreadPool(2)
+    yield pool
+    pool.shutdown()
+
+
+def test_overlap_tells_waiting_and_gil_work_apart(pair_pool):
+    waits = probe.Probe("test")
+    waits.overlap(pair_pool, [lambda: nap(0, 0.02), lambda: nap(1, 0.02)], 0.04)
+    gil = probe.Probe("test")
+    gil.overlap(pair_pool, [lambda: burn(0, 200_000), lambda: burn(1, 200_000)], 0.04)
+    assert waits.thread_scaling > 1.6
+    assert gil.thread_scaling < 1.3
+
+
+def test_overlap_of_computing_work_needs_no_serial_baseline(pair_pool):
+    """A baseline measured under other load is wrong; the threads' CPU time is what counts."""
+    gil = probe.Probe("test")
+    gil.overlap(pair_pool, [lambda: burn(0, 200_000), lambda: burn(1, 200_000)], 10.0)
+    assert gil.thread_scaling < 1.3
+
+
+def test_an_ambiguous_overlap_is_measured_again_on_other_calls(pair_pool, monkeypatch):
+    figures = iter([1.3, 1.9])
+    monkeypatch.setattr(probe, "_two_at_once", lambda pool, runs, s: ([r() for r in runs],
+                                                                    next(figures)))
+    p = probe.Probe("test")
+    made = p.overlap(pair_pool, [lambda: 1, lambda: 2], 1.0, [lambda: 3, lambda: 4])
+    assert made == [[1, 2], [3, 4]] and p.thread_scaling == 1.9
