@@ -1,17 +1,22 @@
 """The ``amorsize`` command: ``demo`` shows what amorsize decides and what it wins; ``info``
-shows what it detected about this machine; ``plugins`` lists the plugins and their hooks."""
+shows what it detected about this machine; ``plugins`` lists the plugins and their hooks, and
+the entry points that failed to load."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
+
+from amorsize import __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="amorsize", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"amorsize {__version__}")
+    commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser("demo", help="run built-in workloads: plan, reasons, time vs a loop")
     demo.add_argument("--repeat", type=int, default=20,
                       help="calls in the repeated-call workload (default 20)")
@@ -19,8 +24,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = commands.add_parser("info", help="what amorsize detected about this machine")
     info.add_argument("--measure", action="store_true",
                       help="start a 2-worker thread and process pool and measure their overheads")
-    commands.add_parser("plugins", help="registered plugins and the hooks each implements")
+    commands.add_parser("plugins", help="registered plugins, the hooks each implements, and entry "
+                        "points that failed to load")
     args = parser.parse_args(argv)
+    if args.command is None:
+        # A bare ``amorsize`` asks what the tool can do: the help answers, and is no error.
+        parser.print_help()
+        return 0
     if args.command == "demo":
         return run_demo(args.repeat, args.explain)
     if args.command == "info":
@@ -88,7 +98,15 @@ def show_info(measure: bool) -> int:
 
 def show_plugins() -> int:
     from amorsize import plugins
+    from amorsize.errors import PluginWarning
 
+    # Each broken entry point is listed below with its error, so its warning would only repeat it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        broken = plugins.broken_entry_points()
+    for name, value, error in broken:
+        print(f"{name} ({value}): BROKEN — {error}\n"
+              f"    skipped; fix or uninstall it, or set {plugins.DISABLE_ENV}={name}")
     for name, hooks in plugins.plugin_names():
         print(f"{name}\n    " + ", ".join(hooks))
     return 0

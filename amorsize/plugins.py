@@ -17,6 +17,7 @@ import contextlib
 import difflib
 import importlib.metadata
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Generator, Iterator
@@ -59,8 +60,9 @@ os.register_at_fork(after_in_child=_reset_lock_in_child)
 def _load_plugins() -> None:
     """Register the built-in plugins, then third-party ones from entry points (once).
 
-    An entry point that fails to load raises ``PluginError`` naming it, on this and every later
-    call, until it is fixed or skipped with ``AMORSIZE_DISABLE_PLUGINS``.
+    An entry point that fails to load is skipped with a ``PluginWarning`` (see
+    ``_load_entry_points``): one broken install must not stop every run, nor the tools that
+    would diagnose it.
     """
     global _loaded
     if _loaded:
@@ -89,18 +91,61 @@ def disabled_entry_points() -> set[str] | None:
 
 
 def _load_entry_points(skip: set[str] | None) -> None:
+    """Load and register each entry point of the group not skipped, blocked or already there.
+
+    A failing one (its import raises, or its plugin is refused) is recorded for
+    ``broken_entry_points()`` and reported once per process with a ``PluginWarning``; the others
+    still load. The entry point is loaded here rather than by pluggy, so that what
+    ``importlib.metadata.entry_points`` lists is exactly what is loaded.
+    """
     if skip is None:
         return
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in skip or pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
         try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
-            plugin = pm.get_plugin(ep.name)
-            if plugin is not None:
-                _check_or_unregister(plugin)
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+            _check_or_unregister(plugin)
         except Exception as exc:
-            raise PluginError(ep.name, f"loading entry point {ep.value!r}", exc) from exc
+            _entry_point_failed(ep.name, ep.value, exc)
+        else:
+            _broken.pop(ep.name, None)
+
+
+_broken: dict[str, tuple[str, str]] = {}
+
+
+def _entry_point_failed(name: str, value: str, exc: Exception) -> None:
+    """Record a broken entry point; warn about it the first time only (it is met on each load)."""
+    error = f"{type(exc).__name__}: {exc}"
+    seen = _broken.get(name) == (value, error)
+    _broken[name] = (value, error)
+    if not seen:
+        warnings.warn(
+            f"amorsize plugin entry point {name!r} ({value}) failed to load and is skipped: "
+            f"{error} (fix or uninstall the distribution that provides it, or set "
+            f"{DISABLE_ENV}={name} to skip it silently)",
+            PluginWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside amorsize, so a warning points at the
+    user's call (which call first loads the plugins varies)."""
+    package = os.path.dirname(__file__) + os.sep
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def broken_entry_points() -> list[tuple[str, str, str]]:
+    """Entry points that failed to load, as (name, value, "ExceptionType: message"), for
+    ``amorsize plugins`` to show what was skipped and why."""
+    _load_plugins()
+    return [(name, value, error) for name, (value, error) in _broken.items()]
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
@@ -201,12 +246,14 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
 
 
 def get_pool(executor: str, n_jobs: int, create: bool = True,
-             start_method: str | None = None) -> Any:
+             start_method: str | None = None, initializer: Any = None,
+             initargs: tuple = ()) -> Any:
     """A pool from the first plugin that provides one (by default the global PoolManager); with
     ``create=False`` only a warm one, or None. ``start_method`` None means the default."""
     _load_plugins()
     pool, by = _call("amorsize_get_pool", {"executor": executor, "n_jobs": n_jobs, "create": create,
-                                           "start_method": start_method},
+                                           "start_method": start_method,
+                                           "initializer": initializer, "initargs": initargs},
                      firstresult=True)
     if pool is None and create:
         raise PluginError("<none>", "amorsize_get_pool", RuntimeError(
@@ -220,13 +267,15 @@ def get_pool(executor: str, n_jobs: int, create: bool = True,
 
 
 @contextlib.contextmanager
-def leased_pool(executor: str, n_jobs: int, start_method: str | None = None) -> Iterator[Any]:
+def leased_pool(executor: str, n_jobs: int, start_method: str | None = None,
+                initializer: Any = None, initargs: tuple = ()) -> Iterator[Any]:
     """``get_pool`` and hold the pool for a ``with`` block (``Pool.lease``): a pool retired by
     another thread in between (``clear()``, ``release_pool()``, idle eviction) is asked for
     again, so sharing pools never fails a call."""
     with contextlib.ExitStack() as stack:
         for attempt in range(_LEASE_ATTEMPTS):
-            pool = get_pool(executor, n_jobs, start_method=start_method)
+            pool = get_pool(executor, n_jobs, start_method=start_method,
+                            initializer=initializer, initargs=initargs)
             try:
                 stack.enter_context(pool.lease())
                 break
@@ -408,6 +457,7 @@ __all__ = [
     "BUILTIN_NAMES",
     "DISABLE_ENV",
     "ENTRY_POINT_GROUP",
+    "broken_entry_points",
     "disabled_entry_points",
     "get_pool",
     "leased_pool",

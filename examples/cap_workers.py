@@ -4,13 +4,15 @@ Whatever amorsize decides -- for ``amorsize.map``, joblib or Dask -- no plan get
 ``max_workers`` workers; a plan left with one worker runs serially, since one worker is a loop
 plus the cost of a pool. The cap comes from the constructor or from ``AMORSIZE_MAX_WORKERS``.
 
-Run it: ``python examples/cap_workers.py``. Publish it through an entry point with
+Run it: ``python examples/cap_workers.py``: for a function that mostly waits, amorsize would run
+dozens of threads on any machine; under the cap it runs two. Publish it through an entry point with
 ``plugin = WorkerCap.from_environment()`` as the object to load (see docs/plugins.md).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import amorsize
 
@@ -37,25 +39,24 @@ class WorkerCap:
         return plan.replace(n_jobs=self.max_workers)
 
 
-def busy(x: int) -> int:
-    """About a millisecond of pure-Python work."""
-    total = 0
-    for i in range(20_000):
-        total += i * x % 7
-    return total
+def wait_for_io(x: int) -> int:
+    """5 ms of waiting (a network or disk call): threads overlap it, so amorsize picks many of
+    them however few cores there are, and the cap binds on any machine."""
+    time.sleep(0.005)
+    return x * x
 
 
 def main() -> None:
     data = range(100)
-    forced = amorsize.optimize(busy, data, executor="thread", n_jobs=4, chunksize=10)
-    print(f"without the cap: {forced.executor_type} x{forced.n_jobs}")
+    free = amorsize.optimize(wait_for_io, data)
+    print(f"without the cap: {free.executor_type} x{free.n_jobs}  ({free.reasons[-1]})")
     cap = WorkerCap(max_workers=2)
     amorsize.register_plugin(cap, name="cap-workers")
     try:
-        capped = amorsize.optimize(busy, data, executor="thread", n_jobs=4, chunksize=10)
+        capped = amorsize.optimize(wait_for_io, data)
         print(f"with the cap:    {capped.executor_type} x{capped.n_jobs}  ({capped.reasons[-1]})")
-        results = amorsize.map(busy, data, executor="thread", n_jobs=4)
-        assert results == [busy(x) for x in data]
+        results = amorsize.map(wait_for_io, data)
+        assert results == [x * x for x in data]
         print(f"amorsize.map under the cap: {len(results)} results, identical to the loop")
     finally:
         amorsize.unregister_plugin(cap)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+import amorsize
+from amorsize.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -39,3 +46,34 @@ def test_unknown_command_fails_with_usage():
     out = run("fly")
     assert out.returncode != 0
     assert "usage" in out.stderr
+
+
+@pytest.mark.parametrize("argv", [[], ["-h"]])
+def test_no_command_prints_the_help_and_exits_0(argv):
+    out = run(*argv)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: amorsize")
+    for command in ("demo", "info", "plugins", "--version"):
+        assert command in out.stdout
+
+
+def test_the_console_script_without_a_command_prints_the_help(capsys):
+    assert main([]) == 0    # what the ``amorsize`` script (amorsize.cli:main) runs
+    assert capsys.readouterr().out.startswith("usage: amorsize")
+
+
+def test_version_prints_the_package_version():
+    out = run("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"amorsize {amorsize.__version__}\n"
+
+
+def test_the_cap_workers_example_shows_the_cap_binding():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "cap_workers.py")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    free = re.search(r"^without the cap: thread x(\d+)", out.stdout, re.M)
+    assert free and int(free[1]) > 2, out.stdout
+    assert (f"with the cap:    thread x2  (adjusted by plugin 'cap-workers': n_jobs {free[1]} -> 2)"
+            in out.stdout)
+    assert "100 results, identical to the loop" in out.stdout

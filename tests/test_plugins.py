@@ -541,18 +541,16 @@ def test_the_plugins_command_lists_an_entry_point_plugin_and_its_hooks(tmp_path)
     assert "amorsize.default_plugins.optimizer" in out.stdout
 
 
-def test_an_entry_point_that_fails_to_load_is_named_until_disabled(tmp_path):
+def test_an_entry_point_that_fails_to_load_warns_once_and_runs_go_on(tmp_path):
     env = _installed_plugin(tmp_path, "raise ImportError('needs libfoo')", name="bad_plugin")
     script = "import amorsize; print(amorsize.map(abs, [-1, -2]))"
     out = _run_python(env, "-c", script)
-    assert out.returncode != 0
-    assert "PluginError: amorsize plugin 'bad_plugin' raised ImportError in loading entry point" \
-        in out.stderr
-    assert "needs libfoo" in out.stderr
-    env[plugins.DISABLE_ENV] = "bad_plugin"
-    out = _run_python(env, "-c", script)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1, 2]"
+    assert "'bad_plugin'" in out.stderr and "needs libfoo" in out.stderr
+    env[plugins.DISABLE_ENV] = "bad_plugin"
+    out = _run_python(env, "-c", script)
+    assert out.returncode == 0 and "bad_plugin" not in out.stderr
 
 
 def _example(name: str):
