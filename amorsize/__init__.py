@@ -16,7 +16,7 @@ from amorsize.errors import (
     TimeoutError,
     WorkerCrashedError,
 )
-from amorsize.execution import imap, map, run_plan
+from amorsize.execution import imap, imap_unordered, istarmap, map, run_plan, starmap
 from amorsize.hookspecs import hookimpl
 from amorsize.plan import Plan
 from amorsize.planning import optimize
@@ -53,11 +53,14 @@ __all__ = [
     "get_global_pool_manager",
     "hookimpl",
     "imap",
+    "imap_unordered",
+    "istarmap",
     "managed_pool",
     "map",
     "optimize",
     "register_plugin",
     "run_plan",
     "shutdown_global_pool_manager",
+    "starmap",
     "unregister_plugin",
 ]

@@ -13,11 +13,14 @@ import math
 import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent import futures
 from typing import Any
 
 from amorsize import planning, plugins, sampling
+from amorsize.errors import InvalidArgumentTypeError
 from amorsize.plan import Plan
-from amorsize.run import PROGRESS_CHUNK_SECONDS, Run, check_timeout
+from amorsize.run import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run, check_timeout
+from amorsize.worker import Star
 
 _SERIAL_BLOCK = 4096
 _LAZY_BLOCK_SECONDS = 0.01
@@ -36,6 +39,8 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
     start_method: str | None = None,
     timeout: float | None = None,
     progress: bool = False,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
 ) -> list:
     """``[func(x) for x in data]``, run the fastest way amorsize can find (see ``optimize``).
 
@@ -43,16 +48,12 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
     ``amorsize.TimeoutError`` (a ``TimeoutError``) naming its index, and the call is cancelled.
     ``progress=True`` reports progress to the ``amorsize_run_progress`` hook (a tqdm bar by
     default). Ctrl-C, or an error in ``func``, cancels the call the same way: nothing more
-    runs, and workers still busy with it are stopped.
+    runs, and workers still busy with it are stopped. ``initializer(*initargs)`` runs once in
+    each worker before its first item (and once in this process, where items are measured);
+    it travels by value, so a lambda or a ``__main__`` function works.
     """
-    planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
-                             start_method=start_method)
-    check_timeout(timeout)
-    items = data if hasattr(data, "__len__") else list(data)
-    plan = planning.make(
-        func, *planning.split_items(items, sample_size), "map", n_jobs=n_jobs,
-        executor=executor, chunksize=chunksize, min_speedup=min_speedup,
-        sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout)
+    plan = _plan(func, data, "map", n_jobs, executor, chunksize, min_speedup, sample_size,
+                 resample, start_method, timeout, initializer, initargs)
     return run_plan(func, plan, timeout=timeout, progress=progress)
 
 
@@ -69,6 +70,8 @@ def imap(
     start_method: str | None = None,
     timeout: float | None = None,
     progress: bool = False,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
 ) -> Iterator:
     """Lazy, ordered ``map``: items are read and results produced as they go, with a bounded
     number of chunks in flight, so a generator or a huge input never sits in memory whole.
@@ -77,14 +80,74 @@ def imap(
     the first results come after about the first chunk's time. Closing the iterator (``break``
     out of the loop, ``close()``, or dropping it) cancels the run: nothing more is computed.
     """
+    plan = _plan(func, data, "imap", n_jobs, executor, chunksize, min_speedup, sample_size,
+                 resample, start_method, timeout, initializer, initargs)
+    return _flatten(_run(func, plan, timeout, progress))
+
+
+def imap_unordered(func: Callable, data: Iterable, *, with_index: bool = False,
+                   **options: Any) -> Iterator:
+    """``imap`` whose results come as they complete, not in input order (as
+    ``multiprocessing.Pool.imap_unordered``); ``with_index=True`` yields ``(index, result)``
+    pairs, the index being the item's position in ``data``. Takes ``imap``'s keyword
+    arguments."""
+    plan = _plan(func, data, "imap", *_ordered_options(options))
+    return _flatten(_run(func, plan, options.get("timeout"), options.get("progress", False),
+                         unordered=True, with_index=with_index))
+
+
+def starmap(func: Callable, data: Iterable, **options: Any) -> list:
+    """``[func(*args) for args in data]`` (as ``multiprocessing.Pool.starmap``); takes
+    ``map``'s keyword arguments. For fixed extra arguments, ``functools.partial`` works too."""
+    _check_callable(func)
+    return map(Star(func), data, **options)
+
+
+def istarmap(func: Callable, data: Iterable, **options: Any) -> Iterator:
+    """Lazy, ordered ``starmap``; takes ``imap``'s keyword arguments."""
+    _check_callable(func)
+    return imap(Star(func), data, **options)
+
+
+_OPTIONS = ("n_jobs", "executor", "chunksize", "min_speedup", "sample_size", "resample",
+            "start_method", "timeout", "initializer", "initargs")
+_DEFAULTS = {"min_speedup": 1.2, "sample_size": sampling.DEFAULT_SAMPLE_SIZE, "resample": False,
+             "initargs": ()}
+
+
+def _check_callable(func: Any) -> None:
+    if not callable(func):
+        raise InvalidArgumentTypeError(
+            f"func must be callable (a function, lambda or object with __call__), "
+            f"got {type(func).__name__}")
+
+
+def _ordered_options(options: dict[str, Any]) -> tuple:
+    unknown = options.keys() - {*_OPTIONS, "progress"}
+    if unknown:
+        raise InvalidArgumentTypeError(
+            f"unexpected keyword argument(s) {', '.join(sorted(unknown))}; the options are "
+            f"{', '.join(_OPTIONS)} and progress")
+    return tuple(options.get(name, _DEFAULTS.get(name)) for name in _OPTIONS)
+
+
+def _plan(func: Callable, data: Iterable, source: str, n_jobs: int | None,
+          executor: str | None, chunksize: int | None, min_speedup: float, sample_size: int,
+          resample: bool, start_method: str | None, timeout: float | None,
+          initializer: Callable | None, initargs: tuple) -> Plan:
+    """Check every argument, then measure (or recall) and decide: what each entry point does
+    before it runs."""
     planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
                              start_method=start_method)
     check_timeout(timeout)
-    plan = planning.make(
-        func, *planning.split_items(data, sample_size), "imap", n_jobs=n_jobs,
+    planning.check_initializer(initializer, initargs)
+    if source == "map" and not hasattr(data, "__len__"):
+        data = list(data)  # map returns a list anyway: measure across all of it
+    return planning.make(
+        func, *planning.split_items(data, sample_size), source, n_jobs=n_jobs,
         executor=executor, chunksize=chunksize, min_speedup=min_speedup,
-        sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout)
-    return _flatten(_run(func, plan, timeout, progress))
+        sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout,
+        initializer=initializer, initargs=initargs)
 
 
 def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
@@ -97,14 +160,22 @@ def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
     return blocks[0] if len(blocks) == 1 else list(itertools.chain.from_iterable(blocks))
 
 
-def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool) -> Iterator[list]:
-    """Yield blocks of ordered results; report the run to observers when it completes."""
+def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool,
+         unordered: bool = False, with_index: bool = False) -> Iterator[list]:
+    """Yield blocks of results, ordered unless ``unordered`` (then ``(index, result)`` pairs
+    ``with_index``); report the run to observers when it completes."""
     todo = _Todo(plan.data, plan.sampled_results)
     lazy = plan.workload.source == "imap"
     run = Run(plan, timeout=timeout, progress=progress, description=_name(func),
               total=_expected_items(plan) if progress else None, done=len(plan.sampled_results))
     with run:
-        if run.pool is None:
+        if unordered and run.pool is not None:
+            yield from _completed_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress),
+                                         with_index)
+        elif unordered:
+            blocks = _serial_blocks(func, todo, run, _serial_block(plan, lazy, progress))
+            yield from _indexed(blocks) if with_index else blocks
+        elif run.pool is None:
             yield from _serial_blocks(func, todo, run, _serial_block(plan, lazy, progress))
         else:
             yield from _pool_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress))
@@ -227,6 +298,44 @@ def _pool_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int]) ->
     while pending:
         yield merger.feed(_collect(run, pending.popleft()))
     yield merger.rest()
+
+
+def _completed_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int],
+                      with_index: bool) -> Iterator[list]:
+    """The results of chunks as they complete, the measured ones first (they are done)."""
+    done = sorted(todo.done_results.items())
+    yield done if with_index else [result for _, result in done]
+    remaining = itertools.chain.from_iterable(items for items, _ in todo.runs())
+    positions = todo.positions()
+    prepared = run.pool.prepare(func)
+    limit = 4 * run.pool.n_jobs
+    pending: dict[Any, list[int]] = {}
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < limit:
+            chunk = list(itertools.islice(remaining, next(sizes)))
+            if not chunk:
+                exhausted = True
+                break
+            indices = list(itertools.islice(positions, len(chunk)))
+            pending[run.submit_chunk(prepared, chunk, indices)] = indices
+        if not pending:
+            return
+        finished, _ = futures.wait(pending, timeout=None if run.timeout is None else WATCH_SECONDS,
+                                   return_when=futures.FIRST_COMPLETED)
+        if not finished:
+            run.check_time_limit()
+        for future in finished:
+            indices = pending.pop(future)
+            results = _collect(run, future)
+            yield list(zip(indices, results)) if with_index else results
+
+
+def _indexed(blocks: Iterator[list]) -> Iterator[list]:
+    """``(index, result)`` pairs of blocks of ordered results."""
+    counter = itertools.count()
+    for block in blocks:
+        yield list(zip(counter, block))
 
 
 def _collect(run: Run, future: Any) -> list:

@@ -68,7 +68,8 @@ def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None) -> Any:
+def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None,
+                      initializer: Any, initargs: tuple) -> Any:
     """Return a pool of ``n_jobs`` workers of kind ``executor`` ("serial", "thread", "process").
 
     Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
@@ -79,6 +80,8 @@ def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: st
 
     ``start_method`` is the process start method asked for ("fork", "forkserver", "spawn"), or
     None for the provider's default; it means nothing to serial and thread pools.
+    ``initializer`` (None or a callable) with ``initargs`` runs once in each worker before its
+    first task (``map(..., initializer=...)``); it is part of which pool is meant.
 
     With ``create=False`` return only an already-running (warm) pool, or None: the optimizer asks
     this to know whether a pool start-up must be paid, and must not start one by asking. With

@@ -42,6 +42,9 @@ def function_key(func: Callable) -> Hashable:
     code = getattr(func, "__code__", None)  # functions, lambdas, closures, bound methods
     if code is not None:
         return code
+    wrapped = getattr(func, "__wrapped__", None)  # a callable object around a function (starmap)
+    if wrapped is not None and callable(wrapped):
+        return (type(func).__qualname__, function_key(wrapped))
     # A callable object is known by its class's __call__: keying by the object itself would
     # keep it (and whatever it holds) alive in this memory.
     call = next((vars(c)["__call__"] for c in type(func).__mro__ if "__call__" in vars(c)), None)

@@ -88,6 +88,17 @@ def check_arguments(
         raise InvalidArgumentError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
 
 
+def check_initializer(initializer: Any, initargs: Any) -> None:
+    """An initializer is a callable or None; its arguments a tuple (part of the pool's key)."""
+    if initializer is not None and not callable(initializer):
+        raise InvalidArgumentTypeError(
+            f"initializer must be callable or None, got {type(initializer).__name__}")
+    if not isinstance(initargs, tuple | list):
+        raise InvalidArgumentTypeError(
+            f"initargs must be a tuple of arguments for the initializer, got "
+            f"{type(initargs).__name__}")
+
+
 def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None, Any]:
     """A sequence to index, its length, and the untouched rest of an iterator (or None).
 
@@ -122,6 +133,8 @@ def make(
     resample: bool,
     start_method: str | None,
     timeout: float | None = None,
+    initializer: Callable | None = None,
+    initargs: tuple = (),
 ) -> Plan:
     """The plan for already-checked arguments, ``items`` as returned by ``split_items``.
 
@@ -132,6 +145,8 @@ def make(
     data: Any = items if rest is None else itertools.chain(items, rest)
     key = function_key(func)
     options = {"key": key, "chunksize": chunksize, "start_method": start_method}
+    if initializer is not None:
+        options["initializer"] = (initializer, tuple(initargs))
     executors = (executor,) if executor else EXECUTOR_TYPES
     if worker.inside_worker():
         executors, n_jobs = ("serial",), 1
@@ -140,6 +155,9 @@ def make(
         return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
                     Profile(0.0), workload, data=data)
     memory = None if resample else plugins.recall(key)
+    if initializer is not None and memory is None:
+        # items measured here need what the initializer sets up in a worker: run it here once
+        plugins.get_pool("serial", 1, initializer=initializer, initargs=tuple(initargs))
     if memory is not None:
         profile, results = memory.profile, {}
     else:
@@ -151,7 +169,7 @@ def make(
         threads_allowed = "thread" in executors and n_jobs != 1
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
                                   pair, _probe_elsewhere(func, executors, n_jobs, start_method,
-                                                         timeout))
+                                                         timeout, options.get("initializer")))
         profile, results = sample.profile, sample.results
         plugins.remember(key, profile)
         memory = plugins.recall(key) or Memory(profile)
@@ -172,7 +190,8 @@ def _two_threads() -> Any:
 
 
 def _probe_elsewhere(func: Callable, executors: tuple[str, ...], n_jobs: int | None,
-                     start_method: str | None, timeout: float | None) -> Any:
+                     start_method: str | None, timeout: float | None,
+                     initializer: tuple | None) -> Any:
     """Where measured items run when not in the caller (see ``make``), or None for the caller."""
     if executors == ("process",):
         where = ("process", n_jobs or system.usable_cpus())
@@ -188,7 +207,7 @@ def _probe_elsewhere(func: Callable, executors: tuple[str, ...], n_jobs: int | N
         return None
 
     def run_timed(func: Callable, items: list, indices: list[int], budget: float) -> Any:
-        with plugins.leased_pool(*where, start_method) as pool:
+        with plugins.leased_pool(*where, start_method, *(initializer or ())) as pool:
             return call_watched(pool, worker.run_timed, (func, items, budget), indices, timeout)
 
     return run_timed

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from amorsize import pools as _pools
-from amorsize import system
+from amorsize import system, worker
 from amorsize.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
@@ -285,6 +285,10 @@ class PoolManager:
         if executor_type == "thread":
             return ThreadPool(n_jobs, initializer, initargs)
         blas_threads = max(1, system.usable_cpus() // n_jobs)
+        if initializer is not None:
+            # by value, as everything else crosses: workers never import __main__
+            initializer, initargs = (worker.initialize_by_value,
+                                     (worker.ByValue((initializer, initargs)),))
         return ProcessPool(n_jobs, key[2], initializer, initargs, blas_threads)
 
     def _check_open_locked(self) -> None:

@@ -88,6 +88,7 @@ class Run:
         if self.executor_type == "serial" and timeout is not None:
             self.executor_type = "thread"
         self._start_method = plan.machine.get("start_method")
+        self._initializer = plan.workload.options.get("initializer") or (None, ())
         self._stack = contextlib.ExitStack()
         self._inflight: dict[Future, tuple[float, Sequence[int] | None]] = {}
         self._lock = threading.Lock()
@@ -96,8 +97,8 @@ class Run:
     def __enter__(self) -> Run:
         if self.executor_type != "serial":
             n_jobs = 1 if self.plan.executor_type == "serial" else self.plan.n_jobs
-            self.pool = self._stack.enter_context(
-                plugins.leased_pool(self.executor_type, n_jobs, self._start_method))
+            self.pool = self._stack.enter_context(plugins.leased_pool(
+                self.executor_type, n_jobs, self._start_method, *self._initializer))
         self._announce("started")
         return self
 
@@ -135,7 +136,7 @@ class Run:
             except TimeoutError:
                 if future.done():
                     raise
-                self._check_time_limit()
+                self.check_time_limit()
 
     def record(self, n_items: int, compute_seconds: float) -> None:
         """Count a chunk of ``n_items`` that took ``compute_seconds`` inside the function."""
@@ -211,7 +212,7 @@ class Run:
         with self._lock:
             if self.pool is old:
                 self.pool = self._stack.enter_context(plugins.leased_pool(
-                    self.executor_type, old.n_jobs, self._start_method))
+                    self.executor_type, old.n_jobs, self._start_method, *self._initializer))
 
     def _track(self, future: Future, token: float, indices: Sequence[int] | None) -> None:
         with self._lock:
@@ -228,7 +229,9 @@ class Run:
                 "this run was cancelled (an error, a time limit, Ctrl-C or its caller gave up); "
                 "start a new call")
 
-    def _check_time_limit(self) -> None:
+    def check_time_limit(self) -> None:
+        """Cancel the run and raise ``amorsize.TimeoutError`` if one of its items has run past
+        the time limit."""
         with self._lock:
             watched = {token: indices for token, indices in self._inflight.values() if token}
         overrun = find_overrun(self.pool, watched, self.timeout)

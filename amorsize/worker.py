@@ -15,6 +15,7 @@ import os
 import resource
 import threading
 import time
+import types
 from collections import OrderedDict
 from typing import Any
 
@@ -31,6 +32,8 @@ _FUNC_CACHE_SIZE = 16
 _IN_PROCESS_WORKER = False
 _PROCESS_SLOT: tuple[Any, int] | None = None
 _STOPPED: set[float] = set()
+_INITIALIZED: set[str] = set()
+_MAIN_GLOBALS: dict | None = None
 
 
 class PickledFunction:
@@ -57,7 +60,7 @@ class PickledFunction:
         if func is None:
             import cloudpickle
 
-            func = cloudpickle.loads(self.payload)
+            func = _into_main(cloudpickle.loads(self.payload))
             _FUNC_CACHE[self.digest] = func
             if len(_FUNC_CACHE) > _FUNC_CACHE_SIZE:
                 _FUNC_CACHE.popitem(last=False)
@@ -87,11 +90,78 @@ class ByValue:
         return cloudpickle.loads(self.data)
 
 
+class Star:
+    """``func`` called with an item's elements as its arguments: what ``starmap`` maps.
+
+    Remembered as ``func`` itself would be (``__wrapped__``), and carried by value to
+    processes like any function."""
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, func: Any) -> None:
+        self.__wrapped__ = _into_main(func)
+
+    def __call__(self, args: Any) -> Any:
+        return self.__wrapped__(*args)
+
+    def __reduce__(self) -> tuple:
+        return (Star, (self.__wrapped__,))
+
+
 class RemoteTraceback(Exception):
     """Shows where in the worker an exception was raised (as ``concurrent.futures`` does)."""
 
     def __str__(self) -> str:
         return f"\n\"\"\"\n{self.args[0]}\"\"\""
+
+
+def initialize_by_value(call: ByValue) -> None:
+    """Run a user's worker initializer that came by value (a lambda or ``__main__`` function
+    works); its exception propagates, so a worker whose set-up failed never takes tasks.
+
+    The globals it sets are kept from then on: a ``__main__`` function that comes later by
+    value brings the parent's values of its globals, which would otherwise overwrite them (the
+    ``conn = connect()`` of an initializer, replaced by the parent's ``conn = None``)."""
+    fn, args = call.load()
+    fn = _into_main(fn)
+    namespace = getattr(fn, "__globals__", None)
+    before = dict(namespace) if namespace is not None else {}
+    fn(*args)
+    if namespace is not None:
+        _INITIALIZED.update(k for k, v in namespace.items() if k not in before or before[k] is not v)
+
+
+def _into_main(obj: Any) -> Any:
+    """In a process worker, the parent's ``__main__`` functions -- each arriving by value with
+    its own copy of the globals it uses -- share one namespace, as they do in the parent: what
+    an initializer sets (``conn = connect()``) is what a task reads. Later arrivals refresh the
+    parent's values, except the names the initializer set."""
+    global _MAIN_GLOBALS
+    if not (_IN_PROCESS_WORKER and isinstance(obj, types.FunctionType)
+            and obj.__module__ == "__main__"):
+        return obj
+    if _MAIN_GLOBALS is None:
+        _MAIN_GLOBALS = obj.__globals__
+        return obj
+    arrived = obj.__globals__
+    if arrived is _MAIN_GLOBALS:
+        return obj
+    for name, value in arrived.items():
+        if name not in _INITIALIZED or name not in _MAIN_GLOBALS:
+            if isinstance(value, types.FunctionType) and value.__globals__ is arrived:
+                value = _rebound(value)
+            _MAIN_GLOBALS[name] = value
+    return _rebound(obj)
+
+
+def _rebound(func: types.FunctionType) -> types.FunctionType:
+    new = types.FunctionType(func.__code__, _MAIN_GLOBALS, func.__name__, func.__defaults__,
+                             func.__closure__)
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__qualname__ = func.__qualname__
+    new.__module__ = func.__module__
+    new.__dict__.update(func.__dict__)
+    return new
 
 
 def call_by_value(call: ByValue) -> ByValue:

@@ -9,6 +9,8 @@ from amorsize.pool_manager import get_global_pool_manager
 
 
 @hookimpl(trylast=True)
-def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None) -> Any:
+def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None,
+                      initializer: Any, initargs: tuple) -> Any:
     return get_global_pool_manager().get_pool(
-        n_jobs, executor, create=create, start_method=start_method if executor == "process" else None)
+        n_jobs, executor, create=create, start_method=start_method if executor == "process" else None,
+        initializer=initializer, initargs=initargs)
