@@ -17,7 +17,7 @@ from typing import Any
 
 from amorsize import cost_model, overheads, plugins, system
 from amorsize.memory import MEMORY, function_key
-from amorsize.plan import Plan, _fmt_bytes, _fmt_seconds
+from amorsize.plan import Plan, _fmt_bytes, _fmt_seconds, measured_how
 from amorsize.workload import Profile, Workload
 
 ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
@@ -207,8 +207,7 @@ def _describe(profile: Profile, workload: Workload) -> str:
     kind = "I/O-bound (mostly waiting)" if profile.io_bound else "CPU-bound"
     if profile.cpu_ratio > 1.3:
         kind = f"uses {profile.cpu_ratio:.1f} cores per call by itself"
-    how = ("recalled from earlier runs" if profile.measured_by == "runs"
-           else f"measured on {profile.n_measured} items ({profile.measured_by})")
+    how = measured_how(profile, workload)
     text = (f"{_fmt_seconds(profile.per_item_seconds)} per item, {how}; CPU/wall "
             f"{profile.cpu_ratio:.2f}: {kind}")
     if profile.thread_scaling is not None:

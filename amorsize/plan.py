@@ -62,7 +62,7 @@ class Plan:
             f"amorsize plan: {self.executor_type}, n_jobs={self.n_jobs}, "
             f"chunksize={self.chunksize}, estimated speedup {self.estimated_speedup:.2f}x "
             f"(decided by {self.decided_by})",
-            f"  items: {n}; measured on {p.n_measured} ({p.measured_by})",
+            f"  items: {n}; {measured_how(p, self.workload)}",
             f"  per item: {_fmt_seconds(p.per_item_seconds)} "
             f"(spread {p.per_item_spread:.0%}), CPU/wall {p.cpu_ratio:.2f}"
             + ("" if p.thread_scaling is None else f", 2 threads ran {p.thread_scaling:.2f}x"),
@@ -90,6 +90,16 @@ class Plan:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Plan))
+
+
+def measured_how(profile: Profile, workload: Workload) -> str:
+    """Where a profile's figures come from: this call's measuring, or memory."""
+    if profile.measured_by == "runs":
+        return "recalled from earlier runs"
+    where = f"{profile.n_measured} items ({profile.measured_by})"
+    if workload.options.get("recalled"):
+        return f"recalled: measured on {where} in an earlier call"
+    return f"measured on {where}"
 
 
 def _fmt_seconds(s: float) -> str:

@@ -160,6 +160,7 @@ def make(
         plugins.get_pool("serial", 1, initializer=initializer, initargs=tuple(initargs))
     if memory is not None:
         profile, results = memory.profile, {}
+        options["recalled"] = True
     else:
         known = len(items)
         indices = (sampling.spread_indices(known, sample_size) if n is not None

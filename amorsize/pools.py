@@ -399,7 +399,8 @@ class ProcessPool(Pool):
             max_workers=n_jobs,
             mp_context=context,
             initializer=_initialize,
-            initargs=(blas_threads, self.board, claimed, initializer, initargs),
+            initargs=(blas_threads, self.board, claimed, initializer, initargs, os.getpid(),
+                      threading.current_thread() is threading.main_thread()),
         )
         try:
             with _without_main_module():
@@ -536,8 +537,9 @@ def _check_chunksize(chunksize: object) -> None:
 
 
 def _initialize(blas_threads: int | None, board: Any, claimed: Any,
-                initializer: Callable | None, initargs: tuple) -> None:
-    worker.initialize(blas_threads, board, claimed)
+                initializer: Callable | None, initargs: tuple, parent: int | None = None,
+                forked_on_main_thread: bool = False) -> None:
+    worker.initialize(blas_threads, board, claimed, parent, forked_on_main_thread)
     if initializer is not None:
         initializer(*initargs)
 
@@ -559,9 +561,15 @@ _preload_lock = threading.Lock()
 
 def _preload_forkserver(context: Any) -> None:
     """Have the fork server import amorsize's worker module and cloudpickle once, so each
-    worker forks with them loaded instead of importing them again."""
+    worker forks with them loaded instead of importing them again; and ``amorsize.orphans``,
+    which makes the server exit when this process dies (the variable names this process)."""
+    from amorsize import orphans
+
     with _preload_lock:
-        context.set_forkserver_preload(["amorsize.worker", "cloudpickle"])
+        pid = str(os.getpid())
+        if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
+            os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
+        context.set_forkserver_preload(["amorsize.worker", "cloudpickle", "amorsize.orphans"])
 
 
 _launch_lock = threading.Lock()

@@ -363,9 +363,11 @@ def pid_after(seconds: float) -> int:
     return os.getpid()
 
 
-def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None) -> None:
+def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None,
+               parent: int | None = None, forked_on_main_thread: bool = False) -> None:
     """Process-worker initializer: cap BLAS/OpenMP threads so n workers do not oversubscribe,
-    and take a free slot on the pool's board (``claimed`` counts the slots taken).
+    take a free slot on the pool's board (``claimed`` counts the slots taken), and exit once
+    ``parent``, the user's process, has died, however it died (``amorsize.orphans``).
 
     Environment variables are set before numpy is imported in the worker, as loky does; a value
     the user set explicitly is left alone.
@@ -382,3 +384,7 @@ def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None)
             claimed.value += 1
         if 3 * index + 2 < len(board):
             _PROCESS_SLOT = (board, 3 * index)
+    if parent is not None:
+        from amorsize import orphans
+
+        orphans.watch_parent(parent, forked_on_main_thread)

@@ -91,3 +91,11 @@ def test_threads_are_preferred_when_processes_are_predicted_barely_faster():
     assert cost_model.choose(candidates, 1.2).executor_type == "thread"
     candidates["process"] = cost_model.Candidate("process", 2, 10, 0.30)
     assert cost_model.choose(candidates, 1.2).executor_type == "process"
+
+
+def test_a_plan_from_a_remembered_profile_says_so():
+    data = list(range(2000))
+    assert "measured on" in amorsize.optimize(square, data).reasons[0]
+    again = amorsize.optimize(square, data)
+    assert "recalled: measured on" in again.reasons[0]
+    assert "recalled" in again.explain().splitlines()[1]
