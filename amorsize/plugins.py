@@ -3,12 +3,14 @@
 amorsize.map/imap, the joblib backend and the Dask scheduler get plans and pools only through the
 functions here, so a plugin that replaces or observes a decision does so for all of them at once.
 
-pluggy holds the plugins, validates them and orders their implementations; the relay calls them
-itself (in pluggy's order, wrappers included) rather than through ``pm.hook``, for three reasons:
-``amorsize_adjust_plan`` hands each plugin the plan left by the one before, which pluggy's call
-cannot do; a failing observer must not keep the next observer from being called; and an error or
-a bad return value must name the plugin it came from. pluggy's tracing
-(``pm.enable_tracing``) does not see these calls.
+Hooks with pluggy's own semantics (``amorsize_make_plan``, ``amorsize_get_pool``,
+``amorsize_recall``, ``amorsize_remember``) are called through ``pm.hook``, so pluggy's tracing
+(``pm.enable_tracing``) and ``add_hookcall_monitoring`` see them. Each implementation is wrapped
+when its plugin is registered (``_credited``), so an error or a bad return value still names
+the plugin it came from. The relay loops over implementations itself (in pluggy's order,
+wrappers included) only where amorsize's semantics differ: ``amorsize_adjust_plan`` hands each
+plugin the plan left by the one before, and a failing observer must not keep the next observer
+from being called.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import importlib.metadata
 import os
 import sys
 import threading
+import types
 import warnings
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -75,6 +78,7 @@ def _load_plugins() -> None:
         for module in (optimizer, pools, progress_bar):
             if not pm.is_registered(module) and not pm.is_blocked(module.__name__):
                 pm.register(module, name=module.__name__)
+                _credited(module)
         _load_entry_points(disabled_entry_points())
         _loaded = True
 
@@ -107,6 +111,7 @@ def _load_entry_points(skip: set[str] | None) -> None:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
             _check_or_unregister(plugin)
+            _credited(plugin)
         except Exception as exc:
             _entry_point_failed(ep.name, ep.value, exc)
         else:
@@ -157,11 +162,75 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
     its name is already registered, or the name is blocked.
     """
     _load_plugins()
-    registered = pm.register(plugin, name=name)
+    registered = pm.register(plugin, name=name or _default_name(plugin))
     if registered is None:
         raise ValueError(f"plugin name {name!r} is blocked (pm.set_blocked); choose another name")
     _check_or_unregister(plugin)
+    _credited(plugin)
     return registered
+
+
+def _default_name(plugin: object) -> str:
+    """A plugin registered without a name is named after its module or class (numbered if that
+    name is taken), so errors say which plugin failed instead of an object id."""
+    if isinstance(plugin, types.ModuleType):
+        base = plugin.__name__
+    else:
+        cls = plugin if isinstance(plugin, type) else type(plugin)
+        base = f"{cls.__module__}.{cls.__qualname__}"
+    name, n = base, 1
+    while pm.get_plugin(name) is not None or pm.is_blocked(name):
+        n += 1
+        name = f"{base}#{n}"
+    return name
+
+
+_CREDITED_HOOKS = ("amorsize_make_plan", "amorsize_get_pool", "amorsize_recall",
+                   "amorsize_remember")
+_credit = threading.local()
+
+
+def _credited(plugin: object) -> None:
+    """Wrap the plugin's implementations of the hooks called through ``pm.hook`` so that each
+    non-None result, and each exception, is credited to the plugin (pluggy's call does not
+    say which implementation answered or raised)."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.name not in _CREDITED_HOOKS:
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper) \
+                    and not getattr(impl.function, "_amorsize_credited", False):
+                impl.function = _crediting(impl.function, impl.plugin_name)
+
+
+def _crediting(function: Any, plugin_name: str) -> Any:
+    def credited(*args: Any) -> Any:
+        try:
+            result = function(*args)
+        except Exception as exc:
+            if not hasattr(exc, "amorsize_plugin"):
+                exc.amorsize_plugin = plugin_name  # type: ignore[attr-defined]
+            raise
+        if result is not None:
+            _credit.by = plugin_name
+        return result
+
+    credited._amorsize_credited = True  # type: ignore[attr-defined]
+    return credited
+
+
+def _hook(hook_name: str, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """``pm.hook.<hook_name>(**kwargs)``; returns (result, the plugin that gave it). An
+    exception becomes a ``PluginError`` naming its plugin; wrappers see it first, as pluggy
+    does."""
+    _credit.by = None
+    try:
+        result = getattr(pm.hook, hook_name)(**kwargs)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(getattr(exc, "amorsize_plugin", "<a wrapper>"), hook_name, exc) from exc
+    return result, _credit.by
 
 
 def unregister_plugin(plugin: object = None, name: str | None = None) -> object:
@@ -228,8 +297,7 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
     without callers (which attach the data to it) sharing it.
     """
     _load_plugins()
-    plan, by = _call("amorsize_make_plan", {"func": func, "sample": sample, "workload": workload},
-                     firstresult=True)
+    plan, by = _hook("amorsize_make_plan", {"func": func, "sample": sample, "workload": workload})
     if plan is None:
         raise PluginError("<none>", "amorsize_make_plan", RuntimeError(
             "no plugin made a plan (was amorsize.default_plugins.optimizer unregistered?)"))
@@ -251,10 +319,9 @@ def get_pool(executor: str, n_jobs: int, create: bool = True,
     """A pool from the first plugin that provides one (by default the global PoolManager); with
     ``create=False`` only a warm one, or None. ``start_method`` None means the default."""
     _load_plugins()
-    pool, by = _call("amorsize_get_pool", {"executor": executor, "n_jobs": n_jobs, "create": create,
+    pool, by = _hook("amorsize_get_pool", {"executor": executor, "n_jobs": n_jobs, "create": create,
                                            "start_method": start_method,
-                                           "initializer": initializer, "initargs": initargs},
-                     firstresult=True)
+                                           "initializer": initializer, "initargs": initargs})
     if pool is None and create:
         raise PluginError("<none>", "amorsize_get_pool", RuntimeError(
             f"no plugin provided a {executor} pool of {n_jobs} (was "
@@ -288,14 +355,14 @@ def leased_pool(executor: str, n_jobs: int, start_method: str | None = None,
 def recall(key: Any) -> Any:
     """What the first plugin that remembers ``key`` knows (a ``Memory``), or None."""
     _load_plugins()
-    memory, _ = _call("amorsize_recall", {"key": key}, firstresult=True)
+    memory, _ = _hook("amorsize_recall", {"key": key})
     return memory
 
 
 def remember(key: Any, profile: Any) -> None:
     """Hand a measured profile to every plugin that keeps them (by default the optimizer)."""
     _load_plugins()
-    _call("amorsize_remember", {"key": key, "profile": profile})
+    _hook("amorsize_remember", {"key": key, "profile": profile})
 
 
 def pool_event(event: str, key: tuple, stats: dict) -> None:
@@ -348,14 +415,14 @@ def _call(
     hook_name: str,
     kwargs: dict[str, Any],
     *,
-    firstresult: bool = False,
     chain: str | None = None,
     check: Any = None,
     observe: bool = False,
 ) -> tuple[Any, str | None]:
-    """Call a hook's implementations in pluggy's order; return (result, name of its plugin).
+    """Call a hook's implementations in pluggy's order, for the hooks whose semantics are not
+    pluggy's; return (result, name of its plugin).
 
-    ``firstresult``: stop at the first non-None result. ``chain``: each non-None result replaces
+    ``chain``: each non-None result replaces
     the argument of that name for the next implementation, and the last one is the result
     (``check`` validates each). ``observe``: an exception becomes a ``PluginWarning`` and the
     next implementation is still called; otherwise it stops the call as a ``PluginError``, which
@@ -385,8 +452,6 @@ def _call(
                 outcome, by = value, impl.plugin_name
             else:
                 outcome, by = value, impl.plugin_name
-                if firstresult:
-                    break
         except Exception as exc:
             error = _failed(impl.plugin_name, hook_name, exc, observe)
             if error is not None:

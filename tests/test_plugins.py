@@ -642,3 +642,29 @@ def test_a_plugin_can_keep_what_was_measured_and_optimize_recalls_it_from_there(
         assert len(calls) == measured
     finally:
         amorsize.unregister_plugin(own)
+
+
+def test_pluggy_tracing_sees_the_deciding_hooks_of_a_map_call():
+    seen: list[str] = []
+    undo = plugins.pm.add_hookcall_monitoring(
+        lambda hook_name, impls, kwargs: seen.append(hook_name), lambda *a: None)
+    try:
+        amorsize.map(double, range(20))
+    finally:
+        undo()
+    assert {"amorsize_make_plan", "amorsize_recall", "amorsize_remember"} <= set(seen)
+
+
+def test_a_plugin_registered_without_a_name_is_named_after_its_class(register):
+    class Broken:
+        @amorsize.hookimpl(tryfirst=True)
+        def amorsize_make_plan(self, sample, workload):
+            raise RuntimeError("boom")
+
+    name = amorsize.register_plugin(Broken())
+    try:
+        assert name.endswith("Broken")
+        with pytest.raises(amorsize.PluginError, match=r"plugin '.*Broken' raised RuntimeError"):
+            amorsize.optimize(double, range(20))
+    finally:
+        amorsize.unregister_plugin(name=name)
