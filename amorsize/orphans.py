@@ -31,6 +31,7 @@ INTERVAL = 0.5
 _PR_SET_PDEATHSIG = 1
 _server: tuple[int, int] | None = None  # (the fork server's pid, its parent's) once armed
 _watching = False
+_WINDOWS = sys.platform == "win32"
 
 
 def watch_parent(parent: int, forked_on_main_thread: bool) -> None:
@@ -47,11 +48,13 @@ def watch_parent(parent: int, forked_on_main_thread: bool) -> None:
     _watching = True
     ppid = os.getppid()
     direct = ppid == parent
-    _parent_death_signal(signal.SIGKILL if forked_on_main_thread or not direct else 0)
+    if sys.platform.startswith("linux"):
+        _parent_death_signal(signal.SIGKILL if forked_on_main_thread or not direct else 0)
     started = (_stat(parent) or (None, None))[1]
+    ask = not direct or _WINDOWS  # Windows keeps the parent pid of a dead parent
 
     def orphaned() -> bool:
-        return os.getppid() != ppid or (not direct and not _alive(parent, started))
+        return os.getppid() != ppid or (ask and not _alive(parent, started))
 
     if orphaned():  # died before the signal was set
         os._exit(1)
@@ -68,6 +71,10 @@ def _watch(orphaned: Callable[[], bool]) -> None:
 def _alive(pid: int, started: str | None) -> bool:
     """Whether ``pid`` still runs: not gone, not a zombie, and (where /proc tells its start
     time) not a new process that took the same pid."""
+    if _WINDOWS:  # where os.kill(pid, 0) would terminate it
+        import psutil
+
+        return psutil.pid_exists(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
