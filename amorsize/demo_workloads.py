@@ -1,4 +1,5 @@
-"""The workloads of DESIGN.md's table, shared by ``amorsize demo`` and ``benchmarks/``.
+"""The workloads amorsize is measured on (the rows of docs/benchmarks.md), shared by ``amorsize demo`` and
+``benchmarks/``.
 
 Each is a module-level function (so every tool, process pools included, can run it) and a way
 to build its data. CPU work is a fixed count of pure-Python operations, calibrated once so that
@@ -74,7 +75,7 @@ def arrays(count: int = 200, megabytes: float = 1.0) -> list:
 
 
 def standard(repeat: int = 100) -> list[Workload]:
-    """DESIGN.md's five workloads (the large-payload one needs numpy)."""
+    """The five core workloads (the large-payload one needs numpy)."""
     out = [
         Workload("trivial", "100k calls of x*x", square, lambda: list(range(100_000))),
         Workload("io-2ms", "1k calls that wait 2 ms (I/O)", wait_io, lambda: list(range(1000))),

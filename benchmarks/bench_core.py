@@ -1,4 +1,4 @@
-"""amorsize.map against the tools people use instead, on DESIGN.md's workloads and two more.
+"""amorsize.map against the tools people use instead, on the core workloads and two more.
 
 Run by hand (the machine is shared and noisy; nothing here is asserted):
 

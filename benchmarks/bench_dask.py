@@ -1,4 +1,4 @@
-"""DESIGN.md's workloads as Dask graphs, on "processes", "threads", "sync" and "amorsize".
+"""The core workloads as Dask graphs, on "processes", "threads", "sync" and "amorsize".
 
 Run: ``python benchmarks/bench_dask.py [--repeats N] [--computes N]``. Each workload is built
 the way a Dask user writes it (``dask.bag`` with its default partitioning, or ``dask.delayed``);

@@ -1,4 +1,4 @@
-"""The DESIGN.md workloads through joblib: ``Parallel(n_jobs=-1)`` with the default backend
+"""The core workloads (docs/benchmarks.md) through joblib: ``Parallel(n_jobs=-1)`` with the default backend
 (loky), the threading backend and "amorsize", against a plain loop.
 
 Each tool runs each workload ``--repeat`` times in a row (the same call again, as a program calling
@@ -43,7 +43,7 @@ def cpu_40us(x):
 
 
 def workloads():
-    """(name, function, items, calls per run): the same rows as DESIGN.md's table."""
+    """(name, function, items, calls per run): the same rows as bench_core.py's."""
     import numpy as np
 
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Warm pools against a fresh pool per call (issue #3).
+"""Warm pools against a fresh pool per call.
 
 Three measurements, printed as Markdown tables:
 
@@ -6,7 +6,7 @@ Three measurements, printed as Markdown tables:
    pure-Python work), on the global manager's warm pools, against the same work on a fresh
    ``ProcessPoolExecutor`` / ``multiprocessing.Pool`` per call, with the per-call overhead of each
    (wall time per call minus the ideal: serial time divided by the workers).
-2. The seed's usage pattern (``optimize`` then ``manager.get_pool(...)`` then ``pool.map``) with
+2. The optimize-then-get_pool pattern (``optimize`` then ``manager.get_pool(...)`` then ``pool.map``) with
    the global manager's warm pool, against the same with a fresh ``PoolManager`` per dataset.
 3. What ``get_pool`` costs on a warm pool, in microseconds.
 
@@ -72,7 +72,7 @@ def bench_map(func, items: list, calls: int, n_workers: int) -> tuple[list[tuple
     return rows, ideal
 
 
-def bench_seed_pattern(func, datasets: list[list], **pin: object) -> list[tuple]:
+def bench_optimize_then_get_pool(func, datasets: list[list], **pin: object) -> list[tuple]:
     rows = []
 
     def warm() -> None:
@@ -151,7 +151,7 @@ def main() -> None:
     print("|---|---|---|")
     for label, pin in (("as optimize decides", {}),
                        ("pinned: executor='process', n_jobs=2", {"executor": "process", "n_jobs": 2})):
-        for name, seconds in bench_seed_pattern(func, datasets, **pin):
+        for name, seconds in bench_optimize_then_get_pool(func, datasets, **pin):
             print(f"| {label} | {name} | {seconds * 1e3:.1f} ms |")
 
     print("\nWarm get_pool lookup\n")

@@ -9,6 +9,7 @@ stand-ins). Each block is its own test case, named by page and block number. A b
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -124,3 +125,12 @@ def test_example_script_runs(script):
     returncode, output = _run([sys.executable, str(script)], SCRIPT_SECONDS)
     how = f"was killed after {SCRIPT_SECONDS} s" if returncode is None else f"exited {returncode}"
     assert returncode == 0, f"python examples/{script.name} {how}:\n{output}"
+
+
+@pytest.mark.parametrize("package", ["amorsize", "amorsize_joblib", "amorsize_dask"])
+def test_every_public_name_is_documented(package):
+    module = importlib.import_module(package)
+    listed = (ROOT / "docs" / "api.md").read_text()
+    missing = [name for name in [*module.__all__, "__version__"]
+               if hasattr(module, name) and f"`{name}" not in listed]
+    assert missing == []

@@ -1,4 +1,4 @@
-"""PoolManager: warm pools reused across calls, safe for services (issue #3)."""
+"""PoolManager: warm pools reused across calls, safe for services."""
 
 from __future__ import annotations
 
@@ -348,7 +348,7 @@ def test_32_threads_mapping_on_the_global_manager_get_correct_results_and_one_po
 
 
 @pytest.mark.timeout(120)
-def test_the_seed_usage_pattern_works_as_written():
+def test_the_optimize_then_get_pool_pattern_works_as_written():
     from amorsize import get_global_pool_manager, optimize
 
     func = pool_helpers.square
