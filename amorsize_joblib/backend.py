@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -354,6 +355,17 @@ class AmorsizeBackend(ParallelBackendBase):
             self._runner = run.pool.prepare(run_batch)
         self._run = run
         self.plan = plan
+        self._say_plan(plan)
+
+    def _say_plan(self, plan: Plan) -> None:
+        """With ``verbose``, tell what runs the call: joblib's "concurrent workers" line is
+        printed before any plan exists, so it shows the CPU count, not the plan's workers."""
+        if getattr(self.parallel, "verbose", 0):
+            where = "the calling thread" if plan.executor_type == "serial" else (
+                f"{plan.n_jobs} {plan.executor_type}{'s' if plan.n_jobs > 1 else ''}, "
+                f"chunks of {plan.chunksize}")
+            print(f"[{self.parallel}]: amorsize runs it on {where} (estimated speedup "
+                  f"{plan.estimated_speedup:.2f}x; plan.explain() says why)", file=sys.stderr)
 
     def _close_run(self) -> None:
         self._run = None

@@ -237,3 +237,10 @@ def test_worker_crash_raises_worker_crashed_error():
             delayed(os._exit)(1) for _ in range(2))
     out = Parallel(n_jobs=2, backend=process_backend())(delayed(h.square)(i) for i in range(4))
     assert out == [0, 1, 4, 9]
+
+
+def test_verbose_says_what_the_plan_runs_on(capsys):
+    with parallel_config(backend="amorsize"):
+        Parallel(n_jobs=2, verbose=1)(delayed(h.square)(i) for i in range(50))
+    err = capsys.readouterr().err
+    assert "amorsize runs it on " in err and "estimated speedup" in err
