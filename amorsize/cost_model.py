@@ -20,6 +20,8 @@ _BUSY_CPU_RATIO = 0.8
 _NOISE_SCALING = 1.3
 _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
 PREFER_THREADS_WITHIN = 1.1
+_MIN_CPU_SHARE = 0.25
+_PROCESSES_PER_CPU = 2
 
 
 @dataclass(frozen=True)
@@ -79,15 +81,17 @@ def process_seconds(
     warm: bool,
     startup_share: float = 1.0,
 ) -> float:
-    """Processes: calls run in parallel up to the cores left free by the function's own threads;
+    """Processes: calls run in parallel up to the cores they use -- fewer than the workers when
+    a call uses several cores itself, more when it spends part of its time waiting;
     the parent pickles, sends and receives every item (one core's worth of work that competes
     with the workers when they use every core); a cold pool's start-up is charged in
     ``startup_share`` (less than 1 when the start-up is amortised over repeated calls)."""
     t = profile.per_item_seconds
-    own_cores = max(1.0, profile.cpu_ratio)
-    usable = max(1.0, min(workers, cpus / own_cores))
+    usable = max(1.0, min(workers, cpus / max(profile.cpu_ratio, _MIN_CPU_SHARE)))
     n_chunks = math.ceil(n / chunksize)
-    moved = n * (profile.arg_bytes + profile.result_bytes) * ovh.process_per_byte
+    # every chunk carries the function too (by value: a closure or __main__ function may be big)
+    moved = (n * (profile.arg_bytes + profile.result_bytes) + n_chunks * profile.func_bytes) \
+        * ovh.process_per_byte
     parent = n_chunks * ovh.process_per_chunk + moved + n * profile.pickle_seconds / 2
     in_workers = n * (t + profile.pickle_seconds / 2)
     if workers >= cpus:
@@ -116,7 +120,9 @@ def thread_counts(n: int, cpus: int, max_workers: int | None) -> list[int]:
 
 
 def process_counts(n: int, cpus: int, max_workers: int | None) -> list[int]:
-    top = min(cpus, n, max_workers or cpus)
+    """Up to twice the CPUs: a call that waits part of the time leaves its core to another
+    worker (the model tells when that pays)."""
+    top = min(_PROCESSES_PER_CPU * cpus, n, max_workers or _PROCESSES_PER_CPU * cpus)
     return list(range(2, top + 1))
 
 

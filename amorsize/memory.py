@@ -109,16 +109,18 @@ class ProfileMemory:
             entry.last_n_items = n_items if n_input is None else n_input
             # Time measured inside threads includes waiting for the GIL held by other threads:
             # it says how the thread run went (the correction below), not what one call costs.
+            explained = 1.0
             if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
                 measured = compute_seconds / n_items
                 old = entry.profile.per_item_seconds
+                new = old + _SMOOTHING * (measured - old)
+                # the part of the prediction's error that the new per-item time explains is
+                # fixed here; only the rest is the model's, for the correction below
+                explained = new / old if old > 0 else 1.0
                 entry.profile = dataclasses.replace(
-                    entry.profile,
-                    per_item_seconds=old + _SMOOTHING * (measured - old),
-                    measured_by="runs",
-                )
+                    entry.profile, per_item_seconds=new, measured_by="runs")
             if n_items > 0 and predicted_seconds and predicted_seconds > 0 and wall_seconds > 0:
-                ratio = min(10.0, max(0.1, wall_seconds / predicted_seconds))
+                ratio = min(10.0, max(0.1, wall_seconds / (predicted_seconds * explained)))
                 old_ratio = entry.corrections.get(executor_type, 1.0)
                 entry.corrections[executor_type] = old_ratio + _SMOOTHING * (ratio - old_ratio)
 

@@ -168,9 +168,10 @@ def shipping(func: Any, pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
     nothing to measure, ``picklable=False`` with the reason if something cannot travel."""
     import cloudpickle
 
+    func_bytes = 0
     if func is not None:
         try:
-            cloudpickle.dumps(func)
+            func_bytes = len(cloudpickle.dumps(func))
         except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
             return {"picklable": False, "unpicklable_reason": f"the function: {exc}"}
     sizes_in, sizes_out, seconds = [], [], []
@@ -192,4 +193,5 @@ def shipping(func: Any, pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
         "arg_bytes": statistics.fmean(sizes_in),
         "result_bytes": statistics.fmean(sizes_out),
         "pickle_seconds": statistics.fmean(seconds),
+        "func_bytes": float(func_bytes),
     }

@@ -26,6 +26,7 @@ class Profile:
     arg_bytes: float = 0.0
     result_bytes: float = 0.0
     pickle_seconds: float = 0.0
+    func_bytes: float = 0.0
     thread_scaling: float | None = None
     picklable: bool = True
     unpicklable_reason: str = ""

@@ -73,7 +73,22 @@ def test_record_run_moves_per_item_time_towards_what_was_measured():
     entry = mem.recall("k")
     assert entry.runs == 1
     assert entry.profile.per_item_seconds == pytest.approx(0.6)
-    assert entry.corrections["process"] == pytest.approx(1.5)
+    # the prediction used 1.0 s per item; with 0.6 it would have been 0.6 x 2.0 s: the model's
+    # own error is 4.0 / 1.2, and half of it is taken
+    assert entry.corrections["process"] == pytest.approx(1 + 0.5 * (4.0 / 1.2 - 1))
+
+
+def test_an_error_the_per_item_time_explains_does_not_also_correct_the_model():
+    """Costs the sample underestimated make the run slower than predicted; once the per-item
+    time is corrected, charging the executor for it too would make it look twice as slow (and
+    flip a good process plan to serial on the next call)."""
+    mem = ProfileMemory()
+    mem.remember("k", Profile(per_item_seconds=1.0))
+    mem.record_run("k", "process", n_items=10, compute_seconds=30.0, wall_seconds=4.0,
+                   predicted_seconds=2.0)
+    entry = mem.recall("k")
+    assert entry.profile.per_item_seconds == pytest.approx(2.0)
+    assert entry.corrections["process"] == pytest.approx(1.0)
 
 
 def test_memory_is_bounded():
