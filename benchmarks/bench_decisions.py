@@ -13,15 +13,21 @@ For every workload, in the same process:
    cannot win are pruned: chunk sizes are tried largest first and a row stops at a cell over 3x
    the best so far, at a cell slower than the one before it and over 1.5x the best, or after two
    smaller chunk sizes that were not 5% faster than the row's best; a worker sweep stops after two
-   doublings of the workers that were not 5% faster than its best row. Two probe cells (8 threads,
-   2 processes, about 4 chunks per worker) run first, so pruning has a good best early;
+   doublings of the workers that were not 5% faster than its best row (a cell timed once that
+   would end a row is timed once more first). Two probe cells (8 threads, 2 processes, about 4
+   chunks per worker) run first, so pruning has a good best early;
 2. ``amorsize.map(func, items)`` as a user calls it in a loop: memory is cleared, one call
    measures and learns (not timed), then the best of the next 3 calls; the configuration shown
    is the one that call ran (an ``amorsize_run_finished`` observer), and the predicted speedup
    is ``amorsize.optimize(func, items).estimated_speedup`` after those calls;
-3. one Markdown table; "amorsize / best" is amorsize's time over the grid's best (1.00: as good
+3. the serial loop again (its cell keeps the better time: the loop is timed before the grid and
+   after amorsize, so a machine whose load drifts does not skew the speedups);
+4. one Markdown table; "amorsize / best" is amorsize's time over the grid's best (1.00: as good
    as the best configuration found), the measured speedup is the serial loop's time over
    amorsize's.
+
+``--quick`` times fewer cells (threads 2, 8, 32, 128; processes 2, 4; chunk sizes 16x apart),
+each once, and one amorsize call after the learning one. ``--verbose`` prints every cell timed.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import platform
 import random
 import re
+import subprocess
 import sys
 import time
 import zlib
@@ -273,6 +280,7 @@ class Grid:
     factor: int
     verbose: bool
     cells: dict[tuple[str, int, int], float] = field(default_factory=dict)
+    runs: dict[tuple[str, int, int], int] = field(default_factory=dict)
     best: float = math.inf
     best_key: tuple[str, int, int] = ("serial", 1, 1)
     warmed: set = field(default_factory=set)
@@ -287,31 +295,43 @@ class Grid:
             self.warmed.add((executor, n_jobs))
         return pool
 
-    def cell(self, executor: str, n_jobs: int, chunksize: int) -> float:
-        key = (executor, n_jobs, chunksize)
-        if key in self.cells:
-            return self.cells[key]
+    def _runner(self, executor: str, n_jobs: int, chunksize: int) -> Callable[[], list]:
+        func, items = self.func, self.items
         if executor == "serial":
-            func = self.func
+            return lambda: [func(x) for x in items]
+        pool = self._pool(executor, n_jobs)
+        return lambda: pool.map(func, items, chunksize=chunksize)
 
-            def run() -> list:
-                return [func(x) for x in self.items]
-        else:
-            pool = self._pool(executor, n_jobs)
-
-            def run() -> list:
-                return pool.map(self.func, self.items, chunksize=chunksize)
-
+    def cell(self, executor: str, n_jobs: int, chunksize: int, again: bool = False) -> float:
+        """Time one configuration: once, or best of ``repeats`` if it is a contender (``again``:
+        ``repeats`` more runs whatever it is, keeping the best time)."""
+        key = (executor, n_jobs, chunksize)
+        if key in self.cells and not again:
+            return self.cells[key]
+        run = self._runner(*key)
         took = _timed(run, self.expected)
         runs = 1
-        while runs < self.repeats and took <= _CONTENDER * self.best:  # best of repeats
+        while runs < self.repeats and (again or took <= _CONTENDER * self.best):
             took = min(took, _timed(run))
             runs += 1
+        return self._record(key, took, runs)
+
+    def settle(self, key: tuple[str, int, int]) -> float:
+        """A cell timed once is about to prune the rest of its row or sweep: time it once more,
+        so that one run disturbed by the machine's other work does not decide."""
+        if self.repeats > 1 and self.runs.get(key) == 1:
+            return self._record(key, _timed(self._runner(*key)), 1)
+        return self.cells[key]
+
+    def _record(self, key: tuple[str, int, int], took: float, runs: int) -> float:
+        took = min(took, self.cells.get(key, math.inf))
         self.cells[key] = took
+        self.runs[key] = self.runs.get(key, 0) + runs
         if took < self.best:
             self.best, self.best_key = took, key
         if self.verbose:
-            print(f"    {config(*key):>22}: {took:.4f} s ({runs} run{'s' * (runs > 1)})",
+            n = self.runs[key]
+            print(f"    {config(*key):>22}: {took:.4f} s (best of {n} run{'s' * (n > 1)})",
                   file=sys.stderr, flush=True)
         return took
 
@@ -327,21 +347,29 @@ class Grid:
         for n_jobs in workers:
             row_best, previous, stale_cells = math.inf, None, 0
             for chunksize in chunk_sizes(len(self.items), n_jobs, self.factor):
-                took = self.cell(executor, n_jobs, chunksize)
-                gained = took < _NO_GAIN * row_best
-                row_best = min(row_best, took)
-                if took > 3 * self.best:  # hopeless, and smaller chunks only add overhead
-                    break
-                if previous is not None and took > previous and took > 1.5 * self.best:
-                    break  # past this row's minimum, and not a contender
-                stale_cells = 0 if gained else stale_cells + 1
-                if stale_cells >= 2:  # two smaller chunk sizes gained nothing
+                key = (executor, n_jobs, chunksize)
+                took = self.cell(*key)
+                stale = 0 if took < _NO_GAIN * row_best else stale_cells + 1
+                if self._row_ends(took, previous, stale):
+                    took = self.settle(key)
+                    stale = 0 if took < _NO_GAIN * row_best else stale_cells + 1
+                row_best, stale_cells = min(row_best, took), stale
+                if self._row_ends(took, previous, stale):
                     break
                 previous = took
             stale_rows = stale_rows + 1 if row_best > _NO_GAIN * sweep_best else 0
             if stale_rows >= 2:  # two doublings of the workers gained nothing
                 break
             sweep_best = min(sweep_best, row_best)
+
+    def _row_ends(self, took: float, previous: float | None, stale_cells: int) -> bool:
+        """Whether the smaller chunk sizes left in a row can be skipped after a cell of ``took``
+        (``stale_cells``: how many cells in a row, this one included, gained nothing)."""
+        if took > 3 * self.best:  # hopeless, and smaller chunks only add overhead
+            return True
+        if previous is not None and took > previous and took > 1.5 * self.best:
+            return True  # past this row's minimum, and not a contender
+        return stale_cells >= 2  # two smaller chunk sizes were not 5% faster than the row's best
 
 
 def _timed(run: Callable[[], list], expected: list | None = None) -> float:
@@ -409,7 +437,6 @@ def bench(w: Workload, args: argparse.Namespace, observer: RunObserver) -> Row:
 
     grid = Grid(w.func, items, expected, repeats, 16 if args.quick else 4, args.verbose)
     grid.cell("serial", 1, 1)
-    serial = grid.cells[("serial", 1, 1)]
     grid.probe("thread", 8)
     grid.probe("process", 2)
     grid.sweep("thread", QUICK_THREAD_WORKERS if args.quick else THREAD_WORKERS)
@@ -431,6 +458,8 @@ def bench(w: Workload, args: argparse.Namespace, observer: RunObserver) -> Row:
         if took < best:
             best, best_config = took, _ran(observer)
     plan = amorsize.optimize(w.func, items)
+    # The loop once more: the baseline of the speedups is the best of its runs before and after.
+    serial = grid.cell("serial", 1, 1, again=True)
     return Row(w.name, len(grid.items), serial, grid.best, config(*grid.best_key), best, best_config,
                plan.estimated_speedup, config(plan.executor_type, plan.n_jobs, plan.chunksize),
                configs_run, first_call, first_config, len(grid.cells), time.perf_counter() - start)
@@ -446,6 +475,14 @@ def machine() -> list[str]:
         f"process start method {system.default_start_method()}, "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
     ]
+    try:
+        here = os.path.dirname(os.path.abspath(amorsize.__file__))
+        commit = subprocess.run(["git", "-C", here, "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    lines.append(f"amorsize {amorsize.__version__} from {os.path.dirname(here)}"
+                 + (f", git {commit}" if commit else ""))
     try:
         import numpy
 
@@ -464,9 +501,11 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="print every grid cell (stderr)")
     args = parser.parse_args()
 
-    chosen = [w for w in workloads() if not args.only or w.name in args.only]
-    if args.only and not chosen:
-        parser.error(f"no workload named {args.only}; known: {[w.name for w in workloads()]}")
+    known = workloads()
+    unknown = set(args.only or ()) - {w.name for w in known}
+    if unknown:
+        parser.error(f"no workload named {sorted(unknown)}; known: {[w.name for w in known]}")
+    chosen = [w for w in known if not args.only or w.name in args.only]
     for line in machine():
         print(f"# {line}")
     print()
