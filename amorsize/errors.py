@@ -124,3 +124,16 @@ def check_start_method(name: str, value: object, *, allow_none: bool = False) ->
         raise InvalidArgumentError(
             f"{name} must be one of {', '.join(map(repr, available))} here, got {value!r}"
         )
+
+
+def check_max_tasks_per_child(value: object, start_method: str | None) -> None:
+    """An int >= 1 or None; refused with the "fork" start method, where a retired worker's
+    replacement would be forked from a process that has threads (``ProcessPoolExecutor``
+    refuses it too)."""
+    check_positive_int("max_tasks_per_child", value, allow_none=True)
+    if value is not None and start_method == "fork":
+        raise InvalidArgumentError(
+            f"max_tasks_per_child={value!r} cannot be used with start_method='fork' (its "
+            "replacement workers would be forked from a process that has threads); pass "
+            "start_method='forkserver' or 'spawn' (or unset AMORSIZE_START_METHOD=fork), or "
+            "leave max_tasks_per_child=None")

@@ -16,8 +16,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
-from amorsize import planning, plugins, sampling
-from amorsize.errors import InvalidArgumentTypeError
+from amorsize import planning, plugins, sampling, system
+from amorsize.errors import InvalidArgumentTypeError, check_max_tasks_per_child
 from amorsize.plan import Plan
 from amorsize.run import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run, check_timeout
 from amorsize.worker import Star
@@ -41,6 +41,7 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
     progress: bool = False,
     initializer: Callable | None = None,
     initargs: tuple = (),
+    max_tasks_per_child: int | None = None,
 ) -> list:
     """``[func(x) for x in data]``, run the fastest way amorsize can find (see ``optimize``).
 
@@ -50,10 +51,13 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
     default). Ctrl-C, or an error in ``func``, cancels the call the same way: nothing more
     runs, and workers still busy with it are stopped. ``initializer(*initargs)`` runs once in
     each worker before its first item (and once in this process, where items are measured);
-    it travels by value, so a lambda or a ``__main__`` function works.
+    it travels by value, so a lambda or a ``__main__`` function works. With
+    ``max_tasks_per_child``, a process worker is replaced by a fresh one after that many tasks
+    (chunks), as in ``multiprocessing.Pool(maxtasksperchild=...)``, to bound what a leaking
+    function holds; thread and serial plans ignore it. Not with the "fork" start method.
     """
     plan = _plan(func, data, "map", n_jobs, executor, chunksize, min_speedup, sample_size,
-                 resample, start_method, timeout, initializer, initargs)
+                 resample, start_method, timeout, initializer, initargs, max_tasks_per_child)
     return run_plan(func, plan, timeout=timeout, progress=progress)
 
 
@@ -72,6 +76,7 @@ def imap(
     progress: bool = False,
     initializer: Callable | None = None,
     initargs: tuple = (),
+    max_tasks_per_child: int | None = None,
 ) -> Iterator:
     """Lazy, ordered ``map``: items are read and results produced as they go, with a bounded
     number of chunks in flight, so a generator or a huge input never sits in memory whole.
@@ -81,7 +86,7 @@ def imap(
     out of the loop, ``close()``, or dropping it) cancels the run: nothing more is computed.
     """
     plan = _plan(func, data, "imap", n_jobs, executor, chunksize, min_speedup, sample_size,
-                 resample, start_method, timeout, initializer, initargs)
+                 resample, start_method, timeout, initializer, initargs, max_tasks_per_child)
     return _flatten(_run(func, plan, timeout, progress))
 
 
@@ -110,7 +115,7 @@ def istarmap(func: Callable, data: Iterable, **options: Any) -> Iterator:
 
 
 _OPTIONS = ("n_jobs", "executor", "chunksize", "min_speedup", "sample_size", "resample",
-            "start_method", "timeout", "initializer", "initargs")
+            "start_method", "timeout", "initializer", "initargs", "max_tasks_per_child")
 _DEFAULTS = {"min_speedup": 1.2, "sample_size": sampling.DEFAULT_SAMPLE_SIZE, "resample": False,
              "initargs": ()}
 
@@ -134,20 +139,22 @@ def _ordered_options(options: dict[str, Any]) -> tuple:
 def _plan(func: Callable, data: Iterable, source: str, n_jobs: int | None,
           executor: str | None, chunksize: int | None, min_speedup: float, sample_size: int,
           resample: bool, start_method: str | None, timeout: float | None,
-          initializer: Callable | None, initargs: tuple) -> Plan:
+          initializer: Callable | None, initargs: tuple,
+          max_tasks_per_child: int | None = None) -> Plan:
     """Check every argument, then measure (or recall) and decide: what each entry point does
     before it runs."""
     planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
                              start_method=start_method)
     check_timeout(timeout)
     planning.check_initializer(initializer, initargs)
+    check_max_tasks_per_child(max_tasks_per_child, start_method or system.default_start_method())
     if source == "map" and not hasattr(data, "__len__"):
         data = list(data)  # map returns a list anyway: measure across all of it
     return planning.make(
         func, *planning.split_items(data, sample_size), source, n_jobs=n_jobs,
         executor=executor, chunksize=chunksize, min_speedup=min_speedup,
         sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout,
-        initializer=initializer, initargs=initargs)
+        initializer=initializer, initargs=initargs, max_tasks_per_child=max_tasks_per_child)
 
 
 def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,

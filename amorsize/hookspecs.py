@@ -69,7 +69,7 @@ def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
 
 @hookspec(firstresult=True)
 def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None,
-                      initializer: Any, initargs: tuple) -> Any:
+                      initializer: Any, initargs: tuple, max_tasks_per_child: Any) -> Any:
     """Return a pool of ``n_jobs`` workers of kind ``executor`` ("serial", "thread", "process").
 
     Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
@@ -82,6 +82,9 @@ def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: st
     None for the provider's default; it means nothing to serial and thread pools.
     ``initializer`` (None or a callable) with ``initargs`` runs once in each worker before its
     first task (``map(..., initializer=...)``); it is part of which pool is meant.
+    ``max_tasks_per_child`` (None or an int >= 1, ``map(..., max_tasks_per_child=...)``): each
+    process worker is replaced by a fresh one after that many tasks (chunks); part of which
+    pool is meant too. It means nothing to serial and thread pools.
 
     With ``create=False`` return only an already-running (warm) pool, or None: the optimizer asks
     this to know whether a pool start-up must be paid, and must not start one by asking. With
@@ -115,9 +118,11 @@ def amorsize_pool_event(event: str, key: tuple, stats: dict) -> None:
     died; the pool is discarded) or "shutdown".
 
     Called by the global ``PoolManager`` as it happens. ``key`` identifies the pool:
-    ``(executor, n_jobs, start_method, (initializer, initargs) or None)``; ``stats`` holds figures about it:
-    ``startup_seconds``, ``idle_seconds`` when a pool is closed, and on "evicted" the ``reason``:
-    "idle" (past the idle timeout), "released" (``release_pool``) or "force_new". Called in the
+    ``(executor, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)``;
+    ``stats`` holds figures about it: ``startup_seconds``, ``idle_seconds`` when a pool is
+    closed, and on "evicted" the ``reason``: "idle" (past the idle timeout), "released"
+    (``release_pool``), "force_new", "cancelled" (a cancelled run stopped its workers), "closed"
+    (shut down by its user) or "recycled" (a worker's memory grew past the limit). Called in the
     thread that caused it, sometimes while the manager holds the lock of that pool: keep it cheap,
     and do not ask amorsize for pools or run ``amorsize.map`` from it. Exceptions become warnings.
     """

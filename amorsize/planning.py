@@ -135,6 +135,7 @@ def make(
     timeout: float | None = None,
     initializer: Callable | None = None,
     initargs: tuple = (),
+    max_tasks_per_child: int | None = None,
 ) -> Plan:
     """The plan for already-checked arguments, ``items`` as returned by ``split_items``.
 
@@ -147,6 +148,8 @@ def make(
     options = {"key": key, "chunksize": chunksize, "start_method": start_method}
     if initializer is not None:
         options["initializer"] = (initializer, tuple(initargs))
+    if max_tasks_per_child is not None:
+        options["max_tasks_per_child"] = max_tasks_per_child
     executors = (executor,) if executor else EXECUTOR_TYPES
     if worker.inside_worker():
         executors, n_jobs = ("serial",), 1
@@ -170,7 +173,8 @@ def make(
         threads_allowed = "thread" in executors and n_jobs != 1
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
                                   pair, _probe_elsewhere(func, executors, n_jobs, start_method,
-                                                         timeout, options.get("initializer")))
+                                                         timeout, options.get("initializer"),
+                                                         max_tasks_per_child))
         profile, results = sample.profile, sample.results
         plugins.remember(key, profile)
         memory = plugins.recall(key) or Memory(profile)
@@ -192,10 +196,12 @@ def _two_threads() -> Any:
 
 def _probe_elsewhere(func: Callable, executors: tuple[str, ...], n_jobs: int | None,
                      start_method: str | None, timeout: float | None,
-                     initializer: tuple | None) -> Any:
+                     initializer: tuple | None, max_tasks_per_child: int | None) -> Any:
     """Where measured items run when not in the caller (see ``make``), or None for the caller."""
+    max_tasks = None
     if executors == ("process",):
         where = ("process", n_jobs or system.usable_cpus())
+        max_tasks = max_tasks_per_child  # the pool the run will use
         try:
             cloudpickle.dumps(func)
         except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
@@ -208,7 +214,8 @@ def _probe_elsewhere(func: Callable, executors: tuple[str, ...], n_jobs: int | N
         return None
 
     def run_timed(func: Callable, items: list, indices: list[int], budget: float) -> Any:
-        with plugins.leased_pool(*where, start_method, *(initializer or ())) as pool:
+        with plugins.leased_pool(*where, start_method, *(initializer or ()),
+                                 max_tasks_per_child=max_tasks) as pool:
             return call_watched(pool, worker.run_timed, (func, items, budget), indices, timeout)
 
     return run_timed

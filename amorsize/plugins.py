@@ -315,13 +315,14 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
 
 def get_pool(executor: str, n_jobs: int, create: bool = True,
              start_method: str | None = None, initializer: Any = None,
-             initargs: tuple = ()) -> Any:
+             initargs: tuple = (), *, max_tasks_per_child: int | None = None) -> Any:
     """A pool from the first plugin that provides one (by default the global PoolManager); with
     ``create=False`` only a warm one, or None. ``start_method`` None means the default."""
     _load_plugins()
     pool, by = _hook("amorsize_get_pool", {"executor": executor, "n_jobs": n_jobs, "create": create,
                                            "start_method": start_method,
-                                           "initializer": initializer, "initargs": initargs})
+                                           "initializer": initializer, "initargs": initargs,
+                                           "max_tasks_per_child": max_tasks_per_child})
     if pool is None and create:
         raise PluginError("<none>", "amorsize_get_pool", RuntimeError(
             f"no plugin provided a {executor} pool of {n_jobs} (was "
@@ -335,14 +336,16 @@ def get_pool(executor: str, n_jobs: int, create: bool = True,
 
 @contextlib.contextmanager
 def leased_pool(executor: str, n_jobs: int, start_method: str | None = None,
-                initializer: Any = None, initargs: tuple = ()) -> Iterator[Any]:
+                initializer: Any = None, initargs: tuple = (), *,
+                max_tasks_per_child: int | None = None) -> Iterator[Any]:
     """``get_pool`` and hold the pool for a ``with`` block (``Pool.lease``): a pool retired by
     another thread in between (``clear()``, ``release_pool()``, idle eviction) is asked for
     again, so sharing pools never fails a call."""
     with contextlib.ExitStack() as stack:
         for attempt in range(_LEASE_ATTEMPTS):
             pool = get_pool(executor, n_jobs, start_method=start_method,
-                            initializer=initializer, initargs=initargs)
+                            initializer=initializer, initargs=initargs,
+                            max_tasks_per_child=max_tasks_per_child)
             try:
                 stack.enter_context(pool.lease())
                 break

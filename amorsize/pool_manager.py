@@ -1,8 +1,10 @@
 """Warm pools, kept and reused across calls: the reason a second call pays no start-up.
 
-Reuse rule: the same key -- executor type, worker count, start method and initializer -- returns
-the same running pool; anything else gets its own. A pool that lost a worker, or sat idle past
-``idle_timeout``, is never handed out again: it is shut down and replaced on the next request.
+Reuse rule: the same key -- executor type, worker count, start method, initializer and
+``max_tasks_per_child`` -- returns the same running pool; anything else gets its own. A pool that
+lost a worker, sat idle past ``idle_timeout`` or has a worker whose memory grew past
+``max_memory_growth_mb`` is never handed out again: it is shut down and replaced on the next
+request.
 
 A run leases its pool (``Pool.lease``): retiring a leased pool (``clear``, ``release_pool``, idle
 timeout, ``force_new``) takes it out of the table at once, so new requests get a fresh pool, but
@@ -12,7 +14,8 @@ manager's end) closes pools under their runs.
 Events passed to ``on_event(event, key, stats)`` (the global manager forwards them to the
 ``amorsize_pool_event`` hook) are the hook's five: "created", "reused", "evicted" (with
 ``stats["reason"]`` "idle", "released", "force_new", "cancelled" -- a cancelled run stopped
-its workers -- or "closed" -- someone shut the pool down), "broken" and "shutdown".
+its workers --, "closed" -- someone shut the pool down -- or "recycled" -- a worker's memory
+grew past the limit), "broken" and "shutdown".
 """
 
 from __future__ import annotations
@@ -37,19 +40,21 @@ from amorsize.errors import (
     InvalidArgumentTypeError,
     PoolManagerClosedError,
     check_executor_type,
+    check_max_tasks_per_child,
     check_positive_int,
     check_start_method,
 )
-from amorsize.pools import Pool, ProcessPool, SerialPool, ThreadPool
+from amorsize.pools import MAX_MEMORY_GROWTH_MB, Pool, ProcessPool, SerialPool, ThreadPool
 
-PoolKey = tuple[str, int, str | None, Any]
+# (executor_type, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)
+PoolKey = tuple[str, int, str | None, Any, int | None]
 EventListener = Callable[[str, PoolKey, dict], None]
 
 _EVENT_OF_REASON = {
     "idle": "evicted", "released": "evicted", "force_new": "evicted", "cancelled": "evicted",
-    "closed": "evicted", "broken": "broken", "shutdown": "shutdown",
+    "closed": "evicted", "recycled": "evicted", "broken": "broken", "shutdown": "shutdown",
 }
-_DEFERRED = {"idle", "released", "force_new", "shutdown"}
+_DEFERRED = {"idle", "released", "force_new", "recycled", "shutdown"}
 _STARTUPS_KEPT = 256
 
 _managers: weakref.WeakSet[PoolManager] = weakref.WeakSet()
@@ -63,6 +68,8 @@ class PoolManager:
     ``enable_auto_cleanup`` every pool is shut down at interpreter exit (the manager is referenced
     weakly, so this does not keep it alive). ``start_method`` is the default for process pools
     (see ``amorsize.system.default_start_method``); ``on_event`` observes the pools' lives.
+    A process pool one of whose workers grew by more than ``max_memory_growth_mb`` (None: no
+    limit) since its first task is replaced on the next request ("recycled").
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class PoolManager:
         enable_auto_cleanup: bool = True,
         start_method: str | None = None,
         on_event: EventListener | None = None,
+        max_memory_growth_mb: float | None = MAX_MEMORY_GROWTH_MB,
     ) -> None:
         if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, int | float):
             raise InvalidArgumentTypeError(
@@ -81,6 +89,8 @@ class PoolManager:
                 f"idle_timeout must be a number of seconds >= 0, got {idle_timeout!r}"
             )
         check_start_method("start_method", start_method, allow_none=True)
+        _check_memory_limit(max_memory_growth_mb)
+        self.max_memory_growth_mb = max_memory_growth_mb
         self.idle_timeout = float(idle_timeout)
         self.enable_auto_cleanup = enable_auto_cleanup
         self.start_method = start_method or system.default_start_method()
@@ -94,7 +104,7 @@ class PoolManager:
             "hits": 0, "misses": 0, "creations": 0, "evictions": 0, "replacements": 0,
         }
         self._evictions_by_reason = {
-            "idle": 0, "released": 0, "force_new": 0, "cancelled": 0, "closed": 0,
+            "idle": 0, "released": 0, "force_new": 0, "cancelled": 0, "closed": 0, "recycled": 0,
         }
         self._startups: collections.deque[dict] = collections.deque(maxlen=_STARTUPS_KEPT)
         if enable_auto_cleanup:
@@ -120,16 +130,20 @@ class PoolManager:
         initializer: Callable | None = None,
         initargs: tuple = (),
         create: bool = True,
+        max_tasks_per_child: int | None = None,
     ) -> Pool | None:
         """The warm pool for this key, created on first request (``force_new`` replaces it);
         None if ``create=False`` and there is no warm pool.
 
-        Also closes, first, the other pools idle past ``idle_timeout``.
+        ``max_tasks_per_child`` (process pools; thread and serial pools ignore it): a worker
+        is replaced after that many tasks (chunks). Also closes, first, the other pools idle
+        past ``idle_timeout``.
         """
         check_positive_int("n_jobs", n_jobs)
         check_executor_type("executor_type", executor_type)
         check_start_method("start_method", start_method, allow_none=True)
-        key = self._key(n_jobs, executor_type, start_method, initializer, initargs)
+        key = self._key(n_jobs, executor_type, start_method, initializer, initargs,
+                        max_tasks_per_child)
         self._check_process()
         with self._lock:
             self._check_open_locked()
@@ -194,6 +208,7 @@ class PoolManager:
         start_method: str | None = None,
         initializer: Callable | None = None,
         initargs: tuple = (),
+        max_tasks_per_child: int | None = None,
     ) -> bool:
         """Shut the pool for this key down now (waiting for its running tasks; a run holding it
         keeps it until the run ends) instead of at its idle timeout; True if there was one. The
@@ -201,7 +216,8 @@ class PoolManager:
         check_positive_int("n_jobs", n_jobs)
         check_executor_type("executor_type", executor_type)
         check_start_method("start_method", start_method, allow_none=True)
-        key = self._key(n_jobs, executor_type, start_method, initializer, initargs)
+        key = self._key(n_jobs, executor_type, start_method, initializer, initargs,
+                        max_tasks_per_child)
         self._check_process()
         with self._lock:
             if key not in self._pools:
@@ -231,7 +247,9 @@ class PoolManager:
 
     def get_stats(self) -> dict:
         """Pools alive by key, counters of hits, misses, creations, evictions and replacements
-        (of broken pools), and the measured start-up of the pools this manager created."""
+        (of broken pools), and the measured start-up of the pools this manager created. Each
+        pool tells its ``workers_replaced``: workers started in place of ones retired by
+        ``max_tasks_per_child``."""
         self._check_process()
         with self._lock:
             pools = {
@@ -243,6 +261,8 @@ class PoolManager:
                     "idle_seconds": pool.idle_seconds,
                     "busy": pool.busy,
                     "worker_pids": pool.worker_pids(),
+                    "max_tasks_per_child": key[4],
+                    "workers_replaced": pool.workers_replaced,
                 }
                 for key, pool in self._pools.items()
             }
@@ -253,22 +273,27 @@ class PoolManager:
                 "startups": list(self._startups),
                 "idle_timeout": self.idle_timeout,
                 "start_method": self.start_method,
+                "max_memory_growth_mb": self.max_memory_growth_mb,
                 "closed": self._closed,
             }
 
     def _key(self, n_jobs: int, executor_type: str, start_method: str | None,
-             initializer: Callable | None, initargs: tuple) -> PoolKey:
+             initializer: Callable | None, initargs: tuple,
+             max_tasks_per_child: int | None = None) -> PoolKey:
         if initializer is not None and not callable(initializer):
             raise InvalidArgumentTypeError(
                 f"initializer must be callable or None, got {type(initializer).__name__}"
             )
         init = None if initializer is None else (initializer, tuple(initargs))
+        check_max_tasks_per_child(max_tasks_per_child, None)
         if executor_type == "serial":
-            key: PoolKey = ("serial", 1, None, init)
+            key: PoolKey = ("serial", 1, None, init, None)
         elif executor_type == "thread":
-            key = ("thread", n_jobs, None, init)
+            key = ("thread", n_jobs, None, init, None)
         else:
-            key = ("process", n_jobs, start_method or self.start_method, init)
+            method = start_method or self.start_method
+            check_max_tasks_per_child(max_tasks_per_child, method)
+            key = ("process", n_jobs, method, init, max_tasks_per_child)
         try:
             hash(key)
         except TypeError:
@@ -289,7 +314,8 @@ class PoolManager:
             # by value, as everything else crosses: workers never import __main__
             initializer, initargs = (worker.initialize_by_value,
                                      (worker.ByValue((initializer, initargs)),))
-        return ProcessPool(n_jobs, key[2], initializer, initargs, blas_threads)
+        return ProcessPool(n_jobs, key[2], initializer, initargs, blas_threads,
+                           max_tasks_per_child=key[4], memory_limit_mb=self.max_memory_growth_mb)
 
     def _check_open_locked(self) -> None:
         if self._closed:
@@ -325,15 +351,15 @@ class PoolManager:
                    defer: bool = False) -> None:
         """Shut retired pools down outside the lock; one failing does not keep the rest open.
 
-        With ``defer`` (every retirement but the manager's shutdown) a leased pool closes when
-        its last lease ends instead (``Pool.retire``)."""
+        With ``defer`` (every retirement but the manager's shutdown), and always for a
+        recycled pool, a leased pool closes when its last lease ends instead (``Pool.retire``)."""
         errors = []
         for key, pool, reason in retired:
             broken = reason == "broken"
             try:
                 if broken or reason in ("cancelled", "closed"):
                     pool.shutdown(wait=True, force=True)
-                elif defer and reason in _DEFERRED:
+                elif (defer or reason == "recycled") and reason in _DEFERRED:
                     pool.retire(wait=True, force=force)
                 else:
                     pool.shutdown(wait=True, force=force or pool.broken)
@@ -367,23 +393,40 @@ class PoolManager:
         self._pid = os.getpid()
 
 
+def _check_memory_limit(value: object) -> None:
+    """MB > 0, or None for no limit."""
+    if value is None:
+        return
+    allowed = "a number of MB > 0, or None for no limit"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentTypeError(
+            f"max_memory_growth_mb must be {allowed}, got {type(value).__name__} {value!r}")
+    if not 0 < value < math.inf:
+        raise InvalidArgumentError(f"max_memory_growth_mb must be {allowed}, got {value!r}")
+
+
 def _unusable(pool: Pool) -> str | None:
     """Why a pool in the table must not be handed out: "cancelled" (a cancelled run stopped
-    its workers), "broken" (a worker died), "closed" (shut down behind the manager's back)."""
+    its workers), "broken" (a worker died), "closed" (shut down behind the manager's back),
+    "recycled" (a worker's memory grew past the limit)."""
     if pool.broken:
         return "cancelled" if getattr(pool, "terminated_by", None) is not None else "broken"
     if pool.closed:
         return "closed"
+    if getattr(pool, "recycle_due", False):
+        return "recycled"
     return None
 
 
 def _key_name(key: PoolKey) -> str:
-    executor_type, n_jobs, start_method, init = key
+    executor_type, n_jobs, start_method, init, max_tasks = key
     name = f"{executor_type}:{n_jobs}"
     if start_method:
         name += f":{start_method}"
     if init is not None:
         name += f":{getattr(init[0], '__qualname__', init[0])}{init[1]!r}"
+    if max_tasks is not None:
+        name += f":max_tasks_per_child={max_tasks}"
     return name
 
 

@@ -27,7 +27,13 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, ClassVar
 
 from amorsize import worker
-from amorsize.errors import PoolClosedError, WorkerCrashedError
+from amorsize.errors import PoolClosedError, WorkerCrashedError, check_max_tasks_per_child
+
+# A process worker whose memory grew by more than this since its first task ended has its pool
+# replaced (loky's rule and threshold): see ``ProcessPool.recycle_due``. ``PoolManager`` takes it
+# as the default of ``max_memory_growth_mb``.
+MAX_MEMORY_GROWTH_MB = 300.0
+_KILL_SECONDS = 2.0
 
 
 class Pool:
@@ -108,6 +114,17 @@ class Pool:
     @property
     def broken(self) -> bool:
         return self._terminated
+
+    @property
+    def recycle_due(self) -> bool:
+        """True once a worker's memory grew past its limit: the manager replaces the pool on
+        the next request (process pools only; the other kinds run in the caller's process)."""
+        return False
+
+    @property
+    def workers_replaced(self) -> int:
+        """Workers that took over from a retired one (``max_tasks_per_child``)."""
+        return 0
 
     def prepare(self, func: Callable) -> Any:
         """The form of ``func`` that travels to workers (cloudpickle bytes for processes)."""
@@ -203,10 +220,10 @@ class Pool:
         if board is None:
             return []
         out = []
-        for at in range(0, len(board), 3):
-            token = board[at]
+        for at in range(0, len(board), worker.SLOT):
+            token = board[at + worker.TOKEN]
             if token and token in tokens:
-                out.append((token, int(board[at + 1]), board[at + 2]))
+                out.append((token, int(board[at + worker.ITEM]), board[at + worker.STARTED]))
         return out
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
@@ -261,7 +278,7 @@ class ThreadPool(Pool):
     ) -> None:
         super().__init__(n_jobs)
         start = time.perf_counter()
-        self.board = [0.0] * (3 * n_jobs)
+        self.board = [0.0] * (worker.SLOT * n_jobs)
         self._executor = DaemonThreadExecutor(n_jobs, self.board, initializer, initargs)
         self.startup_seconds = time.perf_counter() - start
 
@@ -370,6 +387,11 @@ class ProcessPool(Pool):
     worker that dies marks the pool broken (``broken``); its running and queued calls raise
     ``WorkerCrashedError`` (a ``BrokenProcessPool``) instead of hanging, through ``map`` and
     through the futures of ``submit`` alike.
+
+    ``max_tasks_per_child``: a worker exits after that many tasks (chunks or submitted calls)
+    and a fresh one takes its place and its slot on the board (not with "fork", whose
+    replacements would fork a process that has threads). ``memory_limit_mb``: workers flag
+    themselves on the board once their memory grew that much (see ``recycle_due``).
     """
 
     executor_type = "process"
@@ -382,9 +404,13 @@ class ProcessPool(Pool):
         initializer: Callable | None = None,
         initargs: tuple = (),
         blas_threads: int | None = None,
+        max_tasks_per_child: int | None = None,
+        memory_limit_mb: float | None = None,
     ) -> None:
+        check_max_tasks_per_child(max_tasks_per_child, start_method)
         super().__init__(n_jobs)
         self.start_method = start_method
+        self.max_tasks_per_child = max_tasks_per_child
         self._broken_seen = False
         self._outer: set[_CrashAwareFuture] = set()
         self._shutdown_lock = threading.Lock()
@@ -393,17 +419,23 @@ class ProcessPool(Pool):
         context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             _preload_forkserver(context)
-        self.board = context.Array("d", 3 * n_jobs, lock=False)
-        claimed = context.Value("i", 0)
-        self._executor = ProcessPoolExecutor(
+        self.board = context.Array("d", worker.SLOT * n_jobs, lock=False)
+        self._claimed = context.Value("i", 0)
+        ready = context.Value("i", 0)
+        # a replacement worker may be started by any thread (the executor's, a caller's), whose
+        # end would fire a spawn worker's parent-death signal: those rely on the watch alone
+        on_main_thread = (threading.current_thread() is threading.main_thread()
+                          and max_tasks_per_child is None)
+        self._executor = _Executor(
             max_workers=n_jobs,
-            mp_context=context,
+            mp_context=_WithoutMainContext(context),
             initializer=_initialize,
-            initargs=(blas_threads, self.board, claimed, initializer, initargs, os.getpid(),
-                      threading.current_thread() is threading.main_thread()),
+            initargs=(blas_threads, self.board, self._claimed, initializer, initargs, os.getpid(),
+                      on_main_thread, memory_limit_mb, ready),
+            max_tasks_per_child=max_tasks_per_child,
         )
         try:
-            with _without_main_module():
+            if max_tasks_per_child is None or not _launch_without_tasks(self._executor, ready, n_jobs):
                 _start_all_workers(self._executor, n_jobs)
         except BrokenProcessPool as exc:
             self.shutdown(force=True)
@@ -443,7 +475,19 @@ class ProcessPool(Pool):
         if self._terminated or self._broken_seen or getattr(self._executor, "_broken", False):
             return True
         processes = getattr(self._executor, "_processes", None) or {}
-        return any(p.exitcode is not None for p in list(processes.values()))
+        # with max_tasks_per_child, a worker exits (code 0) after its last task, until its
+        # executor replaces it; a crash still breaks the executor
+        finished = (None,) if self.max_tasks_per_child is None else (None, 0)
+        return any(p.exitcode not in finished for p in list(processes.values()))
+
+    @property
+    def recycle_due(self) -> bool:
+        board = self.board
+        return board is not None and any(board[worker.GROWN::worker.SLOT])
+
+    @property
+    def workers_replaced(self) -> int:
+        return max(0, self._claimed.value - self.n_jobs)
 
     def worker_pids(self) -> list[int]:
         return list((getattr(self._executor, "_processes", None) or {}).keys())
@@ -464,21 +508,29 @@ class ProcessPool(Pool):
         if not force:
             self._executor.shutdown(wait=wait)
             return
-        processes = list((getattr(self._executor, "_processes", None) or {}).values())
-        for p in processes:
-            if p.exitcode is None:
+        deadline = time.monotonic() + _KILL_SECONDS
+        while True:
+            # again until none is left: the executor may start a replacement meanwhile
+            # (max_tasks_per_child), which its shutdown would then wait for
+            alive = [p for p in list((getattr(self._executor, "_processes", None) or {}).values())
+                     if p.exitcode is None]
+            for p in alive:
                 p.terminate()
-        deadline = time.monotonic() + 2.0
-        for p in processes:
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.exitcode is None:
-                p.kill()
-                p.join(1.0)
+            for p in alive:
+                p.join(max(0.0, deadline - time.monotonic()))
+                if p.exitcode is None:
+                    p.kill()
+                    p.join(1.0)
+            if not alive or time.monotonic() > deadline:
+                break
         with self._inflight_lock:
             unsettled = list(self._outer)
         for future in unsettled:
             future.fail_crashed()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=False)
+        manager = getattr(self._executor, "_executor_manager_thread", None)
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(_KILL_SECONDS)  # never wait longer for the executor's bookkeeping
 
 
 class _CrashAwareFuture(Future):
@@ -538,10 +590,55 @@ def _check_chunksize(chunksize: object) -> None:
 
 def _initialize(blas_threads: int | None, board: Any, claimed: Any,
                 initializer: Callable | None, initargs: tuple, parent: int | None = None,
-                forked_on_main_thread: bool = False) -> None:
-    worker.initialize(blas_threads, board, claimed, parent, forked_on_main_thread)
+                forked_on_main_thread: bool = False, memory_limit_mb: float | None = None,
+                ready: Any = None) -> None:
+    worker.initialize(blas_threads, board, claimed, parent, forked_on_main_thread,
+                      memory_limit_mb)
     if initializer is not None:
         initializer(*initargs)
+    if ready is not None:
+        with ready.get_lock():
+            ready.value += 1
+
+
+class _Executor(ProcessPoolExecutor):
+    """``ProcessPoolExecutor`` that always replaces a worker retired by ``max_tasks_per_child``.
+
+    Up to Python 3.15 (gh-115634) the executor skips the replacement when its idle-worker
+    semaphore holds a stale token, and queued tasks then wait forever once every worker has
+    retired. The executor's own thread replaces exited workers here; ``submit`` is unchanged.
+    """
+
+    def _adjust_process_count(self) -> None:
+        if threading.current_thread() is self._executor_manager_thread:
+            if len(self._processes) < self._max_workers:
+                self._spawn_process()
+            return
+        super()._adjust_process_count()
+
+
+def _launch_without_tasks(executor: ProcessPoolExecutor, ready: Any, n_jobs: int,
+                          timeout: float = 60.0) -> bool:
+    """Start every worker without giving it a task, and wait until each has run its
+    initializer: with ``max_tasks_per_child`` a start-up task would count against each worker's
+    quota. False where this Python's executor lacks the (private) methods used."""
+    launch = getattr(executor, "_launch_processes", None)
+    start_thread = getattr(executor, "_start_executor_manager_thread", None)
+    if launch is None or start_thread is None:
+        return False
+    with executor._shutdown_lock:
+        launch()
+        start_thread()
+    deadline = time.monotonic() + timeout
+    while ready.value < n_jobs:
+        processes = list((executor._processes or {}).values())
+        if executor._broken or any(p.exitcode is not None for p in processes):
+            raise BrokenProcessPool("a worker exited while starting")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {ready.value} of {n_jobs} workers started within "
+                               f"{timeout:.0f} s (is the initializer stuck?)")
+        time.sleep(0.002)
+    return True
 
 
 def _start_all_workers(executor: ProcessPoolExecutor, n_jobs: int, timeout: float = 60.0) -> None:
@@ -574,6 +671,42 @@ def _preload_forkserver(context: Any) -> None:
 
 _launch_lock = threading.Lock()
 _GET_PREPARATION_DATA = multiprocessing.spawn.get_preparation_data
+
+
+class _WithoutMainStart:
+    """A process that starts without the parent's ``__main__`` (``_without_main_module``),
+    whenever it starts: at the pool's start, or later to replace a retired worker."""
+
+    def start(self) -> None:
+        with _without_main_module():
+            super().start()  # type: ignore[misc]
+
+
+class _SpawnProcess(_WithoutMainStart, multiprocessing.context.SpawnProcess):
+    pass
+
+
+if hasattr(multiprocessing.context, "ForkServerProcess"):
+    class _ForkServerProcess(_WithoutMainStart, multiprocessing.context.ForkServerProcess):
+        pass
+
+
+class _WithoutMainContext:
+    """A multiprocessing context whose processes start without ``__main__`` (fork copies the
+    parent instead of importing anything: its processes are left as they are)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        method = context.get_start_method()
+        if method == "spawn":
+            self.Process = _SpawnProcess
+        elif method == "forkserver":
+            self.Process = _ForkServerProcess
+        else:
+            self.Process = context.Process
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 @contextlib.contextmanager

@@ -89,6 +89,7 @@ class Run:
             self.executor_type = "thread"
         self._start_method = plan.machine.get("start_method")
         self._initializer = plan.workload.options.get("initializer") or (None, ())
+        self._max_tasks = plan.workload.options.get("max_tasks_per_child")
         self._stack = contextlib.ExitStack()
         self._inflight: dict[Future, tuple[float, Sequence[int] | None]] = {}
         self._lock = threading.Lock()
@@ -98,7 +99,8 @@ class Run:
         if self.executor_type != "serial":
             n_jobs = 1 if self.plan.executor_type == "serial" else self.plan.n_jobs
             self.pool = self._stack.enter_context(plugins.leased_pool(
-                self.executor_type, n_jobs, self._start_method, *self._initializer))
+                self.executor_type, n_jobs, self._start_method, *self._initializer,
+                max_tasks_per_child=self._max_tasks))
         self._announce("started")
         return self
 
@@ -212,7 +214,8 @@ class Run:
         with self._lock:
             if self.pool is old:
                 self.pool = self._stack.enter_context(plugins.leased_pool(
-                    self.executor_type, old.n_jobs, self._start_method, *self._initializer))
+                    self.executor_type, old.n_jobs, self._start_method, *self._initializer,
+                    max_tasks_per_child=self._max_tasks))
 
     def _track(self, future: Future, token: float, indices: Sequence[int] | None) -> None:
         with self._lock:

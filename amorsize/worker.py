@@ -11,8 +11,10 @@ value. Each worker keeps the last few unpickled functions so a chunk does not pa
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
+import sys
 import threading
 import time
 import types
@@ -31,6 +33,14 @@ _FUNC_CACHE: OrderedDict[bytes, Any] = OrderedDict()
 _FUNC_CACHE_SIZE = 16
 _IN_PROCESS_WORKER = False
 _PROCESS_SLOT: tuple[Any, int] | None = None
+# A pool's board: SLOT numbers per worker. TOKEN, ITEM, STARTED: the item running for a watched
+# chunk (time limits); OWNER: the pid of the process worker holding the slot (0: free);
+# GROWN: the MB a process worker's memory grew past its pool's limit (0: not past it).
+SLOT = 5
+TOKEN, ITEM, STARTED, OWNER, GROWN = range(SLOT)
+_CLAIM_WAIT_SECONDS = 2.0
+# [limit KB, baseline KB, flagged, tasks started] in a process worker whose pool watches memory
+_memory: list | None = None
 _STOPPED: set[float] = set()
 _INITIALIZED: set[str] = set()
 _MAIN_GLOBALS: dict | None = None
@@ -247,6 +257,7 @@ def run_chunk(func: Any, items: list, token: float = 0.0) -> tuple[list, float]:
     runs too long; and a thread stops between items once its run cancelled the token
     (``stop``), since a thread cannot be killed.
     """
+    _between_tasks()
     f = _resolve(func)
     _enter()
     try:
@@ -277,6 +288,7 @@ def run_timed(
     at least two ran and ``budget`` seconds are spent (or four budgets after one): what
     measuring runs, in the caller or on a worker. Returns the results so far and, per call, its
     wall and CPU seconds and how often it blocked (-1: unknown)."""
+    _between_tasks()
     f = _resolve(func)
     slot = _slot() if token else None
     results: list = []
@@ -337,19 +349,108 @@ def _slot() -> tuple[Any, int] | None:
 
 def _mark(slot: tuple[Any, int], token: float, k: int) -> None:
     board, at = slot
-    board[at] = 0.0
-    board[at + 1] = k
-    board[at + 2] = time.monotonic()
-    board[at] = token
+    board[at + TOKEN] = 0.0
+    board[at + ITEM] = k
+    board[at + STARTED] = time.monotonic()
+    board[at + TOKEN] = token
 
 
 def bind_thread_slot(board: Any, index: int) -> None:
-    """Give the calling pool thread its slot on the board (three numbers: token, item, start)."""
-    _inside.slot = (board, 3 * index)
+    """Give the calling pool thread its slot on the board (``SLOT`` numbers, see above)."""
+    _inside.slot = (board, SLOT * index)
+
+
+def _claim_slot(board: Any, claimed: Any) -> tuple[Any, int] | None:
+    """Take the first slot whose owner is none or gone: a worker replacing a retired one
+    (``max_tasks_per_child``) reuses its slot. ``claimed`` counts the claims (its lock makes
+    them one at a time). The retired worker may still be exiting: wait for it a little."""
+    pid = os.getpid()
+    deadline = time.monotonic() + _CLAIM_WAIT_SECONDS
+    while True:
+        with claimed.get_lock():
+            for at in range(0, len(board) - SLOT + 1, SLOT):
+                owner = int(board[at + OWNER])
+                if owner == 0 or _gone(owner):
+                    for field in (TOKEN, ITEM, STARTED, GROWN):
+                        board[at + field] = 0.0
+                    board[at + OWNER] = pid
+                    claimed.value += 1
+                    return board, at
+        if time.monotonic() > deadline:
+            with claimed.get_lock():
+                claimed.value += 1
+            return None  # runs without a slot: no time limit can see its items
+        time.sleep(0.005)
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie counts as ended)."""
+    from amorsize import orphans
+
+    if orphans._WINDOWS:  # where os.kill(pid, 0) would terminate it
+        import psutil
+
+        return not psutil.pid_exists(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return True  # another user's process took the pid: ours is gone
+    stat = orphans._stat(pid)
+    return stat is not None and stat[0] in ("Z", "X")
+
+
+def _between_tasks() -> None:
+    """In a process worker whose pool watches memory: flag this worker on the board once its
+    memory grew more than the limit since its first task ended (as loky does, so imports and
+    caches loaded by the first task are not growth). Checked as a task starts: the previous
+    task's results are sent and freed by then, so they are not counted. Costs one
+    ``getrusage`` while the peak stays under the limit."""
+    memory = _memory
+    if memory is None or memory[2] or _PROCESS_SLOT is None:
+        return
+    limit, baseline, _, tasks = memory
+    memory[3] = tasks + 1
+    if tasks < 2:  # the first task has not started, or has just ended
+        if tasks == 1:
+            memory[1] = _resident_kb()
+        return
+    if _peak_kb() - baseline <= limit:  # the resident size is at most the peak
+        return
+    grown = _resident_kb() - baseline
+    if grown > limit:
+        gc.collect()  # reference cycles are not a leak
+        grown = _resident_kb() - baseline
+    if grown > limit:
+        memory[2] = True
+        board, at = _PROCESS_SLOT
+        board[at + GROWN] = max(grown / 1024, 1e-3)
+
+
+def _peak_kb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KB elsewhere
+
+
+def _resident_kb() -> float:
+    """This process's resident memory now (KB): /proc on Linux, psutil elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") / 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 1024
+    except Exception:  # noqa: BLE001 - fall back to the peak, an upper bound
+        return _peak_kb()
 
 
 def call(func: Any, args: tuple, kwargs: dict) -> Any:
     """Call a (possibly pickled) function with arguments: what ``Pool.submit`` runs."""
+    _between_tasks()
     _enter()
     try:
         return _resolve(func)(*args, **kwargs)
@@ -364,10 +465,12 @@ def pid_after(seconds: float) -> int:
 
 
 def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None,
-               parent: int | None = None, forked_on_main_thread: bool = False) -> None:
+               parent: int | None = None, forked_on_main_thread: bool = False,
+               memory_limit_mb: float | None = None) -> None:
     """Process-worker initializer: cap BLAS/OpenMP threads so n workers do not oversubscribe,
-    take a free slot on the pool's board (``claimed`` counts the slots taken), and exit once
-    ``parent``, the user's process, has died, however it died (``amorsize.orphans``).
+    take a free slot on the pool's board (``claimed`` counts the claims), watch this worker's
+    memory growth against ``memory_limit_mb`` (None: not watched), and exit once ``parent``,
+    the user's process, has died, however it died (``amorsize.orphans``).
 
     Environment variables are set before numpy is imported in the worker, as loky does; a value
     the user set explicitly is left alone.
@@ -376,14 +479,12 @@ def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None,
         for var in _BLAS_ENV_VARS:
             os.environ.setdefault(var, str(blas_threads))
     os.environ["AMORSIZE_IN_WORKER"] = "1"
-    global _IN_PROCESS_WORKER, _PROCESS_SLOT
+    global _IN_PROCESS_WORKER, _PROCESS_SLOT, _memory
     _IN_PROCESS_WORKER = True
     if board is not None and claimed is not None:
-        with claimed.get_lock():
-            index = claimed.value
-            claimed.value += 1
-        if 3 * index + 2 < len(board):
-            _PROCESS_SLOT = (board, 3 * index)
+        _PROCESS_SLOT = _claim_slot(board, claimed)
+    if memory_limit_mb is not None:
+        _memory = [memory_limit_mb * 1024, 0.0, False, 0]
     if parent is not None:
         from amorsize import orphans
 

@@ -10,7 +10,9 @@ from amorsize.pool_manager import get_global_pool_manager
 
 @hookimpl(trylast=True)
 def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None,
-                      initializer: Any, initargs: tuple) -> Any:
+                      initializer: Any, initargs: tuple, max_tasks_per_child: int | None) -> Any:
+    process = executor == "process"
     return get_global_pool_manager().get_pool(
-        n_jobs, executor, create=create, start_method=start_method if executor == "process" else None,
-        initializer=initializer, initargs=initargs)
+        n_jobs, executor, create=create, start_method=start_method if process else None,
+        initializer=initializer, initargs=initargs,
+        max_tasks_per_child=max_tasks_per_child if process else None)

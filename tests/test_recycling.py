@@ -1,0 +1,175 @@
+"""Worker recycling: ``max_tasks_per_child`` and the memory-growth rule (loky's)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pool_helpers
+import pytest
+
+import amorsize
+from amorsize import InvalidArgumentError, InvalidArgumentTypeError, PoolManager, worker
+
+pytestmark = pytest.mark.timeout(60)
+
+MB = 1024 * 1024
+_kept: list[bytes] = []  # what keep_memory holds in a worker, from task to task
+
+
+def item_and_pid(x: int) -> tuple[int, int]:
+    return x, os.getpid()
+
+
+def keep_memory(x: int) -> int:
+    """Leak 16 MB (touched, so resident) into a module-level list of the worker."""
+    _kept.append(b"\x01" * (16 * MB))
+    return x
+
+
+def use_memory_then_free(x: int) -> int:
+    """Use 64 MB for the duration of the call only: a peak, not growth."""
+    block = b"\x01" * (64 * MB)
+    return x + len(block) - len(block)
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.fixture
+def events():
+    seen: list[tuple[str, tuple, dict]] = []
+    return seen
+
+
+@pytest.fixture
+def manager(events):
+    with PoolManager(on_event=lambda event, key, stats: events.append((event, key, stats)),
+                     max_memory_growth_mb=24) as m:
+        yield m
+
+
+def test_max_tasks_per_child_replaces_workers_and_keeps_results_in_order():
+    # one item measured (one task), then nine chunks of one item: at least five workers
+    results = amorsize.map(item_and_pid, range(10), executor="process", n_jobs=2, chunksize=1,
+                           sample_size=1, max_tasks_per_child=2)
+    assert [x for x, _ in results] == list(range(10))
+    assert len({pid for _, pid in results}) > 2
+    stats = amorsize.get_global_pool_manager().get_stats()["pools"]
+    recycling = [s for name, s in stats.items() if name.endswith(":max_tasks_per_child=2")]
+    assert recycling and recycling[0]["max_tasks_per_child"] == 2
+    assert recycling[0]["workers_replaced"] >= 2
+
+
+@pytest.mark.timeout(30)
+def test_queued_tasks_never_wait_forever_for_a_retired_worker(manager):
+    """CPython's executor can skip a replacement and leave queued tasks without a worker
+    (gh-115634, up to Python 3.15); amorsize's replaces every retired worker."""
+    pool = manager.get_pool(1, "process", max_tasks_per_child=2)
+    futures = [pool.submit(pool_helpers.square, x) for x in range(12)]
+    assert [f.result(timeout=20) for f in futures] == [x * x for x in range(12)]
+
+
+def test_a_replacement_worker_takes_the_free_slot_of_the_one_it_replaces(manager):
+    pool = manager.get_pool(1, "process", max_tasks_per_child=1)
+    pids = pool.map(pool_helpers.worker_pid, range(3), chunksize=1)
+    assert len(set(pids)) == 3
+    assert len(pool.board) == worker.SLOT  # one worker, one slot, reused by each replacement
+    deadline = time.monotonic() + 10
+    while pool.workers_replaced < 3 and time.monotonic() < deadline:  # the 4th is starting
+        time.sleep(0.01)
+    assert pool.workers_replaced == 3
+    assert int(pool.board[worker.OWNER]) not in pids  # held by the worker now waiting
+    [stats] = manager.get_stats()["pools"].values()
+    assert stats["max_tasks_per_child"] == 1 and stats["workers_replaced"] == 3
+
+
+def test_a_time_limit_still_works_on_a_replacement_worker():
+    manager = amorsize.get_global_pool_manager()
+    # n_jobs=1 would be a serial plan (run on a thread with a time limit)
+    options = dict(executor="process", n_jobs=2, chunksize=1, sample_size=1, max_tasks_per_child=1)
+    amorsize.map(nap, [0.0] * 6, **options)  # the pool's first workers have retired by now
+    start = time.monotonic()
+    with pytest.raises(amorsize.TimeoutError) as caught:
+        amorsize.map(nap, [0.0, 0.0, 0.0, 0.0, 5.0], timeout=0.5, resample=True, **options)
+    assert caught.value.index == 4
+    assert time.monotonic() - start < 4
+    [stats] = [s for s in manager.get_stats()["pools"].values() if s["max_tasks_per_child"] == 1
+               and s["n_jobs"] == 2]
+    assert stats["workers_replaced"] >= 4
+
+
+@pytest.mark.parametrize("entry", ["imap", "imap_unordered", "starmap", "istarmap"])
+def test_every_entry_point_takes_max_tasks_per_child(entry):
+    data = [(x,) for x in range(6)] if "star" in entry else range(6)
+    results = list(getattr(amorsize, entry)(pool_helpers.square, data, executor="process",
+                                            n_jobs=2, chunksize=1, max_tasks_per_child=2))
+    assert sorted(results) == [x * x for x in range(6)]
+
+
+def test_fork_with_max_tasks_per_child_is_refused_naming_both():
+    with pytest.raises(InvalidArgumentError, match="max_tasks_per_child.*fork"):
+        amorsize.map(pool_helpers.square, range(4), start_method="fork", max_tasks_per_child=2)
+    with PoolManager(start_method="fork") as forking:
+        with pytest.raises(InvalidArgumentError, match="max_tasks_per_child.*fork"):
+            forking.get_pool(1, "process", max_tasks_per_child=2)
+
+
+@pytest.mark.parametrize("value, error", [(0, InvalidArgumentError), (-1, InvalidArgumentError),
+                                          ("2", InvalidArgumentTypeError),
+                                          (True, InvalidArgumentTypeError),
+                                          (1.5, InvalidArgumentTypeError)])
+def test_a_bad_max_tasks_per_child_is_refused_naming_it(manager, value, error):
+    with pytest.raises(error, match="max_tasks_per_child must be an int >= 1"):
+        amorsize.map(pool_helpers.square, range(4), max_tasks_per_child=value)
+    with pytest.raises(error, match="max_tasks_per_child must be an int >= 1"):
+        manager.get_pool(1, "thread", max_tasks_per_child=value)
+
+
+def test_thread_and_serial_pools_ignore_max_tasks_per_child(manager):
+    assert manager.get_pool(2, "thread", max_tasks_per_child=3) is manager.get_pool(2, "thread")
+    assert manager.get_pool(1, "serial", max_tasks_per_child=3) is manager.get_pool(1, "serial")
+
+
+def test_a_worker_whose_memory_grew_past_the_limit_has_its_pool_recycled(manager, events):
+    pool = manager.get_pool(1, "process")
+    assert pool.map(keep_memory, range(5), chunksize=1) == list(range(5))
+    # the baseline is taken after the first task; 2 more tasks of 16 MB pass the 24 MB limit,
+    # seen as the next task starts
+    assert pool.recycle_due
+    fresh = manager.get_pool(1, "process")
+    assert fresh is not pool and not fresh.recycle_due and pool.closed
+    assert ("evicted", "recycled") in [(e, s.get("reason")) for e, _, s in events]
+    assert manager.get_stats()["evictions_by_reason"]["recycled"] == 1
+    assert fresh.map(pool_helpers.square, range(3)) == [0, 1, 4]
+
+
+def test_memory_used_only_during_a_task_is_not_growth(manager):
+    pool = manager.get_pool(1, "process")
+    assert pool.map(use_memory_then_free, range(5), chunksize=1) == list(range(5))
+    assert not pool.recycle_due
+    assert manager.get_pool(1, "process") is pool
+
+
+def test_a_leased_pool_due_for_recycling_closes_when_its_run_ends(manager):
+    pool = manager.get_pool(1, "process")
+    with pool.lease():
+        pool.map(keep_memory, range(5), chunksize=1)
+        assert manager.get_pool(1, "process") is not pool
+        assert not pool.closed  # the run holding it goes on
+        assert pool.map(pool_helpers.square, range(3)) == [0, 1, 4]
+    assert pool.closed
+
+
+def test_the_memory_limit_is_checked_and_can_be_turned_off():
+    with pytest.raises(InvalidArgumentError, match="max_memory_growth_mb must be a number"):
+        PoolManager(max_memory_growth_mb=0)
+    with pytest.raises(InvalidArgumentTypeError, match="max_memory_growth_mb must be a number"):
+        PoolManager(max_memory_growth_mb="300")
+    with PoolManager(max_memory_growth_mb=None) as unlimited:
+        pool = unlimited.get_pool(1, "process")
+        pool.map(keep_memory, range(5), chunksize=1)
+        assert not pool.recycle_due
+        assert unlimited.get_pool(1, "process") is pool
