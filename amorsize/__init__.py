@@ -18,6 +18,7 @@ from amorsize.errors import (
 )
 from amorsize.execution import imap, imap_unordered, istarmap, map, run_plan, starmap
 from amorsize.hookspecs import hookimpl
+from amorsize.multiprocessing_pool import Pool
 from amorsize.plan import Plan
 from amorsize.planning import optimize
 from amorsize.plugins import register_plugin, unregister_plugin
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "Plan",
+    "Pool",
     "PluginError",
     "PluginWarning",
     "PoolManager",

@@ -109,3 +109,18 @@ def test_a_bad_initializer_is_refused_naming_the_argument():
 
 def test_functools_partial_passes_fixed_extra_arguments():
     assert amorsize.map(functools.partial(pow, 2), range(5)) == [1, 2, 4, 8, 16]
+
+
+def test_a_multiprocessing_pool_user_changes_only_the_import():
+    from amorsize import Pool
+
+    with Pool(processes=2, initializer=set_tag, initargs=("pool",), maxtasksperchild=50) as pool:
+        assert pool.map(square, range(20)) == [x * x for x in range(20)]
+        assert list(pool.imap(square, range(5), chunksize=2)) == [0, 1, 4, 9, 16]
+        assert sorted(pool.imap_unordered(square, range(5))) == [0, 1, 4, 9, 16]
+        assert pool.starmap(pow, [(2, 3), (3, 2)]) == [8, 9]
+        assert {tag for tag, _ in pool.map(read_tag, range(10))} == {"pool"}
+        pool.close()
+        pool.join()
+        with pytest.raises(ValueError, match="not running"):
+            pool.map(square, range(3))
