@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from amorsize import __version__
 
@@ -51,9 +52,9 @@ def run_demo(repeat: int, explain: bool) -> int:
     ok = True
     for w in demo_workloads.standard(repeat):
         data = w.make_data()
-        loop, expected = _timed(lambda w=w, data=data: [w.func(x) for x in data], w.repeat)
-        first, got = _timed(lambda w=w, data=data: amorsize.map(w.func, data), w.repeat)
-        second, again = _timed(lambda w=w, data=data: amorsize.map(w.func, data), w.repeat)
+        loop, expected = _timed(_plain_loop(w.func, data), w.repeat)
+        first, got = _timed(_amorsize_map(w.func, data), w.repeat)
+        second, again = _timed(_amorsize_map(w.func, data), w.repeat)
         ok = ok and got == expected and again == expected
         plan = amorsize.optimize(w.func, data)
         shape = f"{plan.executor_type} x{plan.n_jobs}, chunks of {plan.chunksize}"
@@ -65,6 +66,16 @@ def run_demo(repeat: int, explain: bool) -> int:
           "yes" if ok else "NO")
     amorsize.shutdown_global_pool_manager()
     return 0 if ok else 1
+
+
+def _plain_loop(func: Callable[[Any], Any], data: list) -> Callable[[], list]:
+    return lambda: [func(x) for x in data]
+
+
+def _amorsize_map(func: Callable[[Any], Any], data: list) -> Callable[[], list]:
+    import amorsize
+
+    return lambda: amorsize.map(func, data)
 
 
 def _timed(run: Callable[[], list], repeat: int) -> tuple[float, list]:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from amorsize.errors import ExecutorType
 from amorsize.overheads import Overheads
 from amorsize.workload import Profile
 
@@ -28,7 +29,7 @@ _PROCESSES_PER_CPU = 2
 class Candidate:
     """One way to run the work, with its predicted wall time in seconds."""
 
-    executor_type: str
+    executor_type: ExecutorType
     n_jobs: int
     chunksize: int
     seconds: float

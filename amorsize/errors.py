@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
+from typing import Literal, get_args
 
 
 class AmorsizeError(Exception):
@@ -95,7 +96,9 @@ def resolve_n_jobs(name: str, value: object, cpus: int) -> int | None:
     return max(1, cpus + 1 + value)
 
 
-EXECUTOR_TYPES = ("serial", "thread", "process")
+# The kinds of executor a plan can run on: the one place they are spelled out.
+ExecutorType = Literal["serial", "thread", "process"]
+EXECUTOR_TYPES: tuple[ExecutorType, ...] = get_args(ExecutorType)
 
 
 def check_executor_type(name: str, value: object) -> None:

@@ -17,7 +17,7 @@ from concurrent import futures
 from typing import Any
 
 from amorsize import planning, plugins, sampling, system
-from amorsize.errors import InvalidArgumentTypeError, check_max_tasks_per_child
+from amorsize.errors import ExecutorType, InvalidArgumentTypeError, check_max_tasks_per_child
 from amorsize.plan import Plan
 from amorsize.run import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run, check_timeout
 from amorsize.worker import Star
@@ -31,7 +31,7 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
     data: Iterable,
     *,
     n_jobs: int | None = None,
-    executor: str | None = None,
+    executor: ExecutorType | None = None,
     chunksize: int | None = None,
     min_speedup: float = 1.2,
     sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
@@ -66,7 +66,7 @@ def imap(
     data: Iterable,
     *,
     n_jobs: int | None = None,
-    executor: str | None = None,
+    executor: ExecutorType | None = None,
     chunksize: int | None = None,
     min_speedup: float = 1.2,
     sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
@@ -137,7 +137,7 @@ def _ordered_options(options: dict[str, Any]) -> tuple:
 
 
 def _plan(func: Callable, data: Iterable, source: str, n_jobs: int | None,
-          executor: str | None, chunksize: int | None, min_speedup: float, sample_size: int,
+          executor: ExecutorType | None, chunksize: int | None, min_speedup: float, sample_size: int,
           resample: bool, start_method: str | None, timeout: float | None,
           initializer: Callable | None, initargs: tuple,
           max_tasks_per_child: int | None = None) -> Plan:
@@ -168,7 +168,7 @@ def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
 
 
 def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool,
-         unordered: bool = False, with_index: bool = False) -> Iterator[list]:
+         unordered: bool = False, with_index: bool = False) -> Generator[list, None, None]:
     """Yield blocks of results, ordered unless ``unordered`` (then ``(index, result)`` pairs
     ``with_index``); report the run to observers when it completes."""
     todo = _Todo(plan.data, plan.sampled_results)
@@ -346,6 +346,7 @@ def _indexed(blocks: Iterator[list]) -> Iterator[list]:
 
 
 def _collect(run: Run, future: Any) -> list:
+    results: list
     results, seconds = run.result(future)
     run.record(len(results), seconds)
     return results

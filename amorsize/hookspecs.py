@@ -25,9 +25,13 @@ otherwise the most recently registered first -- with wrappers (``wrapper=True`` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from amorsize.contracts import PoolLike
+    from amorsize.errors import ExecutorType
 
 hookspec = pluggy.HookspecMarker("amorsize")
 hookimpl = pluggy.HookimplMarker("amorsize")
@@ -68,15 +72,18 @@ def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None,
-                      initializer: Any, initargs: tuple, max_tasks_per_child: Any) -> Any:
+def amorsize_get_pool(executor: ExecutorType, n_jobs: int, create: bool, start_method: str | None,
+                      initializer: Any, initargs: tuple[Any, ...],
+                      max_tasks_per_child: int | None) -> PoolLike | None:
     """Return a pool of ``n_jobs`` workers of kind ``executor`` ("serial", "thread", "process").
 
     Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
     plan, and by the optimizer to learn which pools are warm. A pool behaves like
-    ``amorsize.pools.Pool``: ``imap_chunks(func, iterable, chunksize)`` yielding ``(results,
-    compute_seconds)`` per chunk in order, ``map(func, iterable, chunksize=1) -> list``,
-    ``submit(fn, *args, **kwargs) -> Future`` and ``submit_chunk``.
+    ``amorsize.pools.Pool``: the typed contract is ``amorsize.contracts.PoolLike``
+    (``imap_chunks(func, iterable, chunksize)`` yielding ``(results, compute_seconds)`` per chunk
+    in order, ``map(func, iterable, chunksize=1) -> list``, ``submit(fn, *args, **kwargs) ->
+    Future``, ``submit_chunk``, ``prepare``, ``lease``, ``running_items``, ``terminate`` ...).
+    A pool lacking any of its members fails the run with ``amorsize.PluginError`` naming them.
 
     ``start_method`` is the process start method asked for ("fork", "forkserver", "spawn"), or
     None for the provider's default; it means nothing to serial and thread pools.

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from amorsize.errors import ExecutorType
 from amorsize.workload import Profile
 
 _MAX_ENTRIES = 512
@@ -91,7 +92,7 @@ class ProfileMemory:
     def record_run(
         self,
         key: Hashable,
-        executor_type: str,
+        executor_type: ExecutorType,
         n_items: int,
         compute_seconds: float,
         wall_seconds: float,

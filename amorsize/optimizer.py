@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from amorsize import cost_model, overheads, plugins, system
+from amorsize.errors import ExecutorType
 from amorsize.memory import MEMORY, function_key
 from amorsize.plan import Plan, _fmt_bytes, _fmt_seconds, measured_how
 from amorsize.workload import Profile, Workload
@@ -119,7 +120,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
 
     @functools.cache
-    def is_warm(executor: str, n_jobs: int) -> bool:
+    def is_warm(executor: ExecutorType, n_jobs: int) -> bool:
         """Asked once per (executor, n_jobs) in this decision, however often it is re-evaluated."""
         return plugins.get_pool(executor, n_jobs, False, start_method) is not None
 

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 
 FORKSERVER_PARENT_ENV = "AMORSIZE_FORKSERVER_PARENT"
@@ -145,7 +146,7 @@ def _preloaded_by_fork_server() -> int | None:
     server = sys.modules.get("multiprocessing.forkserver")
     if server is None or parent != str(os.getppid()):
         return None
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_filename == server.__file__:
             return int(parent)

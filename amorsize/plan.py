@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from amorsize.errors import ExecutorType
 from amorsize.workload import Profile, Workload
 
 
@@ -20,7 +21,7 @@ class Plan:
     predicted wall time of the best configuration of each executor type considered.
     """
 
-    executor_type: str
+    executor_type: ExecutorType
     n_jobs: int
     chunksize: int
     estimated_speedup: float

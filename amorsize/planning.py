@@ -11,6 +11,7 @@ import cloudpickle
 from amorsize import plugins, sampling, system, worker
 from amorsize.errors import (
     EXECUTOR_TYPES,
+    ExecutorType,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     check_executor_type,
@@ -29,7 +30,7 @@ def optimize(
     data: Iterable,
     *,
     n_jobs: int | None = None,
-    executor: str | None = None,
+    executor: ExecutorType | None = None,
     chunksize: int | None = None,
     min_speedup: float = 1.2,
     sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
@@ -126,7 +127,7 @@ def make(
     source: str,
     *,
     n_jobs: int | None,
-    executor: str | None,
+    executor: ExecutorType | None,
     chunksize: int | None,
     min_speedup: float,
     sample_size: int,
@@ -145,12 +146,12 @@ def make(
     n_jobs = resolve_n_jobs("n_jobs", n_jobs, system.usable_cpus())
     data: Any = items if rest is None else itertools.chain(items, rest)
     key = function_key(func)
-    options = {"key": key, "chunksize": chunksize, "start_method": start_method}
+    options: dict[str, Any] = {"key": key, "chunksize": chunksize, "start_method": start_method}
     if initializer is not None:
         options["initializer"] = (initializer, tuple(initargs))
     if max_tasks_per_child is not None:
         options["max_tasks_per_child"] = max_tasks_per_child
-    executors = (executor,) if executor else EXECUTOR_TYPES
+    executors: tuple[ExecutorType, ...] = (executor,) if executor else EXECUTOR_TYPES
     if worker.inside_worker():
         executors, n_jobs = ("serial",), 1
     if n == 0:
@@ -194,13 +195,13 @@ def _two_threads() -> Any:
     return plugins.leased_pool("thread", 2)
 
 
-def _probe_elsewhere(func: Callable, executors: tuple[str, ...], n_jobs: int | None,
+def _probe_elsewhere(func: Callable, executors: tuple[ExecutorType, ...], n_jobs: int | None,
                      start_method: str | None, timeout: float | None,
                      initializer: tuple | None, max_tasks_per_child: int | None) -> Any:
     """Where measured items run when not in the caller (see ``make``), or None for the caller."""
     max_tasks = None
     if executors == ("process",):
-        where = ("process", n_jobs or system.usable_cpus())
+        where: tuple[ExecutorType, int] = ("process", n_jobs or system.usable_cpus())
         max_tasks = max_tasks_per_child  # the pool the run will use
         try:
             cloudpickle.dumps(func)

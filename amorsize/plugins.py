@@ -24,12 +24,19 @@ import threading
 import types
 import warnings
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import pluggy
 
 from amorsize import hookspecs
-from amorsize.errors import EXECUTOR_TYPES, PluginError, PluginWarning, PoolClosedError
+from amorsize.contracts import PoolLike, missing_pool_members
+from amorsize.errors import (
+    EXECUTOR_TYPES,
+    ExecutorType,
+    PluginError,
+    PluginWarning,
+    PoolClosedError,
+)
 from amorsize.plan import Plan
 from amorsize.workload import Workload
 
@@ -140,7 +147,8 @@ def _caller_stacklevel() -> int:
     """The ``stacklevel`` of the first frame outside amorsize, so a warning points at the
     user's call (which call first loads the plugins varies)."""
     package = os.path.dirname(__file__) + os.sep
-    frame, level = sys._getframe(2), 2
+    frame: types.FrameType | None = sys._getframe(2)
+    level = 2
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
     return level
@@ -200,7 +208,8 @@ def _credited(plugin: object) -> None:
         for impl in caller.get_hookimpls():
             if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper) \
                     and not getattr(impl.function, "_amorsize_credited", False):
-                impl.function = _crediting(impl.function, impl.plugin_name)
+                # pluggy declares it Final; crediting rewraps it on purpose, once per plugin
+                impl.function = _crediting(impl.function, impl.plugin_name)  # type: ignore[misc]
 
 
 def _crediting(function: Any, plugin_name: str) -> Any:
@@ -313,9 +322,24 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
     return adjusted
 
 
-def get_pool(executor: str, n_jobs: int, create: bool = True,
+@overload
+def get_pool(executor: ExecutorType, n_jobs: int, create: Literal[True] = True,
              start_method: str | None = None, initializer: Any = None,
-             initargs: tuple = (), *, max_tasks_per_child: int | None = None) -> Any:
+             initargs: tuple[Any, ...] = (), *,
+             max_tasks_per_child: int | None = None) -> PoolLike: ...
+
+
+@overload
+def get_pool(executor: ExecutorType, n_jobs: int, create: bool,
+             start_method: str | None = None, initializer: Any = None,
+             initargs: tuple[Any, ...] = (), *,
+             max_tasks_per_child: int | None = None) -> PoolLike | None: ...
+
+
+def get_pool(executor: ExecutorType, n_jobs: int, create: bool = True,
+             start_method: str | None = None, initializer: Any = None,
+             initargs: tuple[Any, ...] = (), *,
+             max_tasks_per_child: int | None = None) -> PoolLike | None:
     """A pool from the first plugin that provides one (by default the global PoolManager); with
     ``create=False`` only a warm one, or None. ``start_method`` None means the default."""
     _load_plugins()
@@ -327,17 +351,18 @@ def get_pool(executor: str, n_jobs: int, create: bool = True,
         raise PluginError("<none>", "amorsize_get_pool", RuntimeError(
             f"no plugin provided a {executor} pool of {n_jobs} (was "
             f"{BUILTIN_NAMES[1]} unregistered?)"))
-    if pool is not None and not hasattr(pool, "imap_chunks"):
+    missing = [] if pool is None else missing_pool_members(pool)
+    if missing:
         raise PluginError(by or "<unknown>", "amorsize_get_pool", TypeError(
-            f"returned {type(pool).__name__}, which has no imap_chunks(); a pool must behave "
-            "like amorsize.pools.Pool"))
-    return pool
+            f"returned {type(pool).__name__}, which has no {', '.join(missing)}; a pool must "
+            "behave like amorsize.pools.Pool (see amorsize.contracts.PoolLike)"))
+    return cast(PoolLike | None, pool)
 
 
 @contextlib.contextmanager
-def leased_pool(executor: str, n_jobs: int, start_method: str | None = None,
-                initializer: Any = None, initargs: tuple = (), *,
-                max_tasks_per_child: int | None = None) -> Iterator[Any]:
+def leased_pool(executor: ExecutorType, n_jobs: int, start_method: str | None = None,
+                initializer: Any = None, initargs: tuple[Any, ...] = (), *,
+                max_tasks_per_child: int | None = None) -> Iterator[PoolLike]:
     """``get_pool`` and hold the pool for a ``with`` block (``Pool.lease``): a pool retired by
     another thread in between (``clear()``, ``release_pool()``, idle eviction) is asked for
     again, so sharing pools never fails a call."""
@@ -388,7 +413,7 @@ def run_finished(plan: Any, report: Any) -> None:
 
 def _check_plan(plan: Any, by: str | None, hook_name: str) -> None:
     """A plan a caller can run, or ``PluginError`` naming the plugin that returned it."""
-    problem = None
+    problem: Exception | None = None
     if not isinstance(plan, Plan):
         problem = TypeError(f"returned {type(plan).__name__} {plan!r:.80}, not an amorsize.Plan")
     elif plan.executor_type not in EXECUTOR_TYPES:
@@ -470,7 +495,7 @@ def _call(
 
 
 def _close_wrapper(
-    impl: Any, gen: Generator, hook_name: str, outcome: Any, error: BaseException | None,
+    impl: Any, gen: Generator[Any, Any, Any], hook_name: str, outcome: Any, error: BaseException | None,
     chain: str | None, observe: bool,
 ) -> tuple[Any, BaseException | None]:
     """Run a wrapper's part after ``yield``; return the (outcome, error) it leaves."""

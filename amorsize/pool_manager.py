@@ -31,11 +31,12 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from amorsize import pools as _pools
 from amorsize import system, worker
 from amorsize.errors import (
+    ExecutorType,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     PoolManagerClosedError,
@@ -47,7 +48,7 @@ from amorsize.errors import (
 from amorsize.pools import MAX_MEMORY_GROWTH_MB, Pool, ProcessPool, SerialPool, ThreadPool
 
 # (executor_type, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)
-PoolKey = tuple[str, int, str | None, Any, int | None]
+PoolKey = tuple[ExecutorType, int, str | None, Any, int | None]
 EventListener = Callable[[str, PoolKey, dict], None]
 
 _EVENT_OF_REASON = {
@@ -123,7 +124,7 @@ class PoolManager:
     def get_pool(
         self,
         n_jobs: int,
-        executor_type: str = "process",
+        executor_type: ExecutorType = "process",
         force_new: bool = False,
         *,
         start_method: str | None = None,
@@ -164,7 +165,7 @@ class PoolManager:
         return self._get_or_create(key, n_jobs, executor_type, force_new, initializer, initargs,
                                    key_lock)
 
-    def _get_or_create(self, key: PoolKey, n_jobs: int, executor_type: str, force_new: bool,
+    def _get_or_create(self, key: PoolKey, n_jobs: int, executor_type: ExecutorType, force_new: bool,
                        initializer: Callable | None, initargs: tuple,
                        key_lock: threading.Lock) -> Pool:
         """One creator per key at a time: a thread that waited finds the pool made meanwhile."""
@@ -203,7 +204,7 @@ class PoolManager:
     def release_pool(
         self,
         n_jobs: int,
-        executor_type: str = "process",
+        executor_type: ExecutorType = "process",
         *,
         start_method: str | None = None,
         initializer: Callable | None = None,
@@ -277,7 +278,7 @@ class PoolManager:
                 "closed": self._closed,
             }
 
-    def _key(self, n_jobs: int, executor_type: str, start_method: str | None,
+    def _key(self, n_jobs: int, executor_type: ExecutorType, start_method: str | None,
              initializer: Callable | None, initargs: tuple,
              max_tasks_per_child: int | None = None) -> PoolKey:
         if initializer is not None and not callable(initializer):
@@ -303,7 +304,7 @@ class PoolManager:
             ) from None
         return key
 
-    def _create(self, key: PoolKey, n_jobs: int, executor_type: str,
+    def _create(self, key: PoolKey, n_jobs: int, executor_type: ExecutorType,
                 initializer: Callable | None, initargs: tuple) -> Pool:
         if executor_type == "serial":
             return SerialPool(1, initializer, initargs)
@@ -314,7 +315,8 @@ class PoolManager:
             # by value, as everything else crosses: workers never import __main__
             initializer, initargs = (worker.initialize_by_value,
                                      (worker.ByValue((initializer, initargs)),))
-        return ProcessPool(n_jobs, key[2], initializer, initargs, blas_threads,
+        start_method = cast(str, key[2])  # a process pool's key holds its resolved method
+        return ProcessPool(n_jobs, start_method, initializer, initargs, blas_threads,
                            max_tasks_per_child=key[4], memory_limit_mb=self.max_memory_growth_mb)
 
     def _check_open_locked(self) -> None:
@@ -365,7 +367,8 @@ class PoolManager:
                     pool.shutdown(wait=True, force=force or pool.broken)
             except Exception as exc:  # noqa: BLE001 - close the others, then report
                 errors.append(exc)
-            stats = {"idle_seconds": pool.idle_seconds, "startup_seconds": pool.startup_seconds}
+            stats: dict[str, float | str] = {"idle_seconds": pool.idle_seconds,
+                                              "startup_seconds": pool.startup_seconds}
             if _EVENT_OF_REASON[reason] == "evicted":
                 stats["reason"] = reason
             self._emit(_EVENT_OF_REASON[reason], key, stats)
@@ -467,7 +470,7 @@ def shutdown_global_pool_manager(force: bool = False) -> None:
 @contextmanager
 def managed_pool(
     n_jobs: int,
-    executor_type: str = "process",
+    executor_type: ExecutorType = "process",
     manager: PoolManager | None = None,
     use_global: bool = True,
 ) -> Iterator[Pool]:

@@ -24,10 +24,15 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from amorsize import worker
-from amorsize.errors import PoolClosedError, WorkerCrashedError, check_max_tasks_per_child
+from amorsize.errors import (
+    ExecutorType,
+    PoolClosedError,
+    WorkerCrashedError,
+    check_max_tasks_per_child,
+)
 
 # A process worker whose memory grew by more than this since its first task ended has its pool
 # replaced (loky's rule and threshold): see ``ProcessPool.recycle_due``. ``PoolManager`` takes it
@@ -39,7 +44,7 @@ _KILL_SECONDS = 2.0
 class Pool:
     """Base of the pools: bookkeeping of use, leases and liveness shared by every kind."""
 
-    executor_type: ClassVar[str]
+    executor_type: ClassVar[ExecutorType]
     uses_processes: ClassVar[bool] = False
     usable_after_fork: ClassVar[bool] = False
 
@@ -428,7 +433,8 @@ class ProcessPool(Pool):
                           and max_tasks_per_child is None)
         self._executor = _Executor(
             max_workers=n_jobs,
-            mp_context=_WithoutMainContext(context),
+            # duck-typed: a context whose Process starts without __main__
+            mp_context=cast(multiprocessing.context.BaseContext, _WithoutMainContext(context)),
             initializer=_initialize,
             initargs=(blas_threads, self.board, self._claimed, initializer, initargs, os.getpid(),
                       on_main_thread, memory_limit_mb, ready),
@@ -609,6 +615,10 @@ class _Executor(ProcessPoolExecutor):
     retired. The executor's own thread replaces exited workers here; ``submit`` is unchanged.
     """
 
+    # private attributes of ProcessPoolExecutor that typeshed does not declare
+    _max_workers: int
+    _spawn_process: Callable[[], None]
+
     def _adjust_process_count(self) -> None:
         if threading.current_thread() is self._executor_manager_thread:
             if len(self._processes) < self._max_workers:
@@ -697,6 +707,7 @@ class _WithoutMainContext:
 
     def __init__(self, context: Any) -> None:
         self._context = context
+        self.Process: type[multiprocessing.process.BaseProcess]
         method = context.get_start_method()
         if method == "spawn":
             self.Process = _SpawnProcess

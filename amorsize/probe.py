@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,8 +88,8 @@ class Probe:
             **self.pickling,
         )
 
-    def overlap(self, pool: Any, runs: list[Callable[[], Any]], serial_seconds: float,
-                again: list[Callable[[], Any]] | None = None) -> list[list]:
+    def overlap(self, pool: Any, runs: Sequence[Callable[[], Any]], serial_seconds: float,
+                again: Sequence[Callable[[], Any]] | None = None) -> list[list]:
         """Run the two ``runs`` at once on two threads of ``pool`` and compare with
         ``serial_seconds``, what they take one after the other: 1.0 if the GIL serialised them,
         up to 2.0 if they overlapped (I/O, C code that releases the GIL, a free-threaded
@@ -110,7 +110,7 @@ class Probe:
         return made
 
 
-def _two_at_once(pool: Any, runs: list[Callable[[], Any]],
+def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
                  serial_seconds: float) -> tuple[list, float]:
     """The runs at once on two threads; how many of them ran at a time, on average.
 

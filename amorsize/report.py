@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from amorsize.errors import ExecutorType
+
 
 @dataclass(frozen=True)
 class RunReport:
@@ -15,7 +17,7 @@ class RunReport:
     """
 
     source: str
-    executor_type: str
+    executor_type: ExecutorType
     n_jobs: int
     chunksize: int
     n_items: int

@@ -19,7 +19,7 @@ import threading
 import time
 import types
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 _BLAS_ENV_VARS = (
     "OMP_NUM_THREADS",
@@ -165,7 +165,9 @@ def _into_main(obj: Any) -> Any:
 
 
 def _rebound(func: types.FunctionType) -> types.FunctionType:
-    new = types.FunctionType(func.__code__, _MAIN_GLOBALS, func.__name__, func.__defaults__,
+    # set by the caller (``by_value``) before any function is rebound to it
+    main_globals = cast(dict[str, Any], _MAIN_GLOBALS)
+    new = types.FunctionType(func.__code__, main_globals, func.__name__, func.__defaults__,
                              func.__closure__)
     new.__kwdefaults__ = func.__kwdefaults__
     new.__qualname__ = func.__qualname__

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from amorsize.errors import EXECUTOR_TYPES, ExecutorType
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -51,7 +53,7 @@ class Workload:
 
     n_items: int | None
     source: str = "map"
-    executors: tuple[str, ...] = ("serial", "thread", "process")
+    executors: tuple[ExecutorType, ...] = EXECUTOR_TYPES
     max_workers: int | None = None
     min_speedup: float = 1.2
     previous_runs: int = 0

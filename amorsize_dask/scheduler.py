@@ -29,7 +29,7 @@ from dask.multiprocessing import reraise as reraise_remote
 from dask.threaded import pack_exception as pack_local_exception
 
 from amorsize import plugins
-from amorsize.errors import EXECUTOR_TYPES, WorkerCrashedError, check_executor_type
+from amorsize.errors import EXECUTOR_TYPES, ExecutorType, WorkerCrashedError, check_executor_type
 from amorsize.memory import Memory
 from amorsize.plan import Plan
 from amorsize.run import Run
@@ -47,7 +47,7 @@ def get(
     keys: Sequence | Any,
     cache: dict | None = None,
     num_workers: int | None = None,
-    executor: str | None = None,
+    executor: ExecutorType | None = None,
     chunksize: int | None = None,
     callbacks: Any = None,
     progress: bool = False,
@@ -83,9 +83,9 @@ def get(
     shape = shape_key(work)
     memory = plugins.recall(shape)
     done: dict = {}
-    executors: tuple[str, ...] = (executor,) if executor else EXECUTOR_TYPES
+    executors: tuple[ExecutorType, ...] = (executor,) if executor else EXECUTOR_TYPES
     if memory is None:
-        if _callbacks_active(callbacks) or executor in ("thread", "process"):
+        if _callbacks_active(callbacks) or executor not in (None, "serial"):
             profile = UNMEASURED
             if executor is None:
                 executors = ("thread",)
@@ -137,13 +137,14 @@ class Runner:
                  done: int = 0) -> None:
         self.plan = plan
         self.run = Run(plan, progress=progress, description="dask", total=n_tasks, done=done)
-        self.uses_processes = plan.executor_type == "process"
+        self.uses_processes = False
         self.cpu_seconds = 0.0
 
     def __enter__(self) -> Runner:
         self.run.__enter__()
         pool = self.run.pool
         self.num_workers = 1 if pool is None else pool.n_jobs
+        self.uses_processes = pool is not None and pool.uses_processes
         if self.uses_processes:
             self.num_workers *= PROCESS_BATCHES_PER_WORKER
         self.chunksize = 1 if pool is None else max(1, self.plan.chunksize)

@@ -33,7 +33,13 @@ from joblib._parallel_backends import (
 )
 
 from amorsize import plugins, system
-from amorsize.errors import InvalidArgumentError, WorkerCrashedError, check_executor_type
+from amorsize.errors import (
+    EXECUTOR_TYPES,
+    ExecutorType,
+    InvalidArgumentError,
+    WorkerCrashedError,
+    check_executor_type,
+)
 from amorsize.memory import function_key
 from amorsize.plan import Plan
 from amorsize.probe import Probe
@@ -48,8 +54,8 @@ PROBE_MAX_SECONDS = 0.03
 PROBE_WAIT_SECONDS = 0.05
 SERIAL_FIRST_BATCH = 4096
 _MAX_BATCH = 1 << 22
-_ALL_EXECUTORS = ("serial", "thread", "process")
-_SHAREDMEM_EXECUTORS = ("serial", "thread")
+# require="sharedmem" (or prefer="threads"): every executor that shares the caller's memory
+_SHAREDMEM_EXECUTORS: tuple[ExecutorType, ...] = tuple(e for e in EXECUTOR_TYPES if e != "process")
 
 
 def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:
@@ -100,6 +106,7 @@ class AmorsizeBackend(ParallelBackendBase):
     supports_inner_max_num_threads = True
     supports_sharedmem = True
     uses_threads = False
+    _serial_batch: int  # set per call by _reset_call
 
     def __init__(
         self,
@@ -107,7 +114,7 @@ class AmorsizeBackend(ParallelBackendBase):
         inner_max_num_threads: int | None = None,
         n_jobs_cap: int | None = None,
         min_speedup: float = 1.2,
-        executor: str | None = None,
+        executor: ExecutorType | None = None,
         progress: bool = False,
         **backend_kwargs: Any,
     ) -> None:
@@ -129,7 +136,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self._helper_executor: ThreadPoolExecutor | None = None
         self._n_jobs = 1
         self._max_workers: int | None = None
-        self._executors: tuple[str, ...] = _ALL_EXECUTORS
+        self._executors: tuple[ExecutorType, ...] = EXECUTOR_TYPES
         self._reset_call()
 
     def __reduce__(self) -> tuple:
@@ -173,7 +180,7 @@ class AmorsizeBackend(ParallelBackendBase):
         if effective == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=level))
         sharedmem = require == "sharedmem" or prefer == "threads"
-        self._executors = _SHAREDMEM_EXECUTORS if sharedmem else _ALL_EXECUTORS
+        self._executors = _SHAREDMEM_EXECUTORS if sharedmem else EXECUTOR_TYPES
         if self.executor is not None:
             if self.executor not in self._executors:
                 raise InvalidArgumentError(
@@ -291,6 +298,7 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def _reset_call(self) -> None:
         self.plan = None
+        self._on_processes = False
         self.batch_sizes = []
         self._key: Hashable | None = None
         self._func: Any = None
@@ -312,19 +320,19 @@ class AmorsizeBackend(ParallelBackendBase):
         memory = plugins.recall(self._key)
         if memory is not None:
             self._decide(memory.profile, memory.runs, already_done=0)
-        elif self.executor in ("thread", "process"):
-            self._use_forced_executor()
+        elif self.executor is not None and self.executor != "serial":
+            self._use_forced_executor(self.executor)
 
-    def _use_forced_executor(self) -> None:
+    def _use_forced_executor(self, executor: ExecutorType) -> None:
         """A forced pool executor never runs tasks in the caller, not even to measure: the first
         call runs one task per chunk on the pool and learns from the times taken there."""
         workload = Workload(
             None, "joblib", self._executors, self._max_workers, self.min_speedup,
             options={"key": self._key})
         plan = Plan(
-            executor_type=self.executor, n_jobs=self._n_jobs, chunksize=1,
+            executor_type=executor, n_jobs=self._n_jobs, chunksize=1,
             estimated_speedup=1.0, reasons=[
-                f"executor={self.executor!r} forced by the caller and nothing measured yet: one "
+                f"executor={executor!r} forced by the caller and nothing measured yet: one "
                 "task per chunk, timed in the workers, to size the next call's chunks"],
             profile=Profile(0.0, measured_by="none"), workload=workload, decided_by="joblib")
         self._open_run(plan)
@@ -353,6 +361,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self._stack.enter_context(run)
         if run.pool is not None:
             self._runner = run.pool.prepare(run_batch)
+        self._on_processes = run.pool is not None and run.pool.uses_processes
         self._run = run
         self.plan = plan
         self._say_plan(plan)
@@ -523,7 +532,7 @@ class AmorsizeBackend(ParallelBackendBase):
     def _complete(self, future: Future, **outcome: Any) -> None:
         """Settle a batch; off a process pool's manager thread, so joblib's callback (which
         pickles and submits the next batch) never stalls the shared pool's result delivery."""
-        if self.plan is not None and self.plan.executor_type == "process":
+        if self._on_processes:
             try:
                 self._helper().submit(_settle, future, **outcome)
                 return

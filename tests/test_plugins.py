@@ -440,6 +440,41 @@ def test_a_pool_provider_returning_no_pool_fails_the_run_naming_the_plugin(regis
         amorsize.map(double, range(10))
 
 
+def test_a_pool_missing_part_of_the_contract_fails_naming_what_is_missing(register):
+    from amorsize.contracts import POOL_ATTRIBUTES, POOL_METHODS, PoolLike
+    from amorsize.pools import ThreadPool
+
+    class HalfPool:
+        executor_type = "thread"
+        n_jobs = 2
+
+        def imap_chunks(self, func, iterable, chunksize, max_inflight=None):
+            return iter(())
+
+        def map(self, func, iterable, chunksize=1):
+            return [func(x) for x in iterable]
+
+    class Half:
+        @amorsize.hookimpl(tryfirst=True)
+        def amorsize_get_pool(self, create):
+            return HalfPool() if create else None
+
+    pool = ThreadPool(1)
+    try:  # amorsize's own pools satisfy the contract
+        assert isinstance(pool, PoolLike)
+        assert all(callable(getattr(pool, name)) for name in POOL_METHODS)
+        assert all(hasattr(pool, name) for name in POOL_ATTRIBUTES)
+    finally:
+        pool.shutdown()
+    register(ForcePlan("thread", 2))
+    register(Half(), name="half")
+    with pytest.raises(amorsize.PluginError, match="'half' .*no submit\\(\\), submit_chunk\\(\\)") as info:
+        amorsize.map(double, range(10))
+    for name in ("lease()", "terminate()", "uses_processes", "board"):
+        assert name in str(info.value)
+    assert "imap_chunks()" not in str(info.value) and "map()," not in str(info.value)
+
+
 def test_a_raising_run_observer_warns_and_keeps_the_results(register):
     recorder = register(Recorder())
 

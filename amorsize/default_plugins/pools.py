@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from amorsize.errors import ExecutorType
 from amorsize.hookspecs import hookimpl
 from amorsize.pool_manager import get_global_pool_manager
 
 
 @hookimpl(trylast=True)
-def amorsize_get_pool(executor: str, n_jobs: int, create: bool, start_method: str | None,
+def amorsize_get_pool(executor: ExecutorType, n_jobs: int, create: bool, start_method: str | None,
                       initializer: Any, initargs: tuple, max_tasks_per_child: int | None) -> Any:
     process = executor == "process"
     return get_global_pool_manager().get_pool(
