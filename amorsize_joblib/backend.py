@@ -255,6 +255,8 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def submit(self, func: Any, callback: Callable | None = None) -> Future:
         """Run one joblib batch per the plan (measuring first if the function is new)."""
+        if self.plan is not None:
+            self._speak_again()  # the batches measured have all completed, quietly
         future: Future = Future()
         if callback is not None:
             future.add_done_callback(callback)
@@ -309,6 +311,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self._runner: Any = None
         self._aborting = False
         self._observed = Probe("joblib")
+        self._verbose: int | None = None
         self._serial_batch = SERIAL_FIRST_BATCH // 2
         self._decided = time.perf_counter()
 
@@ -322,6 +325,20 @@ class AmorsizeBackend(ParallelBackendBase):
             self._decide(memory.profile, memory.runs, already_done=0)
         elif self.executor is not None and self.executor != "serial":
             self._use_forced_executor(self.executor)
+        else:
+            self._quiet_while_measuring()
+
+    def _quiet_while_measuring(self) -> None:
+        """Hold joblib's progress lines back until the plan is made: a measured task completes
+        before joblib knows it is iterating, so its ``verbose`` would print "Done 1 out of 1 ...
+        finished" for each of them."""
+        parallel = self.parallel
+        if parallel is not None and getattr(parallel, "verbose", 0):
+            self._verbose, parallel.verbose = parallel.verbose, 0
+
+    def _speak_again(self) -> None:
+        if self._verbose is not None and self.parallel is not None:
+            self.parallel.verbose, self._verbose = self._verbose, None
 
     def _use_forced_executor(self, executor: ExecutorType) -> None:
         """A forced pool executor never runs tasks in the caller, not even to measure: the first
@@ -369,7 +386,7 @@ class AmorsizeBackend(ParallelBackendBase):
     def _say_plan(self, plan: Plan) -> None:
         """With ``verbose``, tell what runs the call: joblib's "concurrent workers" line is
         printed before any plan exists, so it shows the CPU count, not the plan's workers."""
-        if getattr(self.parallel, "verbose", 0):
+        if self._verbose or getattr(self.parallel, "verbose", 0):
             where = "the calling thread" if plan.executor_type == "serial" else (
                 f"{plan.n_jobs} {plan.executor_type}{'s' if plan.n_jobs > 1 else ''}, "
                 f"chunks of {plan.chunksize}")
@@ -377,6 +394,7 @@ class AmorsizeBackend(ParallelBackendBase):
                   f"{plan.estimated_speedup:.2f}x; plan.explain() says why)", file=sys.stderr)
 
     def _close_run(self) -> None:
+        self._speak_again()
         self._run = None
         self._stack.close()
 

@@ -244,3 +244,11 @@ def test_verbose_says_what_the_plan_runs_on(capsys):
         Parallel(n_jobs=2, verbose=1)(delayed(h.square)(i) for i in range(50))
     err = capsys.readouterr().err
     assert "amorsize runs it on " in err and "estimated speedup" in err
+
+
+def test_verbose_prints_no_stray_finished_lines_while_measuring(capsys):
+    with parallel_config(backend="amorsize"):
+        Parallel(n_jobs=2, verbose=10)(delayed(h.wait)(i, 0.002) for i in range(200))
+    err = capsys.readouterr().err
+    assert "Done   1 out of   1" not in err and "Done   2 out of   2" not in err
+    assert err.count("finished") == 1
