@@ -333,8 +333,9 @@ class AmorsizeBackend(ParallelBackendBase):
         before joblib knows it is iterating, so its ``verbose`` would print "Done 1 out of 1 ...
         finished" for each of them."""
         parallel = self.parallel
-        if parallel is not None and getattr(parallel, "verbose", 0):
-            self._verbose, parallel.verbose = parallel.verbose, 0
+        verbose: int = getattr(parallel, "verbose", 0) or 0
+        if parallel is not None and verbose:
+            self._verbose, parallel.verbose = verbose, 0
 
     def _speak_again(self) -> None:
         if self._verbose is not None and self.parallel is not None:
