@@ -539,15 +539,14 @@ class ProcessPool(Pool):
             manager.join(_KILL_SECONDS)  # never wait longer for the executor's bookkeeping
 
 
-class _CrashAwareFuture(Future):
-    """Mirrors an executor's future: unpacks the by-value result or exception of the worker, and
-    turns the ``BrokenProcessPool`` of a dead worker into ``WorkerCrashedError`` (marking the
-    pool broken), so callers of ``submit`` see the same error as callers of ``map``."""
+class FollowingFuture(Future):
+    """A future that takes its outcome from another one (its *inner* future), as subclasses
+    transform it; cancelling it cancels the inner future, which is what a caller means."""
 
-    def __init__(self, inner: Future, pool: ProcessPool) -> None:
-        super().__init__()
+    _inner: Future
+
+    def _follow(self, inner: Future) -> None:
         self._inner = inner
-        self._pool = pool
         inner.add_done_callback(self._copy)
 
     def cancel(self) -> bool:
@@ -557,7 +556,7 @@ class _CrashAwareFuture(Future):
         return not self.done() and self._inner.running()
 
     def _copy(self, inner: Future) -> None:
-        if self.done():  # failed already by a forced shutdown
+        if self.done():  # settled already (a forced shutdown fails futures itself)
             return
         if inner.cancelled():
             Future.cancel(self)
@@ -565,14 +564,34 @@ class _CrashAwareFuture(Future):
             return
         exc = inner.exception()
         if exc is None:
-            self._set_loaded(inner.result())
-        elif isinstance(exc, BrokenProcessPool) and not isinstance(exc, WorkerCrashedError):
+            self._succeeded(inner.result())
+        else:
+            self._failed(exc)
+
+    def _succeeded(self, result: Any) -> None:
+        self.set_result(result)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.set_exception(exc)
+
+
+class _CrashAwareFuture(FollowingFuture):
+    """Mirrors an executor's future: unpacks the by-value result or exception of the worker, and
+    turns the ``BrokenProcessPool`` of a dead worker into ``WorkerCrashedError`` (marking the
+    pool broken), so callers of ``submit`` see the same error as callers of ``map``."""
+
+    def __init__(self, inner: Future, pool: ProcessPool) -> None:
+        super().__init__()
+        self._pool = pool
+        self._follow(inner)
+
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, BrokenProcessPool) and not isinstance(exc, WorkerCrashedError):
             self._pool._broken_seen = True
             crashed = self._pool._crashed()
             crashed.__cause__ = exc
-            self.set_exception(crashed)
-        else:
-            self.set_exception(exc)
+            exc = crashed
+        self.set_exception(exc)
 
     def fail_crashed(self) -> None:
         """Fail with ``WorkerCrashedError`` now: the pool's workers were killed. Not left to the
@@ -582,7 +601,7 @@ class _CrashAwareFuture(Future):
         with contextlib.suppress(InvalidStateError):
             self.set_exception(crashed)
 
-    def _set_loaded(self, packed: worker.ByValue) -> None:
+    def _succeeded(self, packed: worker.ByValue) -> None:
         try:
             self.set_result(worker.unpack_outcome(packed))
         except Exception as exc:  # noqa: BLE001 - the call's own error, or an unloadable result

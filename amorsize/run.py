@@ -29,6 +29,7 @@ from typing import Any
 
 from amorsize import errors, plugins, worker
 from amorsize.plan import Plan
+from amorsize.pools import FollowingFuture
 from amorsize.report import RunReport
 
 PROGRESS_CHUNK_SECONDS = 0.5
@@ -249,7 +250,7 @@ class Run:
                 self.total))
 
 
-class _RunFuture(Future):
+class _RunFuture(FollowingFuture):
     """A run's chunk or batch: the future of a pool's, sent again on a fresh pool if another
     run's cancel killed or dropped it (see ``Run.lost_to_another_run``); cancelling it cancels
     the pool's future."""
@@ -263,14 +264,7 @@ class _RunFuture(Future):
 
     def _attach(self, pool: Any, inner: Future) -> None:
         self._pool = pool
-        self._inner = inner
-        inner.add_done_callback(self._copy)
-
-    def cancel(self) -> bool:
-        return self._inner.cancel()
-
-    def running(self) -> bool:
-        return not self.done() and self._inner.running()
+        self._follow(inner)
 
     def _copy(self, inner: Future) -> None:
         lost = inner.cancelled() or isinstance(inner.exception(), BrokenProcessPool)
@@ -278,13 +272,8 @@ class _RunFuture(Future):
             # Not from this thread: it may be the dead pool's own, which its shutdown joins.
             self._resends += 1
             threading.Thread(target=self._resend, daemon=True).start()
-        elif inner.cancelled():
-            Future.cancel(self)
-            self.set_running_or_notify_cancel()
-        elif inner.exception() is not None:
-            self.set_exception(inner.exception())
         else:
-            self.set_result(inner.result())
+            super()._copy(inner)
 
     def _resend(self) -> None:
         try:
