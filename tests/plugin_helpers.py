@@ -40,10 +40,12 @@ class ForcePlan:
     def __init__(self, executor: str, n_jobs: int, chunksize: int = 4) -> None:
         self.executor, self.n_jobs, self.chunksize = executor, n_jobs, chunksize
         self.calls = 0
+        self.funcs: list = []
 
     @amorsize.hookimpl(tryfirst=True)
-    def amorsize_make_plan(self, sample, workload):
+    def amorsize_make_plan(self, func, sample, workload):
         self.calls += 1
+        self.funcs.append(func)
         return plan_for(workload, self.executor, self.n_jobs, self.chunksize, sample)
 
 

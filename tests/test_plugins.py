@@ -116,7 +116,8 @@ def test_overriding_make_plan_with_processes_runs_in_worker_processes(register):
     assert computed <= set(pool.worker_pids())
     from_map = set(amorsize.map(pid_of, range(40))) - {os.getpid()}
     assert from_map and from_map <= set(pool.worker_pids())
-    assert force.calls == 2
+    # (counted for this function: a joblib call another test abandoned may still be deciding)
+    assert force.funcs.count(pid_of) == 2
 
 
 def test_overriding_make_plan_with_threads_is_honoured_by_imap(register):
