@@ -162,7 +162,6 @@ def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
     """Run a plan made by ``optimize`` (with its sampled results reused): ordered results.
 
     A plan made from an iterator holds that iterator: it can be run once."""
-    check_timeout(timeout)
     blocks = [block for block in _run(func, plan, timeout, progress) if block]
     return blocks[0] if len(blocks) == 1 else list(itertools.chain.from_iterable(blocks))
 
@@ -330,7 +329,7 @@ def _completed_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int
             return
         finished, _ = futures.wait(pending, timeout=None if run.timeout is None else WATCH_SECONDS,
                                    return_when=futures.FIRST_COMPLETED)
-        if not finished:
+        if run.timeout is not None:  # also while other chunks keep completing
             run.check_time_limit()
         for future in finished:
             indices = pending.pop(future)

@@ -171,7 +171,8 @@ def make(
                    else list(range(known)))
         pair = [i for i in sampling.spread_indices(known, 3 * sample_size + 2 * sampling.PAIR_MAX)
                 if i not in indices]
-        threads_allowed = "thread" in executors and n_jobs != 1
+        # the two-thread test runs items unwatched: with a time limit, none runs that way
+        threads_allowed = "thread" in executors and n_jobs != 1 and timeout is None
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
                                   pair, _probe_elsewhere(func, executors, n_jobs, start_method,
                                                          timeout, options.get("initializer"),

@@ -173,15 +173,12 @@ class Pool:
             for chunk in _chunked(iterable, chunksize):
                 pending.append(self.submit_chunk(prepared, chunk))
                 if len(pending) >= limit:
-                    yield self._result(pending.pop(0))
+                    yield pending.pop(0).result()
             while pending:
-                yield self._result(pending.pop(0))
+                yield pending.pop(0).result()
         finally:
             for f in pending:
                 f.cancel()
-
-    def _result(self, future: Future) -> Any:
-        return future.result()
 
     def _closed_error(self) -> PoolClosedError:
         return PoolClosedError(
@@ -556,17 +553,17 @@ class FollowingFuture(Future):
         return not self.done() and self._inner.running()
 
     def _copy(self, inner: Future) -> None:
-        if self.done():  # settled already (a forced shutdown fails futures itself)
-            return
         if inner.cancelled():
-            Future.cancel(self)
-            self.set_running_or_notify_cancel()
+            if Future.cancel(self):
+                self.set_running_or_notify_cancel()
             return
         exc = inner.exception()
-        if exc is None:
-            self._succeeded(inner.result())
-        else:
-            self._failed(exc)
+        # a forced shutdown may have failed this future already (fail_crashed), at any moment
+        with contextlib.suppress(InvalidStateError):
+            if exc is None:
+                self._succeeded(inner.result())
+            else:
+                self._failed(exc)
 
     def _succeeded(self, result: Any) -> None:
         self.set_result(result)

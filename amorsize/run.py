@@ -11,7 +11,8 @@ failed Dask compute: nothing more is dispatched, queued chunks are cancelled, an
 run's chunks is still running, its pool is terminated (process workers killed, thread work
 abandoned) and the manager replaces it. A pool holding none of the run's work is left alone:
 pools are shared. Another run's chunks lost with such a pool (killed, or dropped from its queue)
-are sent again on a fresh pool: one run's cancel never fails another run.
+are sent again on a fresh pool, up to three times: one run's cancel does not fail another run,
+but an item that was killed mid-way runs again from the start.
 """
 
 from __future__ import annotations
@@ -84,9 +85,10 @@ class Run:
         self.n_chunks = 0
         self.compute_seconds = 0.0
         self.cancelled = False
+        self._closed = False
         self.pool: Any = None
         self.executor_type = plan.executor_type
-        if self.executor_type == "serial" and timeout is not None:
+        if self.executor_type == "serial" and timeout is not None and plan.n_items != 0:
             self.executor_type = "thread"
         self._start_method = plan.machine.get("start_method")
         self._initializer = plan.workload.options.get("initializer") or (None, ())
@@ -110,6 +112,8 @@ class Run:
             if exc_type is not None:
                 self.cancel()
         finally:
+            with self._lock:
+                self._closed = True
             self._stack.close()
 
     def submit(self, fn: Callable, *args: Any) -> Future:
@@ -159,7 +163,8 @@ class Run:
             self.cancelled = True
             pending = dict(self._inflight)
         running = [f for f in pending if f.running()]
-        worker.stop([pending[f][0] for f in running if pending[f][0]])
+        if self.executor_type == "thread":  # a process is killed; a thread stops between items
+            worker.stop([pending[f][0] for f in running if pending[f][0]])
         # Terminating fails the queued chunks too; cancelling them first would trip Python
         # 3.11's executor, which then stops failing the other runs' futures.
         if self.pool is not None and (running or not all(f.cancel() or f.done() for f in pending)):
@@ -189,9 +194,6 @@ class Run:
         plugins.run_finished(plan, report)
         return report
 
-    def running_seconds(self) -> float:
-        return time.perf_counter() - self._started
-
     def _on_pool(self, call: Callable[[Any], Future]) -> tuple[Any, Future]:
         """``call(pool)`` on the run's pool, moving to a fresh pool if another run's cancel
         closed this one."""
@@ -212,11 +214,24 @@ class Run:
         return by is not None and by != self.id and not self.cancelled
 
     def _replace_pool(self, old: Any) -> None:
+        """Move the run to a fresh pool (leased like the first) if it is still on ``old``; the
+        lease is taken outside the lock, since starting a pool can take a while."""
         with self._lock:
-            if self.pool is old:
-                self.pool = self._stack.enter_context(plugins.leased_pool(
-                    self.executor_type, old.n_jobs, self._start_method, *self._initializer,
-                    max_tasks_per_child=self._max_tasks))
+            if self.pool is not old:
+                return
+            self._check_still_running()
+        lease = plugins.leased_pool(self.executor_type, old.n_jobs, self._start_method,
+                                    *self._initializer, max_tasks_per_child=self._max_tasks)
+        fresh = lease.__enter__()
+        with self._lock:
+            if self._closed or self.cancelled or self.pool is not old:
+                keep = False
+            else:
+                self._stack.push(lease.__exit__)
+                self.pool, keep = fresh, True
+        if not keep:
+            lease.__exit__(None, None, None)
+            self._check_still_running()
 
     def _track(self, future: Future, token: float, indices: Sequence[int] | None) -> None:
         with self._lock:
@@ -225,7 +240,14 @@ class Run:
 
     def _untrack(self, future: Future) -> None:
         with self._lock:
-            self._inflight.pop(future, None)
+            token = self._inflight.pop(future, (0.0, None))[0]
+        if token and self.cancelled:
+            worker.unstop(token)  # a chunk that ended before its thread saw the stop
+
+    def _check_still_running(self) -> None:
+        if self.cancelled or self._closed:
+            raise errors.RunCancelledError(
+                "this run has ended (cancelled, or its caller left); start a new call")
 
     def _check_not_cancelled(self) -> None:
         if self.cancelled:

@@ -325,6 +325,11 @@ def stop(tokens: list[float]) -> None:
     _STOPPED.update(tokens)
 
 
+def unstop(token: float) -> None:
+    """Forget a stop for a chunk that has ended."""
+    _STOPPED.discard(token)
+
+
 def now() -> tuple[float, float]:
     """The two clocks every measurement uses: wall time, and this process's CPU time (which
     counts the cores a call uses itself, e.g. BLAS threads)."""

@@ -424,3 +424,31 @@ def test_a_failed_dask_compute_cancels_its_run_and_reports_progress(progress):
     assert dask.compute(*ok, scheduler="amorsize", progress=True) == tuple(range(10))
     assert progress.last().n_done == 10
 
+
+
+def test_an_empty_input_with_a_timeout_starts_no_pool():
+    manager = amorsize.get_global_pool_manager()
+    before = manager.get_stats()["creations"]
+    assert amorsize.map(sleep_on, [], timeout=1) == []
+    assert manager.get_stats()["creations"] == before
+
+
+@pytest.mark.timeout(30)
+def test_imap_unordered_times_out_while_other_chunks_keep_completing():
+    start = time.perf_counter()
+    with pytest.raises(amorsize.TimeoutError) as caught:
+        list(amorsize.imap_unordered(lambda x: sleep_on(x, slow=3, seconds=5, others=0.05),
+                                     range(80), executor="thread", n_jobs=2, chunksize=1,
+                                     timeout=0.5))
+    assert caught.value.index == 3
+    assert time.perf_counter() - start < 3.0   # not after the other 79 items (4 s on 1 thread)
+
+
+def test_a_cancelled_process_run_leaves_no_stop_tokens_behind():
+    from amorsize import worker
+
+    before = set(worker._STOPPED)
+    with pytest.raises(ValueError):
+        amorsize.map(fail_fast_then_sleep, [1, 2, 0, 3, 4, 5] * 3, executor="process", n_jobs=2,
+                     chunksize=1, sample_size=1)
+    assert worker._STOPPED <= before
