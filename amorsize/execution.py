@@ -8,6 +8,7 @@ reaches the caller with its own type; a worker that dies raises ``WorkerCrashedE
 from __future__ import annotations
 
 import collections
+import inspect
 import itertools
 import math
 import sys
@@ -116,8 +117,8 @@ def istarmap(func: Callable, data: Iterable, **options: Any) -> Iterator:
 
 _OPTIONS = ("n_jobs", "executor", "chunksize", "min_speedup", "sample_size", "resample",
             "start_method", "timeout", "initializer", "initargs", "max_tasks_per_child")
-_DEFAULTS = {"min_speedup": 1.2, "sample_size": sampling.DEFAULT_SAMPLE_SIZE, "resample": False,
-             "initargs": ()}
+_DEFAULTS = {name: p.default for name, p in inspect.signature(imap).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _check_callable(func: Any) -> None:
@@ -284,21 +285,30 @@ def _serial_blocks(func: Callable, todo: _Todo, run: Run, block: int) -> Iterato
             yield results
 
 
-def _pool_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int]) -> Iterator[list]:
-    """All remaining items go through one stream of chunks, with at most four per worker in
-    flight; already-computed results are slotted back in at their positions as chunks return."""
+def _submitted(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int],
+               with_indices: bool) -> Iterator[tuple[Any, list[int] | None]]:
+    """Chunks of the items not yet computed, each submitted to the run as it is asked for:
+    ``(future, the items' input positions or None)``. Reading the input lazily is what keeps
+    ``imap`` over a generator bounded."""
     remaining = itertools.chain.from_iterable(items for items, _ in todo.runs())
-    positions = todo.positions() if run.timeout is not None else None
+    positions = todo.positions() if with_indices else None
     prepared = run.pool.prepare(func)
-    limit = 4 * run.pool.n_jobs
-    merger = _Merger(todo.done_results)
-    pending: collections.deque[Any] = collections.deque()
     for size in sizes:
         chunk = list(itertools.islice(remaining, size))
         if not chunk:
-            break
+            return
         indices = None if positions is None else list(itertools.islice(positions, len(chunk)))
-        pending.append(run.submit_chunk(prepared, chunk, indices))
+        yield run.submit_chunk(prepared, chunk, indices), indices
+
+
+def _pool_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int]) -> Iterator[list]:
+    """All remaining items go through one stream of chunks, with at most four per worker in
+    flight; already-computed results are slotted back in at their positions as chunks return."""
+    limit = 4 * run.pool.n_jobs
+    merger = _Merger(todo.done_results)
+    pending: collections.deque[Any] = collections.deque()
+    for future, _ in _submitted(run, func, todo, sizes, run.timeout is not None):
+        pending.append(future)
         if len(pending) >= limit:
             yield merger.feed(_collect(run, pending.popleft()))
     while pending:
@@ -311,22 +321,9 @@ def _completed_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int
     """The results of chunks as they complete, the measured ones first (they are done)."""
     done = sorted(todo.done_results.items())
     yield done if with_index else [result for _, result in done]
-    remaining = itertools.chain.from_iterable(items for items, _ in todo.runs())
-    positions = todo.positions()
-    prepared = run.pool.prepare(func)
-    limit = 4 * run.pool.n_jobs
-    pending: dict[Any, list[int]] = {}
-    exhausted = False
-    while True:
-        while not exhausted and len(pending) < limit:
-            chunk = list(itertools.islice(remaining, next(sizes)))
-            if not chunk:
-                exhausted = True
-                break
-            indices = list(itertools.islice(positions, len(chunk)))
-            pending[run.submit_chunk(prepared, chunk, indices)] = indices
-        if not pending:
-            return
+    chunks = _submitted(run, func, todo, sizes, True)
+    pending = dict(itertools.islice(chunks, 4 * run.pool.n_jobs))
+    while pending:
         finished, _ = futures.wait(pending, timeout=None if run.timeout is None else WATCH_SECONDS,
                                    return_when=futures.FIRST_COMPLETED)
         if run.timeout is not None:  # also while other chunks keep completing
@@ -335,6 +332,7 @@ def _completed_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int
             indices = pending.pop(future)
             results = _collect(run, future)
             yield list(zip(indices, results)) if with_index else results
+        pending.update(itertools.islice(chunks, len(finished)))
 
 
 def _indexed(blocks: Iterator[list]) -> Iterator[list]:
