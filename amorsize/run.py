@@ -127,8 +127,13 @@ class Run:
         """Run ``func`` (as the pool prepared it) on ``items``; ``indices`` are their positions
         in the input, which a time limit needs to name the item that overran."""
         self._check_not_cancelled()
-        watched = self.timeout is not None or self.executor_type == "thread"
-        token = float(next(_tokens)) if watched else 0.0
+        # positive: items watched for the time limit; negative: only stoppable between items
+        if self.timeout is not None:
+            token = float(next(_tokens))
+        elif self.executor_type == "thread":
+            token = -float(next(_tokens))
+        else:
+            token = 0.0
         future = _RunFuture(self, lambda pool: pool.submit_chunk(func, items, token))
         self._track(future, token, indices)
         return future
@@ -259,7 +264,7 @@ class Run:
         """Cancel the run and raise ``amorsize.TimeoutError`` if one of its items has run past
         the time limit."""
         with self._lock:
-            watched = {token: indices for token, indices in self._inflight.values() if token}
+            watched = {token: indices for token, indices in self._inflight.values() if token > 0}
         overrun = find_overrun(self.pool, watched, self.timeout)
         if overrun is not None:
             self.cancel()

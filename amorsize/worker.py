@@ -254,29 +254,31 @@ def _leave() -> None:
 def run_chunk(func: Any, items: list, token: float = 0.0) -> tuple[list, float]:
     """Call ``func`` on each item; return the results and the seconds spent computing them.
 
-    With a ``token`` (a run watching for time limits, or on threads), each item's start is
-    written to this worker's slot of the pool's board first, so the caller can tell which item
-    runs too long; and a thread stops between items once its run cancelled the token
-    (``stop``), since a thread cannot be killed.
+    With a ``token`` a thread stops between items once its run cancelled it (``stop``), since
+    a thread cannot be killed; a positive token (a run watching a time limit) also has each
+    item's start written to this worker's slot of the pool's board, so the caller can tell
+    which item runs too long. A negative one asks for the stop check alone.
     """
     _between_tasks()
     f = _resolve(func)
     _enter()
     try:
         start = time.perf_counter()
-        slot = _slot() if token else None
-        if slot is None:
+        if not token:
             results = [f(x) for x in items]
         else:
+            slot = _slot() if token > 0 else None
             results = []
             try:
                 for k, x in enumerate(items):
                     if token in _STOPPED:
                         break
-                    _mark(slot, token, k)
+                    if slot is not None:
+                        _mark(slot, token, k)
                     results.append(f(x))
             finally:
-                _mark(slot, 0.0, 0)
+                if slot is not None:
+                    _mark(slot, 0.0, 0)
                 _STOPPED.discard(token)
         return results, time.perf_counter() - start
     finally:
