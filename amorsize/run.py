@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +95,7 @@ class Run:
         self._max_tasks = plan.workload.options.get("max_tasks_per_child")
         self._stack = contextlib.ExitStack()
         self._inflight: dict[Future, tuple[float, Sequence[int] | None]] = {}
+        self._resendable: dict[Future, tuple[Any, Callable[[Any], Future], int]] = {}
         self._lock = threading.Lock()
         self._started = time.perf_counter()
 
@@ -134,12 +135,51 @@ class Run:
             token = -float(next(_tokens))
         else:
             token = 0.0
-        future = _RunFuture(self, lambda pool: pool.submit_chunk(func, items, token))
-        self._track(future, token, indices)
+        def call(pool: Any) -> Future:
+            submitted: Future = pool.submit_chunk(func, items, token)
+            return submitted
+
+        # the pool's own future, collected by ``result``: no relaying future and no callbacks
+        # per chunk (the caller collects every chunk itself, and resends one there if needed)
+        pool, future = self._on_pool(call)
+        with self._lock:
+            self._inflight[future] = (token, indices)
+            self._resendable[future] = (pool, call, 0)
         return future
 
     def result(self, future: Future) -> Any:
-        """``future.result()``, watching this run's items for the time limit meanwhile."""
+        """The outcome of a chunk from ``submit_chunk``, watching this run's items for the time
+        limit meanwhile; a chunk another run's cancel killed or dropped is sent again on a fresh
+        pool (up to ``_RESENDS`` times)."""
+        try:
+            return self._wait(future)
+        except (BrokenProcessPool, CancelledError):
+            again = self._resend(future)
+            if again is None:
+                raise
+            return self.result(again)
+        finally:
+            with self._lock:
+                self._inflight.pop(future, None)
+                self._resendable.pop(future, None)
+
+    def _resend(self, future: Future) -> Future | None:
+        with self._lock:
+            entry = self._resendable.get(future)
+            where = self._inflight.get(future)
+        if entry is None or where is None:
+            return None
+        pool, call, resends = entry
+        if not self.lost_to_another_run(pool) or resends >= _RESENDS:
+            return None
+        self._replace_pool(pool)
+        new_pool, again = self._on_pool(call)
+        with self._lock:
+            self._inflight[again] = where
+            self._resendable[again] = (new_pool, call, resends + 1)
+        return again
+
+    def _wait(self, future: Future) -> Any:
         if self.timeout is None:
             return future.result()
         while True:
