@@ -16,20 +16,20 @@ from amorsize.errors import (
     TimeoutError,
     WorkerCrashedError,
 )
-from amorsize.execution import imap, imap_unordered, istarmap, map, run_plan, starmap
-from amorsize.hookspecs import hookimpl
-from amorsize.multiprocessing_pool import Pool
+from amorsize.optimizer.optimize import optimize
 from amorsize.plan import Plan
-from amorsize.planning import optimize
 from amorsize.plugins import register_plugin, unregister_plugin
-from amorsize.pool_manager import (
+from amorsize.plugins.hookspecs import hookimpl
+from amorsize.pools.manager import (
     PoolManager,
     get_global_pool_manager,
     managed_pool,
     shutdown_global_pool_manager,
 )
-from amorsize.report import RunReport
-from amorsize.run import RunProgress
+from amorsize.run.control import RunProgress
+from amorsize.run.mapping import imap, imap_unordered, istarmap, map, run_plan, starmap
+from amorsize.run.multiprocessing_pool import Pool
+from amorsize.run.report import RunReport
 from amorsize.workload import Profile, Workload
 
 __version__ = "0.1.0"

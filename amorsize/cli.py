@@ -86,7 +86,8 @@ def _timed(run: Callable[[], list], repeat: int) -> tuple[float, list]:
 
 
 def show_info(measure: bool) -> int:
-    from amorsize import overheads, plugins, system
+    from amorsize import plugins, system
+    from amorsize.optimizer import overheads
 
     for key, value in system.describe().items():
         print(f"{key:>20}: {value}")

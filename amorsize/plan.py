@@ -11,6 +11,14 @@ from amorsize.errors import ExecutorType
 from amorsize.workload import Profile, Workload
 
 
+@dataclass(frozen=True)
+class Machine:
+    """The facts about this machine a plan was decided on."""
+
+    usable_cpus: int
+    start_method: str
+
+
 @dataclass
 class Plan:
     """How to run ``func`` over ``data``: executor, workers, chunk size, and the reasons.
@@ -30,7 +38,7 @@ class Plan:
     workload: Workload
     predictions: dict[str, float] = field(default_factory=dict)
     overheads: dict[str, float] = field(default_factory=dict)
-    machine: dict[str, Any] = field(default_factory=dict)
+    machine: Machine | None = None
     data: Any = None
     sampled_results: dict[int, Any] = field(default_factory=dict, repr=False)
     decided_by: str = "amorsize.optimizer"
@@ -64,26 +72,25 @@ class Plan:
             f"chunksize={self.chunksize}, estimated speedup {self.estimated_speedup:.2f}x "
             f"(decided by {self.decided_by})",
             f"  items: {n}; {measured_how(p, self.workload)}",
-            f"  per item: {_fmt_seconds(p.per_item_seconds)} "
+            f"  per item: {format_seconds(p.per_item_seconds)} "
             f"(spread {p.per_item_spread:.0%}), CPU/wall {p.cpu_ratio:.2f}"
             + ("" if p.thread_scaling is None else f", 2 threads ran {p.thread_scaling:.2f}x"),
-            f"  pickled: item {_fmt_bytes(p.arg_bytes)}, result {_fmt_bytes(p.result_bytes)}, "
-            f"{_fmt_seconds(p.pickle_seconds)} per item"
+            f"  pickled: item {format_bytes(p.arg_bytes)}, result {format_bytes(p.result_bytes)}, "
+            f"{format_seconds(p.pickle_seconds)} per item"
             + ("" if p.picklable else f"; not picklable: {p.unpicklable_reason}"),
         ]
-        if self.machine:
-            lines.append(
-                "  machine: " + ", ".join(f"{k}={v}" for k, v in sorted(self.machine.items()))
-            )
+        if self.machine is not None:
+            facts = dataclasses.asdict(self.machine)
+            lines.append("  machine: " + ", ".join(f"{k}={v}" for k, v in sorted(facts.items())))
         if self.overheads:
             lines.append(
                 "  overheads: "
-                + ", ".join(f"{k}={_fmt_overhead(k, v)}" for k, v in sorted(self.overheads.items()))
+                + ", ".join(f"{k}={_format_overhead(k, v)}" for k, v in sorted(self.overheads.items()))
             )
         if self.predictions:
             lines.append(
                 "  predicted wall time: "
-                + ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in self.predictions.items())
+                + ", ".join(f"{k} {format_seconds(v)}" for k, v in self.predictions.items())
             )
         lines.append("  why:")
         lines.extend(f"    - {r}" for r in self.reasons)
@@ -94,16 +101,17 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(Plan))
 
 
 def measured_how(profile: Profile, workload: Workload) -> str:
-    """Where a profile's figures come from: this call's measuring, or memory."""
+    """Where a profile's figures come from: this call's measuring, or what an earlier call learned."""
     if profile.measured_by == "runs":
         return "recalled from earlier runs"
     where = f"{profile.n_measured} items ({profile.measured_by})"
-    if workload.options.get("recalled"):
+    if workload.recalled:
         return f"recalled: measured on {where} in an earlier call"
     return f"measured on {where}"
 
 
-def _fmt_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
+    """Seconds as a person reads them: 1.20 s, 3.40 ms, 12.0 µs."""
     if s >= 1:
         return f"{s:.2f} s"
     if s >= 1e-3:
@@ -111,7 +119,8 @@ def _fmt_seconds(s: float) -> str:
     return f"{s * 1e6:.1f} µs"
 
 
-def _fmt_bytes(b: float) -> str:
+def format_bytes(b: float) -> str:
+    """A size as a person reads it: 12 B, 3.4 KB, 1.0 MB."""
     for unit in ("B", "KB", "MB", "GB"):
         if b < 1024 or unit == "GB":
             return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
@@ -119,7 +128,7 @@ def _fmt_bytes(b: float) -> str:
     return f"{b:.1f} GB"
 
 
-def _fmt_overhead(key: str, v: float) -> str:
+def _format_overhead(key: str, v: float) -> str:
     if key.endswith("per_byte"):
         return f"{v * 1e9:.2f} ns/B"
-    return _fmt_seconds(v)
+    return format_seconds(v)

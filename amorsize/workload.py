@@ -7,7 +7,8 @@ boundary (`amorsize_make_plan(func, sample, workload)`), so plugins and adapters
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from amorsize.errors import EXECUTOR_TYPES, ExecutorType
@@ -49,6 +50,12 @@ class Workload:
     (e.g. joblib's ``require="sharedmem"`` allows only serial and threads). ``previous_runs`` tells the
     optimizer how many times this function has already been run in this process, so the start-up
     of a pool can be amortised over calls that keep coming.
+
+    ``key`` is what the function (or a Dask graph's shape) is remembered under, None for the
+    function's own key; ``already_done`` items were computed while measuring and are not part of
+    the run; ``recalled`` says the profile came from an earlier call. ``chunksize``,
+    ``start_method``, ``initializer``/``initargs`` and ``max_tasks_per_child`` are the caller's
+    choices (None: amorsize's), the last three part of which pool the run uses.
     """
 
     n_items: int | None
@@ -57,4 +64,11 @@ class Workload:
     max_workers: int | None = None
     min_speedup: float = 1.2
     previous_runs: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    key: Hashable | None = None
+    already_done: int = 0
+    recalled: bool = False
+    chunksize: int | None = None
+    start_method: str | None = None
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_child: int | None = None

@@ -14,8 +14,9 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dask._task_spec import Alias, DataNode, GraphNode, Task, convert_legacy_graph
+from dask._task_spec import convert_legacy_graph  # no public name for it (dask 2026.8)
 from dask.core import flatten
+from dask.task_spec import Alias, DataNode, GraphNode, Task
 from dask.utils import key_split
 
 _SHAPE_SAMPLE = 64

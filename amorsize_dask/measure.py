@@ -12,8 +12,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from amorsize.probe import Probe, Sample
-from amorsize.worker import now, waits
+from amorsize.optimizer.probe import Probe, Sample
+from amorsize.pools.worker import now, waits
 from amorsize_dask.graph import GraphWork, dependency_values, spread
 
 MAX_SAMPLES = 4
@@ -22,7 +22,7 @@ THREAD_TEST_MIN_SECONDS = 1e-3
 
 
 def measure(work: GraphWork, cache: dict | None, thread_pair: Any = None) -> Sample | None:
-    """Run up to four root tasks and describe them (``amorsize.probe``); None when the graph
+    """Run up to four root tasks and describe them (``amorsize.optimizer.probe``); None when the graph
     has no root task.
 
     Measuring stops early when it would cost more than 5% of the predicted total: a graph of

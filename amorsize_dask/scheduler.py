@@ -21,18 +21,18 @@ from functools import partial
 from typing import Any
 
 from dask import config
-from dask._task_spec import DataNode
 from dask.callbacks import Callback
 from dask.local import get_async
 from dask.multiprocessing import pack_exception as pack_remote_exception
 from dask.multiprocessing import reraise as reraise_remote
+from dask.task_spec import DataNode
 from dask.threaded import pack_exception as pack_local_exception
 
 from amorsize import plugins
 from amorsize.errors import EXECUTOR_TYPES, ExecutorType, WorkerCrashedError, check_executor_type
-from amorsize.memory import Memory
+from amorsize.optimizer.learned import Learned
 from amorsize.plan import Plan
-from amorsize.run import Run
+from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
 from amorsize_dask import tasks
 from amorsize_dask.graph import GraphWork, as_graph, needed_work, shape_key
@@ -63,7 +63,7 @@ def get(
     ``dask.local.get_async`` (e.g. ``rerun_exceptions_locally``).
 
     A compute that fails (a task's error, Ctrl-C) cancels its run: batches not started are
-    dropped, and workers still busy with its tasks are stopped (see ``amorsize.run``).
+    dropped, and workers still busy with its tasks are stopped (see ``amorsize.run.control``).
 
     The first compute of a new kind of graph runs a few of its tasks in the calling thread to
     measure them, except when Dask callbacks are active (they must see every task) or a thread
@@ -81,10 +81,11 @@ def get(
     if tasks.in_task() or not work.tasks:
         executor = "serial"
     shape = shape_key(work)
-    memory = plugins.recall(shape)
+    learned = plugins.recall(shape)
+    recalled = learned is not None
     done: dict = {}
     executors: tuple[ExecutorType, ...] = (executor,) if executor else EXECUTOR_TYPES
-    if memory is None:
+    if learned is None:
         if _callbacks_active(callbacks) or executor not in (None, "serial"):
             profile = UNMEASURED
             if executor is None:
@@ -95,7 +96,7 @@ def get(
             profile = UNMEASURED if sample is None else sample.profile
             done = {} if sample is None else sample.results
         plugins.remember(shape, profile)
-        memory = plugins.recall(shape) or Memory(profile)
+        learned = plugins.recall(shape) or Learned(profile)
     for key, value in done.items():
         graph[key] = DataNode(key, value)
     workload = Workload(
@@ -103,10 +104,13 @@ def get(
         source="dask",
         executors=executors,
         max_workers=num_workers or config.get("num_workers", None),
-        previous_runs=memory.runs,
-        options={"key": shape, "already_done": len(done), "chunksize": chunksize},
+        previous_runs=learned.runs,
+        key=shape,
+        already_done=len(done),
+        recalled=recalled,
+        chunksize=chunksize,
     )
-    plan = plugins.make_plan(tasks.run_node, memory.profile, workload)
+    plan = plugins.make_plan(tasks.run_node, learned.profile, workload)
     with Runner(plan, progress, work.n_tasks, len(done)) as runner:
         start = time.perf_counter()
         result = get_async(
@@ -125,7 +129,7 @@ def get(
 
 
 class Runner:
-    """Runs the batches ``get_async`` submits as one ``amorsize.run.Run`` of the plan, and times
+    """Runs the batches ``get_async`` submits as one ``amorsize.run.control.Run`` of the plan, and times
     them; a context manager whose failure cancels the run.
 
     Each batch is timed inside its worker (``tasks.run_batch``); the run's counts are what the
@@ -207,13 +211,13 @@ class Runner:
         """
         plan, run = self.plan, self.run
         n_tasks = run.n_items
-        memory = plugins.recall(shape)
+        learned = plugins.recall(shape)
         compute_seconds = run.compute_seconds
-        if memory is not None and plan.executor_type == "serial" and compute_seconds > 0:
+        if learned is not None and plan.executor_type == "serial" and compute_seconds > 0:
             ratio = self.cpu_seconds / compute_seconds
-            plugins.remember(shape, replace(memory.profile, cpu_ratio=ratio))
-        if plan.executor_type == "thread" and plan.n_jobs > 1 and memory is not None:
-            compute_seconds = memory.profile.per_item_seconds * n_tasks
+            plugins.remember(shape, replace(learned.profile, cpu_ratio=ratio))
+        if plan.executor_type == "thread" and plan.n_jobs > 1 and learned is not None:
+            compute_seconds = learned.profile.per_item_seconds * n_tasks
         run.finish(
             chunksize=self.chunksize,
             n_items=n_tasks,

@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from amorsize.worker import now
+from amorsize.pools.worker import now
 
 _state = threading.local()
 
@@ -20,7 +20,7 @@ _state = threading.local()
 def run_batch(batch: list[tuple]) -> tuple[list, float, float]:
     """Run one batch of Dask tasks; return their results, wall seconds and CPU seconds.
 
-    The clocks are the probe's (``amorsize.worker.now``); their ratio tells waiting work (I/O)
+    The clocks are the probe's (``amorsize.pools.worker.now``); their ratio tells waiting work (I/O)
     from computing work.
     """
     from dask.local import batch_execute_tasks

@@ -25,7 +25,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from joblib._parallel_backends import (
+from joblib.parallel import (
     FallbackToBackend,
     ParallelBackendBase,
     SequentialBackend,
@@ -40,11 +40,11 @@ from amorsize.errors import (
     WorkerCrashedError,
     check_executor_type,
 )
-from amorsize.memory import function_key
+from amorsize.optimizer.learned import function_key
+from amorsize.optimizer.probe import Probe
 from amorsize.plan import Plan
-from amorsize.probe import Probe
-from amorsize.run import Run
-from amorsize.worker import now, waits
+from amorsize.pools.worker import now, waits
+from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
 
 PROBE_MAX_TASKS = 8
@@ -80,7 +80,7 @@ def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[lis
 
 def _probe_batch(batch: Any, inner_max_num_threads: int | None) -> tuple[list, float, float, int]:
     """``run_batch`` for a task being measured: also how often its thread blocked
-    (``amorsize.worker.waits``), which tells waiting from being pre-empted."""
+    (``amorsize.pools.worker.waits``), which tells waiting from being pre-empted."""
     before = waits()
     results, wall, cpu = run_batch(batch, inner_max_num_threads)
     return results, wall, cpu, -1 if before < 0 else waits() - before
@@ -146,7 +146,7 @@ class AmorsizeBackend(ParallelBackendBase):
 
     @property
     def run(self) -> Run | None:
-        """The run of the current call once its plan is made (see ``amorsize.run.Run``)."""
+        """The run of the current call once its plan is made (see ``amorsize.run.control.Run``)."""
         return self._run
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
@@ -320,9 +320,9 @@ class AmorsizeBackend(ParallelBackendBase):
         func = batch.items[0][0]
         self._func = func
         self._key = function_key(func)
-        memory = plugins.recall(self._key)
-        if memory is not None:
-            self._decide(memory.profile, memory.runs, already_done=0)
+        learned = plugins.recall(self._key)
+        if learned is not None:
+            self._decide(learned.profile, learned.runs, already_done=0, recalled=True)
         elif self.executor is not None and self.executor != "serial":
             self._use_forced_executor(self.executor)
         else:
@@ -345,8 +345,7 @@ class AmorsizeBackend(ParallelBackendBase):
         """A forced pool executor never runs tasks in the caller, not even to measure: the first
         call runs one task per chunk on the pool and learns from the times taken there."""
         workload = Workload(
-            None, "joblib", self._executors, self._max_workers, self.min_speedup,
-            options={"key": self._key})
+            None, "joblib", self._executors, self._max_workers, self.min_speedup, key=self._key)
         plan = Plan(
             executor_type=executor, n_jobs=self._n_jobs, chunksize=1,
             estimated_speedup=1.0, reasons=[
@@ -355,7 +354,8 @@ class AmorsizeBackend(ParallelBackendBase):
             profile=Profile(0.0, measured_by="none"), workload=workload, decided_by="joblib")
         self._open_run(plan)
 
-    def _decide(self, profile: Profile, previous_runs: int, already_done: int) -> None:
+    def _decide(self, profile: Profile, previous_runs: int, already_done: int,
+                recalled: bool = False) -> None:
         total = getattr(self.parallel, "n_tasks", None)
         if total is None:
             total = _last_count(self._key)
@@ -366,7 +366,9 @@ class AmorsizeBackend(ParallelBackendBase):
             max_workers=self._max_workers,
             min_speedup=self.min_speedup,
             previous_runs=previous_runs,
-            options={"key": self._key, "already_done": already_done},
+            key=self._key,
+            already_done=already_done,
+            recalled=recalled,
         )
         self._open_run(plugins.make_plan(self._func, profile, workload))
         self._decided = time.perf_counter()
@@ -498,8 +500,8 @@ class AmorsizeBackend(ParallelBackendBase):
         profile = self._probe_profile()
         assert profile is not None
         plugins.remember(self._key, profile)
-        memory = plugins.recall(self._key)
-        runs = memory.runs if memory is not None else 0
+        learned = plugins.recall(self._key)
+        runs = learned.runs if learned is not None else 0
         self._decide(profile, runs, already_done=self.n_probed)
 
     def _decide_while_running(self, elapsed: float) -> bool:
@@ -676,8 +678,8 @@ def _name(func: Any) -> str:
 def _last_count(key: Hashable | None) -> int | None:
     """How many tasks the last call of this function had: joblib does not know a generator's
     length, and the optimizer plans better for the size it saw last time than for a guess."""
-    memory = None if key is None else plugins.recall(key)
-    return memory.last_n_items if memory is not None else None
+    learned = None if key is None else plugins.recall(key)
+    return learned.last_n_items if learned is not None else None
 
 
 def _worker_cap() -> int:

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 import amorsize
 from amorsize import demo_workloads as dw
-from amorsize.memory import MEMORY
+from amorsize.optimizer.learned import LEARNED
 
 try:  # the sorted-cost and mixed workloads of bench_core.py (run from this directory)
     import bench_core
@@ -434,7 +434,7 @@ def bench(w: dw.Workload, args: argparse.Namespace, observer: RunObserver) -> Ro
     grid.sweep("thread", QUICK_THREAD_WORKERS if args.quick else THREAD_WORKERS)
     grid.sweep("process", QUICK_PROCESS_WORKERS if args.quick else PROCESS_WORKERS)
 
-    MEMORY.forget()
+    LEARNED.forget()
     observer.reports.clear()
     t0 = time.perf_counter()
     first = amorsize.map(w.func, items)  # measures the function and learns: not timed

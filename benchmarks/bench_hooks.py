@@ -17,9 +17,10 @@ from __future__ import annotations
 import timeit
 
 import amorsize
-from amorsize import optimizer, plugins
-from amorsize.pool_manager import get_global_pool_manager
-from amorsize.report import RunReport
+from amorsize import plugins
+from amorsize.optimizer import decision
+from amorsize.pools.manager import get_global_pool_manager
+from amorsize.run.report import RunReport
 
 CALLS_PER_MAP = {"make_plan": 1, "get_pool": 3, "pool_event": 1, "run_finished": 1}
 
@@ -53,7 +54,7 @@ def _best_us(stmt, number: int = 5_000, repeat: int = 7) -> float:
 
 def measure(n_observers: int) -> dict[str, tuple[float, float]]:
     """(relay µs, direct µs) per hook with ``n_observers`` extra observers registered."""
-    workload = amorsize.Workload(1000, options={"key": square.__code__})
+    workload = amorsize.Workload(1000, key=square.__code__)
     profile = amorsize.Profile(1e-6)
     plan = amorsize.Plan("thread", 2, 10, 1.0, ["bench"], profile, workload)
     report = RunReport("map", "thread", 2, 10, 1000, 100, 0.01, 0.001, 0.01, 1.0)
@@ -72,7 +73,7 @@ def measure(n_observers: int) -> dict[str, tuple[float, float]]:
             "pool_event": (_best_us(lambda: plugins.pool_event("reused", ("thread", 2), {})),
                            0.0),
             "run_finished": (_best_us(lambda: plugins.run_finished(plan, report), number=2_000),
-                             _best_us(lambda: optimizer.learn(square.__code__, report),
+                             _best_us(lambda: decision.learn(square.__code__, report),
                                       number=2_000)),
         }
     finally:

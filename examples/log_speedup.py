@@ -27,7 +27,7 @@ class SpeedupLog:
     @amorsize.hookimpl
     def amorsize_run_finished(self, plan: amorsize.Plan, report: amorsize.RunReport) -> None:
         record = {
-            "function": getattr(plan.workload.options.get("key"), "co_name", "?"),
+            "function": getattr(plan.workload.key, "co_name", "?"),
             "source": report.source,
             "executor": f"{report.executor_type} x{report.n_jobs}",
             "items": report.n_items,

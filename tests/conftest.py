@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 import amorsize
-from amorsize.memory import MEMORY
-from amorsize.optimizer import _DECISIONS
+from amorsize.optimizer.decision import _DECISIONS
+from amorsize.optimizer.learned import LEARNED
 
 
 @pytest.fixture(autouse=True)
 def _forget_functions():
-    MEMORY.forget()
+    LEARNED.forget()
     _DECISIONS.forget()
     yield
 

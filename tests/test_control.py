@@ -23,7 +23,7 @@ from control_helpers import (
 )
 
 import amorsize
-from amorsize.run import Run
+from amorsize.run.control import Run
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_imap_over_a_generator_streams_its_first_results_after_about_one_item():
 def test_imap_chunks_start_small_and_grow_for_an_iterator_of_unknown_length():
     plan = amorsize.optimize(sleep_on, iter(range(10_000)), executor="thread", n_jobs=2,
                              chunksize=64)
-    from amorsize.execution import _chunk_sizes
+    from amorsize.run.mapping import _chunk_sizes
 
     with Run(plan) as run:
         sizes = list(itertools.islice(_chunk_sizes(plan, run, lazy=True, progress=False), 16))
@@ -445,7 +445,7 @@ def test_imap_unordered_times_out_while_other_chunks_keep_completing():
 
 
 def test_a_cancelled_process_run_leaves_no_stop_tokens_behind():
-    from amorsize import worker
+    from amorsize.pools import worker
 
     before = set(worker._STOPPED)
     with pytest.raises(ValueError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from amorsize import cost_model
-from amorsize.overheads import Overheads
+from amorsize.optimizer import cost_model
+from amorsize.optimizer.overheads import Overheads
 from amorsize.workload import Profile
 
 OVH = Overheads(

@@ -24,7 +24,7 @@ from dask_helpers import CustomError, die, fail, pid, raise_custom, spin, square
 import amorsize
 import amorsize_dask
 from amorsize.errors import InvalidArgumentError, WorkerCrashedError
-from amorsize.hookspecs import hookimpl
+from amorsize.plugins.hookspecs import hookimpl
 
 pytestmark = pytest.mark.timeout(120)
 

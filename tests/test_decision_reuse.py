@@ -9,7 +9,7 @@ import pytest
 from core_helpers import nap, square
 
 import amorsize
-from amorsize import cost_model, optimizer
+from amorsize.optimizer import cost_model, decision
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def model_calls(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cost_model, "best_candidates", counted)
-    optimizer._DECISIONS.forget()
+    decision._DECISIONS.forget()
     return calls
 
 
@@ -50,10 +50,10 @@ def test_a_profile_that_moved_is_decided_again(model_calls):
     amorsize.optimize(square, data)
     plan = amorsize.optimize(square, data)
     before = len(model_calls)
-    optimizer.decide(square, plan.profile, plan.workload)
+    decision.decide(square, plan.profile, plan.workload)
     assert len(model_calls) == before
     slower = dataclasses.replace(plan.profile, per_item_seconds=plan.profile.per_item_seconds * 2)
-    optimizer.decide(square, slower, plan.workload)
+    decision.decide(square, slower, plan.workload)
     assert len(model_calls) == before + 1
 
 
@@ -72,10 +72,10 @@ def test_on_a_free_threaded_interpreter_computing_calls_run_on_threads(monkeypat
 
     profile = amorsize.Profile(per_item_seconds=2e-3, cpu_ratio=1.0)
     workload = amorsize.Workload(400, executors=("serial", "thread"))
-    with_gil = optimizer.decide(square, profile, workload)
+    with_gil = decision.decide(square, profile, workload)
     monkeypatch.setattr(system, "gil_enabled", lambda: False)
-    optimizer._DECISIONS.forget()
-    without = optimizer.decide(square, profile, workload)
+    decision._DECISIONS.forget()
+    without = decision.decide(square, profile, workload)
     assert with_gil.executor_type == "serial"
     assert without.executor_type == "thread" and without.estimated_speedup > 1.5
     assert without.profile.thread_scaling is None   # the plan shows what was measured

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import amorsize
-from amorsize import cli, plugins
+from amorsize import cli
+from amorsize.plugins import relay as plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz:plugin",
@@ -134,7 +135,7 @@ def test_the_plugins_command_lists_a_broken_entry_point_and_exits_0(entry_points
     assert ("broken (no_such_module_xyz:plugin): BROKEN — ModuleNotFoundError: "
             "No module named 'no_such_module_xyz'\n"
             "    skipped; fix or uninstall it, or set AMORSIZE_DISABLE_PLUGINS=broken") in out
-    assert "amorsize.default_plugins.optimizer\n    amorsize_make_plan" in out
+    assert "amorsize.plugins.default_optimizer\n    amorsize_make_plan" in out
 
 
 def _installed_broken_plugin(tmp_path: Path) -> dict[str, str]:
@@ -172,5 +173,5 @@ def test_amorsize_plugins_lists_an_installed_broken_plugin_without_a_traceback(t
     out = _run_python(_installed_broken_plugin(tmp_path), "-m", "amorsize", "plugins")
     assert out.returncode == 0, out.stderr
     assert "bad_plugin (bad_plugin): BROKEN — ImportError: needs libfoo" in out.stdout
-    assert "amorsize.default_plugins.optimizer" in out.stdout
+    assert "amorsize.plugins.default_optimizer" in out.stdout
     assert "Traceback" not in out.stderr

@@ -6,8 +6,8 @@ import pytest
 from core_helpers import burn, nap
 
 import amorsize
-from amorsize.memory import MEMORY
-from amorsize.optimizer import _DECISIONS
+from amorsize.optimizer.decision import _DECISIONS
+from amorsize.optimizer.learned import LEARNED
 
 joblib = pytest.importorskip("joblib")
 dask = pytest.importorskip("dask")
@@ -39,7 +39,7 @@ def _run(front: str, func, n: int) -> None:
 def test_map_joblib_and_dask_choose_the_same_executor(func, expected):
     decided = {}
     for front in ("map", "joblib", "dask"):
-        MEMORY.forget()
+        LEARNED.forget()
         _DECISIONS.forget()
         spy = Executors()
         amorsize.register_plugin(spy, name="parity-spy")

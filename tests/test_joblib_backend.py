@@ -15,7 +15,7 @@ from joblib import Parallel, delayed, parallel_config
 
 import amorsize
 import amorsize_joblib
-from amorsize.memory import MEMORY, function_key
+from amorsize.optimizer.learned import LEARNED, function_key
 from amorsize_joblib import AmorsizeBackend
 
 cloudpickle.register_pickle_by_value(h)
@@ -184,7 +184,7 @@ def test_trivial_tasks_get_large_batches_and_the_size_is_remembered():
     def triple(x):
         return 3 * x
 
-    MEMORY.forget(function_key(triple))
+    LEARNED.forget(function_key(triple))
     first = AmorsizeBackend()
     assert Parallel(n_jobs=2, backend=first)(delayed(triple)(i) for i in range(20_000)) == [
         3 * i for i in range(20_000)]
@@ -197,7 +197,7 @@ def test_trivial_tasks_get_large_batches_and_the_size_is_remembered():
     assert again.n_probed == 0
     assert again.plan.executor_type == "serial"
     assert len(again.batch_sizes) <= len(first.batch_sizes)
-    assert MEMORY.recall(function_key(triple)).runs >= 2
+    assert LEARNED.recall(function_key(triple)).runs >= 2
 
 
 def test_io_bound_tasks_get_more_threads_than_cores():

@@ -24,7 +24,7 @@ from core_helpers import (
 )
 
 import amorsize
-from amorsize.memory import MEMORY, function_key
+from amorsize.optimizer.learned import LEARNED, function_key
 
 
 @pytest.mark.parametrize("executor", ["serial", "thread", "process"])
@@ -194,7 +194,7 @@ def test_a_function_seen_before_is_sampled_again_only_when_asked(resample, measu
 
 def test_finished_runs_are_remembered_and_correct_the_profile():
     amorsize.map(nap, list(range(40)), executor="process", n_jobs=2)
-    memory = MEMORY.recall(function_key(nap))
+    memory = LEARNED.recall(function_key(nap))
     assert memory is not None and memory.runs == 1
     assert memory.profile.measured_by == "runs"
     assert memory.profile.per_item_seconds == pytest.approx(0.003, rel=0.9)
@@ -237,7 +237,7 @@ def test_32_threads_calling_map_at_once_all_get_their_results():
 
 def test_an_iterator_of_unknown_length_is_planned_for_the_size_of_the_last_run():
     amorsize.map(square, list(range(300)))
-    memory = MEMORY.recall(function_key(square))
+    memory = LEARNED.recall(function_key(square))
     memory.corrections.clear()  # what the run taught about the model is not under test here
     plan = amorsize.optimize(square, iter(range(300)))
     assert plan.n_items is None
@@ -349,7 +349,7 @@ def test_a_slow_imap_consumer_does_not_teach_the_optimizer_that_parallel_is_slow
     results = amorsize.imap(nap, list(range(40)), executor="thread", n_jobs=4, chunksize=2)
     for _ in results:
         time.sleep(0.002)
-    assert "thread" not in MEMORY.recall(function_key(nap)).corrections
+    assert "thread" not in LEARNED.recall(function_key(nap)).corrections
 
 
 @pytest.mark.timeout(60)

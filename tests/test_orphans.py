@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from amorsize import orphans
+from amorsize.pools import orphans
 
 ROOT = str(Path(__file__).resolve().parents[1])
 

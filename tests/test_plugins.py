@@ -16,8 +16,9 @@ import pytest
 from plugin_helpers import ForcePlan, Recorder, die_in_worker, double, pid_of, plan_for, thread_of
 
 import amorsize
-from amorsize import hookspecs, plugins
-from amorsize.default_plugins import optimizer as builtin_optimizer
+from amorsize import plugins
+from amorsize.plugins import default_optimizer as builtin_optimizer
+from amorsize.plugins import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ["amorsize_adjust_plan", "amorsize_get_pool", "amorsize_make_plan",
@@ -94,9 +95,9 @@ def test_every_hook_is_specified_with_documentation_and_no_defaults():
 
 def test_builtin_optimizer_and_pool_provider_are_ordinary_plugins():
     listed = dict(plugins.plugin_names())
-    assert listed["amorsize.default_plugins.optimizer"] == [
+    assert listed["amorsize.plugins.default_optimizer"] == [
         "amorsize_make_plan", "amorsize_recall", "amorsize_remember", "amorsize_run_finished"]
-    assert listed["amorsize.default_plugins.pools"] == ["amorsize_get_pool"]
+    assert listed["amorsize.plugins.default_pools"] == ["amorsize_get_pool"]
 
 
 def test_a_registered_plugin_is_listed_first_with_its_hooks(register):
@@ -266,6 +267,36 @@ def test_run_finished_receives_the_plan_and_the_measured_run(register):
     assert report.wall_seconds > 0 and report.compute_seconds > 0
     assert report.predicted_speedup == plan.estimated_speedup == 1.0
     assert report.actual_speedup == report.compute_seconds / report.wall_seconds
+
+
+def test_a_plan_maker_sees_the_callers_choices_as_typed_workload_fields(register):
+    """What the caller chose reaches a plugin as fields of the Workload, and the pool the run
+    leases follows them (the initializer and start method are part of which pool)."""
+    from amorsize.optimizer.learned import LEARNED, function_key
+
+    class Spy:
+        def __init__(self) -> None:
+            self.workloads: list[amorsize.Workload] = []
+
+        @amorsize.hookimpl(hookwrapper=True)
+        def amorsize_make_plan(self, workload):
+            self.workloads.append(workload)
+            yield
+
+    LEARNED.forget(function_key(double))
+    spy = register(Spy())
+    first = amorsize.map(double, range(40), chunksize=7, start_method="spawn",
+                         initializer=os.getpid, max_tasks_per_child=None)
+    again = amorsize.map(double, range(40), chunksize=7, start_method="spawn")
+    assert first == again == [2 * x for x in range(40)]
+    measured, recalled = spy.workloads
+    assert measured.key == recalled.key == function_key(double)
+    assert (measured.chunksize, measured.start_method, measured.initializer) == (7, "spawn",
+                                                                                  os.getpid)
+    assert measured.initargs == () and measured.max_tasks_per_child is None
+    assert measured.already_done > 0 and not measured.recalled
+    assert recalled.already_done == 0 and recalled.recalled and recalled.initializer is None
+    assert recalled.previous_runs == measured.previous_runs + 1
 
 
 def test_observers_see_every_pool_event(register, fresh_pools):
@@ -442,8 +473,8 @@ def test_a_pool_provider_returning_no_pool_fails_the_run_naming_the_plugin(regis
 
 
 def test_a_pool_missing_part_of_the_contract_fails_naming_what_is_missing(register):
-    from amorsize.contracts import POOL_ATTRIBUTES, POOL_METHODS, PoolLike
-    from amorsize.pools import ThreadPool
+    from amorsize.pools.contract import POOL_ATTRIBUTES, POOL_METHODS, PoolLike
+    from amorsize.pools.pool import ThreadPool
 
     class HalfPool:
         executor_type = "thread"
@@ -504,12 +535,12 @@ def test_a_raising_pool_observer_warns_and_keeps_the_results(register):
 
 
 def test_without_the_builtin_optimizer_and_no_replacement_the_run_fails_clearly():
-    amorsize.unregister_plugin(name="amorsize.default_plugins.optimizer")
+    amorsize.unregister_plugin(name="amorsize.plugins.default_optimizer")
     try:
         with pytest.raises(amorsize.PluginError, match="no plugin made a plan"):
             amorsize.map(double, range(10))
     finally:
-        amorsize.register_plugin(builtin_optimizer, name="amorsize.default_plugins.optimizer")
+        amorsize.register_plugin(builtin_optimizer, name="amorsize.plugins.default_optimizer")
 
 
 @pytest.mark.parametrize(("value", "skipped"), [
@@ -574,7 +605,7 @@ def test_the_plugins_command_lists_an_entry_point_plugin_and_its_hooks(tmp_path)
     out = _run_python(_installed_plugin(tmp_path, _ADJUSTING_PLUGIN), "-m", "amorsize", "plugins")
     assert out.returncode == 0, out.stderr
     assert "ep_plugin\n    amorsize_adjust_plan" in out.stdout
-    assert "amorsize.default_plugins.optimizer" in out.stdout
+    assert "amorsize.plugins.default_optimizer" in out.stdout
 
 
 def test_an_entry_point_that_fails_to_load_warns_once_and_runs_go_on(tmp_path):
@@ -656,9 +687,9 @@ class _OwnMemory:
 
     @amorsize.hookimpl
     def amorsize_remember(self, key, profile):
-        from amorsize.memory import Memory
+        from amorsize.optimizer.learned import Learned
 
-        self.kept[key] = Memory(profile)
+        self.kept[key] = Learned(profile)
 
 
 def test_a_plugin_can_keep_what_was_measured_and_optimize_recalls_it_from_there():

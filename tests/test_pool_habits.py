@@ -11,7 +11,7 @@ from control_helpers import run_script
 from core_helpers import square
 
 import amorsize
-from amorsize.memory import function_key
+from amorsize.optimizer.learned import function_key
 
 STATE: dict = {}
 
@@ -39,9 +39,9 @@ def test_starmap_accepts_maps_keyword_arguments():
 
 
 def test_starmap_remembers_each_function_apart():
-    assert function_key(amorsize.worker.Star(pow)) != function_key(amorsize.worker.Star(max))
-    assert function_key(amorsize.worker.Star(square)) == function_key(
-        amorsize.worker.Star(square))
+    assert function_key(amorsize.pools.worker.Star(pow)) != function_key(amorsize.pools.worker.Star(max))
+    assert function_key(amorsize.pools.worker.Star(square)) == function_key(
+        amorsize.pools.worker.Star(square))
 
 
 def test_imap_unordered_yields_results_as_they_complete():

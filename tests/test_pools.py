@@ -15,7 +15,7 @@ import pool_helpers
 import pytest
 
 from amorsize import WorkerCrashedError
-from amorsize.pools import ProcessPool, SerialPool, ThreadPool
+from amorsize.pools.pool import ProcessPool, SerialPool, ThreadPool
 from amorsize.system import default_start_method
 
 

@@ -8,8 +8,9 @@ import time
 import pytest
 from core_helpers import burn, nap
 
-from amorsize import probe, worker
-from amorsize.pools import ThreadPool
+from amorsize.optimizer import probe
+from amorsize.pools import worker
+from amorsize.pools.pool import ThreadPool
 
 
 def test_a_call_off_the_cpu_that_never_blocked_was_preempted_not_waiting():

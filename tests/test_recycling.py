@@ -9,7 +9,8 @@ import pool_helpers
 import pytest
 
 import amorsize
-from amorsize import InvalidArgumentError, InvalidArgumentTypeError, PoolManager, worker
+from amorsize import InvalidArgumentError, InvalidArgumentTypeError, PoolManager
+from amorsize.pools import worker
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,8 @@ import threading
 
 from core_helpers import burn, nap, square
 
-from amorsize import sampling
-from amorsize.pools import ThreadPool
+from amorsize.optimizer import sampling
+from amorsize.pools.pool import ThreadPool
 
 
 def test_spread_indices_take_one_item_from_each_stratum():

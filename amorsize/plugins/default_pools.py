@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from amorsize.errors import ExecutorType
-from amorsize.hookspecs import hookimpl
-from amorsize.pool_manager import get_global_pool_manager
+from amorsize.plugins.hookspecs import hookimpl
+from amorsize.pools.manager import get_global_pool_manager
 
 
 @hookimpl(trylast=True)

@@ -5,28 +5,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from amorsize import optimizer
-from amorsize.hookspecs import hookimpl
-from amorsize.memory import MEMORY
+from amorsize.optimizer import decision
+from amorsize.optimizer.learned import LEARNED
+from amorsize.plugins.hookspecs import hookimpl
 
 
 @hookimpl(trylast=True)
 def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
-    return optimizer.decide(func, sample, workload)
+    return decision.decide(func, sample, workload)
 
 
 @hookimpl
 def amorsize_run_finished(plan: Any, report: Any) -> None:
-    key = plan.workload.options.get("key")
+    key = plan.workload.key
     if key is not None:
-        optimizer.learn(key, report, plan.workload.options.get("already_done", 0))
+        decision.learn(key, report, plan.workload.already_done)
 
 
 @hookimpl(trylast=True)
 def amorsize_recall(key: Any) -> Any:
-    return MEMORY.recall(key)
+    return LEARNED.recall(key)
 
 
 @hookimpl
 def amorsize_remember(key: Any, profile: Any) -> None:
-    MEMORY.remember(key, profile)
+    LEARNED.remember(key, profile)

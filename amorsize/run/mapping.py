@@ -17,11 +17,12 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
-from amorsize import planning, plugins, sampling, system
+from amorsize import plugins, system
 from amorsize.errors import ExecutorType, InvalidArgumentTypeError, check_max_tasks_per_child
+from amorsize.optimizer import optimize, sampling
 from amorsize.plan import Plan
-from amorsize.run import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run, check_timeout
-from amorsize.worker import Star
+from amorsize.pools.worker import Star
+from amorsize.run.control import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run, check_timeout
 
 _SERIAL_BLOCK = 4096
 _LAZY_BLOCK_SECONDS = 0.01
@@ -144,15 +145,15 @@ def _plan(func: Callable, data: Iterable, source: str, n_jobs: int | None,
           max_tasks_per_child: int | None = None) -> Plan:
     """Check every argument, then measure (or recall) and decide: what each entry point does
     before it runs."""
-    planning.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
+    optimize.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
                              start_method=start_method)
     check_timeout(timeout)
-    planning.check_initializer(initializer, initargs)
+    optimize.check_initializer(initializer, initargs)
     check_max_tasks_per_child(max_tasks_per_child, start_method or system.default_start_method())
     if source == "map" and not hasattr(data, "__len__"):
         data = list(data)  # map returns a list anyway: measure across all of it
-    return planning.make(
-        func, *planning.split_items(data, sample_size), source, n_jobs=n_jobs,
+    return optimize.make(
+        func, *optimize.split_items(data, sample_size), source, n_jobs=n_jobs,
         executor=executor, chunksize=chunksize, min_speedup=min_speedup,
         sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout,
         initializer=initializer, initargs=initargs, max_tasks_per_child=max_tasks_per_child)
@@ -203,8 +204,8 @@ def _expected_items(plan: Plan) -> int | None:
     """Items to count to: the input's length, else the last input size of this function."""
     if plan.n_items is not None:
         return plan.n_items
-    memory = plugins.recall(plan.workload.options.get("key"))
-    return memory.last_n_items if memory is not None else None
+    learned = plugins.recall(plan.workload.key)
+    return learned.last_n_items if learned is not None else None
 
 
 def _name(func: Callable) -> str:

@@ -33,8 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from amorsize import pools as _pools
-from amorsize import system, worker
+from amorsize import system
 from amorsize.errors import (
     ExecutorType,
     InvalidArgumentError,
@@ -45,7 +44,15 @@ from amorsize.errors import (
     check_positive_int,
     check_start_method,
 )
-from amorsize.pools import MAX_MEMORY_GROWTH_MB, Pool, ProcessPool, SerialPool, ThreadPool
+from amorsize.pools import worker
+from amorsize.pools.pool import (
+    MAX_MEMORY_GROWTH_MB,
+    Pool,
+    ProcessPool,
+    SerialPool,
+    ThreadPool,
+    after_fork_in_child,
+)
 
 # (executor_type, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)
 PoolKey = tuple[ExecutorType, int, str | None, Any, int | None]
@@ -502,7 +509,7 @@ def _after_fork_in_child() -> None:
     _global_lock = threading.Lock()
     for manager in list(_managers):
         manager._forget_pools()
-    _pools.after_fork_in_child()
+    after_fork_in_child()
 
 
 atexit.register(_shutdown_at_exit)

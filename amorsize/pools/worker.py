@@ -394,7 +394,7 @@ def _claim_slot(board: Any, claimed: Any) -> tuple[Any, int] | None:
 
 def _gone(pid: int) -> bool:
     """Whether process ``pid`` has ended (a zombie counts as ended)."""
-    from amorsize import orphans
+    from amorsize.pools import orphans
 
     if orphans._WINDOWS:  # where os.kill(pid, 0) would terminate it
         import psutil
@@ -479,7 +479,7 @@ def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None,
     """Process-worker initializer: cap BLAS/OpenMP threads so n workers do not oversubscribe,
     take a free slot on the pool's board (``claimed`` counts the claims), watch this worker's
     memory growth against ``memory_limit_mb`` (None: not watched), and exit once ``parent``,
-    the user's process, has died, however it died (``amorsize.orphans``).
+    the user's process, has died, however it died (``amorsize.pools.orphans``).
 
     Environment variables are set before numpy is imported in the worker, as loky does; a value
     the user set explicitly is left alone.
@@ -495,6 +495,6 @@ def initialize(blas_threads: int | None, board: Any = None, claimed: Any = None,
     if memory_limit_mb is not None:
         _memory = [memory_limit_mb * 1024, 0.0, False, 0]
     if parent is not None:
-        from amorsize import orphans
+        from amorsize.pools import orphans
 
         orphans.watch_parent(parent, forked_on_main_thread)

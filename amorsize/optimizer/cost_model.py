@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from amorsize.errors import ExecutorType
-from amorsize.overheads import Overheads
+from amorsize.optimizer.overheads import Overheads
 from amorsize.workload import Profile
 
 THREAD_COUNTS = (2, 4, 8, 16, 32, 64, 128)

@@ -26,13 +26,13 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, ClassVar, cast
 
-from amorsize import worker
 from amorsize.errors import (
     ExecutorType,
     PoolClosedError,
     WorkerCrashedError,
     check_max_tasks_per_child,
 )
+from amorsize.pools import worker
 
 # A process worker whose memory grew by more than this since its first task ended has its pool
 # replaced (loky's rule and threshold): see ``ProcessPool.recycle_due``. ``PoolManager`` takes it
@@ -684,15 +684,15 @@ _preload_lock = threading.Lock()
 
 def _preload_forkserver(context: Any) -> None:
     """Have the fork server import amorsize's worker module and cloudpickle once, so each
-    worker forks with them loaded instead of importing them again; and ``amorsize.orphans``,
+    worker forks with them loaded instead of importing them again; and ``amorsize.pools.orphans``,
     which makes the server exit when this process dies (the variable names this process)."""
-    from amorsize import orphans
+    from amorsize.pools import orphans
 
     with _preload_lock:
         pid = str(os.getpid())
         if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
             os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
-        context.set_forkserver_preload(["amorsize.worker", "cloudpickle", "amorsize.orphans"])
+        context.set_forkserver_preload(["amorsize.pools.worker", "cloudpickle", "amorsize.pools.orphans"])
 
 
 _launch_lock = threading.Lock()

@@ -28,10 +28,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-from amorsize import errors, plugins, worker
+from amorsize import errors, plugins
 from amorsize.plan import Plan
-from amorsize.pools import FollowingFuture
-from amorsize.report import RunReport
+from amorsize.pools import worker
+from amorsize.pools.pool import FollowingFuture
+from amorsize.run.report import RunReport
 
 PROGRESS_CHUNK_SECONDS = 0.5
 WATCH_SECONDS = 0.1
@@ -90,9 +91,11 @@ class Run:
         self.executor_type = plan.executor_type
         if self.executor_type == "serial" and timeout is not None and plan.n_items != 0:
             self.executor_type = "thread"
-        self._start_method = plan.machine.get("start_method")
-        self._initializer = plan.workload.options.get("initializer") or (None, ())
-        self._max_tasks = plan.workload.options.get("max_tasks_per_child")
+        workload = plan.workload
+        self._start_method = (workload.start_method if plan.machine is None
+                              else plan.machine.start_method)
+        self._initializer = (workload.initializer, workload.initargs)
+        self._max_tasks = workload.max_tasks_per_child
         self._stack = contextlib.ExitStack()
         self._inflight: dict[Future, tuple[float, Sequence[int] | None]] = {}
         self._resendable: dict[Future, tuple[Any, Callable[[Any], Future], int]] = {}

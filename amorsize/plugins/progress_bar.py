@@ -8,7 +8,7 @@ import threading
 import warnings
 from typing import Any
 
-from amorsize.hookspecs import hookimpl
+from amorsize.plugins.hookspecs import hookimpl
 
 _bars: dict[int, Any] = {}
 _lock = threading.Lock()

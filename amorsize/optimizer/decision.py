@@ -15,10 +15,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from amorsize import cost_model, overheads, plugins, system
+from amorsize import plugins, system
 from amorsize.errors import ExecutorType
-from amorsize.memory import MEMORY, function_key
-from amorsize.plan import Plan, _fmt_bytes, _fmt_seconds, measured_how
+from amorsize.optimizer import cost_model, overheads
+from amorsize.optimizer.learned import LEARNED, function_key
+from amorsize.plan import Machine, Plan, format_bytes, format_seconds, measured_how
 from amorsize.workload import Profile, Workload
 
 ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
@@ -87,17 +88,17 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     than the noise between runs (``_DECISIONS``): same size and constraints, a profile and
     corrections within 10%, and a warm pool for a parallel plan."""
     cpus = system.usable_cpus()
-    start_method = workload.options.get("start_method") or system.default_start_method()
-    key = workload.options.get("key", function_key(func))
-    memory = MEMORY.recall(key)
+    start_method = workload.start_method or system.default_start_method()
+    key = function_key(func) if workload.key is None else workload.key
+    learned = LEARNED.recall(key)
     n = workload.n_items
     if n is None:
-        n = (memory.last_n_items if memory and memory.last_n_items
+        n = (learned.last_n_items if learned and learned.last_n_items
              else ASSUMED_ITEMS_WHEN_UNKNOWN)
-    remaining = max(0, n - int(workload.options.get("already_done", 0)))
-    corrections = dict(memory.corrections) if memory else {}
+    remaining = max(0, n - workload.already_done)
+    corrections = dict(learned.corrections) if learned else {}
     situation = (key, n, remaining, workload.executors, workload.max_workers,
-                 workload.min_speedup, workload.options.get("chunksize"), start_method, cpus)
+                 workload.min_speedup, workload.chunksize, start_method, cpus)
     known = _DECISIONS.recall(situation, profile, corrections)
     if known is not None and (known.executor_type == "serial" or plugins.get_pool(
             known.executor_type, known.n_jobs, False, start_method) is not None):
@@ -125,13 +126,12 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         return plugins.get_pool(executor, n_jobs, False, start_method) is not None
 
     share = 1.0 / (1 + workload.previous_runs)
-    forced_chunks = workload.options.get("chunksize")
     ovh = overheads.current(start_method)
 
     def evaluate() -> dict[str, cost_model.Candidate]:
         return cost_model.best_candidates(
             profile, remaining, cpus, ovh, executors, workload.max_workers, is_warm, share,
-            corrections, forced_chunks,
+            corrections, workload.chunksize,
         )
 
     candidates = evaluate()
@@ -163,8 +163,8 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
             if first_time:
                 reasons.append(
                     f"measured a real {chosen.n_jobs}-process pool ({start_method}): start-up "
-                    f"{_fmt_seconds(pool.startup_seconds)}, round trip "
-                    f"{_fmt_seconds(ovh.process_latency)}")
+                    f"{format_seconds(pool.startup_seconds)}, round trip "
+                    f"{format_seconds(ovh.process_latency)}")
                 candidates = evaluate()
                 chosen = cost_model.choose(candidates, workload.min_speedup)
     reasons.extend(_compare(candidates, chosen, workload, share, corrections))
@@ -180,15 +180,15 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         workload=workload,
         predictions={k: c.seconds for k, c in candidates.items()},
         overheads=ovh.as_dict(),
-        machine={"usable_cpus": cpus, "start_method": start_method},
+        machine=Machine(cpus, start_method),
     )
 
 
 def learn(key: Any, report: Any, already_done: int = 0) -> None:
-    """Fold a finished run into the function's memory (``amorsize_run_finished``);
+    """Fold a finished run into what is learned of the function (``amorsize_run_finished``);
     ``already_done`` items were computed before the run (measuring), so the input had
     ``report.n_items + already_done``."""
-    MEMORY.record_run(
+    LEARNED.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
     )
@@ -209,7 +209,7 @@ def _describe(profile: Profile, workload: Workload) -> str:
     if profile.cpu_ratio > 1.3:
         kind = f"uses {profile.cpu_ratio:.1f} cores per call by itself"
     how = measured_how(profile, workload)
-    text = (f"{_fmt_seconds(profile.per_item_seconds)} per item, {how}; CPU/wall "
+    text = (f"{format_seconds(profile.per_item_seconds)} per item, {how}; CPU/wall "
             f"{profile.cpu_ratio:.2f}: {kind}")
     if profile.thread_scaling is not None:
         overlap = ("overlap" if profile.thread_scaling > 1.6
@@ -217,8 +217,8 @@ def _describe(profile: Profile, workload: Workload) -> str:
                    else "do not overlap (GIL)")
         text += f"; two calls on two threads ran {profile.thread_scaling:.2f}x: they {overlap}"
     if profile.arg_bytes or profile.result_bytes:
-        text += (f"; pickled item {_fmt_bytes(profile.arg_bytes)}, result "
-                 f"{_fmt_bytes(profile.result_bytes)}")
+        text += (f"; pickled item {format_bytes(profile.arg_bytes)}, result "
+                 f"{format_bytes(profile.result_bytes)}")
     return text
 
 
@@ -233,13 +233,13 @@ def _compare(
     serial = candidates.get("serial")
     for kind, c in candidates.items():
         if kind == "serial":
-            out.append(f"serial: predicted {_fmt_seconds(c.seconds)}")
+            out.append(f"serial: predicted {format_seconds(c.seconds)}")
         else:
             extra = ""
             if kind in corrections and abs(corrections[kind] - 1) > 0.05:
                 extra = f", corrected x{corrections[kind]:.2f} from past runs"
             out.append(f"best {kind} plan: {c.n_jobs} workers, chunks of {c.chunksize}: "
-                       f"predicted {_fmt_seconds(c.seconds)}{extra}")
+                       f"predicted {format_seconds(c.seconds)}{extra}")
     if share < 1:
         out.append(f"pool start-up charged at {share:.0%}: this function ran "
                    f"{workload.previous_runs} times before in this process")

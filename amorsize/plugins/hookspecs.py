@@ -2,8 +2,9 @@
 
 Each function below is a hook specification: its docstring is its documentation. Plugins
 implement any of them with ``@amorsize.hookimpl`` and are found through the ``amorsize``
-entry-point group or ``amorsize.register_plugin()``. amorsize's own optimizer and pool provider
-are plugins too (``amorsize.default_plugins``), so a plugin stands on equal footing with them.
+entry-point group or ``amorsize.register_plugin()``. amorsize's own optimizer, pool
+provider and progress bar are plugins too (``amorsize.plugins.default_optimizer``,
+``default_pools``, ``progress_bar``), so a plugin stands on equal footing with them.
 
 An implementation may take any subset of a hook's arguments, by name. No specification gives an
 argument a default value, and an implementation must not either: pluggy does not pass an argument
@@ -30,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from amorsize.contracts import PoolLike
     from amorsize.errors import ExecutorType
+    from amorsize.pools.contract import PoolLike
 
 hookspec = pluggy.HookspecMarker("amorsize")
 hookimpl = pluggy.HookimplMarker("amorsize")
@@ -79,7 +80,7 @@ def amorsize_get_pool(executor: ExecutorType, n_jobs: int, create: bool, start_m
 
     Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
     plan, and by the optimizer to learn which pools are warm. A pool behaves like
-    ``amorsize.pools.Pool``: the typed contract is ``amorsize.contracts.PoolLike``
+    ``amorsize.pools.pool.Pool``: the typed contract is ``amorsize.pools.contract.PoolLike``
     (``imap_chunks(func, iterable, chunksize)`` yielding ``(results, compute_seconds)`` per chunk
     in order, ``map(func, iterable, chunksize=1) -> list``, ``submit(fn, *args, **kwargs) ->
     Future``, ``submit_chunk``, ``prepare``, ``lease``, ``running_items``, ``terminate`` ...).
@@ -102,7 +103,7 @@ def amorsize_get_pool(executor: ExecutorType, n_jobs: int, create: bool, start_m
 @hookspec(firstresult=True)
 def amorsize_recall(key: Any) -> Any:
     """What is remembered about a function (or a Dask graph shape) ``key``: an
-    ``amorsize.memory.Memory`` (``profile``, ``runs``, ``last_n_items``, ``corrections``) or None.
+    ``amorsize.optimizer.learned.Learned`` (``profile``, ``runs``, ``last_n_items``, ``corrections``) or None.
 
     Called before measuring, by ``amorsize.map``/``optimize`` and both adapters: a remembered
     profile means the function is not measured again. The first non-None result wins; the

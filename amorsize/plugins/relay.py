@@ -28,8 +28,6 @@ from typing import Any, Literal, cast, overload
 
 import pluggy
 
-from amorsize import hookspecs
-from amorsize.contracts import PoolLike, missing_pool_members
 from amorsize.errors import (
     EXECUTOR_TYPES,
     ExecutorType,
@@ -38,14 +36,16 @@ from amorsize.errors import (
     PoolClosedError,
 )
 from amorsize.plan import Plan
+from amorsize.plugins import hookspecs
+from amorsize.pools.contract import PoolLike, missing_pool_members
 from amorsize.workload import Workload
 
 ENTRY_POINT_GROUP = "amorsize"
 DISABLE_ENV = "AMORSIZE_DISABLE_PLUGINS"
 BUILTIN_NAMES = (
-    "amorsize.default_plugins.optimizer",
-    "amorsize.default_plugins.pools",
-    "amorsize.default_plugins.progress_bar",
+    "amorsize.plugins.default_optimizer",
+    "amorsize.plugins.default_pools",
+    "amorsize.plugins.progress_bar",
 )
 _LEASE_ATTEMPTS = 5
 _DEFAULT_DECIDED_BY = "amorsize.optimizer"
@@ -80,9 +80,9 @@ def _load_plugins() -> None:
     with _load_lock:
         if _loaded:
             return
-        from amorsize.default_plugins import optimizer, pools, progress_bar
+        from amorsize.plugins import default_optimizer, default_pools, progress_bar
 
-        for module in (optimizer, pools, progress_bar):
+        for module in (default_optimizer, default_pools, progress_bar):
             if not pm.is_registered(module) and not pm.is_blocked(module.__name__):
                 pm.register(module, name=module.__name__)
                 _credited(module)
@@ -309,7 +309,7 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
     plan, by = _hook("amorsize_make_plan", {"func": func, "sample": sample, "workload": workload})
     if plan is None:
         raise PluginError("<none>", "amorsize_make_plan", RuntimeError(
-            "no plugin made a plan (was amorsize.default_plugins.optimizer unregistered?)"))
+            "no plugin made a plan (was amorsize.plugins.default_optimizer unregistered?)"))
     _check_plan(plan, by, "amorsize_make_plan")
     changes: dict[str, Any] = {}
     if plan.decided_by == _DEFAULT_DECIDED_BY and by != BUILTIN_NAMES[0]:
@@ -355,7 +355,7 @@ def get_pool(executor: ExecutorType, n_jobs: int, create: bool = True,
     if missing:
         raise PluginError(by or "<unknown>", "amorsize_get_pool", TypeError(
             f"returned {type(pool).__name__}, which has no {', '.join(missing)}; a pool must "
-            "behave like amorsize.pools.Pool (see amorsize.contracts.PoolLike)"))
+            "behave like amorsize.pools.pool.Pool (see amorsize.pools.contract.PoolLike)"))
     return cast(PoolLike | None, pool)
 
 
@@ -381,10 +381,10 @@ def leased_pool(executor: ExecutorType, n_jobs: int, start_method: str | None = 
 
 
 def recall(key: Any) -> Any:
-    """What the first plugin that remembers ``key`` knows (a ``Memory``), or None."""
+    """What the first plugin that remembers ``key`` knows (a ``Learned``), or None."""
     _load_plugins()
-    memory, _ = _hook("amorsize_recall", {"key": key})
-    return memory
+    learned, _ = _hook("amorsize_recall", {"key": key})
+    return learned
 
 
 def remember(key: Any, profile: Any) -> None:

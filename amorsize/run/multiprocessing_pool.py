@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from amorsize import execution
+from amorsize.run import mapping
 
 
 class Pool:
@@ -28,17 +28,17 @@ class Pool:
         self._running = True
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
-        return execution.map(func, iterable, chunksize=chunksize, **self._checked())
+        return mapping.map(func, iterable, chunksize=chunksize, **self._checked())
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> Iterator:
-        return execution.imap(func, iterable, chunksize=chunksize, **self._checked())
+        return mapping.imap(func, iterable, chunksize=chunksize, **self._checked())
 
     def imap_unordered(self, func: Callable, iterable: Iterable,
                        chunksize: int | None = None) -> Iterator:
-        return execution.imap_unordered(func, iterable, chunksize=chunksize, **self._checked())
+        return mapping.imap_unordered(func, iterable, chunksize=chunksize, **self._checked())
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
-        return execution.starmap(func, iterable, chunksize=chunksize, **self._checked())
+        return mapping.starmap(func, iterable, chunksize=chunksize, **self._checked())
 
     def close(self) -> None:
         """No more work through this object."""

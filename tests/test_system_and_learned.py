@@ -6,8 +6,9 @@ import functools
 
 import pytest
 
-from amorsize import memory, system
-from amorsize.memory import ProfileMemory, function_key
+from amorsize import system
+from amorsize.optimizer import learned
+from amorsize.optimizer.learned import LearnedProfiles, function_key
 from amorsize.workload import Profile
 
 
@@ -66,7 +67,7 @@ def test_function_key_is_stable_for_closures_partials_and_methods():
 
 
 def test_record_run_moves_per_item_time_towards_what_was_measured():
-    mem = ProfileMemory()
+    mem = LearnedProfiles()
     mem.remember("k", Profile(per_item_seconds=1.0))
     mem.record_run("k", "process", n_items=10, compute_seconds=2.0, wall_seconds=4.0,
                    predicted_seconds=2.0)
@@ -82,7 +83,7 @@ def test_an_error_the_per_item_time_explains_does_not_also_correct_the_model():
     """Costs the sample underestimated make the run slower than predicted; once the per-item
     time is corrected, charging the executor for it too would make it look twice as slow (and
     flip a good process plan to serial on the next call)."""
-    mem = ProfileMemory()
+    mem = LearnedProfiles()
     mem.remember("k", Profile(per_item_seconds=1.0))
     mem.record_run("k", "process", n_items=10, compute_seconds=30.0, wall_seconds=4.0,
                    predicted_seconds=2.0)
@@ -92,20 +93,20 @@ def test_an_error_the_per_item_time_explains_does_not_also_correct_the_model():
 
 
 def test_memory_is_bounded():
-    mem = ProfileMemory(max_entries=3)
+    mem = LearnedProfiles(max_entries=3)
     for k in range(5):
         mem.remember(k, Profile(1.0))
     assert mem.recall(0) is None and mem.recall(4) is not None
 
 
 def test_global_memory_can_forget_everything():
-    memory.MEMORY.remember("x", Profile(1.0))
-    memory.MEMORY.forget()
-    assert memory.MEMORY.recall("x") is None
+    learned.LEARNED.remember("x", Profile(1.0))
+    learned.LEARNED.forget()
+    assert learned.LEARNED.recall("x") is None
 
 
 def test_thread_runs_correct_the_model_but_not_the_per_item_time():
-    mem = ProfileMemory()
+    mem = LearnedProfiles()
     mem.remember("k", Profile(per_item_seconds=1.0))
     mem.record_run("k", "thread", n_items=10, compute_seconds=50.0, wall_seconds=2.0,
                    predicted_seconds=1.0)

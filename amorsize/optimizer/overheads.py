@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from amorsize import worker
+from amorsize.pools import worker
 
 _START_DEFAULTS = {"fork": 0.008, "forkserver": 0.045, "spawn": 0.12}
 

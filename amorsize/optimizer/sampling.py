@@ -4,7 +4,7 @@ probe.
 Items are picked spread across the data (sorted data makes the first few lie), each is run once,
 and its result is kept so that running the plan afterwards never calls the function on that item
 again: measuring costs nothing beyond the lost parallelism of a few calls. What the calls took
-becomes a profile in ``amorsize.probe``, as it does for every front end.
+becomes a profile in ``amorsize.optimizer.probe``, as it does for every front end.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amorsize import worker
-from amorsize.probe import Probe, Sample
+from amorsize.optimizer.probe import Probe, Sample
+from amorsize.pools import worker
 
 DEFAULT_SAMPLE_SIZE = 8
 BUDGET_SECONDS = 0.05

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import cloudpickle
 
-from amorsize import plugins, sampling, system, worker
+from amorsize import plugins, system
 from amorsize.errors import (
     EXECUTOR_TYPES,
     ExecutorType,
@@ -19,9 +20,11 @@ from amorsize.errors import (
     check_start_method,
     resolve_n_jobs,
 )
-from amorsize.memory import Memory, function_key
+from amorsize.optimizer import sampling
+from amorsize.optimizer.learned import function_key
 from amorsize.plan import Plan
-from amorsize.run import call_watched
+from amorsize.pools import worker
+from amorsize.run.control import call_watched
 from amorsize.workload import Profile, Workload
 
 
@@ -145,26 +148,23 @@ def make(
     when there is a ``timeout`` (an item past it cancels the call); otherwise in the caller."""
     n_jobs = resolve_n_jobs("n_jobs", n_jobs, system.usable_cpus())
     data: Any = items if rest is None else itertools.chain(items, rest)
-    key = function_key(func)
-    options: dict[str, Any] = {"key": key, "chunksize": chunksize, "start_method": start_method}
-    if initializer is not None:
-        options["initializer"] = (initializer, tuple(initargs))
-    if max_tasks_per_child is not None:
-        options["max_tasks_per_child"] = max_tasks_per_child
     executors: tuple[ExecutorType, ...] = (executor,) if executor else EXECUTOR_TYPES
     if worker.inside_worker():
         executors, n_jobs = ("serial",), 1
+    key = function_key(func)
+    asked = Workload(n, source, executors, n_jobs, min_speedup, key=key, chunksize=chunksize,
+                     start_method=start_method, initializer=initializer,
+                     initargs=tuple(initargs), max_tasks_per_child=max_tasks_per_child)
     if n == 0:
-        workload = Workload(0, source, executors, n_jobs, min_speedup, options=options)
         return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
-                    Profile(0.0), workload, data=data)
-    memory = None if resample else plugins.recall(key)
-    if initializer is not None and memory is None:
+                    Profile(0.0), asked, data=data)
+    learned = None if resample else plugins.recall(key)
+    if initializer is not None and learned is None:
         # items measured here need what the initializer sets up in a worker: run it here once
         plugins.get_pool("serial", 1, initializer=initializer, initargs=tuple(initargs))
-    if memory is not None:
-        profile, results = memory.profile, {}
-        options["recalled"] = True
+    recalled = learned is not None
+    if learned is not None:
+        profile, results = learned.profile, {}
     else:
         known = len(items)
         indices = (sampling.spread_indices(known, sample_size) if n is not None
@@ -174,18 +174,16 @@ def make(
         # the two-thread test runs items unwatched: with a time limit, none runs that way
         threads_allowed = "thread" in executors and n_jobs != 1 and timeout is None
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
-                                  pair, _probe_elsewhere(func, executors, n_jobs, start_method,
-                                                         timeout, options.get("initializer"),
-                                                         max_tasks_per_child))
+                                  pair, _probe_elsewhere(func, asked, timeout))
         profile, results = sample.profile, sample.results
         plugins.remember(key, profile)
-        memory = plugins.recall(key) or Memory(profile)
+        learned = plugins.recall(key)
     if executors == ("process",) and not profile.picklable:
         raise InvalidArgumentError(
             f"executor='process' cannot run this function: cannot pickle "
             f"{profile.unpicklable_reason}; use executor='thread' or None, or make it picklable")
-    options["already_done"] = len(results)
-    workload = Workload(n, source, executors, n_jobs, min_speedup, memory.runs, options)
+    workload = dataclasses.replace(asked, previous_runs=learned.runs if learned else 0,
+                                   already_done=len(results), recalled=recalled)
     plan = plugins.make_plan(func, profile, workload)
     plan.data = data
     plan.sampled_results = results
@@ -196,14 +194,12 @@ def _two_threads() -> Any:
     return plugins.leased_pool("thread", 2)
 
 
-def _probe_elsewhere(func: Callable, executors: tuple[ExecutorType, ...], n_jobs: int | None,
-                     start_method: str | None, timeout: float | None,
-                     initializer: tuple | None, max_tasks_per_child: int | None) -> Any:
+def _probe_elsewhere(func: Callable, asked: Workload, timeout: float | None) -> Any:
     """Where measured items run when not in the caller (see ``make``), or None for the caller."""
     max_tasks = None
-    if executors == ("process",):
-        where: tuple[ExecutorType, int] = ("process", n_jobs or system.usable_cpus())
-        max_tasks = max_tasks_per_child  # the pool the run will use
+    if asked.executors == ("process",):
+        where: tuple[ExecutorType, int] = ("process", asked.max_workers or system.usable_cpus())
+        max_tasks = asked.max_tasks_per_child  # the pool the run will use
         try:
             cloudpickle.dumps(func)
         except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
@@ -216,7 +212,7 @@ def _probe_elsewhere(func: Callable, executors: tuple[ExecutorType, ...], n_jobs
         return None
 
     def run_timed(func: Callable, items: list, indices: list[int], budget: float) -> Any:
-        with plugins.leased_pool(*where, start_method, *(initializer or ()),
+        with plugins.leased_pool(*where, asked.start_method, asked.initializer, asked.initargs,
                                  max_tasks_per_child=max_tasks) as pool:
             return call_watched(pool, worker.run_timed, (func, items, budget), indices, timeout)
 

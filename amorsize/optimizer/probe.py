@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from amorsize import worker
+from amorsize.pools import worker
 from amorsize.workload import Profile
 
 CPU_CLOCK_MIN_SECONDS = 2e-3

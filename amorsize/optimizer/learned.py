@@ -24,7 +24,7 @@ _SMOOTHING = 0.5
 
 
 @dataclass
-class Memory:
+class Learned:
     """What is known about one function: its profile, how often it ran, how many items its last
     run had (the best guess when the next input is an iterator of unknown length), and the
     model's corrections by executor type."""
@@ -59,11 +59,11 @@ def function_key(func: Callable) -> Hashable:
         return ("type", type(func))
 
 
-class ProfileMemory:
-    """A bounded, thread-safe map from function key to ``Memory`` (least recently used dropped)."""
+class LearnedProfiles:
+    """A bounded, thread-safe map from function key to ``Learned`` (least recently used dropped)."""
 
     def __init__(self, max_entries: int = _MAX_ENTRIES) -> None:
-        self._entries: OrderedDict[Hashable, Memory] = OrderedDict()
+        self._entries: OrderedDict[Hashable, Learned] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_entries
 
@@ -71,18 +71,18 @@ class ProfileMemory:
         """A fork taken while another thread held the lock would leave it held in the child."""
         self._lock = threading.Lock()
 
-    def recall(self, key: Hashable) -> Memory | None:
+    def recall(self, key: Hashable) -> Learned | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
             return entry
 
-    def remember(self, key: Hashable, profile: Profile) -> Memory:
+    def remember(self, key: Hashable, profile: Profile) -> Learned:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = Memory(profile)
+                entry = self._entries[key] = Learned(profile)
                 if len(self._entries) > self._max:
                     self._entries.popitem(last=False)
             else:
@@ -134,5 +134,5 @@ class ProfileMemory:
                 self._entries.pop(key, None)
 
 
-MEMORY = ProfileMemory()
-os.register_at_fork(after_in_child=MEMORY._reset_lock)
+LEARNED = LearnedProfiles()
+os.register_at_fork(after_in_child=LEARNED._reset_lock)

@@ -1,1 +1,0 @@
-"""amorsize's own behaviour, registered as ordinary plugins (as pytest does)."""
