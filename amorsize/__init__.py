@@ -17,6 +17,7 @@ from amorsize.errors import (
     WorkerCrashedError,
 )
 from amorsize.optimizer.optimize import optimize
+from amorsize.options import DecideOptions, MapOptions
 from amorsize.plan import Plan
 from amorsize.plugins import register_plugin, unregister_plugin
 from amorsize.plugins.hookspecs import hookimpl
@@ -36,8 +37,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmorsizeError",
+    "DecideOptions",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
+    "MapOptions",
     "Plan",
     "Pool",
     "PluginError",

@@ -140,3 +140,14 @@ def check_max_tasks_per_child(value: object, start_method: str | None) -> None:
             "replacement workers would be forked from a process that has threads); pass "
             "start_method='forkserver' or 'spawn' (or unset AMORSIZE_START_METHOD=fork), or "
             "leave max_tasks_per_child=None")
+
+
+def check_initializer(initializer: object, initargs: object) -> None:
+    """An initializer is a callable or None; its arguments a tuple (part of the pool's key)."""
+    if initializer is not None and not callable(initializer):
+        raise InvalidArgumentTypeError(
+            f"initializer must be callable or None, got {type(initializer).__name__}")
+    if not isinstance(initargs, tuple | list):
+        raise InvalidArgumentTypeError(
+            f"initargs must be a tuple of arguments for the initializer, got "
+            f"{type(initargs).__name__}")

@@ -233,3 +233,46 @@ def test_installed_local_cluster_accepts_no_dashboard():
 
     params = inspect.signature(LocalCluster).parameters
     assert "host" in params and "dashboard_address" in params
+
+
+# --- 4. keyword options: one typed declaration for every entry point ------------------------------
+
+
+@pytest.mark.parametrize("entry", [amorsize.map, amorsize.imap, amorsize.imap_unordered,
+                                   amorsize.starmap, amorsize.istarmap, amorsize.optimize])
+def test_a_misspelt_option_is_refused_naming_the_nearest_one(entry):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'njobs'; did you mean 'n_jobs'"):
+        entry(square, [(1,), (2,)], njobs=2)
+
+
+def test_optimize_refuses_the_options_that_only_running_takes():
+    with pytest.raises(amorsize.InvalidArgumentTypeError, match="'timeout'"):
+        amorsize.optimize(square, range(4), timeout=1.0)
+
+
+def test_every_option_has_a_default_and_map_takes_exactly_those():
+    from amorsize.options import DEFAULTS, DecideOptions, MapOptions
+
+    assert set(DEFAULTS) == MapOptions.__optional_keys__ > DecideOptions.__optional_keys__
+    assert amorsize.map(square, [1, 2, 3], **DEFAULTS) == [1, 4, 9]
+
+
+def test_a_type_checker_sees_every_option_with_its_type(tmp_path):
+    """The options are a TypedDict unpacked into ``**options``: mypy flags a misspelt keyword
+    and a wrong type at the call, as it would for spelt-out parameters."""
+    import subprocess
+    import sys
+
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(
+        "import amorsize\n\n\ndef square(x: int) -> int:\n    return x * x\n\n\n"
+        "amorsize.map(square, range(9), n_jobs=2, timeout=1.0, progress=True)\n"
+        "amorsize.imap(square, range(9), njobs=2)\n"
+        "amorsize.optimize(square, range(9), chunksize='4')\n")
+    out = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"),
+                          "--no-error-summary", str(snippet)], capture_output=True, text=True,
+                         timeout=120)
+    errors = [line for line in out.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 2, out.stdout
+    assert 'snippet.py:9: error: Unexpected keyword argument "njobs"' in errors[0]
+    assert "snippet.py:10: error:" in errors[1] and '"chunksize"' in errors[1]

@@ -127,7 +127,7 @@ def test_initializer_and_start_method_are_part_of_the_key(manager):
     other = manager.get_pool(1, "serial", initializer=pool_helpers.set_marker, initargs=("b",))
     assert len({id(plain), id(marked), id(other)}) == 3
     assert manager.get_pool(1, "serial", initializer=pool_helpers.set_marker, initargs=("b",)) is other
-    keys = {manager._key(1, "process", m, None, ()) for m in START_METHODS}
+    keys = {manager._checked_key(1, "process", m, None, ()) for m in START_METHODS}
     assert len(keys) == 3
 
 

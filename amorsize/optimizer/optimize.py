@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import cloudpickle
 
@@ -16,50 +16,38 @@ from amorsize.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     check_executor_type,
+    check_initializer,
+    check_max_tasks_per_child,
     check_positive_int,
     check_start_method,
     resolve_n_jobs,
 )
 from amorsize.optimizer import sampling
 from amorsize.optimizer.learned import function_key
+from amorsize.options import DecideOptions, MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools import worker
-from amorsize.run.control import call_watched
+from amorsize.run.control import call_watched, check_timeout
 from amorsize.workload import Profile, Workload
 
 
-def optimize(
-    func: Callable,
-    data: Iterable,
-    *,
-    n_jobs: int | None = None,
-    executor: ExecutorType | None = None,
-    chunksize: int | None = None,
-    min_speedup: float = 1.2,
-    sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
-    resample: bool = False,
-    start_method: str | None = None,
-) -> Plan:
+def optimize(func: Callable, data: Iterable, **options: Unpack[DecideOptions]) -> Plan:
     """Measure ``func`` on a few items of ``data`` and decide how to run all of them.
 
     ``n_jobs`` caps the workers, ``executor`` ("serial", "thread", "process") and ``chunksize``
     force a choice, ``min_speedup`` is the margin by which parallel must beat serial,
-    ``resample`` measures again even if this function was seen before. The plan's ``data`` holds
-    every item (an iterator's consumed items put back); its ``sampled_results`` are the results
-    of the items measured, which ``amorsize.map`` does not compute again.
+    ``sample_size`` is how many items are measured, ``resample`` measures again even if this
+    function was seen before, ``start_method`` is the process pools' ("forkserver" by default
+    on Linux). The plan's ``data`` holds every item (an iterator's consumed items put back); its
+    ``sampled_results`` are the results of the items measured, which ``amorsize.map`` does not
+    compute again.
     """
-    check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
-                    start_method=start_method)
-    items, n, rest = split_items(data, sample_size)
-    return make(func, items, n, rest, "optimize", n_jobs=n_jobs, executor=executor,
-                 chunksize=chunksize, min_speedup=min_speedup, sample_size=sample_size,
-                 resample=resample, start_method=start_method)
+    given = complete("optimize", options, DecideOptions)
+    check_arguments(func, data, given)
+    return make(func, *split_items(data, given["sample_size"]), "optimize", given)
 
 
-def check_arguments(
-    func: Any, data: Any, n_jobs: Any, executor: Any, chunksize: Any, min_speedup: Any,
-    sample_size: Any, start_method: Any = None,
-) -> None:
+def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
     """Bad input fails before any work, with the argument named and the fix.
 
     ``n_jobs`` may be negative as in joblib (-1 = all usable CPUs); ``make`` resolves it. Without
@@ -77,30 +65,24 @@ def check_arguments(
             f"data must be an iterable of items (list, range, generator...), "
             f"got {type(data).__name__}"
         )
-    resolve_n_jobs("n_jobs", n_jobs, system.usable_cpus())
+    resolve_n_jobs("n_jobs", given["n_jobs"], system.usable_cpus())
+    start_method = given["start_method"]
     if start_method is None:
-        system.default_start_method()
+        start_method = system.default_start_method()
     else:
         check_start_method("start_method", start_method)
-    check_positive_int("chunksize", chunksize, allow_none=True)
-    check_positive_int("sample_size", sample_size)
-    if executor is not None:
-        check_executor_type("executor", executor)
+    check_positive_int("chunksize", given["chunksize"], allow_none=True)
+    check_positive_int("sample_size", given["sample_size"])
+    if given["executor"] is not None:
+        check_executor_type("executor", given["executor"])
+    min_speedup = given["min_speedup"]
     if isinstance(min_speedup, bool) or not isinstance(min_speedup, int | float):
         raise InvalidArgumentTypeError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
     if not min_speedup >= 1:
         raise InvalidArgumentError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
-
-
-def check_initializer(initializer: Any, initargs: Any) -> None:
-    """An initializer is a callable or None; its arguments a tuple (part of the pool's key)."""
-    if initializer is not None and not callable(initializer):
-        raise InvalidArgumentTypeError(
-            f"initializer must be callable or None, got {type(initializer).__name__}")
-    if not isinstance(initargs, tuple | list):
-        raise InvalidArgumentTypeError(
-            f"initargs must be a tuple of arguments for the initializer, got "
-            f"{type(initargs).__name__}")
+    check_timeout(given["timeout"])
+    check_initializer(given["initializer"], given["initargs"])
+    check_max_tasks_per_child(given["max_tasks_per_child"], start_method)
 
 
 def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None, Any]:
@@ -122,39 +104,26 @@ def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None,
     return head, None, it
 
 
-def make(
-    func: Callable,
-    items: Sequence,
-    n: int | None,
-    rest: Any,
-    source: str,
-    *,
-    n_jobs: int | None,
-    executor: ExecutorType | None,
-    chunksize: int | None,
-    min_speedup: float,
-    sample_size: int,
-    resample: bool,
-    start_method: str | None,
-    timeout: float | None = None,
-    initializer: Callable | None = None,
-    initargs: tuple = (),
-    max_tasks_per_child: int | None = None,
-) -> Plan:
+def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
+         given: MapOptions) -> Plan:
     """The plan for already-checked arguments, ``items`` as returned by ``split_items``.
 
     The items measured run where the caller allows: on a process worker when processes are
     forced (a crash there is a ``WorkerCrashedError``, never the caller's death), on a thread
     when there is a ``timeout`` (an item past it cancels the call); otherwise in the caller."""
-    n_jobs = resolve_n_jobs("n_jobs", n_jobs, system.usable_cpus())
+    n_jobs = resolve_n_jobs("n_jobs", given["n_jobs"], system.usable_cpus())
+    executor, timeout, resample = given["executor"], given["timeout"], given["resample"]
+    initializer, initargs = given["initializer"], given["initargs"]
+    sample_size = given["sample_size"]
     data: Any = items if rest is None else itertools.chain(items, rest)
     executors: tuple[ExecutorType, ...] = (executor,) if executor else EXECUTOR_TYPES
     if worker.inside_worker():
         executors, n_jobs = ("serial",), 1
     key = function_key(func)
-    asked = Workload(n, source, executors, n_jobs, min_speedup, key=key, chunksize=chunksize,
-                     start_method=start_method, initializer=initializer,
-                     initargs=tuple(initargs), max_tasks_per_child=max_tasks_per_child)
+    asked = Workload(n, source, executors, n_jobs, given["min_speedup"], key=key,
+                     chunksize=given["chunksize"], start_method=given["start_method"],
+                     initializer=initializer, initargs=tuple(initargs),
+                     max_tasks_per_child=given["max_tasks_per_child"])
     if n == 0:
         return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
                     Profile(0.0), asked, data=data)

@@ -11,6 +11,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,53 +57,52 @@ def current(start_method: str) -> Overheads:
 
 def measure_threads(pool: Any, start_method: str) -> Overheads:
     """Per-chunk cost on a warm thread pool, and per-thread start-up from its creation."""
-    with _lock:
-        base = current(start_method)
-        if "thread" in base.measured:
-            return base
-        per_chunk = _per_chunk(pool, 200)
-        found = dataclasses.replace(
-            base,
-            thread_per_chunk=per_chunk,
-            thread_start=max(20e-6, pool.startup_seconds / max(1, pool.n_jobs)),
-            measured=(*base.measured, "thread"),
-        )
-        _cache[start_method] = found
-        return found
+    return _measure_once(start_method, "thread", lambda: {
+        "thread_per_chunk": _per_chunk(pool, 200),
+        "thread_start": max(20e-6, pool.startup_seconds / max(1, pool.n_jobs)),
+    })
 
 
 def measure_processes(pool: Any, start_method: str) -> Overheads:
     """Round-trip latency, per-chunk cost and per-byte cost on a warm process pool (~20 ms)."""
+    return _measure_once(start_method, "process", lambda: _process_figures(pool))
+
+
+def _measure_once(start_method: str, kind: str,
+                  figures: Callable[[], dict[str, float]]) -> Overheads:
+    """``kind``'s figures, measured on the first call for this start method and cached."""
     with _lock:
         base = current(start_method)
-        if "process" in base.measured:
+        if kind in base.measured:
             return base
-        func = pool.prepare(len)
-        pool.submit_chunk(func, [b""]).result()
-        latencies = []
-        for _ in range(7):
-            t0 = time.perf_counter()
-            pool.submit_chunk(func, [b""]).result()
-            latencies.append(time.perf_counter() - t0)
-        latency = statistics.median(latencies)
-        per_chunk = _per_chunk(pool, 100)
-        payload = bytes(4 * 2**20)
-        moves = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            pool.submit_chunk(func, [payload]).result()
-            moves.append(time.perf_counter() - t0)
-        per_byte = max(0.0, statistics.median(moves) - latency) / len(payload)
-        found = dataclasses.replace(
-            base,
-            process_latency=latency,
-            process_per_chunk=per_chunk,
-            process_per_byte=max(0.2e-9, per_byte),
-            process_start=max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
-            measured=(*base.measured, "process"),
-        )
+        found = dataclasses.replace(base, **figures(), measured=(*base.measured, kind))
         _cache[start_method] = found
         return found
+
+
+def _process_figures(pool: Any) -> dict[str, float]:
+    func = pool.prepare(len)
+    pool.submit_chunk(func, [b""]).result()
+    latencies = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        pool.submit_chunk(func, [b""]).result()
+        latencies.append(time.perf_counter() - t0)
+    latency = statistics.median(latencies)
+    per_chunk = _per_chunk(pool, 100)
+    payload = bytes(4 * 2**20)
+    moves = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        pool.submit_chunk(func, [payload]).result()
+        moves.append(time.perf_counter() - t0)
+    per_byte = max(0.0, statistics.median(moves) - latency) / len(payload)
+    return {
+        "process_latency": latency,
+        "process_per_chunk": per_chunk,
+        "process_per_byte": max(0.2e-9, per_byte),
+        "process_start": max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
+    }
 
 
 def _per_chunk(pool: Any, count: int) -> float:

@@ -17,7 +17,6 @@ from typing import Any
 from amorsize.optimizer.probe import Probe, Sample
 from amorsize.pools import worker
 
-DEFAULT_SAMPLE_SIZE = 8
 BUDGET_SECONDS = 0.05
 _PAIR_MIN_SECONDS = 10e-6
 _PAIR_TARGET_SECONDS = 1e-3

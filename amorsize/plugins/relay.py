@@ -544,24 +544,3 @@ def _failed(plugin_name: str, hook_name: str, exc: Exception, observe: bool) -> 
         stacklevel=4,
     )
     return None
-
-
-__all__ = [
-    "BUILTIN_NAMES",
-    "DISABLE_ENV",
-    "ENTRY_POINT_GROUP",
-    "broken_entry_points",
-    "disabled_entry_points",
-    "get_pool",
-    "leased_pool",
-    "make_plan",
-    "plugin_names",
-    "pm",
-    "pool_event",
-    "recall",
-    "register_plugin",
-    "remember",
-    "run_finished",
-    "run_progress",
-    "unregister_plugin",
-]

@@ -40,6 +40,7 @@ from amorsize.errors import (
     InvalidArgumentTypeError,
     PoolManagerClosedError,
     check_executor_type,
+    check_initializer,
     check_max_tasks_per_child,
     check_positive_int,
     check_start_method,
@@ -147,11 +148,8 @@ class PoolManager:
         is replaced after that many tasks (chunks). Also closes, first, the other pools idle
         past ``idle_timeout``.
         """
-        check_positive_int("n_jobs", n_jobs)
-        check_executor_type("executor_type", executor_type)
-        check_start_method("start_method", start_method, allow_none=True)
-        key = self._key(n_jobs, executor_type, start_method, initializer, initargs,
-                        max_tasks_per_child)
+        key = self._checked_key(n_jobs, executor_type, start_method, initializer, initargs,
+                                max_tasks_per_child)
         self._check_process()
         with self._lock:
             self._check_open_locked()
@@ -221,11 +219,8 @@ class PoolManager:
         """Shut the pool for this key down now (waiting for its running tasks; a run holding it
         keeps it until the run ends) instead of at its idle timeout; True if there was one. The
         next ``get_pool`` for the key starts a new one."""
-        check_positive_int("n_jobs", n_jobs)
-        check_executor_type("executor_type", executor_type)
-        check_start_method("start_method", start_method, allow_none=True)
-        key = self._key(n_jobs, executor_type, start_method, initializer, initargs,
-                        max_tasks_per_child)
+        key = self._checked_key(n_jobs, executor_type, start_method, initializer, initargs,
+                                max_tasks_per_child)
         self._check_process()
         with self._lock:
             if key not in self._pools:
@@ -285,13 +280,14 @@ class PoolManager:
                 "closed": self._closed,
             }
 
-    def _key(self, n_jobs: int, executor_type: ExecutorType, start_method: str | None,
-             initializer: Callable | None, initargs: tuple,
-             max_tasks_per_child: int | None = None) -> PoolKey:
-        if initializer is not None and not callable(initializer):
-            raise InvalidArgumentTypeError(
-                f"initializer must be callable or None, got {type(initializer).__name__}"
-            )
+    def _checked_key(self, n_jobs: int, executor_type: ExecutorType, start_method: str | None,
+                     initializer: Callable | None, initargs: tuple,
+                     max_tasks_per_child: int | None = None) -> PoolKey:
+        """The key of the pool these arguments mean, after checking each of them."""
+        check_positive_int("n_jobs", n_jobs)
+        check_executor_type("executor_type", executor_type)
+        check_start_method("start_method", start_method, allow_none=True)
+        check_initializer(initializer, initargs)
         init = None if initializer is None else (initializer, tuple(initargs))
         check_max_tasks_per_child(max_tasks_per_child, None)
         if executor_type == "serial":

@@ -8,43 +8,29 @@ reaches the caller with its own type; a worker that dies raises ``WorkerCrashedE
 from __future__ import annotations
 
 import collections
-import inspect
 import itertools
 import math
 import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, Unpack
 
-from amorsize import plugins, system
-from amorsize.errors import ExecutorType, InvalidArgumentTypeError, check_max_tasks_per_child
-from amorsize.optimizer import optimize, sampling
+from amorsize import plugins
+from amorsize.errors import (
+    InvalidArgumentTypeError,
+)
+from amorsize.optimizer import optimize
+from amorsize.options import MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools.worker import Star
-from amorsize.run.control import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run, check_timeout
+from amorsize.run.control import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run
 
 _SERIAL_BLOCK = 4096
 _LAZY_BLOCK_SECONDS = 0.01
 
 
-def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
-    func: Callable,
-    data: Iterable,
-    *,
-    n_jobs: int | None = None,
-    executor: ExecutorType | None = None,
-    chunksize: int | None = None,
-    min_speedup: float = 1.2,
-    sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
-    resample: bool = False,
-    start_method: str | None = None,
-    timeout: float | None = None,
-    progress: bool = False,
-    initializer: Callable | None = None,
-    initargs: tuple = (),
-    max_tasks_per_child: int | None = None,
-) -> list:
+def map(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> list:  # noqa: A001
     """``[func(x) for x in data]``, run the fastest way amorsize can find (see ``optimize``).
 
     ``timeout`` limits each item to that many seconds: an item running longer raises
@@ -58,28 +44,12 @@ def map(  # noqa: A001 - the name users expect, as multiprocessing.Pool.map
     (chunks), as in ``multiprocessing.Pool(maxtasksperchild=...)``, to bound what a leaking
     function holds; thread and serial plans ignore it. Not with the "fork" start method.
     """
-    plan = _plan(func, data, "map", n_jobs, executor, chunksize, min_speedup, sample_size,
-                 resample, start_method, timeout, initializer, initargs, max_tasks_per_child)
-    return run_plan(func, plan, timeout=timeout, progress=progress)
+    given = complete("map", options)
+    plan = _plan(func, data, "map", given)
+    return run_plan(func, plan, timeout=given["timeout"], progress=given["progress"])
 
 
-def imap(
-    func: Callable,
-    data: Iterable,
-    *,
-    n_jobs: int | None = None,
-    executor: ExecutorType | None = None,
-    chunksize: int | None = None,
-    min_speedup: float = 1.2,
-    sample_size: int = sampling.DEFAULT_SAMPLE_SIZE,
-    resample: bool = False,
-    start_method: str | None = None,
-    timeout: float | None = None,
-    progress: bool = False,
-    initializer: Callable | None = None,
-    initargs: tuple = (),
-    max_tasks_per_child: int | None = None,
-) -> Iterator:
+def imap(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> Iterator:
     """Lazy, ordered ``map``: items are read and results produced as they go, with a bounded
     number of chunks in flight, so a generator or a huge input never sits in memory whole.
 
@@ -87,39 +57,34 @@ def imap(
     the first results come after about the first chunk's time. Closing the iterator (``break``
     out of the loop, ``close()``, or dropping it) cancels the run: nothing more is computed.
     """
-    plan = _plan(func, data, "imap", n_jobs, executor, chunksize, min_speedup, sample_size,
-                 resample, start_method, timeout, initializer, initargs, max_tasks_per_child)
-    return _flatten(_run(func, plan, timeout, progress))
+    given = complete("imap", options)
+    plan = _plan(func, data, "imap", given)
+    return _flatten(_run(func, plan, given["timeout"], given["progress"]))
 
 
 def imap_unordered(func: Callable, data: Iterable, *, with_index: bool = False,
-                   **options: Any) -> Iterator:
+                   **options: Unpack[MapOptions]) -> Iterator:
     """``imap`` whose results come as they complete, not in input order (as
     ``multiprocessing.Pool.imap_unordered``); ``with_index=True`` yields ``(index, result)``
     pairs, the index being the item's position in ``data``. Takes ``imap``'s keyword
     arguments."""
-    plan = _plan(func, data, "imap", *_ordered_options(options))
-    return _flatten(_run(func, plan, options.get("timeout"), options.get("progress", False),
-                         unordered=True, with_index=with_index))
+    given = complete("imap_unordered", options)
+    plan = _plan(func, data, "imap", given)
+    return _flatten(_run(func, plan, given["timeout"], given["progress"], unordered=True,
+                         with_index=with_index))
 
 
-def starmap(func: Callable, data: Iterable, **options: Any) -> list:
+def starmap(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> list:
     """``[func(*args) for args in data]`` (as ``multiprocessing.Pool.starmap``); takes
     ``map``'s keyword arguments. For fixed extra arguments, ``functools.partial`` works too."""
     _check_callable(func)
     return map(Star(func), data, **options)
 
 
-def istarmap(func: Callable, data: Iterable, **options: Any) -> Iterator:
+def istarmap(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> Iterator:
     """Lazy, ordered ``starmap``; takes ``imap``'s keyword arguments."""
     _check_callable(func)
     return imap(Star(func), data, **options)
-
-
-_OPTIONS = ("n_jobs", "executor", "chunksize", "min_speedup", "sample_size", "resample",
-            "start_method", "timeout", "initializer", "initargs", "max_tasks_per_child")
-_DEFAULTS = {name: p.default for name, p in inspect.signature(imap).parameters.items()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _check_callable(func: Any) -> None:
@@ -129,34 +94,13 @@ def _check_callable(func: Any) -> None:
             f"got {type(func).__name__}")
 
 
-def _ordered_options(options: dict[str, Any]) -> tuple:
-    unknown = options.keys() - {*_OPTIONS, "progress"}
-    if unknown:
-        raise InvalidArgumentTypeError(
-            f"unexpected keyword argument(s) {', '.join(sorted(unknown))}; the options are "
-            f"{', '.join(_OPTIONS)} and progress")
-    return tuple(options.get(name, _DEFAULTS.get(name)) for name in _OPTIONS)
-
-
-def _plan(func: Callable, data: Iterable, source: str, n_jobs: int | None,
-          executor: ExecutorType | None, chunksize: int | None, min_speedup: float, sample_size: int,
-          resample: bool, start_method: str | None, timeout: float | None,
-          initializer: Callable | None, initargs: tuple,
-          max_tasks_per_child: int | None = None) -> Plan:
+def _plan(func: Callable, data: Iterable, source: str, given: MapOptions) -> Plan:
     """Check every argument, then measure (or recall) and decide: what each entry point does
     before it runs."""
-    optimize.check_arguments(func, data, n_jobs, executor, chunksize, min_speedup, sample_size,
-                             start_method=start_method)
-    check_timeout(timeout)
-    optimize.check_initializer(initializer, initargs)
-    check_max_tasks_per_child(max_tasks_per_child, start_method or system.default_start_method())
+    optimize.check_arguments(func, data, given)
     if source == "map" and not hasattr(data, "__len__"):
         data = list(data)  # map returns a list anyway: measure across all of it
-    return optimize.make(
-        func, *optimize.split_items(data, sample_size), source, n_jobs=n_jobs,
-        executor=executor, chunksize=chunksize, min_speedup=min_speedup,
-        sample_size=sample_size, resample=resample, start_method=start_method, timeout=timeout,
-        initializer=initializer, initargs=initargs, max_tasks_per_child=max_tasks_per_child)
+    return optimize.make(func, *optimize.split_items(data, given["sample_size"]), source, given)
 
 
 def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
