@@ -52,7 +52,7 @@ def loops_for(seconds: float) -> int:
 
 
 @dataclass(frozen=True)
-class Workload:
+class DemoCase:
     """A named function and data; ``repeat`` > 1 means the same call is made that many times."""
 
     name: str
@@ -74,20 +74,20 @@ def arrays(count: int = 200, megabytes: float = 1.0) -> list:
     return [rng.random(size) for _ in range(count)]
 
 
-def standard(repeat: int = 100) -> list[Workload]:
+def standard(repeat: int = 100) -> list[DemoCase]:
     """The five core workloads (the large-payload one needs numpy)."""
     out = [
-        Workload("trivial", "100k calls of x*x", square, lambda: list(range(100_000))),
-        Workload("io-2ms", "1k calls that wait 2 ms (I/O)", wait_io, lambda: list(range(1000))),
-        Workload("cpu-2ms", "400 calls of 2 ms pure-Python CPU", cpu_func(0.002),
+        DemoCase("trivial", "100k calls of x*x", square, lambda: list(range(100_000))),
+        DemoCase("io-2ms", "1k calls that wait 2 ms (I/O)", wait_io, lambda: list(range(1000))),
+        DemoCase("cpu-2ms", "400 calls of 2 ms pure-Python CPU", cpu_func(0.002),
                  lambda: list(range(400))),
-        Workload("repeated", f"the same map {repeat}x on 500 items of 40 µs CPU",
+        DemoCase("repeated", f"the same map {repeat}x on 500 items of 40 µs CPU",
                  cpu_func(40e-6), lambda: list(range(500)), repeat=repeat),
     ]
     try:
         import numpy  # noqa: F401
     except ImportError:
         return out
-    out.insert(1, Workload("large-payload", "200 numpy arrays of 1 MB, summed", array_sum,
+    out.insert(1, DemoCase("large-payload", "200 numpy arrays of 1 MB, summed", array_sum,
                            arrays))
     return out

@@ -132,7 +132,7 @@ class Runner:
     """Runs the batches ``get_async`` submits as one ``amorsize.run.control.Run`` of the plan, and times
     them; a context manager whose failure cancels the run.
 
-    Each batch is timed inside its worker (``tasks.run_batch``); the run's counts are what the
+    Each batch is timed inside its worker (``tasks.run_tasks``); the run's counts are what the
     finished run reports, so the next compute of the same kind of graph is planned from what
     tasks took.
     """
@@ -152,7 +152,7 @@ class Runner:
         if self.uses_processes:
             self.num_workers *= PROCESS_BATCHES_PER_WORKER
         self.chunksize = 1 if pool is None else max(1, self.plan.chunksize)
-        self._run_batch = tasks.run_batch if pool is None else pool.prepare(tasks.run_batch)
+        self._run_tasks = tasks.run_tasks if pool is None else pool.prepare(tasks.run_tasks)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -175,14 +175,14 @@ class Runner:
         if self.run.pool is None:
             future: Future = Future()
             try:
-                results, wall, cpu = tasks.run_batch(batch)
+                results, wall, cpu = tasks.run_tasks(batch)
                 self.cpu_seconds += cpu  # the calling thread only: no lock needed
                 future.set_result(self._record((results, wall, cpu)))
             except BaseException as exc:  # noqa: B036 - delivered through the future, as executors do
                 future.set_exception(exc)
             return future
         outer: Future = Future()
-        self.run.submit(self._run_batch, batch).add_done_callback(partial(self._relay, outer))
+        self.run.submit(self._run_tasks, batch).add_done_callback(partial(self._relay, outer))
         return outer
 
     def _relay(self, outer: Future, inner: Future) -> None:

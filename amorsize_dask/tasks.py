@@ -2,7 +2,7 @@
 
 Kept free of heavy imports because every process worker imports it. ``dask.local.get_async``
 hands the scheduler batches of ``(key, task_info, dumps, loads, get_id, pack_exception)``;
-``run_batch`` executes them with Dask's own ``batch_execute_tasks`` and adds how long they took,
+``run_tasks`` executes them with Dask's own ``batch_execute_tasks`` and adds how long they took,
 measured inside the worker, so queueing and transfer never count as the tasks' compute time.
 """
 
@@ -17,7 +17,7 @@ from amorsize.pools.worker import now
 _state = threading.local()
 
 
-def run_batch(batch: list[tuple]) -> tuple[list, float, float]:
+def run_tasks(batch: list[tuple]) -> tuple[list, float, float]:
     """Run one batch of Dask tasks; return their results, wall seconds and CPU seconds.
 
     The clocks are the probe's (``amorsize.pools.worker.now``); their ratio tells waiting work (I/O)

@@ -58,7 +58,7 @@ _MAX_BATCH = 1 << 22
 _SHAREDMEM_EXECUTORS: tuple[ExecutorType, ...] = tuple(e for e in EXECUTOR_TYPES if e != "process")
 
 
-def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:
+def run_joblib_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:
     """Run a joblib batch where it lands (caller, pool thread or process worker), timed there.
 
     Returns the results, the wall seconds and the CPU seconds (the probe's clocks), so the optimizer
@@ -79,10 +79,10 @@ def run_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[lis
 
 
 def _probe_batch(batch: Any, inner_max_num_threads: int | None) -> tuple[list, float, float, int]:
-    """``run_batch`` for a task being measured: also how often its thread blocked
+    """``run_joblib_batch`` for a task being measured: also how often its thread blocked
     (``amorsize.pools.worker.waits``), which tells waiting from being pre-empted."""
     before = waits()
-    results, wall, cpu = run_batch(batch, inner_max_num_threads)
+    results, wall, cpu = run_joblib_batch(batch, inner_max_num_threads)
     return results, wall, cpu, -1 if before < 0 else waits() - before
 
 
@@ -380,7 +380,7 @@ class AmorsizeBackend(ParallelBackendBase):
                   done=self.n_probed)
         self._stack.enter_context(run)
         if run.pool is not None:
-            self._runner = run.pool.prepare(run_batch)
+            self._runner = run.pool.prepare(run_joblib_batch)
         self._on_processes = run.pool is not None and run.pool.uses_processes
         self._run = run
         self.plan = plan
@@ -447,7 +447,7 @@ class AmorsizeBackend(ParallelBackendBase):
                 if results is None:
                     return
             else:
-                results, wall, _ = run_batch(batch, self.inner_max_num_threads)
+                results, wall, _ = run_joblib_batch(batch, self.inner_max_num_threads)
                 self._record(len(results), wall)
         except BaseException as exc:  # noqa: BLE001 - delivered to joblib through the future
             _settle(future, exception=exc)
@@ -467,7 +467,7 @@ class AmorsizeBackend(ParallelBackendBase):
             if self.plan is not None:
                 remainder = cls(tasks[i:], *rest)
                 if self.plan.executor_type == "serial":
-                    more, wall, _ = run_batch(remainder, self.inner_max_num_threads)
+                    more, wall, _ = run_joblib_batch(remainder, self.inner_max_num_threads)
                     self._record(len(more), wall)
                     return results + more
                 self._run_on_pool(remainder, future, prefix=results)

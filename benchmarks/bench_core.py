@@ -87,9 +87,9 @@ def workloads(repeat: int) -> list:
     from amorsize import demo_workloads as dw
 
     out = dw.standard(repeat)
-    out.append(dw.Workload("sorted-cost", "300 items, cost rising 0 → 3 ms with the index",
+    out.append(dw.DemoCase("sorted-cost", "300 items, cost rising 0 → 3 ms with the index",
                            grows, lambda: list(range(300))))
-    out.append(dw.Workload("mixed-io-cpu", "300 calls: 1 ms wait + 1 ms CPU",
+    out.append(dw.DemoCase("mixed-io-cpu", "300 calls: 1 ms wait + 1 ms CPU",
                            functools.partial(mixed, loops=dw.loops_for(0.001)),
                            lambda: list(range(300))))
     return out

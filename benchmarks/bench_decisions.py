@@ -203,37 +203,37 @@ def _costs(count: int, low_ms: float = 0.1, high_ms: float = 20.0) -> list[int]:
     return [max(1, int(per_ms * low_ms * ratio ** (rng.random() ** 3))) for _ in range(count)]
 
 
-def workloads() -> list[dw.Workload]:
+def workloads() -> list[dw.DemoCase]:
     grows = bench_core.grows if bench_core else _grows
     mixed = bench_core.mixed if bench_core else _mixed
     out = [
-        dw.Workload("trivial", "x*x on 100k ints", dw.square, lambda: list(range(100_000))),
-        dw.Workload("io-2ms", "400 sleeps of 2 ms", dw.wait_io, lambda: list(range(400))),
-        dw.Workload("cpu-2ms", "400 calls of 2 ms pure-Python CPU", dw.cpu_func(0.002),
+        dw.DemoCase("trivial", "x*x on 100k ints", dw.square, lambda: list(range(100_000))),
+        dw.DemoCase("io-2ms", "400 sleeps of 2 ms", dw.wait_io, lambda: list(range(400))),
+        dw.DemoCase("cpu-2ms", "400 calls of 2 ms pure-Python CPU", dw.cpu_func(0.002),
                  lambda: list(range(400))),
-        dw.Workload("sorted-cost", "300 items, pure-Python cost rising 0 -> 3 ms", grows,
+        dw.DemoCase("sorted-cost", "300 items, pure-Python cost rising 0 -> 3 ms", grows,
                  lambda: list(range(300))),
-        dw.Workload("mixed-io-cpu", "300 calls: 1 ms sleep + 1 ms CPU",
+        dw.DemoCase("mixed-io-cpu", "300 calls: 1 ms sleep + 1 ms CPU",
                  functools.partial(mixed, loops=dw.loops_for(0.001)), lambda: list(range(300))),
-        dw.Workload("sha256", "hashlib.sha256 of 64 blocks of 1 MB", sha256_hex,
+        dw.DemoCase("sha256", "hashlib.sha256 of 64 blocks of 1 MB", sha256_hex,
                  lambda: _random_blocks(64)),
-        dw.Workload("zlib", "zlib.compress level 6 of 32 blocks of 1 MB of logs", zlib_size,
+        dw.DemoCase("zlib", "zlib.compress level 6 of 32 blocks of 1 MB of logs", zlib_size,
                  lambda: _log_blocks(32)),
-        dw.Workload("json", "json dumps+loads of 500 nested dicts of ~20 KB", json_roundtrip,
+        dw.DemoCase("json", "json dumps+loads of 500 nested dicts of ~20 KB", json_roundtrip,
                  lambda: [_doc(i) for i in range(500)]),
-        dw.Workload("regex", "re.findall of e-mails in 200 texts of 50 KB", find_emails,
+        dw.DemoCase("regex", "re.findall of e-mails in 200 texts of 50 KB", find_emails,
                  lambda: _text_chunks(200)),
-        dw.Workload("difflib", "SequenceMatcher.ratio of 300 pairs of 100 chars", similarity,
+        dw.DemoCase("difflib", "SequenceMatcher.ratio of 300 pairs of 100 chars", similarity,
                  lambda: _pairs(300)),
-        dw.Workload("hetero", "500 busy loops of 0.1-20 ms (heavy tail)", busy, lambda: _costs(500)),
+        dw.DemoCase("hetero", "500 busy loops of 0.1-20 ms (heavy tail)", busy, lambda: _costs(500)),
     ]
     try:
         import numpy  # noqa: F401
     except ImportError:
         return out
-    out.insert(1, dw.Workload("large-payload", "200 numpy arrays of 1 MB, summed", dw.array_sum,
+    out.insert(1, dw.DemoCase("large-payload", "200 numpy arrays of 1 MB, summed", dw.array_sum,
                            dw.arrays))
-    out.insert(8, dw.Workload("numpy-matmul", "a @ a of 400 float arrays 200x200", matmul_sum,
+    out.insert(8, dw.DemoCase("numpy-matmul", "a @ a of 400 float arrays 200x200", matmul_sum,
                            lambda: _matrices(400)))
     return out
 
@@ -421,7 +421,7 @@ def _ran(observer: RunObserver) -> str:
     return config(r.executor_type, r.n_jobs, r.chunksize)
 
 
-def bench(w: dw.Workload, args: argparse.Namespace, observer: RunObserver) -> Row:
+def bench(w: dw.DemoCase, args: argparse.Namespace, observer: RunObserver) -> Row:
     start = time.perf_counter()
     items = w.make_data()
     expected = [w.func(x) for x in items]
