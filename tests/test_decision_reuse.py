@@ -99,3 +99,46 @@ def test_a_plan_from_a_remembered_profile_says_so():
     again = amorsize.optimize(square, data)
     assert "recalled: measured on" in again.reasons[0]
     assert "recalled" in again.explain().splitlines()[1]
+
+
+def test_a_parallel_plan_is_kept_until_another_is_predicted_clearly_faster(monkeypatch):
+    """Two configurations predicted within 10% of each other trade places with each run's noise
+    (2 or 4 workers on 2 cores): the last plan stays until another is >10% faster."""
+    best = {"serial": cost_model.Candidate("serial", 1, 400, 4.0)}
+    monkeypatch.setattr(cost_model, "best_candidates", lambda *a, **k: dict(best))
+    monkeypatch.setattr(cost_model, "predicted_seconds",
+                        lambda executor, n_jobs, chunksize, *a, **k: 1.0)
+    decision._DECISIONS.forget()
+    workload = amorsize.Workload(400, executors=("serial", "thread"))
+
+    def decide(per_item: float, thread: cost_model.Candidate) -> amorsize.Plan:
+        best["thread"] = thread
+        return decision.decide(square, amorsize.Profile(per_item, cpu_ratio=0.0), workload)
+
+    first = decide(1e-3, cost_model.Candidate("thread", 4, 25, 1.0))
+    assert (first.executor_type, first.n_jobs, first.chunksize) == ("thread", 4, 25)
+    close = decide(2e-3, cost_model.Candidate("thread", 8, 13, 0.95))   # moved: decided again
+    assert (close.n_jobs, close.chunksize) == (4, 25)
+    assert any("kept the last plan" in r for r in close.reasons)
+    assert close.predictions["thread"] == 1.0
+    clearly = decide(4e-3, cost_model.Candidate("thread", 8, 13, 0.8))
+    assert (clearly.n_jobs, clearly.chunksize) == (8, 13)
+    # a kept plan must still beat serial by the margin
+    best["serial"] = cost_model.Candidate("serial", 1, 400, 1.15)
+    back = decide(8e-3, cost_model.Candidate("thread", 4, 25, 0.92))
+    assert (back.executor_type, back.n_jobs, back.chunksize) == ("thread", 4, 25)
+    assert not any("kept the last plan" in r for r in back.reasons)
+
+
+def test_a_serial_plan_is_reused_when_calls_got_cheaper_but_not_dearer(model_calls):
+    """Cheaper calls only make serial more right (parallel plans pay fixed costs per chunk), so
+    learning that a trivial function is cheaper than sampled costs no new decision."""
+    profile = amorsize.Profile(per_item_seconds=1e-7, cpu_ratio=1.0, thread_scaling=1.0)
+    workload = amorsize.Workload(10_000)
+    first = decision.decide(square, profile, workload)
+    assert first.executor_type == "serial"
+    before = len(model_calls)
+    cheaper = decision.decide(square, dataclasses.replace(profile, per_item_seconds=4e-8), workload)
+    assert cheaper.executor_type == "serial" and len(model_calls) == before
+    decision.decide(square, dataclasses.replace(profile, per_item_seconds=2e-7), workload)
+    assert len(model_calls) == before + 1

@@ -68,7 +68,7 @@ def test_function_key_is_stable_for_closures_partials_and_methods():
 
 def test_record_run_moves_per_item_time_towards_what_was_measured():
     mem = LearnedProfiles()
-    mem.remember("k", Profile(per_item_seconds=1.0))
+    mem.remember("k", Profile(per_item_seconds=1.0, n_measured=10))
     mem.record_run("k", "process", n_items=10, compute_seconds=2.0, wall_seconds=4.0,
                    predicted_seconds=2.0)
     entry = mem.recall("k")
@@ -84,12 +84,33 @@ def test_an_error_the_per_item_time_explains_does_not_also_correct_the_model():
     time is corrected, charging the executor for it too would make it look twice as slow (and
     flip a good process plan to serial on the next call)."""
     mem = LearnedProfiles()
-    mem.remember("k", Profile(per_item_seconds=1.0))
+    mem.remember("k", Profile(per_item_seconds=1.0, n_measured=10))
     mem.record_run("k", "process", n_items=10, compute_seconds=30.0, wall_seconds=4.0,
                    predicted_seconds=2.0)
     entry = mem.recall("k")
     assert entry.profile.per_item_seconds == pytest.approx(2.0)
     assert entry.corrections["process"] == pytest.approx(1.0)
+
+
+def test_each_estimate_weighs_as_many_items_as_it_stands_for():
+    """Eight sampled items against a run of 100,000: the run all but replaces the sample, so a
+    learned plan settles after one call instead of creeping towards it call by call; a small
+    run barely moves what a large one measured, and equal runs are averaged."""
+    mem = LearnedProfiles()
+    mem.remember("k", Profile(per_item_seconds=200e-9, n_measured=8))
+    mem.record_run("k", "serial", 100_000, compute_seconds=0.005, wall_seconds=0.005,
+                   predicted_seconds=None)
+    assert mem.recall("k").profile.per_item_seconds == pytest.approx(50e-9, rel=1e-3)
+    mem.record_run("k", "serial", 10, compute_seconds=10 * 500e-9, wall_seconds=1e-5,
+                   predicted_seconds=None)
+    assert mem.recall("k").profile.per_item_seconds == pytest.approx(50e-9, rel=0.01)
+    mem.record_run("k", "serial", 10, compute_seconds=10 * 500e-9, wall_seconds=1e-5,
+                   predicted_seconds=None)
+    assert mem.recall("k").profile.per_item_seconds == pytest.approx(50e-9, rel=0.01)
+    for _ in range(2):
+        mem.record_run("k", "serial", 100_000, compute_seconds=100_000 * 80e-9,
+                       wall_seconds=0.008, predicted_seconds=None)
+    assert mem.recall("k").profile.per_item_seconds == pytest.approx(72.5e-9, rel=0.01)
 
 
 def test_memory_is_bounded():

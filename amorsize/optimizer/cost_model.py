@@ -147,30 +147,49 @@ def best_candidates(
     out: dict[str, Candidate] = {}
     executors = set(executors)
     if "serial" in executors or not executors:
-        out["serial"] = Candidate(
-            "serial", 1, chunksize or max(1, n),
-            serial_seconds(profile, n) * corrections.get("serial", 1.0))
+        out["serial"] = Candidate("serial", 1, chunksize or max(1, n),
+                                  predicted_seconds("serial", 1, 1, profile, n, cpus, ovh,
+                                                    corrections=corrections))
     if n < 2 or max_workers == 1:
         return out
     prune = "serial" in executors
+    counts: dict[ExecutorType, list[int]] = {}
     if "thread" in executors and (not prune or thread_parallel_fraction(profile) >= _MIN_THREAD_OVERLAP):
-        fix = corrections.get("thread", 1.0)
-        for threads in thread_counts(n, cpus, max_workers):
-            warm = is_warm("thread", threads)
-            for c in [chunksize] if chunksize else chunk_candidates(n, threads):
-                s = thread_seconds(profile, n, threads, c, cpus, ovh, warm) * fix
-                if "thread" not in out or s < out["thread"].seconds:
-                    out["thread"] = Candidate("thread", threads, c, s)
+        counts["thread"] = thread_counts(n, cpus, max_workers)
     cannot_pay = prune and n * profile.per_item_seconds < ovh.process_latency
     if "process" in executors and profile.picklable and not cannot_pay:
-        fix = corrections.get("process", 1.0)
-        for workers in process_counts(n, cpus, max_workers):
-            warm = is_warm("process", workers)
-            for c in [chunksize] if chunksize else chunk_candidates(n, workers):
-                s = process_seconds(profile, n, workers, c, cpus, ovh, warm, startup_share) * fix
-                if "process" not in out or s < out["process"].seconds:
-                    out["process"] = Candidate("process", workers, c, s)
+        counts["process"] = process_counts(n, cpus, max_workers)
+    for executor, workers in counts.items():
+        for w in workers:
+            for c in [chunksize] if chunksize else chunk_candidates(n, w):
+                s = predicted_seconds(executor, w, c, profile, n, cpus, ovh, is_warm,
+                                      startup_share, corrections)
+                if executor not in out or s < out[executor].seconds:
+                    out[executor] = Candidate(executor, w, c, s)
     return out
+
+
+def predicted_seconds(
+    executor: ExecutorType,
+    n_jobs: int,
+    chunksize: int,
+    profile: Profile,
+    n: int,
+    cpus: int,
+    ovh: Overheads,
+    is_warm: Callable[[str, int], bool] = lambda e, j: False,
+    startup_share: float = 1.0,
+    corrections: dict[str, float] | None = None,
+) -> float:
+    """The predicted wall time of one configuration, corrected by what earlier runs of it
+    showed of the model's error."""
+    fix = (corrections or {}).get(executor, 1.0)
+    if executor == "serial":
+        return serial_seconds(profile, n) * fix
+    warm = is_warm(executor, n_jobs)
+    if executor == "thread":
+        return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm) * fix
+    return process_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, startup_share) * fix
 
 
 def choose(candidates: dict[str, Candidate], min_speedup: float) -> Candidate:

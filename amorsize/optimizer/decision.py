@@ -24,6 +24,8 @@ from amorsize.workload import Profile, Workload
 
 ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
 _SAME = 0.10
+# a new parallel configuration must be predicted this much faster than the last one to replace it
+STAY_WITHIN = 1.10
 
 
 class _Decisions:
@@ -47,16 +49,30 @@ class _Decisions:
         if entry is None:
             return None
         was, was_corrections, plan = entry
-        if not (_near(profile.per_item_seconds, was.per_item_seconds)
+        # a serial plan only gets more right as calls get cheaper or serial runs faster than
+        # predicted: every parallel plan pays fixed costs per chunk that cheaper calls do not
+        serial = plan.executor_type == "serial"
+        if not ((_near(profile.per_item_seconds, was.per_item_seconds)
+                 or (serial and profile.per_item_seconds < was.per_item_seconds))
                 and abs(profile.cpu_ratio - was.cpu_ratio) <= _SAME
                 and (profile.thread_scaling is None) == (was.thread_scaling is None)
                 and abs((profile.thread_scaling or 0) - (was.thread_scaling or 0)) <= 1.5 * _SAME
                 and _near(profile.arg_bytes + profile.result_bytes, was.arg_bytes + was.result_bytes)
                 and profile.picklable == was.picklable
                 and corrections.keys() == was_corrections.keys()
-                and all(_near(v, was_corrections[k]) for k, v in corrections.items())):
+                and all(_near(v, was_corrections[k]) or (serial and k == "serial" and v < was_corrections[k])
+                        for k, v in corrections.items())):
             return None
         return plan
+
+    def last(self, situation: tuple) -> Plan | None:
+        """The plan last made for this situation, however much has moved since."""
+        try:
+            with self._lock:
+                entry = self._entries.get(situation)
+        except TypeError:
+            return None
+        return None if entry is None else entry[2]
 
     def remember(self, situation: tuple, profile: Profile, corrections: dict[str, float],
                  plan: Plan) -> None:
@@ -103,13 +119,14 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     if known is not None and (known.executor_type == "serial" or plugins.get_pool(
             known.executor_type, known.n_jobs, False, start_method) is not None):
         return known.replace(workload=workload, profile=profile)
-    plan = _decide(func, profile, workload, cpus, start_method, remaining, corrections)
+    plan = _decide(func, profile, workload, cpus, start_method, remaining, corrections,
+                   _DECISIONS.last(situation))
     _DECISIONS.remember(situation, profile, corrections, plan)
     return plan
 
 
 def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, start_method: str,
-            remaining: int, corrections: dict[str, float]) -> Plan:
+            remaining: int, corrections: dict[str, float], last: Plan | None) -> Plan:
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
     measured = profile
@@ -167,6 +184,18 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
                     f"{format_seconds(ovh.process_latency)}")
                 candidates = evaluate()
                 chosen = cost_model.choose(candidates, workload.min_speedup)
+    if last is not None and chosen.executor_type != "serial" and last.executor_type in executors:
+        kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
+            c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
+            corrections))
+        serial_candidate = candidates.get("serial")
+        if kept is not None and (serial_candidate is None or
+                                 kept.seconds * workload.min_speedup < serial_candidate.seconds):
+            chosen = candidates[kept.executor_type] = kept
+            reasons.append(f"kept the last plan ({kept.executor_type}, {kept.n_jobs} workers, "
+                           f"chunks of {kept.chunksize}): predicted within "
+                           f"{STAY_WITHIN - 1:.0%} of the best, so the noise of one run does not "
+                           "flip it")
     reasons.extend(_compare(candidates, chosen, workload, share, corrections))
     serial = candidates.get("serial")
     speedup = serial.seconds / chosen.seconds if serial and chosen.seconds > 0 else 1.0
@@ -182,6 +211,24 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         overheads=ovh.as_dict(),
         machine=Machine(cpus, start_method),
     )
+
+
+def _keep_last(last: Plan, chosen: cost_model.Candidate,
+               predict: Callable[[cost_model.Candidate], float]) -> cost_model.Candidate | None:
+    """The last plan's parallel configuration, re-predicted, when the new best is not
+    ``STAY_WITHIN`` faster: two configurations that close trade places with every run's noise
+    (2 or 4 workers on 2 cores), and each flip costs a pool start or a cold cache for nothing.
+    Never from parallel back to serial: that is the ``min_speedup`` margin's to decide."""
+    if last.executor_type == "serial":
+        return None
+    again = cost_model.Candidate(last.executor_type, last.n_jobs, last.chunksize, 0.0)
+    if (again.executor_type, again.n_jobs, again.chunksize) == (
+            chosen.executor_type, chosen.n_jobs, chosen.chunksize):
+        return None
+    seconds = predict(again)
+    if seconds > chosen.seconds * STAY_WITHIN:
+        return None
+    return dataclasses.replace(again, seconds=seconds)
 
 
 def learn(key: Any, report: Any, already_done: int = 0) -> None:

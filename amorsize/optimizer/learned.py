@@ -1,9 +1,11 @@
 """What amorsize remembers about each function within this process.
 
 A repeated call on a known function skips sampling (its profile is recalled), and every finished
-run corrects what is remembered: the per-item time measured inside the workers replaces the
-sampled estimate, and the ratio of actual to predicted wall time corrects the model for the
-executor that ran. Kept in memory only; nothing is written to disk.
+run corrects what is remembered: the per-item time measured inside the workers is averaged with
+the estimate, each weighted by the items behind it (a run of 100,000 items all but replaces
+what 8 sampled items said, so the next call's plan is settled at once; a run of 10 barely moves
+what 100,000 measured), and the ratio of actual to predicted wall time corrects the model for
+the executor that ran. Kept in memory only; nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -114,12 +116,17 @@ class LearnedProfiles:
             if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
                 measured = compute_seconds / n_items
                 old = entry.profile.per_item_seconds
-                new = old + _SMOOTHING * (measured - old)
+                behind = max(1, entry.profile.n_measured)
+                weight = n_items / (n_items + behind)
+                new = old + weight * (measured - old)
                 # the part of the prediction's error that the new per-item time explains is
                 # fixed here; only the rest is the model's, for the correction below
                 explained = new / old if old > 0 else 1.0
+                # what the estimate now stands for: a run of the same size as the last weighs
+                # as much as everything before it (costs that drift are followed, not frozen)
+                stands_for = max(n_items, round(behind * (1 - weight)))
                 entry.profile = dataclasses.replace(
-                    entry.profile, per_item_seconds=new, measured_by="runs")
+                    entry.profile, per_item_seconds=new, n_measured=stands_for, measured_by="runs")
             if n_items > 0 and predicted_seconds and predicted_seconds > 0 and wall_seconds > 0:
                 ratio = min(10.0, max(0.1, wall_seconds / (predicted_seconds * explained)))
                 old_ratio = entry.corrections.get(executor_type, 1.0)
