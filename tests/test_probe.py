@@ -68,10 +68,28 @@ def test_overlap_of_computing_work_needs_no_serial_baseline(pair_pool):
     assert gil.thread_scaling < 1.3
 
 
-def test_an_ambiguous_overlap_is_measured_again_on_other_calls(pair_pool, monkeypatch):
-    figures = iter([1.3, 1.9])
+def test_an_overlap_short_of_clear_is_measured_again_on_other_calls(pair_pool, monkeypatch):
+    """The machine can only hide overlap (a busy core, a thread woken onto the wrong core):
+    the test is made again on other calls until one overlaps clearly, and the best is kept."""
+    figures = iter([0.98, 1.3, 1.9, 1.0])
     monkeypatch.setattr(probe, "_two_at_once", lambda pool, runs, s: ([r() for r in runs],
                                                                     next(figures)))
     p = probe.Probe("test")
-    made = p.overlap(pair_pool, [lambda: 1, lambda: 2], 1.0, [lambda: 3, lambda: 4])
-    assert made == [[1, 2], [3, 4]] and p.thread_scaling == 1.9
+    more = [[lambda: 3, lambda: 4], [lambda: 5, lambda: 6], [lambda: 7, lambda: 8]]
+    made = p.overlap(pair_pool, [lambda: 1, lambda: 2], 1.0, more)
+    assert made == [[1, 2], [3, 4], [5, 6]] and p.thread_scaling == 1.9
+
+
+def test_a_broken_start_claims_no_overlap(pair_pool):
+    """Both runs of the test must start together; when the pool's other thread is busy they
+    cannot, and one after the other is not evidence of overlap."""
+    import threading
+
+    blocker = threading.Event()
+    busy = pair_pool.submit(blocker.wait, 5)
+    try:
+        outcomes, scaling = probe._two_at_once(pair_pool, [lambda: 1, lambda: 2], 1.0)
+    finally:
+        blocker.set()
+        busy.result()
+    assert outcomes == [1, 2] and scaling == 1.0

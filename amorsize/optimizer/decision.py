@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from amorsize import plugins, system
@@ -28,6 +29,18 @@ _SAME = 0.10
 STAY_WITHIN = 1.10
 
 
+@dataclass(frozen=True)
+class _Made:
+    """A decision and what it was made from."""
+
+    profile: Profile
+    corrections: dict[str, float]
+    remaining: int
+    share: float
+    startup_matters: bool  # a serial plan that a warm pool would have made parallel
+    plan: Plan
+
+
 class _Decisions:
     """The last plan per situation (function, size, constraints), reused while the profile and
     the corrections it was made from stay within ``_SAME`` of the current ones: each run moves
@@ -35,23 +48,25 @@ class _Decisions:
     function called in a loop would cost more than the loop."""
 
     def __init__(self, max_entries: int = 512) -> None:
-        self._entries: OrderedDict[tuple, tuple[Profile, dict[str, float], Plan]] = OrderedDict()
+        self._entries: OrderedDict[tuple, _Made] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_entries
 
-    def recall(self, situation: tuple, profile: Profile,
-               corrections: dict[str, float]) -> Plan | None:
-        try:
-            with self._lock:
-                entry = self._entries.get(situation)
-        except TypeError:  # an unhashable key or option: never cached
+    def recall(self, situation: tuple, profile: Profile, corrections: dict[str, float],
+               remaining: int, share: float) -> Plan | None:
+        made = self._get(situation)
+        if made is None:
             return None
-        if entry is None:
+        was = made.profile
+        serial = made.plan.executor_type == "serial"
+        # A serial plan has no chunk sizes cut for the items left (the call that measured left
+        # 8 fewer than the calls after it), and only gets more right as calls get cheaper or
+        # serial runs faster than predicted: parallel plans pay fixed costs per chunk. It is
+        # decided again as pools' start-up is charged less, if a warm pool would have won.
+        if not serial and remaining != made.remaining:
             return None
-        was, was_corrections, plan = entry
-        # a serial plan only gets more right as calls get cheaper or serial runs faster than
-        # predicted: every parallel plan pays fixed costs per chunk that cheaper calls do not
-        serial = plan.executor_type == "serial"
+        if serial and made.startup_matters and not _near(share, made.share):
+            return None
         if not ((_near(profile.per_item_seconds, was.per_item_seconds)
                  or (serial and profile.per_item_seconds < was.per_item_seconds))
                 and abs(profile.cpu_ratio - was.cpu_ratio) <= _SAME
@@ -59,26 +74,22 @@ class _Decisions:
                 and abs((profile.thread_scaling or 0) - (was.thread_scaling or 0)) <= 1.5 * _SAME
                 and _near(profile.arg_bytes + profile.result_bytes, was.arg_bytes + was.result_bytes)
                 and profile.picklable == was.picklable
-                and corrections.keys() == was_corrections.keys()
-                and all(_near(v, was_corrections[k]) or (serial and k == "serial" and v < was_corrections[k])
-                        for k, v in corrections.items())):
+                and all(_near(now, then) or (serial and k == "serial" and now < then)
+                        for k in corrections.keys() | made.corrections.keys()
+                        for now, then in [(corrections.get(k, 1.0),
+                                           made.corrections.get(k, 1.0))])):
             return None
-        return plan
+        return made.plan
 
     def last(self, situation: tuple) -> Plan | None:
         """The plan last made for this situation, however much has moved since."""
-        try:
-            with self._lock:
-                entry = self._entries.get(situation)
-        except TypeError:
-            return None
-        return None if entry is None else entry[2]
+        made = self._get(situation)
+        return None if made is None else made.plan
 
-    def remember(self, situation: tuple, profile: Profile, corrections: dict[str, float],
-                 plan: Plan) -> None:
+    def remember(self, situation: tuple, made: _Made) -> None:
         try:
             with self._lock:
-                self._entries[situation] = (profile, corrections, plan)
+                self._entries[situation] = made
                 self._entries.move_to_end(situation)
                 if len(self._entries) > self._max:
                     self._entries.popitem(last=False)
@@ -89,12 +100,21 @@ class _Decisions:
         with self._lock:
             self._entries.clear()
 
+    def _get(self, situation: tuple) -> _Made | None:
+        try:
+            with self._lock:
+                return self._entries.get(situation)
+        except TypeError:  # an unhashable key or option: never cached
+            return None
+
+
+_DECISIONS = _Decisions()
+
 
 def _near(a: float, b: float) -> bool:
     return abs(a - b) <= _SAME * max(abs(a), abs(b))
 
 
-_DECISIONS = _Decisions()
 
 
 def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
@@ -113,20 +133,28 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
              else ASSUMED_ITEMS_WHEN_UNKNOWN)
     remaining = max(0, n - workload.already_done)
     corrections = dict(learned.corrections) if learned else {}
-    situation = (key, n, remaining, workload.executors, workload.max_workers,
+    situation = (key, n, workload.executors, workload.max_workers,
                  workload.min_speedup, workload.chunksize, start_method, cpus)
-    known = _DECISIONS.recall(situation, profile, corrections)
+    share = 1.0 / (1 + workload.previous_runs)
+    known = _DECISIONS.recall(situation, profile, corrections, remaining, share)
     if known is not None and (known.executor_type == "serial" or plugins.get_pool(
             known.executor_type, known.n_jobs, False, start_method) is not None):
-        return known.replace(workload=workload, profile=profile)
-    plan = _decide(func, profile, workload, cpus, start_method, remaining, corrections,
-                   _DECISIONS.last(situation))
-    _DECISIONS.remember(situation, profile, corrections, plan)
+        if known.workload.recalled == workload.recalled:
+            return known.replace(workload=workload, profile=profile)
+        # the plan of the call that measured, now for a call that recalled: say so
+        return known.replace(workload=workload, profile=profile,
+                             reasons=[_describe(profile, workload), *known.reasons[1:]])
+    plan, startup_matters = _decide(func, profile, workload, cpus, start_method, remaining,
+                                    corrections, share, _DECISIONS.last(situation))
+    _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
+                                         startup_matters, plan))
     return plan
 
 
 def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, start_method: str,
-            remaining: int, corrections: dict[str, float], last: Plan | None) -> Plan:
+            remaining: int, corrections: dict[str, float], share: float,
+            last: Plan | None) -> tuple[Plan, bool]:
+    """The plan, and whether it is serial only because no pool is warm yet."""
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
     measured = profile
@@ -142,7 +170,6 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         """Asked once per (executor, n_jobs) in this decision, however often it is re-evaluated."""
         return plugins.get_pool(executor, n_jobs, False, start_method) is not None
 
-    share = 1.0 / (1 + workload.previous_runs)
     ovh = overheads.current(start_method)
 
     def evaluate() -> dict[str, cost_model.Candidate]:
@@ -199,6 +226,11 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
     reasons.extend(_compare(candidates, chosen, workload, share, corrections))
     serial = candidates.get("serial")
     speedup = serial.seconds / chosen.seconds if serial and chosen.seconds > 0 else 1.0
+    startup_matters = chosen.executor_type == "serial" and cost_model.choose(
+        cost_model.best_candidates(profile, remaining, cpus, ovh, executors,
+                                   workload.max_workers, lambda e, j: True, share, corrections,
+                                   workload.chunksize),
+        workload.min_speedup).executor_type != "serial"
     return Plan(
         executor_type=chosen.executor_type,
         n_jobs=chosen.n_jobs,
@@ -210,7 +242,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         predictions={k: c.seconds for k, c in candidates.items()},
         overheads=ovh.as_dict(),
         machine=Machine(cpus, start_method),
-    )
+    ), startup_matters
 
 
 def _keep_last(last: Plan, chosen: cost_model.Candidate,

@@ -11,10 +11,13 @@ observations; none keeps statistics of its own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import statistics
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +26,9 @@ from amorsize.pools import worker
 from amorsize.workload import Profile
 
 CPU_CLOCK_MIN_SECONDS = 2e-3
-AMBIGUOUS_OVERLAP = (1.15, 1.6)
+CLEAR_OVERLAP = 1.6
 _COMPUTING = 0.3
+_START_TOGETHER_SECONDS = 0.2
 
 
 @dataclass
@@ -89,20 +93,25 @@ class Probe:
         )
 
     def overlap(self, pool: Any, runs: Sequence[Callable[[], Any]], serial_seconds: float,
-                again: Sequence[Callable[[], Any]] | None = None) -> list[list]:
+                more: Sequence[Sequence[Callable[[], Any]]] = ()) -> list[list]:
         """Run the two ``runs`` at once on two threads of ``pool`` and compare with
         ``serial_seconds``, what they take one after the other: 1.0 if the GIL serialised them,
         up to 2.0 if they overlapped (I/O, C code that releases the GIL, a free-threaded
         interpreter). Returns what the runs returned, one list per pair of runs made.
 
-        A result in between is ambiguous on a busy machine (the other core may have been taken
-        by someone else), so the test is repeated once on ``again`` (other calls: none is made
-        twice), and the larger figure kept: outside load only ever makes overlap look smaller.
+        Anything short of a clear overlap may be the machine's doing rather than the
+        function's: the other core taken by someone else, or a thread woken onto the busy
+        core and moved only milliseconds later (short calls of C code that releases the GIL
+        looked GIL-bound that way). So the test is made again on each pair in ``more`` (other
+        calls: none is made twice, and their results are kept) until one shows a clear
+        overlap, and the largest figure is kept: outside load only ever makes overlap look
+        smaller. Calls that hold the GIL show about 1.0 every time.
         """
         outcomes, scaling = _two_at_once(pool, runs, serial_seconds)
         made = [outcomes]
-        low, high = AMBIGUOUS_OVERLAP
-        if again is not None and low < scaling < high:
+        for again in more:
+            if scaling >= CLEAR_OVERLAP:
+                break
             outcomes, repeated = _two_at_once(pool, again, serial_seconds)
             made.append(outcomes)
             scaling = max(scaling, repeated)
@@ -114,14 +123,24 @@ def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
                  serial_seconds: float) -> tuple[list, float]:
     """The runs at once on two threads; how many of them ran at a time, on average.
 
+    Both start together (a barrier): a pool hands its second task to whichever thread is free
+    first, and a thread woken late finds the first one done and takes the second task too. A
+    barrier that breaks (the pool's other thread is busy with someone else's work) leaves the
+    runs one after the other, and no overlap is claimed.
+
     Work that computes is judged by the CPU time each thread got (their sum over the wall time
     they took together: 1.0 when the GIL let one run at a time, 2.0 when both ran), which needs
     no serial baseline -- a baseline measured a moment earlier, on a machine whose load
     changes, is what made this test lie. Work that mostly waits gets no CPU time to judge by:
     it is set against ``serial_seconds``, what the runs take one after the other."""
-    futures: list[Future] = [pool.submit(_timed, run) for run in runs]
+    start = threading.Barrier(len(runs), timeout=_START_TOGETHER_SECONDS)
+    cores = _two_cores()
+    futures: list[Future] = [pool.submit(_timed, run, start, core)
+                             for run, core in zip(runs, cores)]
     outcomes = [f.result() for f in futures]
     together = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
+    if start.broken:
+        return [o[0] for o in outcomes], 1.0
     if together <= 0:
         return [o[0] for o in outcomes], 2.0
     cpu = sum(o[3] for o in outcomes)
@@ -130,11 +149,46 @@ def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
     return [o[0] for o in outcomes], max(0.5, min(2.0, ran))
 
 
-def _timed(run: Callable[[], Any]) -> tuple[Any, float, float, float]:
-    cpu = time.thread_time()
-    start = time.perf_counter()
-    out = run()
-    return out, start, time.perf_counter(), time.thread_time() - cpu
+def _two_cores() -> list[int | None]:
+    """Two of the cores this process may use, one per run of the test (Linux), or no pinning.
+
+    A thread is woken onto the core of the thread that woke it and moved to an idle core only
+    milliseconds later: both runs of a sub-millisecond test shared one core (measured on 2
+    cores), and C code that releases the GIL looked GIL-bound. The runs of the overlap test are
+    pinned to a core each (the pool's threads get their affinity back after), so the test
+    measures the calls, not where the scheduler put them first; a real run lasts long enough
+    for the scheduler to spread its threads."""
+    getter = getattr(os, "sched_getaffinity", None)
+    cores = sorted(getter(0)) if getter is not None else []
+    return [cores[0], cores[1]] if len(cores) >= 2 else [None, None]
+
+
+def _timed(run: Callable[[], Any], start: threading.Barrier,
+           core: int | None = None) -> tuple[Any, float, float, float]:
+    with contextlib.ExitStack() as stack:
+        if core is not None:
+            stack.enter_context(_pinned(core))
+        with contextlib.suppress(threading.BrokenBarrierError):
+            start.wait()
+        cpu = time.thread_time()
+        begin = time.perf_counter()
+        out = run()
+        return out, begin, time.perf_counter(), time.thread_time() - cpu
+
+
+@contextlib.contextmanager
+def _pinned(core: int) -> Iterator[None]:
+    """This thread on ``core`` only, for the block (``sched_setaffinity(0)`` is per thread)."""
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {core})
+    except OSError:  # a core taken away meanwhile: run unpinned
+        yield
+        return
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def typical_seconds(walls: list[float]) -> float:

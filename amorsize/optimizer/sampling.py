@@ -21,6 +21,7 @@ BUDGET_SECONDS = 0.05
 _PAIR_MIN_SECONDS = 10e-6
 _PAIR_TARGET_SECONDS = 1e-3
 PAIR_MAX = 8
+PAIR_TESTS = 3  # at most, while none shows a clear overlap (``Probe.overlap``)
 _PAIR_MAX_SECONDS = 0.25
 
 
@@ -61,13 +62,11 @@ def measure(
     unmeasured = [i for i in pair_indices if i not in results]
     if (thread_pair is not None and len(unmeasured) >= wanted
             and _PAIR_MIN_SECONDS <= per_item <= _PAIR_MAX_SECONDS):
-        tests = [_halves(unmeasured[:wanted])]
-        if len(unmeasured) >= 2 * wanted:
-            tests.append(_halves(unmeasured[wanted:2 * wanted]))
+        tests = [_halves(unmeasured[k * wanted:(k + 1) * wanted])
+                 for k in range(min(PAIR_TESTS, len(unmeasured) // wanted))]
         runs = [[functools.partial(_run, func, items, half) for half in test] for test in tests]
         with thread_pair() as pool:
-            made = probe.overlap(pool, runs[0], wanted * per_item,
-                                 runs[1] if len(runs) > 1 else None)
+            made = probe.overlap(pool, runs[0], wanted * per_item, runs[1:])
         for test, outcomes in zip(tests, made):
             for half, half_results in zip(test, outcomes):
                 results.update(zip(half, half_results))
