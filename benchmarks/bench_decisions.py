@@ -17,7 +17,8 @@ For every workload, in the same process:
    would end a row is timed once more first). Two probe cells (8 threads, 2 processes, about 4
    chunks per worker) run first, so pruning has a good best early;
 2. ``amorsize.map(func, items)`` as a user calls it in a loop: memory is cleared, one call
-   measures and learns (not timed), then the best of the next 3 calls; the configuration shown
+   measures and learns (not timed), then the best of the next 6 calls (as many as the serial
+   loop's cell is timed: 3 runs before the grid and 3 after); the configuration shown
    is the one that call ran (an ``amorsize_run_finished`` observer), and the predicted speedup
    is ``amorsize.optimize(func, items).estimated_speedup`` after those calls;
 3. the serial loop again (its cell keeps the better time: the loop is timed before the grid and
@@ -443,7 +444,7 @@ def bench(w: dw.DemoCase, args: argparse.Namespace, observer: RunObserver) -> Ro
     if not same(first, expected):
         raise AssertionError(f"{w.name}: amorsize.map returned different results")
     best, best_config, configs_run = math.inf, "?", set()
-    for _ in range(repeats):
+    for _ in range(2 * repeats):  # as many runs as the serial loop's cell gets (before + after)
         observer.reports.clear()
         took = _timed(lambda: amorsize.map(w.func, items), expected)
         configs_run.add(_ran(observer))

@@ -113,6 +113,32 @@ def test_each_estimate_weighs_as_many_items_as_it_stands_for():
     assert mem.recall("k").profile.per_item_seconds == pytest.approx(72.5e-9, rel=0.01)
 
 
+def test_process_workers_sharing_cores_do_not_make_calls_look_dearer():
+    """Four workers computing on two cores take twice as long per item as a call costs; the
+    time waiting is not stretched."""
+    mem = LearnedProfiles()
+    mem.remember("cpu", Profile(per_item_seconds=1e-3, cpu_ratio=1.0, n_measured=1))
+    mem.remember("io", Profile(per_item_seconds=1e-3, cpu_ratio=0.0, n_measured=1))
+    for key in ("cpu", "io"):
+        mem.record_run(key, "process", 100_000, compute_seconds=200.0, wall_seconds=100.0,
+                       predicted_seconds=None, workers_per_core=2.0)
+    assert mem.recall("cpu").profile.per_item_seconds == pytest.approx(1e-3, rel=1e-3)
+    assert mem.recall("io").profile.per_item_seconds == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_a_correction_settles_on_the_models_error_not_its_square_root():
+    """The run's prediction already carried the correction learned so far; the next
+    correction multiplies it. A model 2.5x too pessimistic is corrected to 0.4, not 0.63."""
+    mem = LearnedProfiles()
+    mem.remember("k", Profile(per_item_seconds=1.0, n_measured=10))
+    model, actual = 10.0, 4.0
+    for _ in range(30):
+        correction = mem.recall("k").corrections.get("thread", 1.0)
+        mem.record_run("k", "thread", 10, compute_seconds=40.0, wall_seconds=actual,
+                       predicted_seconds=model * correction)
+    assert mem.recall("k").corrections["thread"] == pytest.approx(0.4, rel=1e-3)
+
+
 def test_memory_is_bounded():
     mem = LearnedProfiles(max_entries=3)
     for k in range(5):

@@ -218,11 +218,13 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         serial_candidate = candidates.get("serial")
         if kept is not None and (serial_candidate is None or
                                  kept.seconds * workload.min_speedup < serial_candidate.seconds):
+            reasons.append(
+                f"kept the last plan ({kept.executor_type}, {kept.n_jobs} workers, chunks of "
+                f"{kept.chunksize}: {format_seconds(kept.seconds)}) over {chosen.executor_type}, "
+                f"{chosen.n_jobs} workers, chunks of {chosen.chunksize} "
+                f"({format_seconds(chosen.seconds)}): within {STAY_WITHIN - 1:.0%}, so the "
+                "noise of one run does not flip it")
             chosen = candidates[kept.executor_type] = kept
-            reasons.append(f"kept the last plan ({kept.executor_type}, {kept.n_jobs} workers, "
-                           f"chunks of {kept.chunksize}): predicted within "
-                           f"{STAY_WITHIN - 1:.0%} of the best, so the noise of one run does not "
-                           "flip it")
     reasons.extend(_compare(candidates, chosen, workload, share, corrections))
     serial = candidates.get("serial")
     speedup = serial.seconds / chosen.seconds if serial and chosen.seconds > 0 else 1.0
@@ -266,10 +268,13 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
 def learn(key: Any, report: Any, already_done: int = 0) -> None:
     """Fold a finished run into what is learned of the function (``amorsize_run_finished``);
     ``already_done`` items were computed before the run (measuring), so the input had
-    ``report.n_items + already_done``."""
+    ``report.n_items + already_done``. Process workers sharing cores each took longer per
+    item than one call costs (``workers_per_core``)."""
+    crowding = report.n_jobs / system.usable_cpus() if report.executor_type == "process" else 1.0
     LEARNED.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
+        workers_per_core=crowding,
     )
 
 

@@ -100,10 +100,12 @@ class LearnedProfiles:
         wall_seconds: float,
         predicted_seconds: float | None,
         n_input: int | None = None,
+        workers_per_core: float = 1.0,
     ) -> None:
         """Fold a finished run of ``n_items`` into what is known: per-item time (from serial and
-        process runs), the model's error for the executor that ran, and the input's size
-        (``n_input``, which counts the items measured before the run too)."""
+        process runs, whose workers shared each core with ``workers_per_core`` - 1 others), the
+        model's error for the executor that ran, and the input's size (``n_input``, which
+        counts the items measured before the run too)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -114,7 +116,11 @@ class LearnedProfiles:
             # it says how the thread run went (the correction below), not what one call costs.
             explained = 1.0
             if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
-                measured = compute_seconds / n_items
+                # 4 workers computing on 2 cores each take twice as long per item as one call
+                # costs: the computing share of the time is stretched by the crowding
+                computing = min(1.0, entry.profile.cpu_ratio)
+                stretch = (1 - computing) + computing * max(1.0, workers_per_core)
+                measured = compute_seconds / n_items / stretch
                 old = entry.profile.per_item_seconds
                 behind = max(1, entry.profile.n_measured)
                 weight = n_items / (n_items + behind)
@@ -128,9 +134,12 @@ class LearnedProfiles:
                 entry.profile = dataclasses.replace(
                     entry.profile, per_item_seconds=new, n_measured=stands_for, measured_by="runs")
             if n_items > 0 and predicted_seconds and predicted_seconds > 0 and wall_seconds > 0:
-                ratio = min(10.0, max(0.1, wall_seconds / (predicted_seconds * explained)))
-                old_ratio = entry.corrections.get(executor_type, 1.0)
-                entry.corrections[executor_type] = old_ratio + _SMOOTHING * (ratio - old_ratio)
+                # the prediction already carried the correction so far: the run's error is on
+                # top of it (taking it as the whole correction settled on its square root)
+                old = entry.corrections.get(executor_type, 1.0)
+                target = old * wall_seconds / (predicted_seconds * explained)
+                target = min(10.0, max(0.1, target))
+                entry.corrections[executor_type] = old + _SMOOTHING * (target - old)
 
     def forget(self, key: Hashable | None = None) -> None:
         """Forget one function, or everything."""
