@@ -3,8 +3,9 @@
 The tasks measured are *root* tasks (they need no other task's result), spread across the
 graph, so they can run before the scheduler starts; their results are kept and handed to the
 scheduler as data, so no task is ever computed twice and measuring costs nothing extra. When
-tasks are slow enough for it to be reliable, two of them run at once on two threads, which tells
-work that releases the GIL (numpy, I/O) from pure-Python work that does not.
+there are enough of them, a few more run at once on two threads (the probe's overlap test, as
+for ``amorsize.map``), which tells work that releases the GIL (numpy, hashing, I/O) from
+pure-Python work that does not.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from amorsize.optimizer.probe import Probe, Sample
+from amorsize.optimizer.probe import Probe, Sample, calls_per_thread
 from amorsize.pools.worker import now, waits
 from amorsize_dask.graph import GraphWork, dependency_values, spread
 
 MAX_SAMPLES = 4
 BUDGET_SHARE = 0.05
-THREAD_TEST_MIN_SECONDS = 1e-3
 
 
 def measure(work: GraphWork, cache: dict | None, thread_pair: Any = None) -> Sample | None:
@@ -46,16 +46,23 @@ def measure(work: GraphWork, cache: dict | None, thread_pair: Any = None) -> Sam
         results[key] = value
         if not _worth_more(probe, work.n_tasks):
             break
-    pair = keys[2:]
-    per_item = probe.seconds / len(probe)
-    if (thread_pair is not None and len(probe) == 2 and len(pair) == 2
-            and per_item >= THREAD_TEST_MIN_SECONDS and _worth_more(probe, work.n_tasks)):
-        nodes = [work.graph[k] for k in pair]
-        runs = [partial(n, dependency_values(work.graph, n, cache)) for n in nodes]
-        (values,) = probe.overlap(thread_pair, runs, probe.seconds)
-        results.update(zip(pair, values))
-        probe.n_overlap = 2
+    size = calls_per_thread(probe.seconds / len(probe))
+    pair = [k for k in spread(work.roots, len(results) + 2 * size) if k not in results][:2 * size]
+    # the test's results are kept: it costs only the overlap it finds missing, so it runs
+    # where it is at most a quarter of the graph's tasks rather than within the budget above
+    if (thread_pair is not None and size and len(pair) == 2 * size
+            and 4 * (len(results) + 2 * size) <= work.n_tasks):
+        halves = [pair[:size], pair[size:]]
+        runs = [partial(_run_nodes, work, half, cache) for half in halves]
+        (values,) = probe.overlap(thread_pair, runs, 2 * size * probe.seconds / len(probe))
+        for half, half_values in zip(halves, values):
+            results.update(zip(half, half_values))
+        probe.n_overlap = 2 * size
     return Sample(probe.profile(), results)
+
+
+def _run_nodes(work: GraphWork, keys: list, cache: dict | None) -> list:
+    return [work.graph[k](dependency_values(work.graph, work.graph[k], cache)) for k in keys]
 
 
 def _worth_more(probe: Probe, n_tasks: int) -> bool:

@@ -50,3 +50,34 @@ def test_map_joblib_and_dask_choose_the_same_executor(func, expected):
             amorsize.unregister_plugin(name="parity-spy")
         decided[front] = spy.seen[-1]
     assert decided == {"map": expected, "joblib": expected, "dask": expected}
+
+
+def hash_block(block: bytes) -> str:
+    """C code that releases the GIL: threads overlap, nothing is pickled."""
+    import hashlib
+
+    return hashlib.sha256(block).hexdigest()
+
+
+@pytest.mark.timeout(120)
+def test_map_and_dask_run_c_code_that_releases_the_gil_on_threads():
+    """Both measure with the probe's overlap test (the joblib backend measures one task at a
+    time and has no such test yet)."""
+    import os
+
+    blocks = [os.urandom(2**20) for _ in range(64)]
+    decided = {}
+    for front in ("map", "dask"):
+        LEARNED.forget()
+        _DECISIONS.forget()
+        spy = Executors()
+        amorsize.register_plugin(spy, name="parity-spy")
+        try:
+            if front == "map":
+                amorsize.map(hash_block, blocks)
+            else:
+                dask.compute(*[dask.delayed(hash_block)(b) for b in blocks], scheduler="amorsize")
+        finally:
+            amorsize.unregister_plugin(name="parity-spy")
+        decided[front] = spy.seen[-1]
+    assert decided == {"map": "thread", "dask": "thread"}

@@ -119,11 +119,14 @@ def test_process_workers_sharing_cores_do_not_make_calls_look_dearer():
     mem = LearnedProfiles()
     mem.remember("cpu", Profile(per_item_seconds=1e-3, cpu_ratio=1.0, n_measured=1))
     mem.remember("io", Profile(per_item_seconds=1e-3, cpu_ratio=0.0, n_measured=1))
-    for key in ("cpu", "io"):
+    mem.remember("half", Profile(per_item_seconds=1e-3, cpu_ratio=0.5, n_measured=1))
+    for key in ("cpu", "io", "half"):
         mem.record_run(key, "process", 100_000, compute_seconds=200.0, wall_seconds=100.0,
                        predicted_seconds=None, workers_per_core=2.0)
     assert mem.recall("cpu").profile.per_item_seconds == pytest.approx(1e-3, rel=1e-3)
     assert mem.recall("io").profile.per_item_seconds == pytest.approx(2e-3, rel=1e-3)
+    # four workers computing half the time need two cores: they had them
+    assert mem.recall("half").profile.per_item_seconds == pytest.approx(2e-3, rel=1e-3)
 
 
 def test_a_correction_settles_on_the_models_error_not_its_square_root():

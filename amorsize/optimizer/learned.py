@@ -117,9 +117,10 @@ class LearnedProfiles:
             explained = 1.0
             if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
                 # 4 workers computing on 2 cores each take twice as long per item as one call
-                # costs: the computing share of the time is stretched by the crowding
+                # costs: the computing share of the time is stretched by how far the workers'
+                # demand for cores (half of it for calls that wait half the time) exceeds them
                 computing = min(1.0, entry.profile.cpu_ratio)
-                stretch = (1 - computing) + computing * max(1.0, workers_per_core)
+                stretch = (1 - computing) + computing * max(1.0, workers_per_core * computing)
                 measured = compute_seconds / n_items / stretch
                 old = entry.profile.per_item_seconds
                 behind = max(1, entry.profile.n_measured)

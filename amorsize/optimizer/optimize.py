@@ -138,7 +138,7 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         known = len(items)
         indices = (sampling.spread_indices(known, sample_size) if n is not None
                    else list(range(known)))
-        pair = [i for i in sampling.spread_indices(known, 3 * sample_size + 2 * sampling.PAIR_MAX)
+        pair = [i for i in sampling.spread_indices(known, sample_size + sampling.PAIR_ITEMS)
                 if i not in indices]
         # the two-thread test runs items unwatched: with a time limit, none runs that way
         threads_allowed = "thread" in executors and n_jobs != 1 and timeout is None

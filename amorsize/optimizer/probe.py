@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import statistics
 import threading
@@ -26,6 +27,12 @@ from amorsize.pools import worker
 from amorsize.workload import Profile
 
 CPU_CLOCK_MIN_SECONDS = 2e-3
+# the overlap test: each of its two threads makes about a millisecond of calls, at most eight;
+# shorter calls would time the handing out of work, longer ones cost too much to test
+PAIR_MIN_SECONDS = 10e-6
+PAIR_TARGET_SECONDS = 1e-3
+PAIR_MAX = 8
+PAIR_MAX_SECONDS = 0.25
 CLEAR_OVERLAP = 1.6
 _COMPUTING = 0.3
 _START_TOGETHER_SECONDS = 0.2
@@ -117,6 +124,14 @@ class Probe:
             scaling = max(scaling, repeated)
         self.thread_scaling = scaling
         return made
+
+
+def calls_per_thread(per_item: float) -> int:
+    """How many calls each thread of the overlap test makes; 0 when calls of ``per_item``
+    seconds are too short or too long to test."""
+    if not PAIR_MIN_SECONDS <= per_item <= PAIR_MAX_SECONDS:
+        return 0
+    return max(1, min(PAIR_MAX, math.ceil(PAIR_TARGET_SECONDS / per_item)))
 
 
 def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],

@@ -10,19 +10,15 @@ becomes a profile in ``amorsize.optimizer.probe``, as it does for every front en
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amorsize.optimizer.probe import Probe, Sample
+from amorsize.optimizer.probe import PAIR_MAX, Probe, Sample, calls_per_thread
 from amorsize.pools import worker
 
 BUDGET_SECONDS = 0.05
-_PAIR_MIN_SECONDS = 10e-6
-_PAIR_TARGET_SECONDS = 1e-3
-PAIR_MAX = 8
 PAIR_TESTS = 3  # at most, while none shows a clear overlap (``Probe.overlap``)
-_PAIR_MAX_SECONDS = 0.25
+PAIR_ITEMS = PAIR_TESTS * 2 * PAIR_MAX  # the most items the overlap tests use
 
 
 def spread_indices(n: int, k: int) -> list[int]:
@@ -57,16 +53,15 @@ def measure(
     for wall, cpu, times in zip(walls, cpus, blocked):
         probe.observe(wall, cpu, times)
     probe.observe_shipping(func, [(items[i], results[i]) for i in list(results)[:3]])
-    per_item = probe.profile().per_item_seconds
-    wanted = 2 * pair_size(per_item)
+    wanted = 2 * calls_per_thread(probe.profile().per_item_seconds)
     unmeasured = [i for i in pair_indices if i not in results]
-    if (thread_pair is not None and len(unmeasured) >= wanted
-            and _PAIR_MIN_SECONDS <= per_item <= _PAIR_MAX_SECONDS):
+    if thread_pair is not None and wanted and len(unmeasured) >= wanted:
         tests = [_halves(unmeasured[k * wanted:(k + 1) * wanted])
                  for k in range(min(PAIR_TESTS, len(unmeasured) // wanted))]
         runs = [[functools.partial(_run, func, items, half) for half in test] for test in tests]
         with thread_pair() as pool:
-            made = probe.overlap(pool, runs[0], wanted * per_item, runs[1:])
+            made = probe.overlap(pool, runs[0], wanted * probe.profile().per_item_seconds,
+                                 runs[1:])
         for test, outcomes in zip(tests, made):
             for half, half_results in zip(test, outcomes):
                 results.update(zip(half, half_results))
@@ -80,8 +75,3 @@ def _halves(indices: list[int]) -> list[list[int]]:
 
 def _run(func: Callable, items: Sequence, indices: list[int]) -> list:
     return [func(items[i]) for i in indices]
-
-
-def pair_size(per_item: float) -> int:
-    """Items each of the two threads runs: enough that handing work to a thread is noise."""
-    return max(1, min(PAIR_MAX, math.ceil(_PAIR_TARGET_SECONDS / max(per_item, 1e-9))))
