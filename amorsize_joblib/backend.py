@@ -3,7 +3,8 @@
 joblib's ``Parallel`` hands a backend one ``BatchedCalls`` at a time and asks it how big the next
 batch should be. This backend answers both from amorsize's optimizer (through the hook relay
 ``amorsize.plugins``): the first tasks of an unknown function are run one by one in the calling
-thread and timed there (wall and CPU time, no dispatch noise, results kept), the optimizer picks
+thread and timed there (wall and CPU time, no dispatch noise, results kept), then one batch of a
+few tasks runs on two threads at once (the probe's overlap test), the optimizer picks
 serial, threads or processes and a chunk size, and what was learned is kept per function so the
 next call starts with the right plan and skips measuring. A batch is then run where the plan says:
 in the calling thread (a serial plan costs no hand-off at all), or split into chunks of the plan's
@@ -41,7 +42,7 @@ from amorsize.errors import (
     check_executor_type,
 )
 from amorsize.optimizer.learned import function_key
-from amorsize.optimizer.probe import Probe
+from amorsize.optimizer.probe import Probe, calls_per_thread
 from amorsize.plan import Plan
 from amorsize.pools.worker import now, waits
 from amorsize.run.control import Run
@@ -239,11 +240,11 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def compute_batch_size(self) -> int:
         """Tasks per joblib batch: one while measuring (a slow task measured must not hold others
-        back), then one wave of the plan's chunks
+        back) but for one batch of the overlap test, then one wave of the plan's chunks
         (one chunk per worker), or everything left at once for a serial plan."""
         plan = self.plan
         if plan is None:
-            return 1
+            return self._overlap_tasks() or 1
         if plan.executor_type != "serial":
             return max(1, min(_MAX_BATCH, plan.chunksize * plan.n_jobs))
         total = getattr(self.parallel, "n_tasks", None) or _last_count(self._key)
@@ -454,14 +455,23 @@ class AmorsizeBackend(ParallelBackendBase):
             return
         _settle(future, result=results)
 
-    def _measure(self, batch: Any, future: Future) -> list | None:
+    def _measure(self, batch: Any, future: Future, done: list | None = None) -> list | None:
         """Run the batch's tasks one at a time on the measuring thread, timing each, until the
         profile is good enough; then decide, and send what is left of the batch where the plan
         says (None: sent). A task still running after ``PROBE_WAIT_SECONDS`` is not waited for:
-        it is slow enough to decide on, and the rest of the call goes ahead meanwhile."""
+        it is slow enough to decide on, and the rest of the call goes ahead meanwhile. ``done``:
+        results of the batch's first tasks, measured already (the overlap test's)."""
         cls, args = _batch_parts(batch)
         tasks, rest = args[0], args[1:]
-        results: list = []
+        results: list = [] if done is None else done
+        size = self._overlap_tasks()
+        if size and len(tasks) >= size:
+            results += self._measure_overlap(cls, tasks[:size], rest)
+            if self._probe_is_enough():
+                self._decide_from_probe()
+            if len(tasks) == size:
+                return results
+            return self._measure(cls(tasks[size:], *rest), future, results)
         on_measuring_thread = getattr(self.parallel, "timeout", None) is not None
         for i, task in enumerate(tasks):
             if self.plan is not None:
@@ -504,6 +514,32 @@ class AmorsizeBackend(ParallelBackendBase):
         runs = learned.runs if learned is not None else 0
         self._decide(profile, runs, already_done=self.n_probed)
 
+    def _overlap_tasks(self) -> int:
+        """Tasks of the overlap test's batch (two threads' worth, ``probe.calls_per_thread``),
+        once a few tasks have been timed one at a time; 0 when there is no test to make: done
+        already, threads not allowed, a time limit (the test's tasks would run unwatched), or
+        tasks too slow to wait for two at once."""
+        probe = self._observed
+        if (probe.thread_scaling is not None or len(probe) < PROBE_MIN_TASKS
+                or "thread" not in self._executors or self._n_jobs == 1
+                or getattr(self.parallel, "timeout", None) is not None):
+            return 0
+        per_task = probe.seconds / len(probe)
+        return 2 * calls_per_thread(per_task) if per_task <= PROBE_WAIT_SECONDS else 0
+
+    def _measure_overlap(self, cls: Any, tasks: list, rest: tuple) -> list:
+        """Half the tasks on each of two threads at once (the probe's overlap test, as
+        ``amorsize.map`` and the Dask scheduler make it): tells C code that releases the GIL
+        (threads) from pure-Python work (processes). Their results are kept, in order."""
+        half = len(tasks) // 2
+        runs = [functools.partial(run_joblib_batch, cls(part, *rest), self.inner_max_num_threads)
+                for part in (tasks[:half], tasks[half:])]
+        per_task = self._observed.seconds / len(self._observed)
+        with plugins.leased_pool("thread", 2) as pair:
+            (outcomes,) = self._observed.overlap(pair, runs, len(tasks) * per_task)
+        self._observed.n_overlap += len(tasks)
+        return [result for results, _, _ in outcomes for result in results]
+
     def _decide_while_running(self, elapsed: float) -> bool:
         """Decide with a task still running, counting it at what it took so far (a lower
         bound) and as computing; True if the plan runs on a pool (the task's result then joins
@@ -514,11 +550,15 @@ class AmorsizeBackend(ParallelBackendBase):
 
     @property
     def n_probed(self) -> int:
-        """Tasks of this call measured before its plan."""
-        return len(self._observed)
+        """Tasks of this call measured before its plan (one at a time, or two at once)."""
+        return len(self._observed) + self._observed.n_overlap
 
     def _probe_is_enough(self) -> bool:
         n, spent = len(self._observed), self._observed.seconds
+        if (PROBE_MIN_TASKS <= n < PROBE_MAX_TASKS and spent < PROBE_MAX_SECONDS
+                and self._overlap_tasks()):
+            return False  # the next batch is the overlap test's (unless joblib's batch size
+            # is fixed: then the probe is enough without it once single tasks say so)
         return (n >= PROBE_MAX_TASKS or (n >= PROBE_MIN_TASKS and spent >= PROBE_ENOUGH_SECONDS)
                 or spent >= PROBE_MAX_SECONDS)
 

@@ -60,24 +60,46 @@ def hash_block(block: bytes) -> str:
 
 
 @pytest.mark.timeout(120)
-def test_map_and_dask_run_c_code_that_releases_the_gil_on_threads():
-    """Both measure with the probe's overlap test (the joblib backend measures one task at a
-    time and has no such test yet)."""
+def test_every_front_end_runs_c_code_that_releases_the_gil_on_threads():
+    """All three measure with the probe's overlap test: the joblib backend asks for one batch of
+    two threads' worth of tasks while measuring, the Dask scheduler runs root tasks."""
     import os
 
     blocks = [os.urandom(2**20) for _ in range(64)]
     decided = {}
-    for front in ("map", "dask"):
+    for front in ("map", "joblib", "dask"):
         LEARNED.forget()
         _DECISIONS.forget()
         spy = Executors()
         amorsize.register_plugin(spy, name="parity-spy")
         try:
             if front == "map":
-                amorsize.map(hash_block, blocks)
+                out = amorsize.map(hash_block, blocks)
+            elif front == "joblib":
+                with joblib.parallel_config(backend="amorsize"):
+                    out = joblib.Parallel(n_jobs=-1)(joblib.delayed(hash_block)(b) for b in blocks)
             else:
-                dask.compute(*[dask.delayed(hash_block)(b) for b in blocks], scheduler="amorsize")
+                out = list(dask.compute(*[dask.delayed(hash_block)(b) for b in blocks],
+                                        scheduler="amorsize"))
         finally:
             amorsize.unregister_plugin(name="parity-spy")
+        assert out == [hash_block(b) for b in blocks]
         decided[front] = spy.seen[-1]
-    assert decided == {"map": "thread", "dask": "thread"}
+    assert decided == {"map": "thread", "joblib": "thread", "dask": "thread"}
+
+
+def test_joblib_with_a_fixed_batch_size_still_decides_without_the_overlap_test():
+    """joblib does not ask the backend for batch sizes when the caller fixed one: measuring
+    must not wait for the overlap test's batch forever."""
+    LEARNED.forget()
+    _DECISIONS.forget()
+    spy = Executors()
+    amorsize.register_plugin(spy, name="parity-spy")
+    try:
+        with joblib.parallel_config(backend="amorsize"):
+            out = joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(burn)(i)
+                                                          for i in range(60))
+    finally:
+        amorsize.unregister_plugin(name="parity-spy")
+    assert out == [burn(i) for i in range(60)]
+    assert spy.seen, "no plan was made: every task was measured"
