@@ -474,7 +474,7 @@ def test_a_pool_provider_returning_no_pool_fails_the_run_naming_the_plugin(regis
 
 def test_a_pool_missing_part_of_the_contract_fails_naming_what_is_missing(register):
     from amorsize.pools.contract import POOL_ATTRIBUTES, POOL_METHODS, PoolLike
-    from amorsize.pools.pool import ThreadPool
+    from amorsize.pools.threads import ThreadPool
 
     class HalfPool:
         executor_type = "thread"

@@ -15,7 +15,9 @@ import pool_helpers
 import pytest
 
 from amorsize import WorkerCrashedError
-from amorsize.pools.pool import ProcessPool, SerialPool, ThreadPool
+from amorsize.pools.pool import SerialPool
+from amorsize.pools.processes import ProcessPool
+from amorsize.pools.threads import ThreadPool
 from amorsize.system import default_start_method
 
 

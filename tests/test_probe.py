@@ -10,7 +10,7 @@ from core_helpers import burn, nap
 
 from amorsize.optimizer import probe
 from amorsize.pools import worker
-from amorsize.pools.pool import ThreadPool
+from amorsize.pools.threads import ThreadPool
 
 
 def test_a_call_off_the_cpu_that_never_blocked_was_preempted_not_waiting():

@@ -9,7 +9,7 @@ import threading
 from core_helpers import burn, nap, square
 
 from amorsize.optimizer import sampling
-from amorsize.pools.pool import ThreadPool
+from amorsize.pools.threads import ThreadPool
 
 
 def test_spread_indices_take_one_item_from_each_stratum():

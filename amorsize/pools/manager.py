@@ -46,14 +46,9 @@ from amorsize.errors import (
     check_start_method,
 )
 from amorsize.pools import worker
-from amorsize.pools.pool import (
-    MAX_MEMORY_GROWTH_MB,
-    Pool,
-    ProcessPool,
-    SerialPool,
-    ThreadPool,
-    after_fork_in_child,
-)
+from amorsize.pools.pool import Pool, SerialPool
+from amorsize.pools.processes import MAX_MEMORY_GROWTH_MB, ProcessPool, after_fork_in_child
+from amorsize.pools.threads import ThreadPool
 
 # (executor_type, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)
 PoolKey = tuple[ExecutorType, int, str | None, Any, int | None]

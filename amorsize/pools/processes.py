@@ -1,0 +1,399 @@
+"""Processes: workers started once and kept warm, each a slot on the pool's board.
+
+A worker that dies fails its chunks with ``WorkerCrashedError`` instead of hanging; a worker
+retired by ``max_tasks_per_child`` or grown past ``MAX_MEMORY_GROWTH_MB`` is replaced; workers
+start without the parent's ``__main__`` where they can, and the fork server is preloaded with
+what every worker imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.spawn
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, cast
+
+from amorsize.errors import (
+    WorkerCrashedError,
+    check_max_tasks_per_child,
+)
+from amorsize.pools import worker
+from amorsize.pools.pool import FollowingFuture, Pool
+
+# A process worker whose memory grew by more than this since its first task ended has its pool
+# replaced (loky's rule and threshold): see ``ProcessPool.recycle_due``. ``PoolManager`` takes it
+# as the default of ``max_memory_growth_mb``.
+MAX_MEMORY_GROWTH_MB = 300.0
+_KILL_SECONDS = 2.0
+
+
+class ProcessPool(Pool):
+    """Processes: true parallelism for pure-Python CPU work, at the price of pickling.
+
+    Functions travel with cloudpickle, so lambdas, closures and ``__main__`` functions work. A
+    worker that dies marks the pool broken (``broken``); its running and queued calls raise
+    ``WorkerCrashedError`` (a ``BrokenProcessPool``) instead of hanging, through ``map`` and
+    through the futures of ``submit`` alike.
+
+    ``max_tasks_per_child``: a worker exits after that many tasks (chunks or submitted calls)
+    and a fresh one takes its place and its slot on the board (not with "fork", whose
+    replacements would fork a process that has threads). ``memory_limit_mb``: workers flag
+    themselves on the board once their memory grew that much (see ``recycle_due``).
+    """
+
+    executor_type = "process"
+    uses_processes = True
+
+    def __init__(
+        self,
+        n_jobs: int,
+        start_method: str,
+        initializer: Callable | None = None,
+        initargs: tuple = (),
+        blas_threads: int | None = None,
+        max_tasks_per_child: int | None = None,
+        memory_limit_mb: float | None = None,
+    ) -> None:
+        check_max_tasks_per_child(max_tasks_per_child, start_method)
+        super().__init__(n_jobs)
+        self.start_method = start_method
+        self.max_tasks_per_child = max_tasks_per_child
+        self._broken_seen = False
+        self._outer: set[_CrashAwareFuture] = set()
+        self._shutdown_lock = threading.Lock()
+        self._shut_down = False
+        start = time.perf_counter()
+        context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            _preload_forkserver(context)
+        self.board = context.Array("d", worker.SLOT * n_jobs, lock=False)
+        self._claimed = context.Value("i", 0)
+        ready = context.Value("i", 0)
+        # a replacement worker may be started by any thread (the executor's, a caller's), whose
+        # end would fire a spawn worker's parent-death signal: those rely on the watch alone
+        on_main_thread = (threading.current_thread() is threading.main_thread()
+                          and max_tasks_per_child is None)
+        self._executor = _Executor(
+            max_workers=n_jobs,
+            # duck-typed: a context whose Process starts without __main__
+            mp_context=cast(multiprocessing.context.BaseContext, _WithoutMainContext(context)),
+            initializer=_initialize,
+            initargs=(blas_threads, self.board, self._claimed, initializer, initargs, os.getpid(),
+                      on_main_thread, memory_limit_mb, ready),
+            max_tasks_per_child=max_tasks_per_child,
+        )
+        try:
+            if max_tasks_per_child is None or not _launch_without_tasks(self._executor, ready, n_jobs):
+                _start_all_workers(self._executor, n_jobs)
+        except BrokenProcessPool as exc:
+            self.shutdown(force=True)
+            raise WorkerCrashedError(
+                f"a worker of a new {n_jobs}-worker {start_method} pool exited while starting; "
+                "if an initializer was given, its exception is logged above (stderr of the worker)"
+            ) from exc
+        except BaseException:
+            self.shutdown(force=True)
+            raise
+        self.startup_seconds = time.perf_counter() - start
+
+    def prepare(self, func: Callable) -> Any:
+        return func if isinstance(func, worker.PickledFunction) else worker.PickledFunction(func)
+
+    def _submit(self, fn: Callable, *args: Any) -> Future:
+        try:
+            inner = self._executor.submit(worker.call_by_value, worker.ByValue((fn, args)))
+        except BrokenProcessPool as exc:
+            self._broken_seen = True
+            raise self._crashed() from exc
+        outer = _CrashAwareFuture(inner, self)
+        with self._inflight_lock:
+            self._outer.add(outer)
+        outer.add_done_callback(self._outer.discard)
+        return outer
+
+    def _crashed(self) -> WorkerCrashedError:
+        return WorkerCrashedError(
+            f"a worker process of this {self.n_jobs}-worker pool died (killed, segfault or "
+            "os._exit) while running tasks; the pool is discarded and the next get_pool() "
+            "gets a fresh one"
+        )
+
+    @property
+    def broken(self) -> bool:
+        if self._terminated or self._broken_seen or getattr(self._executor, "_broken", False):
+            return True
+        processes = getattr(self._executor, "_processes", None) or {}
+        # with max_tasks_per_child, a worker exits (code 0) after its last task, until its
+        # executor replaces it; a crash still breaks the executor
+        finished = (None,) if self.max_tasks_per_child is None else (None, 0)
+        return any(p.exitcode not in finished for p in list(processes.values()))
+
+    @property
+    def recycle_due(self) -> bool:
+        board = self.board
+        return board is not None and any(board[worker.GROWN::worker.SLOT])
+
+    @property
+    def workers_replaced(self) -> int:
+        return max(0, self._claimed.value - self.n_jobs)
+
+    def worker_pids(self) -> list[int]:
+        return list((getattr(self._executor, "_processes", None) or {}).keys())
+
+    def shutdown(self, wait: bool = True, force: bool = False) -> None:
+        """Stop the workers; ``force`` terminates them even mid-task (their futures fail) and
+        waits for them to be gone, however ``wait`` is set. Done once: a second caller (a
+        cancelled run and the manager retiring the pool, at once) waits for the first."""
+        self.closed = True
+        if os.getpid() != self._pid:
+            return
+        with self._shutdown_lock:
+            if not self._shut_down:
+                self._stop_workers(wait, force)
+                self._shut_down = True
+
+    def _stop_workers(self, wait: bool, force: bool) -> None:
+        if not force:
+            self._executor.shutdown(wait=wait)
+            return
+        deadline = time.monotonic() + _KILL_SECONDS
+        while True:
+            # again until none is left: the executor may start a replacement meanwhile
+            # (max_tasks_per_child), which its shutdown would then wait for
+            alive = [p for p in list((getattr(self._executor, "_processes", None) or {}).values())
+                     if p.exitcode is None]
+            for p in alive:
+                p.terminate()
+            for p in alive:
+                p.join(max(0.0, deadline - time.monotonic()))
+                if p.exitcode is None:
+                    p.kill()
+                    p.join(1.0)
+            if not alive or time.monotonic() > deadline:
+                break
+        with self._inflight_lock:
+            unsettled = list(self._outer)
+        for future in unsettled:
+            future.fail_crashed()
+        self._executor.shutdown(wait=False)
+        manager = getattr(self._executor, "_executor_manager_thread", None)
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(_KILL_SECONDS)  # never wait longer for the executor's bookkeeping
+
+
+class _CrashAwareFuture(FollowingFuture):
+    """Mirrors an executor's future: unpacks the by-value result or exception of the worker, and
+    turns the ``BrokenProcessPool`` of a dead worker into ``WorkerCrashedError`` (marking the
+    pool broken), so callers of ``submit`` see the same error as callers of ``map``."""
+
+    def __init__(self, inner: Future, pool: ProcessPool) -> None:
+        super().__init__()
+        self._pool = pool
+        self._follow(inner)
+
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, BrokenProcessPool) and not isinstance(exc, WorkerCrashedError):
+            self._pool._broken_seen = True
+            crashed = self._pool._crashed()
+            crashed.__cause__ = exc
+            exc = crashed
+        self.set_exception(exc)
+
+    def fail_crashed(self) -> None:
+        """Fail with ``WorkerCrashedError`` now: the pool's workers were killed. Not left to the
+        executor, which on Python 3.11 stops delivering failures when it meets a cancelled
+        future (a cancelled run's) among the pending ones."""
+        crashed = self._pool._crashed()
+        with contextlib.suppress(InvalidStateError):
+            self.set_exception(crashed)
+
+    def _succeeded(self, packed: worker.ByValue) -> None:
+        try:
+            self.set_result(worker.unpack_outcome(packed))
+        except Exception as exc:  # noqa: BLE001 - the call's own error, or an unloadable result
+            self.set_exception(exc)
+
+
+def _initialize(blas_threads: int | None, board: Any, claimed: Any,
+                initializer: Callable | None, initargs: tuple, parent: int | None = None,
+                forked_on_main_thread: bool = False, memory_limit_mb: float | None = None,
+                ready: Any = None) -> None:
+    worker.initialize(blas_threads, board, claimed, parent, forked_on_main_thread,
+                      memory_limit_mb)
+    if initializer is not None:
+        initializer(*initargs)
+    if ready is not None:
+        with ready.get_lock():
+            ready.value += 1
+
+
+class _Executor(ProcessPoolExecutor):
+    """``ProcessPoolExecutor`` that always replaces a worker retired by ``max_tasks_per_child``.
+
+    Up to Python 3.15 (gh-115634) the executor skips the replacement when its idle-worker
+    semaphore holds a stale token, and queued tasks then wait forever once every worker has
+    retired. The executor's own thread replaces exited workers here; ``submit`` is unchanged.
+    """
+
+    # private attributes of ProcessPoolExecutor that typeshed does not declare
+    _max_workers: int
+    _spawn_process: Callable[[], None]
+
+    def _adjust_process_count(self) -> None:
+        if threading.current_thread() is self._executor_manager_thread:
+            if len(self._processes) < self._max_workers:
+                self._spawn_process()
+            return
+        super()._adjust_process_count()
+
+
+def _launch_without_tasks(executor: ProcessPoolExecutor, ready: Any, n_jobs: int,
+                          timeout: float = 60.0) -> bool:
+    """Start every worker without giving it a task, and wait until each has run its
+    initializer: with ``max_tasks_per_child`` a start-up task would count against each worker's
+    quota. False where this Python's executor lacks the (private) methods used."""
+    launch = getattr(executor, "_launch_processes", None)
+    start_thread = getattr(executor, "_start_executor_manager_thread", None)
+    if launch is None or start_thread is None:
+        return False
+    with executor._shutdown_lock:
+        launch()
+        start_thread()
+    deadline = time.monotonic() + timeout
+    while ready.value < n_jobs:
+        processes = list((executor._processes or {}).values())
+        if executor._broken or any(p.exitcode is not None for p in processes):
+            raise BrokenProcessPool("a worker exited while starting")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {ready.value} of {n_jobs} workers started within "
+                               f"{timeout:.0f} s (is the initializer stuck?)")
+        time.sleep(0.002)
+    return True
+
+
+def _start_all_workers(executor: ProcessPoolExecutor, n_jobs: int, timeout: float = 60.0) -> None:
+    """Workers start on demand; have every one of them run a task now, so calls find them warm."""
+    deadline = time.monotonic() + timeout
+    seen: set[int] = set()
+    while len(seen) < n_jobs and time.monotonic() < deadline:
+        futures = [executor.submit(worker.pid_after, 0.005) for _ in range(n_jobs)]
+        seen.update(f.result(timeout=max(0.1, deadline - time.monotonic())) for f in futures)
+    if len(seen) < n_jobs:
+        raise TimeoutError(f"only {len(seen)} of {n_jobs} workers started within {timeout:.0f} s "
+                           "(is the initializer stuck?)")
+
+
+_preload_lock = threading.Lock()
+
+
+def _preload_forkserver(context: Any) -> None:
+    """Have the fork server import amorsize's worker module and cloudpickle once, so each
+    worker forks with them loaded instead of importing them again; and ``amorsize.pools.orphans``,
+    which makes the server exit when this process dies (the variable names this process)."""
+    from amorsize.pools import orphans
+
+    with _preload_lock:
+        pid = str(os.getpid())
+        if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
+            os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
+        context.set_forkserver_preload(["amorsize.pools.worker", "cloudpickle", "amorsize.pools.orphans"])
+
+
+_launch_lock = threading.Lock()
+_GET_PREPARATION_DATA = multiprocessing.spawn.get_preparation_data
+
+
+class _WithoutMainStart:
+    """A process that starts without the parent's ``__main__`` (``_without_main_module``),
+    whenever it starts: at the pool's start, or later to replace a retired worker."""
+
+    def start(self) -> None:
+        with _without_main_module():
+            super().start()  # type: ignore[misc]
+
+
+class _SpawnProcess(_WithoutMainStart, multiprocessing.context.SpawnProcess):
+    pass
+
+
+if hasattr(multiprocessing.context, "ForkServerProcess"):
+    class _ForkServerProcess(_WithoutMainStart, multiprocessing.context.ForkServerProcess):
+        pass
+
+
+class _WithoutMainContext:
+    """A multiprocessing context whose processes start without ``__main__`` (fork copies the
+    parent instead of importing anything: its processes are left as they are)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self.Process: type[multiprocessing.process.BaseProcess]
+        method = context.get_start_method()
+        if method == "spawn":
+            self.Process = _SpawnProcess
+        elif method == "forkserver":
+            self.Process = _ForkServerProcess
+        else:
+            self.Process = context.Process
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Start workers that do not import the parent's ``__main__``.
+
+    ``multiprocessing`` makes forkserver and spawn children re-run the parent's main script
+    (as ``__mp_main__``), which runs an unguarded script's top level again in every worker.
+    amorsize sends everything by value (``worker.ByValue``), so its workers need no ``__main__``:
+    the preparation data of the processes started here leaves it out, as loky's does.
+    """
+    from multiprocessing import spawn
+
+    with _launch_lock:
+        def without_main(name: str) -> dict:
+            data = _GET_PREPARATION_DATA(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main
+        try:
+            yield
+        finally:
+            spawn.get_preparation_data = _GET_PREPARATION_DATA
+
+
+def after_fork_in_child() -> None:
+    """Make a forked child able to start process pools of its own.
+
+    The child inherits the parent's locks (possibly held by a thread that does not exist in the
+    child) and the parent's fork-server handle, whose liveness check (``waitpid`` on a process
+    that is not the child's) fails; both are reset so the child starts its own fork server.
+    """
+    global _preload_lock, _launch_lock
+    _preload_lock = threading.Lock()
+    _launch_lock = threading.Lock()
+    multiprocessing.spawn.get_preparation_data = _GET_PREPARATION_DATA
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    server._lock = threading.Lock()
+    alive_fd = server._forkserver_alive_fd
+    server._forkserver_pid = None
+    server._forkserver_address = None
+    server._forkserver_alive_fd = None
+    if alive_fd is not None:
+        try:
+            os.close(alive_fd)
+        except OSError:
+            pass
