@@ -44,7 +44,7 @@ from amorsize.errors import (
 from amorsize.optimizer.learned import function_key
 from amorsize.optimizer.probe import Probe, calls_per_thread
 from amorsize.plan import Plan
-from amorsize.pools.worker import now, waits
+from amorsize.pools.worker import inside_worker, now, waits
 from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
 
@@ -518,10 +518,11 @@ class AmorsizeBackend(ParallelBackendBase):
         """Tasks of the overlap test's batch (two threads' worth, ``probe.calls_per_thread``),
         once a few tasks have been timed one at a time; 0 when there is no test to make: done
         already, threads not allowed, a time limit (the test's tasks would run unwatched), or
-        tasks too slow to wait for two at once."""
+        tasks too slow to wait for two at once, or a call nested in an amorsize worker (the
+        test's threads may be the very ones waiting for it)."""
         probe = self._observed
         if (probe.thread_scaling is not None or len(probe) < PROBE_MIN_TASKS
-                or "thread" not in self._executors or self._n_jobs == 1
+                or "thread" not in self._executors or self._n_jobs == 1 or inside_worker()
                 or getattr(self.parallel, "timeout", None) is not None):
             return 0
         per_task = probe.seconds / len(probe)

@@ -142,3 +142,17 @@ def test_a_serial_plan_is_reused_when_calls_got_cheaper_but_not_dearer(model_cal
     assert cheaper.executor_type == "serial" and len(model_calls) == before
     decision.decide(square, dataclasses.replace(profile, per_item_seconds=2e-7), workload)
     assert len(model_calls) > before
+
+
+def test_a_reused_plan_is_judged_against_a_prediction_for_this_call(model_calls):
+    """The run's report corrects the model by wall time over the plan's prediction: a reused
+    plan must carry a prediction for this call's items and profile, or the correction learns
+    the wrong error (and, while the plan is reused, never recovers)."""
+    profile = amorsize.Profile(per_item_seconds=1e-7, cpu_ratio=1.0, thread_scaling=1.0)
+    workload = amorsize.Workload(10_000)
+    first = decision.decide(square, profile, workload)
+    cheaper = decision.decide(square, dataclasses.replace(profile, per_item_seconds=4e-8),
+                              workload)
+    assert cheaper.executor_type == first.executor_type == "serial"
+    assert cheaper.predicted_seconds == pytest.approx(10_000 * 4e-8)
+    assert first.predicted_seconds == pytest.approx(10_000 * 1e-7)

@@ -103,3 +103,46 @@ def test_joblib_with_a_fixed_batch_size_still_decides_without_the_overlap_test()
         amorsize.unregister_plugin(name="parity-spy")
     assert out == [burn(i) for i in range(60)]
     assert spy.seen, "no plan was made: every task was measured"
+
+
+NESTED = '''
+import hashlib, os, sys
+import amorsize, amorsize_dask, amorsize_joblib, dask, joblib
+
+blocks = [os.urandom(2**18) for _ in range(48)]
+
+def digest(block):
+    return hashlib.sha256(block).hexdigest()
+
+from amorsize.optimizer.learned import LEARNED
+
+def with_joblib(i):
+    LEARNED.forget()  # every inner call measures, in whichever thread it runs
+    with joblib.parallel_config(backend="amorsize"):
+        return joblib.Parallel(n_jobs=2)(joblib.delayed(digest)(b) for b in blocks)
+
+def with_dask(i):
+    LEARNED.forget()
+    return list(dask.compute(*[dask.delayed(digest)(b) for b in blocks], scheduler="amorsize"))
+
+expected = [digest(b) for b in blocks]
+for outer in (with_joblib, with_dask):
+    results = amorsize.map(outer, range(12), executor="thread", n_jobs=2, sample_size=2)
+    assert results == [expected] * 12, outer.__name__
+print("ok")
+'''
+
+
+@pytest.mark.timeout(150)
+def test_front_ends_nested_in_amorsize_threads_do_not_wait_for_those_threads(tmp_path):
+    """joblib or Dask called inside a task of a two-thread amorsize pool: their overlap test
+    needs two threads of that pool, which are the callers waiting on it. It is skipped there,
+    and the test itself never waits for a thread that does not come."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

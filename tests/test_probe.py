@@ -93,3 +93,22 @@ def test_a_broken_start_claims_no_overlap(pair_pool):
         blocker.set()
         busy.result()
     assert outcomes == [1, 2] and scaling == 1.0
+
+
+def test_the_overlap_test_runs_here_when_the_pools_threads_are_all_busy():
+    """A caller that is itself one of the pool's threads (a nested call) must not wait for a
+    thread that never comes: the runs the pool did not start run in the caller, and no
+    overlap is claimed."""
+    import threading
+
+    pool = ThreadPool(2)
+    release = threading.Event()
+    busy = [pool.submit(release.wait, 10) for _ in range(2)]
+    try:
+        outcomes, scaling = probe._two_at_once(pool, [lambda: 1, lambda: 2], 1.0)
+    finally:
+        release.set()
+        for f in busy:
+            f.result()
+        pool.shutdown()
+    assert outcomes == [1, 2] and scaling == 1.0

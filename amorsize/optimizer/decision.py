@@ -60,10 +60,12 @@ class _Decisions:
         was = made.profile
         serial = made.plan.executor_type == "serial"
         # A serial plan has no chunk sizes cut for the items left (the call that measured left
-        # 8 fewer than the calls after it), and only gets more right as calls get cheaper or
-        # serial runs faster than predicted: parallel plans pay fixed costs per chunk. It is
-        # decided again as pools' start-up is charged less, if a warm pool would have won.
-        if not serial and remaining != made.remaining:
+        # 8 fewer than the calls after it: within 10% more items is the same decision), and
+        # only gets more right as calls get cheaper or serial runs faster than predicted:
+        # parallel plans pay fixed costs per chunk. It is decided again as pools' start-up is
+        # charged less, if a warm pool would have won.
+        if remaining != made.remaining and not (
+                serial and remaining <= made.remaining * (1 + _SAME)):
             return None
         if serial and made.startup_matters and not _near(share, made.share):
             return None
@@ -139,10 +141,15 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     known = _DECISIONS.recall(situation, profile, corrections, remaining, share)
     if known is not None and (known.executor_type == "serial" or plugins.get_pool(
             known.executor_type, known.n_jobs, False, start_method) is not None):
+        # the prediction the run will be judged against is for this call's items, profile and
+        # corrections: a stale one would teach the next correction the wrong error
+        predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
+            known.executor_type, known.n_jobs, known.chunksize, profile, remaining, cpus,
+            overheads.current(start_method), lambda e, j: True, share, corrections)}
         if known.workload.recalled == workload.recalled:
-            return known.replace(workload=workload, profile=profile)
+            return known.replace(workload=workload, profile=profile, predictions=predictions)
         # the plan of the call that measured, now for a call that recalled: say so
-        return known.replace(workload=workload, profile=profile,
+        return known.replace(workload=workload, profile=profile, predictions=predictions,
                              reasons=[_describe(profile, workload), *known.reasons[1:]])
     plan, startup_matters = _decide(func, profile, workload, cpus, start_method, remaining,
                                     corrections, share, _DECISIONS.last(situation))

@@ -123,7 +123,9 @@ class LearnedProfiles:
                 stretch = (1 - computing) + computing * max(1.0, workers_per_core * computing)
                 measured = compute_seconds / n_items / stretch
                 old = entry.profile.per_item_seconds
-                behind = max(1, entry.profile.n_measured)
+                # at most ten times this run's items: a function whose data got heavier is
+                # followed within a few calls, not a hundred
+                behind = max(1, min(entry.profile.n_measured, 10 * n_items))
                 weight = n_items / (n_items + behind)
                 new = old + weight * (measured - old)
                 # the part of the prediction's error that the new per-item time explains is

@@ -150,9 +150,19 @@ def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
     it is set against ``serial_seconds``, what the runs take one after the other."""
     start = threading.Barrier(len(runs), timeout=_START_TOGETHER_SECONDS)
     cores = _two_cores()
-    futures: list[Future] = [pool.submit(_timed, run, start, core)
-                             for run, core in zip(runs, cores)]
-    outcomes = [f.result() for f in futures]
+    threads_before = _thread_ids()
+    began = [threading.Event() for _ in runs]
+    futures: list[Future] = [pool.submit(_timed, run, start, core, event)
+                             for run, core, event in zip(runs, cores, began)]
+    outcomes = []
+    for future, run, event in zip(futures, runs, began):
+        # a run that has not begun by the time the barrier gave up waits for a pool thread
+        # that may never come (this caller is itself one of the pool's threads): run it here
+        if not event.wait(2 * _START_TOGETHER_SECONDS) and future.cancel():
+            outcomes.append(_timed(run, start))
+        else:
+            outcomes.append(future.result())
+    _unpin_new_threads(threads_before)
     together = max(o[2] for o in outcomes) - min(o[1] for o in outcomes)
     if start.broken:
         return [o[0] for o in outcomes], 1.0
@@ -172,14 +182,17 @@ def _two_cores() -> list[int | None]:
     cores), and C code that releases the GIL looked GIL-bound. The runs of the overlap test are
     pinned to a core each (the pool's threads get their affinity back after), so the test
     measures the calls, not where the scheduler put them first; a real run lasts long enough
-    for the scheduler to spread its threads."""
+    for the scheduler to spread its threads. Threads the calls start meanwhile get every core
+    back after the test (``_unpin_new_threads``); a process they start keeps the one core."""
     getter = getattr(os, "sched_getaffinity", None)
     cores = sorted(getter(0)) if getter is not None else []
     return [cores[0], cores[1]] if len(cores) >= 2 else [None, None]
 
 
-def _timed(run: Callable[[], Any], start: threading.Barrier,
-           core: int | None = None) -> tuple[Any, float, float, float]:
+def _timed(run: Callable[[], Any], start: threading.Barrier, core: int | None = None,
+           began: threading.Event | None = None) -> tuple[Any, float, float, float]:
+    if began is not None:
+        began.set()
     with contextlib.ExitStack() as stack:
         if core is not None:
             stack.enter_context(_pinned(core))
@@ -203,7 +216,29 @@ def _pinned(core: int) -> Iterator[None]:
     try:
         yield
     finally:
-        os.sched_setaffinity(0, before)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, before)
+
+
+def _thread_ids() -> set[str]:
+    """This process's threads (Linux), to find the ones a pinned run started."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def _unpin_new_threads(before: set[str]) -> None:
+    """Threads the function started during the test (a lazily made executor, an OpenMP team
+    made per calling thread) inherited their creator's single core: give them back every core
+    this process may use, as they would have had without the test."""
+    new = _thread_ids() - before
+    if not new:
+        return
+    cores = os.sched_getaffinity(0)
+    for tid in new:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cores)
 
 
 def typical_seconds(walls: list[float]) -> float:
