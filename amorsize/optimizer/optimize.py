@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Unpack
@@ -120,13 +120,15 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
     if worker.inside_worker():
         executors, n_jobs = ("serial",), 1
     key = function_key(func)
-    asked = Workload(n, source, executors, n_jobs, given["min_speedup"], key=key,
-                     chunksize=given["chunksize"], start_method=given["start_method"],
-                     initializer=initializer, initargs=tuple(initargs),
-                     max_tasks_per_child=given["max_tasks_per_child"])
+    # what the caller asked: the workload before (and, with what was learned, after) measuring
+    asked = functools.partial(Workload, n, source, executors, n_jobs, given["min_speedup"],
+                              key=key, chunksize=given["chunksize"],
+                              start_method=given["start_method"], initializer=initializer,
+                              initargs=tuple(initargs),
+                              max_tasks_per_child=given["max_tasks_per_child"])
     if n == 0:
         return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
-                    Profile(0.0), asked, data=data)
+                    Profile(0.0), asked(), data=data)
     learned = None if resample else plugins.recall(key)
     if initializer is not None and learned is None:
         # items measured here need what the initializer sets up in a worker: run it here once
@@ -143,7 +145,7 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         # the two-thread test runs items unwatched: with a time limit, none runs that way
         threads_allowed = "thread" in executors and n_jobs != 1 and timeout is None
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
-                                  pair, _probe_elsewhere(func, asked, timeout))
+                                  pair, _probe_elsewhere(func, asked(), timeout))
         profile, results = sample.profile, sample.results
         plugins.remember(key, profile)
         learned = plugins.recall(key)
@@ -151,8 +153,8 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         raise InvalidArgumentError(
             f"executor='process' cannot run this function: cannot pickle "
             f"{profile.unpicklable_reason}; use executor='thread' or None, or make it picklable")
-    workload = dataclasses.replace(asked, previous_runs=learned.runs if learned else 0,
-                                   already_done=len(results), recalled=recalled)
+    workload = asked(previous_runs=learned.runs if learned else 0, already_done=len(results),
+                     recalled=recalled)
     plan = plugins.make_plan(func, profile, workload)
     plan.data = data
     plan.sampled_results = results
