@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from amorsize.optimizer.probe import Probe, Sample, calls_per_thread
+from amorsize.optimizer.probe import PAIR_TESTS, Probe, Sample, calls_per_thread
 from amorsize.pools.worker import now, waits
 from amorsize_dask.graph import GraphWork, dependency_values, spread
 
@@ -47,17 +47,21 @@ def measure(work: GraphWork, cache: dict | None, thread_pair: Any = None) -> Sam
         if not _worth_more(probe, work.n_tasks):
             break
     size = calls_per_thread(probe.seconds / len(probe))
-    pair = [k for k in spread(work.roots, len(results) + 2 * size) if k not in results][:2 * size]
-    # the test's results are kept: it costs only the overlap it finds missing, so it runs
-    # where it is at most a quarter of the graph's tasks rather than within the budget above
-    if (thread_pair is not None and size and len(pair) == 2 * size
-            and 4 * (len(results) + 2 * size) <= work.n_tasks):
-        halves = [pair[:size], pair[size:]]
-        runs = [partial(_run_nodes, work, half, cache) for half in halves]
-        (values,) = probe.overlap(thread_pair, runs, 2 * size * probe.seconds / len(probe))
-        for half, half_values in zip(halves, values):
-            results.update(zip(half, half_values))
-        probe.n_overlap = 2 * size
+    # the test's results are kept: it costs only the overlap it finds missing, so it runs where
+    # its tasks are at most a quarter of the graph's rather than within the budget above
+    affordable = (work.n_tasks // 4 - len(results)) // (2 * size) if size else 0
+    wanted = 2 * size * max(0, min(PAIR_TESTS, affordable))
+    pair = [k for k in spread(work.roots, len(results) + wanted) if k not in results][:wanted]
+    tests = [pair[i:i + 2 * size] for i in range(0, len(pair) - 2 * size + 1, 2 * size)] \
+        if size else []
+    if thread_pair is not None and tests:
+        runs = [[partial(_run_nodes, work, test[:size], cache),
+                 partial(_run_nodes, work, test[size:], cache)] for test in tests]
+        made = probe.overlap(thread_pair, runs[0], 2 * size * probe.seconds / len(probe),
+                             runs[1:])
+        for test, (first, second) in zip(tests, made):
+            results.update(zip(test, [*first, *second]))
+            probe.n_overlap += len(test)
     return Sample(probe.profile(), results)
 
 

@@ -42,7 +42,7 @@ from amorsize.errors import (
     check_executor_type,
 )
 from amorsize.optimizer.learned import function_key
-from amorsize.optimizer.probe import Probe, calls_per_thread
+from amorsize.optimizer.probe import PAIR_TESTS, Probe, calls_per_thread
 from amorsize.plan import Plan
 from amorsize.pools.worker import inside_worker, now, waits
 from amorsize.run.control import Run
@@ -244,7 +244,7 @@ class AmorsizeBackend(ParallelBackendBase):
         (one chunk per worker), or everything left at once for a serial plan."""
         plan = self.plan
         if plan is None:
-            return self._overlap_tasks() or 1
+            return PAIR_TESTS * self._overlap_tasks() or 1
         if plan.executor_type != "serial":
             return max(1, min(_MAX_BATCH, plan.chunksize * plan.n_jobs))
         total = getattr(self.parallel, "n_tasks", None) or _last_count(self._key)
@@ -466,12 +466,14 @@ class AmorsizeBackend(ParallelBackendBase):
         results: list = [] if done is None else done
         size = self._overlap_tasks()
         if size and len(tasks) >= size:
-            results += self._measure_overlap(cls, tasks[:size], rest)
+            tests = [tasks[i:i + size] for i in range(0, len(tasks) - size + 1, size)]
+            measured = self._measure_overlap(cls, tests[:PAIR_TESTS], rest)
+            results += measured
             if self._probe_is_enough():
                 self._decide_from_probe()
-            if len(tasks) == size:
+            if len(measured) == len(tasks):
                 return results
-            return self._measure(cls(tasks[size:], *rest), future, results)
+            return self._measure(cls(tasks[len(measured):], *rest), future, results)
         on_measuring_thread = getattr(self.parallel, "timeout", None) is not None
         for i, task in enumerate(tasks):
             if self.plan is not None:
@@ -515,7 +517,8 @@ class AmorsizeBackend(ParallelBackendBase):
         self._decide(profile, runs, already_done=self.n_probed)
 
     def _overlap_tasks(self) -> int:
-        """Tasks of the overlap test's batch (two threads' worth, ``probe.calls_per_thread``),
+        """Tasks of one overlap test (two threads' worth, ``probe.calls_per_thread``; the batch
+        asked for holds ``PAIR_TESTS`` of them),
         once a few tasks have been timed one at a time; 0 when there is no test to make: done
         already, threads not allowed, a time limit (the test's tasks would run unwatched), or
         tasks too slow to wait for two at once, or a call nested in an amorsize worker (the
@@ -528,18 +531,19 @@ class AmorsizeBackend(ParallelBackendBase):
         per_task = probe.seconds / len(probe)
         return 2 * calls_per_thread(per_task) if per_task <= PROBE_WAIT_SECONDS else 0
 
-    def _measure_overlap(self, cls: Any, tasks: list, rest: tuple) -> list:
-        """Half the tasks on each of two threads at once (the probe's overlap test, as
-        ``amorsize.map`` and the Dask scheduler make it): tells C code that releases the GIL
-        (threads) from pure-Python work (processes). Their results are kept, in order."""
-        half = len(tasks) // 2
-        runs = [functools.partial(run_joblib_batch, cls(part, *rest), self.inner_max_num_threads)
-                for part in (tasks[:half], tasks[half:])]
+    def _measure_overlap(self, cls: Any, tests: list[list], rest: tuple) -> list:
+        """Half of each test's tasks on each of two threads at once (the probe's overlap test,
+        as ``amorsize.map`` and the Dask scheduler make it, repeated on the next test until one
+        overlaps clearly): tells C code that releases the GIL (threads) from pure-Python work
+        (processes). The results of the tests made are kept, in order."""
+        runs = [[functools.partial(run_joblib_batch, cls(part, *rest), self.inner_max_num_threads)
+                 for part in (test[:len(test) // 2], test[len(test) // 2:])] for test in tests]
         per_task = self._observed.seconds / len(self._observed)
         with plugins.leased_pool("thread", 2) as pair:
-            (outcomes,) = self._observed.overlap(pair, runs, len(tasks) * per_task)
-        self._observed.n_overlap += len(tasks)
-        return [result for results, _, _ in outcomes for result in results]
+            made = self._observed.overlap(pair, runs[0], len(tests[0]) * per_task, runs[1:])
+        results = [result for outcomes in made for out, _, _ in outcomes for result in out]
+        self._observed.n_overlap += len(results)
+        return results
 
     def _decide_while_running(self, elapsed: float) -> bool:
         """Decide with a task still running, counting it at what it took so far (a lower

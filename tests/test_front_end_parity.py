@@ -24,32 +24,13 @@ class Executors:
         self.seen.append(plan.executor_type)
 
 
-def _run(front: str, func, n: int) -> None:
+def _run(front: str, func, items: list) -> list:
     if front == "map":
-        amorsize.map(func, range(n))
-    elif front == "joblib":
+        return amorsize.map(func, items)
+    if front == "joblib":
         with joblib.parallel_config(backend="amorsize"):
-            joblib.Parallel(n_jobs=-1)(joblib.delayed(func)(i) for i in range(n))
-    else:
-        dask.compute(*[dask.delayed(func)(i) for i in range(n)], scheduler="amorsize")
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("func, expected", [(nap, "thread"), (burn, "process")])
-def test_map_joblib_and_dask_choose_the_same_executor(func, expected):
-    decided = {}
-    for front in ("map", "joblib", "dask"):
-        LEARNED.forget()
-        _DECISIONS.forget()
-        spy = Executors()
-        amorsize.register_plugin(spy, name="parity-spy")
-        try:
-            _run(front, func, 200)
-            _run(front, func, 200)
-        finally:
-            amorsize.unregister_plugin(name="parity-spy")
-        decided[front] = spy.seen[-1]
-    assert decided == {"map": expected, "joblib": expected, "dask": expected}
+            return joblib.Parallel(n_jobs=-1)(joblib.delayed(func)(x) for x in items)
+    return list(dask.compute(*[dask.delayed(func)(x) for x in items], scheduler="amorsize"))
 
 
 def hash_block(block: bytes) -> str:
@@ -59,13 +40,22 @@ def hash_block(block: bytes) -> str:
     return hashlib.sha256(block).hexdigest()
 
 
-@pytest.mark.timeout(120)
-def test_every_front_end_runs_c_code_that_releases_the_gil_on_threads():
-    """All three measure with the probe's overlap test: the joblib backend asks for one batch of
-    two threads' worth of tasks while measuring, the Dask scheduler runs root tasks."""
+def _blocks() -> list:
     import os
 
-    blocks = [os.urandom(2**20) for _ in range(64)]
+    return [os.urandom(2**20) for _ in range(64)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("func, make_items, expected", [
+    (nap, lambda: list(range(200)), "thread"),
+    (burn, lambda: list(range(200)), "process"),
+    # all three measure with the probe's overlap test: the joblib backend asks for one batch
+    # of two threads' worth of tasks while measuring, the Dask scheduler runs root tasks
+    (hash_block, _blocks, "thread"),
+], ids=["waiting", "computing", "c-code-releasing-the-gil"])
+def test_map_joblib_and_dask_choose_the_same_executor(func, make_items, expected):
+    items = make_items()
     decided = {}
     for front in ("map", "joblib", "dask"):
         LEARNED.forget()
@@ -73,19 +63,12 @@ def test_every_front_end_runs_c_code_that_releases_the_gil_on_threads():
         spy = Executors()
         amorsize.register_plugin(spy, name="parity-spy")
         try:
-            if front == "map":
-                out = amorsize.map(hash_block, blocks)
-            elif front == "joblib":
-                with joblib.parallel_config(backend="amorsize"):
-                    out = joblib.Parallel(n_jobs=-1)(joblib.delayed(hash_block)(b) for b in blocks)
-            else:
-                out = list(dask.compute(*[dask.delayed(hash_block)(b) for b in blocks],
-                                        scheduler="amorsize"))
+            _run(front, func, items)
+            assert _run(front, func, items) == [func(x) for x in items]
         finally:
             amorsize.unregister_plugin(name="parity-spy")
-        assert out == [hash_block(b) for b in blocks]
         decided[front] = spy.seen[-1]
-    assert decided == {"map": "thread", "joblib": "thread", "dask": "thread"}
+    assert decided == {"map": expected, "joblib": expected, "dask": expected}
 
 
 def test_joblib_with_a_fixed_batch_size_still_decides_without_the_overlap_test():

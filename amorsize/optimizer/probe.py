@@ -33,6 +33,7 @@ PAIR_MIN_SECONDS = 10e-6
 PAIR_TARGET_SECONDS = 1e-3
 PAIR_MAX = 8
 PAIR_MAX_SECONDS = 0.25
+PAIR_TESTS = 3  # at most, while none shows a clear overlap (``Probe.overlap``)
 CLEAR_OVERLAP = 1.6
 _COMPUTING = 0.3
 _START_TOGETHER_SECONDS = 0.2

@@ -13,11 +13,10 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amorsize.optimizer.probe import PAIR_MAX, Probe, Sample, calls_per_thread
+from amorsize.optimizer.probe import PAIR_MAX, PAIR_TESTS, Probe, Sample, calls_per_thread
 from amorsize.pools import worker
 
 BUDGET_SECONDS = 0.05
-PAIR_TESTS = 3  # at most, while none shows a clear overlap (``Probe.overlap``)
 PAIR_ITEMS = PAIR_TESTS * 2 * PAIR_MAX  # the most items the overlap tests use
 
 
