@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from amorsize.optimizer.probe import PAIR_TESTS, Probe, Sample, calls_per_thread
+from amorsize.optimizer.probe import PAIR_ITEMS, Probe, Sample, overlap_tests
 from amorsize.pools.worker import now, waits
 from amorsize_dask.graph import GraphWork, dependency_values, spread
 
@@ -46,22 +46,15 @@ def measure(work: GraphWork, cache: dict | None, thread_pair: Any = None) -> Sam
         results[key] = value
         if not _worth_more(probe, work.n_tasks):
             break
-    size = calls_per_thread(probe.seconds / len(probe))
     # the test's results are kept: it costs only the overlap it finds missing, so it runs where
     # its tasks are at most a quarter of the graph's rather than within the budget above
-    affordable = (work.n_tasks // 4 - len(results)) // (2 * size) if size else 0
-    wanted = 2 * size * max(0, min(PAIR_TESTS, affordable))
-    pair = [k for k in spread(work.roots, len(results) + wanted) if k not in results][:wanted]
-    tests = [pair[i:i + 2 * size] for i in range(0, len(pair) - 2 * size + 1, 2 * size)] \
-        if size else []
+    affordable = max(0, min(PAIR_ITEMS, work.n_tasks // 4 - len(results)))
+    candidates = [k for k in spread(work.roots, len(results) + affordable) if k not in results]
+    tests = overlap_tests(candidates[:affordable], probe.profile().per_item_seconds)
     if thread_pair is not None and tests:
-        runs = [[partial(_run_nodes, work, test[:size], cache),
-                 partial(_run_nodes, work, test[size:], cache)] for test in tests]
-        made = probe.overlap(thread_pair, runs[0], 2 * size * probe.seconds / len(probe),
-                             runs[1:])
-        for test, (first, second) in zip(tests, made):
-            results.update(zip(test, [*first, *second]))
-            probe.n_overlap += len(test)
+        made = probe.overlap_on(thread_pair, tests, partial(_run_nodes, work, cache=cache))
+        for test, test_results in zip(tests, made):
+            results.update(zip(test, test_results))
     return Sample(probe.profile(), results)
 
 

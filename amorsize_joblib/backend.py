@@ -42,7 +42,7 @@ from amorsize.errors import (
     check_executor_type,
 )
 from amorsize.optimizer.learned import function_key
-from amorsize.optimizer.probe import PAIR_TESTS, Probe, calls_per_thread
+from amorsize.optimizer.probe import PAIR_TESTS, Probe, calls_per_thread, overlap_tests
 from amorsize.plan import Plan
 from amorsize.pools.worker import inside_worker, now, waits
 from amorsize.run.control import Run
@@ -464,10 +464,10 @@ class AmorsizeBackend(ParallelBackendBase):
         cls, args = _batch_parts(batch)
         tasks, rest = args[0], args[1:]
         results: list = [] if done is None else done
-        size = self._overlap_tasks()
-        if size and len(tasks) >= size:
-            tests = [tasks[i:i + size] for i in range(0, len(tasks) - size + 1, size)]
-            measured = self._measure_overlap(cls, tests[:PAIR_TESTS], rest)
+        tests = overlap_tests(tasks, self._observed.profile().per_item_seconds) \
+            if self._overlap_tasks() else []
+        if tests:
+            measured = self._measure_overlap(cls, tests, rest)
             results += measured
             if self._probe_is_enough():
                 self._decide_from_probe()
@@ -528,7 +528,7 @@ class AmorsizeBackend(ParallelBackendBase):
                 or "thread" not in self._executors or self._n_jobs == 1 or inside_worker()
                 or getattr(self.parallel, "timeout", None) is not None):
             return 0
-        per_task = probe.seconds / len(probe)
+        per_task = probe.profile().per_item_seconds
         return 2 * calls_per_thread(per_task) if per_task <= PROBE_WAIT_SECONDS else 0
 
     def _measure_overlap(self, cls: Any, tests: list[list], rest: tuple) -> list:
@@ -536,14 +536,12 @@ class AmorsizeBackend(ParallelBackendBase):
         as ``amorsize.map`` and the Dask scheduler make it, repeated on the next test until one
         overlaps clearly): tells C code that releases the GIL (threads) from pure-Python work
         (processes). The results of the tests made are kept, in order."""
-        runs = [[functools.partial(run_joblib_batch, cls(part, *rest), self.inner_max_num_threads)
-                 for part in (test[:len(test) // 2], test[len(test) // 2:])] for test in tests]
-        per_task = self._observed.seconds / len(self._observed)
+        def run(part: list) -> list:
+            return run_joblib_batch(cls(part, *rest), self.inner_max_num_threads)[0]
+
         with plugins.leased_pool("thread", 2) as pair:
-            made = self._observed.overlap(pair, runs[0], len(tests[0]) * per_task, runs[1:])
-        results = [result for outcomes in made for out, _, _ in outcomes for result in out]
-        self._observed.n_overlap += len(results)
-        return results
+            made = self._observed.overlap_on(pair, tests, run)
+        return [result for test_results in made for result in test_results]
 
     def _decide_while_running(self, elapsed: float) -> bool:
         """Decide with a task still running, counting it at what it took so far (a lower

@@ -112,3 +112,24 @@ def test_the_overlap_test_runs_here_when_the_pools_threads_are_all_busy():
             f.result()
         pool.shutdown()
     assert outcomes == [1, 2] and scaling == 1.0
+
+
+def test_overlap_tests_group_two_threads_worth_of_calls_at_most_three_times():
+    assert probe.overlap_tests(list(range(100)), 1e-3) == [[0, 1], [2, 3], [4, 5]]
+    assert probe.overlap_tests(list(range(20)), 0.25e-3) == [list(range(8)), list(range(8, 16))]
+    assert probe.overlap_tests(list(range(7)), 0.25e-3) == []      # not one group's worth
+    assert probe.overlap_tests(list(range(100)), 1e-6) == []       # too short to test
+    assert probe.overlap_tests(list(range(100)), 1.0) == []        # too long to test
+
+
+def test_overlap_on_runs_half_of_each_group_per_thread_and_keeps_results_in_order(
+        pair_pool, monkeypatch):
+    figures = iter([1.0, 1.9])
+    monkeypatch.setattr(probe, "_two_at_once", lambda pool, runs, s: ([r() for r in runs],
+                                                                    next(figures)))
+    p = probe.Probe("test")
+    p.observe(1e-3, 1e-3)
+    made = p.overlap_on(pair_pool, [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]],
+                        lambda keys: [10 * k for k in keys])
+    assert made == [[10, 20, 30, 40], [50, 60, 70, 80]]   # the third group: overlap was clear
+    assert p.thread_scaling == 1.9 and p.n_overlap == 8

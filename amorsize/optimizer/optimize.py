@@ -22,7 +22,7 @@ from amorsize.errors import (
     check_start_method,
     resolve_n_jobs,
 )
-from amorsize.optimizer import sampling
+from amorsize.optimizer import probe, sampling
 from amorsize.optimizer.learned import function_key
 from amorsize.options import DecideOptions, MapOptions, complete
 from amorsize.plan import Plan
@@ -140,7 +140,7 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         known = len(items)
         indices = (sampling.spread_indices(known, sample_size) if n is not None
                    else list(range(known)))
-        pair = [i for i in sampling.spread_indices(known, sample_size + sampling.PAIR_ITEMS)
+        pair = [i for i in sampling.spread_indices(known, sample_size + probe.PAIR_ITEMS)
                 if i not in indices]
         # the two-thread test runs items unwatched: with a time limit, none runs that way
         threads_allowed = "thread" in executors and n_jobs != 1 and timeout is None

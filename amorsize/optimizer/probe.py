@@ -34,6 +34,7 @@ PAIR_TARGET_SECONDS = 1e-3
 PAIR_MAX = 8
 PAIR_MAX_SECONDS = 0.25
 PAIR_TESTS = 3  # at most, while none shows a clear overlap (``Probe.overlap``)
+PAIR_ITEMS = PAIR_TESTS * 2 * PAIR_MAX  # the most calls the tests make
 CLEAR_OVERLAP = 1.6
 _COMPUTING = 0.3
 _START_TOGETHER_SECONDS = 0.2
@@ -125,6 +126,29 @@ class Probe:
             scaling = max(scaling, repeated)
         self.thread_scaling = scaling
         return made
+
+    def overlap_on(self, pool: Any, tests: list[list[Any]],
+                   run: Callable[[list[Any]], list]) -> list[list]:
+        """``overlap`` on groups from ``overlap_tests``: half of a group's keys on each thread,
+        ``run(keys)`` giving their results in order. Returns the results of each group tested,
+        in order (groups after a clear overlap are not run)."""
+        halves = [[group[:len(group) // 2], group[len(group) // 2:]] for group in tests]
+        runs = [[functools.partial(run, half) for half in pair] for pair in halves]
+        made = self.overlap(pool, runs[0], len(tests[0]) * self.profile().per_item_seconds,
+                            runs[1:])
+        results = [[*first, *second] for first, second in made]
+        self.n_overlap += sum(map(len, results))
+        return results
+
+
+def overlap_tests(keys: Sequence[Any], per_item: float) -> list[list[Any]]:
+    """``keys`` (items, tasks) grouped for the overlap test: each group two threads' worth of
+    calls of ``per_item`` seconds, at most ``PAIR_TESTS`` groups; none when the calls are too
+    short or too long to test, or there are too few keys for one group."""
+    size = 2 * calls_per_thread(per_item)
+    if not size:
+        return []
+    return [list(keys[i:i + size]) for i in range(0, len(keys) - size + 1, size)][:PAIR_TESTS]
 
 
 def calls_per_thread(per_item: float) -> int:

@@ -13,11 +13,10 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amorsize.optimizer.probe import PAIR_MAX, PAIR_TESTS, Probe, Sample, calls_per_thread
+from amorsize.optimizer.probe import Probe, Sample, overlap_tests
 from amorsize.pools import worker
 
 BUDGET_SECONDS = 0.05
-PAIR_ITEMS = PAIR_TESTS * 2 * PAIR_MAX  # the most items the overlap tests use
 
 
 def spread_indices(n: int, k: int) -> list[int]:
@@ -52,24 +51,14 @@ def measure(
     for wall, cpu, times in zip(walls, cpus, blocked):
         probe.observe(wall, cpu, times)
     probe.observe_shipping(func, [(items[i], results[i]) for i in list(results)[:3]])
-    wanted = 2 * calls_per_thread(probe.profile().per_item_seconds)
-    unmeasured = [i for i in pair_indices if i not in results]
-    if thread_pair is not None and wanted and len(unmeasured) >= wanted:
-        tests = [_halves(unmeasured[k * wanted:(k + 1) * wanted])
-                 for k in range(min(PAIR_TESTS, len(unmeasured) // wanted))]
-        runs = [[functools.partial(_run, func, items, half) for half in test] for test in tests]
+    tests = overlap_tests([i for i in pair_indices if i not in results],
+                          probe.profile().per_item_seconds)
+    if thread_pair is not None and tests:
         with thread_pair() as pool:
-            made = probe.overlap(pool, runs[0], wanted * probe.profile().per_item_seconds,
-                                 runs[1:])
-        for test, outcomes in zip(tests, made):
-            for half, half_results in zip(test, outcomes):
-                results.update(zip(half, half_results))
-                probe.n_overlap += len(half)
+            made = probe.overlap_on(pool, tests, functools.partial(_run, func, items))
+        for test, test_results in zip(tests, made):
+            results.update(zip(test, test_results))
     return Sample(probe.profile(), results)
-
-
-def _halves(indices: list[int]) -> list[list[int]]:
-    return [indices[:len(indices) // 2], indices[len(indices) // 2:]]
 
 
 def _run(func: Callable, items: Sequence, indices: list[int]) -> list:
