@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 
 import amorsize
 
@@ -68,3 +70,14 @@ class Recorder:
 
     def names(self, key_prefix: tuple = ()) -> list[str]:
         return [e for e, key, _ in self.events if key[:len(key_prefix)] == key_prefix]
+
+
+@contextlib.contextmanager
+def registered(plugin: object, name: str | None = None) -> Iterator[object]:
+    """``plugin`` registered for the block, and unregistered however it ends (the plugin
+    manager is global: a plugin left behind would observe every later test)."""
+    amorsize.register_plugin(plugin, name=name)
+    try:
+        yield plugin
+    finally:
+        amorsize.unregister_plugin(plugin)

@@ -21,6 +21,7 @@ from control_helpers import (
     sleep_on,
     spin_on,
 )
+from plugin_helpers import registered
 
 import amorsize
 from amorsize.run.control import Run
@@ -28,10 +29,8 @@ from amorsize.run.control import Run
 
 @pytest.fixture
 def progress():
-    recorder = ProgressRecorder()
-    amorsize.register_plugin(recorder, name="test-progress")
-    yield recorder
-    amorsize.unregister_plugin(name="test-progress")
+    with registered(ProgressRecorder(), name="test-progress") as recorder:
+        yield recorder
 
 
 # --- Ctrl-C -------------------------------------------------------------------------------
@@ -302,20 +301,16 @@ def test_concurrent_calls_never_fail_while_another_thread_clears_the_pools():
 
 
 def test_a_pool_shut_down_by_its_user_is_replaced_not_handed_out_again():
-    manager = amorsize.PoolManager()
-    try:
+    with amorsize.PoolManager() as manager:
         pool = manager.get_pool(2, "thread")
         pool.shutdown()
         fresh = manager.get_pool(2, "thread")
         assert fresh is not pool and fresh.map(abs, [-1]) == [1]
         assert manager.get_stats()["evictions_by_reason"]["closed"] == 1
-    finally:
-        manager.shutdown()
 
 
 def test_release_pool_waits_for_the_run_that_holds_the_pool():
-    manager = amorsize.PoolManager()
-    try:
+    with amorsize.PoolManager() as manager:
         pool = manager.get_pool(2, "thread")
         with pool.lease():
             assert manager.release_pool(2, "thread")
@@ -323,19 +318,14 @@ def test_release_pool_waits_for_the_run_that_holds_the_pool():
             assert pool.submit(abs, -2).result() == 2
             assert manager.get_pool(2, "thread") is not pool
         assert pool.closed
-    finally:
-        manager.shutdown()
 
 
 def test_a_retired_pool_refuses_a_new_lease():
-    manager = amorsize.PoolManager()
-    try:
+    with amorsize.PoolManager() as manager:
         pool = manager.get_pool(1, "thread")
         manager.clear()
         with pytest.raises(amorsize.PoolClosedError), pool.lease():
             pass
-    finally:
-        manager.shutdown()
 
 
 def test_another_runs_cancel_does_not_fail_a_run_on_the_same_pool():

@@ -20,6 +20,7 @@ from dask.base import named_schedulers
 from dask.diagnostics import Profiler, ProgressBar
 from dask.utils_test import GetFunctionTestMixin, inc
 from dask_helpers import CustomError, die, fail, pid, raise_custom, spin, square
+from plugin_helpers import registered
 
 import amorsize
 import amorsize_dask
@@ -43,10 +44,8 @@ class RunSpy:
 
 @pytest.fixture
 def spy():
-    plugin = RunSpy()
-    amorsize.register_plugin(plugin, name="dask-test-spy")
-    yield plugin
-    amorsize.unregister_plugin(name="dask-test-spy")
+    with registered(RunSpy(), name="dask-test-spy") as plugin:
+        yield plugin
 
 
 class TestDaskConformance(GetFunctionTestMixin):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from core_helpers import burn, nap
+from plugin_helpers import registered
 
 import amorsize
 from amorsize.optimizer.decision import _DECISIONS
@@ -61,13 +62,9 @@ def test_map_joblib_and_dask_choose_the_same_executor(func, make_items, expected
     for front in ("map", "joblib", "dask"):
         LEARNED.forget()
         _DECISIONS.forget()
-        spy = Executors()
-        amorsize.register_plugin(spy, name="parity-spy")
-        try:
+        with registered(Executors()) as spy:
             _run(front, func, items)
             assert _run(front, func, items) == [func(x) for x in items]
-        finally:
-            amorsize.unregister_plugin(name="parity-spy")
         decided[front] = spy.seen[-1]
     assert decided == {"map": expected, "joblib": expected, "dask": expected}
 
@@ -77,14 +74,8 @@ def test_joblib_with_a_fixed_batch_size_still_decides_without_the_overlap_test()
     must not wait for the overlap test's batch forever."""
     LEARNED.forget()
     _DECISIONS.forget()
-    spy = Executors()
-    amorsize.register_plugin(spy, name="parity-spy")
-    try:
-        with joblib.parallel_config(backend="amorsize"):
-            out = joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(burn)(i)
-                                                          for i in range(60))
-    finally:
-        amorsize.unregister_plugin(name="parity-spy")
+    with registered(Executors()) as spy, joblib.parallel_config(backend="amorsize"):
+        out = joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(burn)(i) for i in range(60))
     assert out == [burn(i) for i in range(60)]
     assert spy.seen, "no plan was made: every task was measured"
 
