@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import tracemalloc
 
 import pytest
 
@@ -142,6 +143,32 @@ def test_a_correction_settles_on_the_models_error_not_its_square_root():
         mem.record_run("k", "thread", 10, compute_seconds=40.0, wall_seconds=actual,
                        predicted_seconds=model * correction)
     assert mem.recall("k").corrections["thread"] == pytest.approx(0.4, rel=1e-3)
+
+
+def test_recording_a_run_leaves_no_new_object_behind():
+    """A run's figures are folded in when next read, not when the run ends: objects made right
+    after a run of 100,000 results, and kept, pinned those results' memory so that every call
+    in a loop mapped (and paid page faults for) a fresh megabyte."""
+    mem = LearnedProfiles()
+    mem.remember("k", Profile(per_item_seconds=1e-6, n_measured=8))
+    mem.record_run("k", "serial", 1000, 1e-3, 1.1e-3, 1e-3)  # the entry's first run, read
+    assert mem.recall("k").runs == 1
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        mem.record_run("k", "serial", 100_000, compute_seconds=0.08, wall_seconds=0.09,
+                       predicted_seconds=0.2, n_input=100_008)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    this_module = tracemalloc.Filter(True, learned.__file__)
+    kept = [s for s in after.filter_traces([this_module]).compare_to(
+        before.filter_traces([this_module]), "lineno") if s.count_diff > 0]
+    assert kept == []
+    entry = mem.recall("k")  # read: folded now
+    assert (entry.runs, entry.last_n_items) == (2, 100_008)
+    assert entry.profile.per_item_seconds == pytest.approx(8e-7, rel=0.05)
+    assert entry.corrections["serial"] < 1
 
 
 def test_memory_is_bounded():

@@ -6,23 +6,43 @@ the estimate, each weighted by the items behind it (a run of 100,000 items all b
 what 8 sampled items said, so the next call's plan is settled at once; a run of 10 barely moves
 what 100,000 measured), and the ratio of actual to predicted wall time corrects the model for
 the executor that ran. Kept in memory only; nothing is written to disk.
+
+A finished run's figures are written into its entry's array of numbers and folded in when the
+entry is next read (the next call's planning, before its items run). Folding makes new Python
+objects (a profile, floats); made right after a run, they would land in the memory arenas of
+the results the caller is about to receive, and keep an arena mapped after those results are
+freed while the one they kept before is unmapped: 100,000 trivial calls in a row then each
+paid for a fresh megabyte of page faults (0.6 ms of a 4 ms call).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from amorsize.errors import ExecutorType
+from amorsize.errors import EXECUTOR_TYPES, ExecutorType
 from amorsize.workload import Profile
 
 _MAX_ENTRIES = 512
 _SMOOTHING = 0.5
+
+
+class _Unread:
+    """Slots of a finished run's figures in ``Learned.unread`` (an ``array('d')``, written in
+    place so that recording a run creates no object that outlives it); NaN for None."""
+
+    EXECUTOR, N_ITEMS, COMPUTE, WALL, PREDICTED, N_INPUT, WORKERS_PER_CORE = range(7)
+
+    @staticmethod
+    def empty() -> array[float]:
+        return array("d", [math.nan] * 7)
 
 
 @dataclass
@@ -35,6 +55,8 @@ class Learned:
     runs: int = 0
     last_n_items: int | None = None
     corrections: dict[str, float] = field(default_factory=dict)
+    # the last finished run, not yet folded in: see _Unread
+    unread: array[float] = field(default_factory=_Unread.empty, repr=False, compare=False)
 
 
 def function_key(func: Callable) -> Hashable:
@@ -78,6 +100,7 @@ class LearnedProfiles:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
+                _fold_unread(entry)
             return entry
 
     def remember(self, key: Hashable, profile: Profile) -> Learned:
@@ -88,6 +111,7 @@ class LearnedProfiles:
                 if len(self._entries) > self._max:
                     self._entries.popitem(last=False)
             else:
+                _fold_unread(entry)
                 entry.profile = profile
             return entry
 
@@ -102,47 +126,24 @@ class LearnedProfiles:
         n_input: int | None = None,
         workers_per_core: float = 1.0,
     ) -> None:
-        """Fold a finished run of ``n_items`` into what is known: per-item time (from serial and
-        process runs, whose workers shared each core with ``workers_per_core`` - 1 others), the
-        model's error for the executor that ran, and the input's size (``n_input``, which
-        counts the items measured before the run too)."""
+        """Note a finished run of ``n_items``, to be folded into what is known when the entry
+        is next read (see the module's docstring): per-item time (from serial and process runs,
+        whose workers shared each core with ``workers_per_core`` - 1 others), the model's error
+        for the executor that ran, and the input's size (``n_input``, which counts the items
+        measured before the run too)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 return
-            entry.runs += 1
-            entry.last_n_items = n_items if n_input is None else n_input
-            # Time measured inside threads includes waiting for the GIL held by other threads:
-            # it says how the thread run went (the correction below), not what one call costs.
-            explained = 1.0
-            if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
-                # 4 workers computing on 2 cores each take twice as long per item as one call
-                # costs: the computing share of the time is stretched by how far the workers'
-                # demand for cores (half of it for calls that wait half the time) exceeds them
-                computing = min(1.0, entry.profile.cpu_ratio)
-                stretch = (1 - computing) + computing * max(1.0, workers_per_core * computing)
-                measured = compute_seconds / n_items / stretch
-                old = entry.profile.per_item_seconds
-                # at most ten times this run's items: a function whose data got heavier is
-                # followed within a few calls, not a hundred
-                behind = max(1, min(entry.profile.n_measured, 10 * n_items))
-                weight = n_items / (n_items + behind)
-                new = old + weight * (measured - old)
-                # the part of the prediction's error that the new per-item time explains is
-                # fixed here; only the rest is the model's, for the correction below
-                explained = new / old if old > 0 else 1.0
-                # what the estimate now stands for: a run of the same size as the last weighs
-                # as much as everything before it (costs that drift are followed, not frozen)
-                stands_for = max(n_items, round(behind * (1 - weight)))
-                entry.profile = dataclasses.replace(
-                    entry.profile, per_item_seconds=new, n_measured=stands_for, measured_by="runs")
-            if n_items > 0 and predicted_seconds and predicted_seconds > 0 and wall_seconds > 0:
-                # the prediction already carried the correction so far: the run's error is on
-                # top of it (taking it as the whole correction settled on its square root)
-                old = entry.corrections.get(executor_type, 1.0)
-                target = old * wall_seconds / (predicted_seconds * explained)
-                target = min(10.0, max(0.1, target))
-                entry.corrections[executor_type] = old + _SMOOTHING * (target - old)
+            _fold_unread(entry)  # a run not read yet: runs in a row are folded one by one
+            unread = entry.unread
+            unread[_Unread.EXECUTOR] = EXECUTOR_TYPES.index(executor_type)
+            unread[_Unread.N_ITEMS] = n_items
+            unread[_Unread.COMPUTE] = compute_seconds
+            unread[_Unread.WALL] = wall_seconds
+            unread[_Unread.PREDICTED] = math.nan if predicted_seconds is None else predicted_seconds
+            unread[_Unread.N_INPUT] = math.nan if n_input is None else n_input
+            unread[_Unread.WORKERS_PER_CORE] = workers_per_core
 
     def forget(self, key: Hashable | None = None) -> None:
         """Forget one function, or everything."""
@@ -151,6 +152,52 @@ class LearnedProfiles:
                 self._entries.clear()
             else:
                 self._entries.pop(key, None)
+
+
+def _fold_unread(entry: Learned) -> None:
+    """Fold the entry's unread run, if any, into its profile, counts and corrections."""
+    unread = entry.unread
+    if math.isnan(unread[_Unread.EXECUTOR]):
+        return
+    executor_type = EXECUTOR_TYPES[int(unread[_Unread.EXECUTOR])]
+    n_items = int(unread[_Unread.N_ITEMS])
+    compute_seconds, wall_seconds = unread[_Unread.COMPUTE], unread[_Unread.WALL]
+    predicted_seconds, n_input = unread[_Unread.PREDICTED], unread[_Unread.N_INPUT]
+    workers_per_core = unread[_Unread.WORKERS_PER_CORE]
+    unread[_Unread.EXECUTOR] = math.nan
+    entry.runs += 1
+    entry.last_n_items = n_items if math.isnan(n_input) else int(n_input)
+    # Time measured inside threads includes waiting for the GIL held by other threads:
+    # it says how the thread run went (the correction below), not what one call costs.
+    explained = 1.0
+    if n_items > 0 and compute_seconds > 0 and executor_type != "thread":
+        # 4 workers computing on 2 cores each take twice as long per item as one call
+        # costs: the computing share of the time is stretched by how far the workers'
+        # demand for cores (half of it for calls that wait half the time) exceeds them
+        computing = min(1.0, entry.profile.cpu_ratio)
+        stretch = (1 - computing) + computing * max(1.0, workers_per_core * computing)
+        measured = compute_seconds / n_items / stretch
+        old = entry.profile.per_item_seconds
+        # at most ten times this run's items: a function whose data got heavier is
+        # followed within a few calls, not a hundred
+        behind = max(1, min(entry.profile.n_measured, 10 * n_items))
+        weight = n_items / (n_items + behind)
+        new = old + weight * (measured - old)
+        # the part of the prediction's error that the new per-item time explains is
+        # fixed here; only the rest is the model's, for the correction below
+        explained = new / old if old > 0 else 1.0
+        # what the estimate now stands for: a run of the same size as the last weighs
+        # as much as everything before it (costs that drift are followed, not frozen)
+        stands_for = max(n_items, round(behind * (1 - weight)))
+        entry.profile = dataclasses.replace(
+            entry.profile, per_item_seconds=new, n_measured=stands_for, measured_by="runs")
+    if n_items > 0 and predicted_seconds > 0 and wall_seconds > 0:  # NaN compares False
+        # the prediction already carried the correction so far: the run's error is on
+        # top of it (taking it as the whole correction settled on its square root)
+        old = entry.corrections.get(executor_type, 1.0)
+        target = old * wall_seconds / (predicted_seconds * explained)
+        target = min(10.0, max(0.1, target))
+        entry.corrections[executor_type] = old + _SMOOTHING * (target - old)
 
 
 LEARNED = LearnedProfiles()
