@@ -17,12 +17,14 @@ For every workload, in the same process:
    would end a row is timed once more first). Two probe cells (8 threads, 2 processes, about 4
    chunks per worker) run first, so pruning has a good best early;
 2. ``amorsize.map(func, items)`` as a user calls it in a loop: memory is cleared, one call
-   measures and learns (not timed), then the best of the next 6 calls (as many as the serial
-   loop's cell is timed: 3 runs before the grid and 3 after); the configuration shown
+   measures and learns (not timed), then the best of the next 6 calls; the configuration shown
    is the one that call ran (an ``amorsize_run_finished`` observer), and the predicted speedup
    is ``amorsize.optimize(func, items).estimated_speedup`` after those calls;
-3. the serial loop again (its cell keeps the better time: the loop is timed before the grid and
-   after amorsize, so a machine whose load drifts does not skew the speedups);
+3. the serial loop again, once after each of those 6 calls (its cell keeps the best of its 3
+   runs before the grid and these 6): a machine whose load drifts does not skew the speedups,
+   and the loop runs in the same state of memory as amorsize (after 100,000 results are freed,
+   whether the next 100,000 fit in memory still mapped or fault in fresh pages depends on what
+   else was allocated meanwhile: 0.6 ms of page faults either way on a 4 ms loop);
 4. one Markdown table; "amorsize / best" is amorsize's time over the grid's best (1.00: as good
    as the best configuration found), the measured speedup is the serial loop's time over
    amorsize's.
@@ -295,16 +297,15 @@ class Grid:
         pool = self._pool(executor, n_jobs)
         return lambda: pool.map(func, items, chunksize=chunksize)
 
-    def cell(self, executor: str, n_jobs: int, chunksize: int, again: bool = False) -> float:
-        """Time one configuration: once, or best of ``repeats`` if it is a contender (``again``:
-        ``repeats`` more runs whatever it is, keeping the best time)."""
+    def cell(self, executor: str, n_jobs: int, chunksize: int) -> float:
+        """Time one configuration: once, or best of ``repeats`` if it is a contender."""
         key = (executor, n_jobs, chunksize)
-        if key in self.cells and not again:
+        if key in self.cells:
             return self.cells[key]
         run = self._runner(*key)
         took = _timed(run, self.expected)
         runs = 1
-        while runs < self.repeats and (again or took <= _CONTENDER * self.best):
+        while runs < self.repeats and took <= _CONTENDER * self.best:
             took = min(took, _timed(run))
             runs += 1
         return self._record(key, took, runs)
@@ -313,8 +314,12 @@ class Grid:
         """A cell timed once is about to prune the rest of its row or sweep: time it once more,
         so that one run disturbed by the machine's other work does not decide."""
         if self.repeats > 1 and self.runs.get(key) == 1:
-            return self._record(key, _timed(self._runner(*key)), 1)
+            return self.once_more(key)
         return self.cells[key]
+
+    def once_more(self, key: tuple[str, int, int]) -> float:
+        """Time a cell once more (its results checked, as its first run's), keeping its best."""
+        return self._record(key, _timed(self._runner(*key), self.expected), 1)
 
     def _record(self, key: tuple[str, int, int], took: float, runs: int) -> float:
         took = min(took, self.cells.get(key, math.inf))
@@ -444,15 +449,15 @@ def bench(w: dw.DemoCase, args: argparse.Namespace, observer: RunObserver) -> Ro
     if not same(first, expected):
         raise AssertionError(f"{w.name}: amorsize.map returned different results")
     best, best_config, configs_run = math.inf, "?", set()
-    for _ in range(2 * repeats):  # as many runs as the serial loop's cell gets (before + after)
+    for _ in range(2 * repeats):
         observer.reports.clear()
         took = _timed(lambda: amorsize.map(w.func, items), expected)
         configs_run.add(_ran(observer))
         if took < best:
             best, best_config = took, _ran(observer)
+        grid.once_more(("serial", 1, 1))  # the baseline, in the state this call left
     plan = amorsize.optimize(w.func, items)
-    # The loop once more: the baseline of the speedups is the best of its runs before and after.
-    serial = grid.cell("serial", 1, 1, again=True)
+    serial = grid.cells[("serial", 1, 1)]
     return Row(w.name, len(grid.items), serial, grid.best, config(*grid.best_key), best, best_config,
                plan.estimated_speedup, config(plan.executor_type, plan.n_jobs, plan.chunksize),
                configs_run, first_call, first_config, len(grid.cells), time.perf_counter() - start)
