@@ -123,11 +123,31 @@ def test_a_parallel_plan_is_kept_until_another_is_predicted_clearly_faster(monke
     assert close.predictions["thread"] == 1.0
     clearly = decide(4e-3, cost_model.Candidate("thread", 8, 13, 0.8))
     assert (clearly.n_jobs, clearly.chunksize) == (8, 13)
-    # a kept plan must still beat serial by the margin
-    best["serial"] = cost_model.Candidate("serial", 1, 400, 1.15)
-    back = decide(8e-3, cost_model.Candidate("thread", 4, 25, 0.92))
-    assert (back.executor_type, back.n_jobs, back.chunksize) == ("thread", 4, 25)
-    assert not any("kept the last plan" in r for r in back.reasons)
+
+
+def test_a_parallel_plan_goes_serial_only_once_clearly_below_the_margin(monkeypatch):
+    """Parallel is entered at ``min_speedup`` (1.2x) and left below ``min_speedup / 1.1``:
+    threads 1.2-1.4x faster than serial went serial after one slow run, and a serial plan
+    never runs on threads again to find out it was wrong."""
+    best = {"serial": cost_model.Candidate("serial", 1, 400, 1.5)}
+    monkeypatch.setattr(cost_model, "best_candidates", lambda *a, **k: dict(best))
+    monkeypatch.setattr(cost_model, "predicted_seconds",
+                        lambda executor, n_jobs, chunksize, *a, **k: 1.0)
+    decision._DECISIONS.forget()
+    workload = amorsize.Workload(400, executors=("serial", "thread"))
+    thread = cost_model.Candidate("thread", 2, 20, 1.0)
+
+    def decide(per_item: float, serial_seconds: float) -> amorsize.Plan:
+        best["serial"], best["thread"] = cost_model.Candidate("serial", 1, 400, serial_seconds), thread
+        return decision.decide(square, amorsize.Profile(per_item, cpu_ratio=0.0), workload)
+
+    assert decide(1e-3, 1.5).executor_type == "thread"      # 1.5x: parallel
+    slow_run = decide(2e-3, 1.15)                             # 1.15x: under 1.2, over 1.09
+    assert (slow_run.executor_type, slow_run.n_jobs, slow_run.chunksize) == ("thread", 2, 20)
+    assert any("kept the last plan" in r and "over serial" in r for r in slow_run.reasons)
+    assert decide(4e-3, 1.05).executor_type == "serial"      # 1.05x: below the margin's noise
+    decision._DECISIONS.forget()
+    assert decide(8e-3, 1.15).executor_type == "serial"      # no parallel plan ran: 1.2x to enter
 
 
 def test_a_serial_plan_is_reused_when_calls_got_cheaper_but_not_dearer(model_calls):

@@ -218,17 +218,18 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
                     f"{format_seconds(ovh.process_latency)}")
                 candidates = evaluate()
                 chosen = cost_model.choose(candidates, workload.min_speedup)
-    if last is not None and chosen.executor_type != "serial" and last.executor_type in executors:
+    if last is not None and last.executor_type in executors:
         kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
             c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
             corrections))
         serial_candidate = candidates.get("serial")
-        if kept is not None and (serial_candidate is None or
-                                 kept.seconds * workload.min_speedup < serial_candidate.seconds):
+        if kept is not None and (serial_candidate is None or kept.seconds * workload.min_speedup
+                                 < serial_candidate.seconds * STAY_WITHIN):
+            over = ("serial" if chosen.executor_type == "serial" else
+                    f"{chosen.executor_type}, {chosen.n_jobs} workers, chunks of {chosen.chunksize}")
             reasons.append(
                 f"kept the last plan ({kept.executor_type}, {kept.n_jobs} workers, chunks of "
-                f"{kept.chunksize}: {format_seconds(kept.seconds)}) over {chosen.executor_type}, "
-                f"{chosen.n_jobs} workers, chunks of {chosen.chunksize} "
+                f"{kept.chunksize}: {format_seconds(kept.seconds)}) over {over} "
                 f"({format_seconds(chosen.seconds)}): within {STAY_WITHIN - 1:.0%}, so the "
                 "noise of one run does not flip it")
             chosen = candidates[kept.executor_type] = kept
@@ -259,7 +260,9 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
     """The last plan's parallel configuration, re-predicted, when the new best is not
     ``STAY_WITHIN`` faster: two configurations that close trade places with every run's noise
     (2 or 4 workers on 2 cores), and each flip costs a pool start or a cold cache for nothing.
-    Never from parallel back to serial: that is the ``min_speedup`` margin's to decide."""
+    The same holds at the ``min_speedup`` margin (the caller checks the kept plan against it,
+    within ``STAY_WITHIN``): threads 1.2-1.4x faster than serial went serial after one slow
+    run, and only a parallel run could have shown they were right."""
     if last.executor_type == "serial":
         return None
     again = cost_model.Candidate(last.executor_type, last.n_jobs, last.chunksize, 0.0)
