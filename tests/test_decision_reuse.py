@@ -4,6 +4,8 @@ what decided it moves."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 
 import pytest
 from core_helpers import nap, square
@@ -106,8 +108,9 @@ def test_a_parallel_plan_is_kept_until_another_is_predicted_clearly_faster(monke
     (2 or 4 workers on 2 cores): the last plan stays until another is >10% faster."""
     best = {"serial": cost_model.Candidate("serial", 1, 400, 4.0)}
     monkeypatch.setattr(cost_model, "best_candidates", lambda *a, **k: dict(best))
-    monkeypatch.setattr(cost_model, "predicted_seconds",
-                        lambda executor, n_jobs, chunksize, *a, **k: 1.0)
+    monkeypatch.setattr(cost_model, "predicted_seconds",  # the chunk sizes that were chosen
+                        lambda executor, n_jobs, chunksize, *a, **k:
+                        1.0 if (n_jobs, chunksize) in ((4, 25), (8, 13)) else 1.5)
     decision._DECISIONS.forget()
     workload = amorsize.Workload(400, executors=("serial", "thread"))
 
@@ -132,10 +135,10 @@ def test_a_parallel_plan_goes_serial_only_once_clearly_below_the_margin(monkeypa
     best = {"serial": cost_model.Candidate("serial", 1, 400, 1.5)}
     monkeypatch.setattr(cost_model, "best_candidates", lambda *a, **k: dict(best))
     monkeypatch.setattr(cost_model, "predicted_seconds",
-                        lambda executor, n_jobs, chunksize, *a, **k: 1.0)
+                        lambda executor, n_jobs, chunksize, *a, **k: 1.0 if chunksize == 25 else 1.5)
     decision._DECISIONS.forget()
     workload = amorsize.Workload(400, executors=("serial", "thread"))
-    thread = cost_model.Candidate("thread", 2, 20, 1.0)
+    thread = cost_model.Candidate("thread", 2, 25, 1.0)
 
     def decide(per_item: float, serial_seconds: float) -> amorsize.Plan:
         best["serial"], best["thread"] = cost_model.Candidate("serial", 1, 400, serial_seconds), thread
@@ -143,11 +146,28 @@ def test_a_parallel_plan_goes_serial_only_once_clearly_below_the_margin(monkeypa
 
     assert decide(1e-3, 1.5).executor_type == "thread"      # 1.5x: parallel
     slow_run = decide(2e-3, 1.15)                             # 1.15x: under 1.2, over 1.09
-    assert (slow_run.executor_type, slow_run.n_jobs, slow_run.chunksize) == ("thread", 2, 20)
+    assert (slow_run.executor_type, slow_run.n_jobs, slow_run.chunksize) == ("thread", 2, 25)
     assert any("kept the last plan" in r and "over serial" in r for r in slow_run.reasons)
     assert decide(4e-3, 1.05).executor_type == "serial"      # 1.05x: below the margin's noise
     decision._DECISIONS.forget()
     assert decide(8e-3, 1.15).executor_type == "serial"      # no parallel plan ran: 1.2x to enter
+
+
+def test_a_kept_plan_has_its_chunks_cut_again_for_the_items_of_this_call():
+    """The call that measured cut chunks of 12 for the 48 items it had left (4 chunks on 2
+    threads); kept for 64 items, chunks of 12 would make a third wave: they are cut again."""
+    last = types.SimpleNamespace(executor_type="thread", n_jobs=2, chunksize=12)
+
+    def waves(c: cost_model.Candidate) -> float:  # the slowest thread at 1 s per item, 10 ms per chunk
+        n_chunks = math.ceil(64 / c.chunksize)
+        return math.ceil(n_chunks / c.n_jobs) * c.chunksize + 0.01 * n_chunks
+
+    chosen = cost_model.Candidate("thread", 4, 16, 30.0)       # not 10% faster than 2 threads
+    kept = decision._keep_last(last, chosen, waves, cost_model.chunk_candidates(64, 2))
+    assert kept is not None and (kept.n_jobs, kept.chunksize) == (2, 32)
+    assert kept.seconds == pytest.approx(32.02)              # chunks of 12: 36 s
+    chosen = cost_model.Candidate("thread", 4, 16, 25.0)       # clearly faster: no
+    assert decision._keep_last(last, chosen, waves, cost_model.chunk_candidates(64, 2)) is None
 
 
 def test_a_serial_plan_is_reused_when_calls_got_cheaper_but_not_dearer(model_calls):

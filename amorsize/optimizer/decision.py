@@ -221,7 +221,8 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
     if last is not None and last.executor_type in executors:
         kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
             c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
-            corrections))
+            corrections), [workload.chunksize] if workload.chunksize
+            else cost_model.chunk_candidates(remaining, last.n_jobs))
         serial_candidate = candidates.get("serial")
         if kept is not None and (serial_candidate is None or kept.seconds * workload.min_speedup
                                  < serial_candidate.seconds * STAY_WITHIN):
@@ -256,16 +257,20 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
 
 
 def _keep_last(last: Plan, chosen: cost_model.Candidate,
-               predict: Callable[[cost_model.Candidate], float]) -> cost_model.Candidate | None:
-    """The last plan's parallel configuration, re-predicted, when the new best is not
-    ``STAY_WITHIN`` faster: two configurations that close trade places with every run's noise
-    (2 or 4 workers on 2 cores), and each flip costs a pool start or a cold cache for nothing.
-    The same holds at the ``min_speedup`` margin (the caller checks the kept plan against it,
-    within ``STAY_WITHIN``): threads 1.2-1.4x faster than serial went serial after one slow
-    run, and only a parallel run could have shown they were right."""
+               predict: Callable[[cost_model.Candidate], float],
+               chunk_sizes: list[int]) -> cost_model.Candidate | None:
+    """The last plan's executor and workers, with the best of ``chunk_sizes`` for the items of
+    this call, when the new best is not ``STAY_WITHIN`` faster: two configurations that close
+    trade places with every run's noise (2 or 4 workers on 2 cores), and each flip costs a pool
+    start or a cold cache for nothing. The chunk size is cut again, since that costs nothing:
+    the call that measured cut its chunks for the items it had left. The same holds at the
+    ``min_speedup`` margin (the caller checks the kept plan against it, within
+    ``STAY_WITHIN``): threads 1.2-1.4x faster than serial went serial after one slow run, and
+    only a parallel run could have shown they were right."""
     if last.executor_type == "serial":
         return None
-    again = cost_model.Candidate(last.executor_type, last.n_jobs, last.chunksize, 0.0)
+    again = min((cost_model.Candidate(last.executor_type, last.n_jobs, c, 0.0) for c in chunk_sizes),
+                key=predict)
     if (again.executor_type, again.n_jobs, again.chunksize) == (
             chosen.executor_type, chosen.n_jobs, chosen.chunksize):
         return None
