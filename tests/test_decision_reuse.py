@@ -155,7 +155,8 @@ def test_a_parallel_plan_goes_serial_only_once_clearly_below_the_margin(monkeypa
 
 def test_a_kept_plan_has_its_chunks_cut_again_for_the_items_of_this_call():
     """The call that measured cut chunks of 12 for the 48 items it had left (4 chunks on 2
-    threads); kept for 64 items, chunks of 12 would make a third wave: they are cut again."""
+    threads); kept for 64 items, chunks of 12 would make a third wave: they are cut again. A
+    chunk size about as good as the best stays (no flip for nothing)."""
     last = types.SimpleNamespace(executor_type="thread", n_jobs=2, chunksize=12)
 
     def waves(c: cost_model.Candidate) -> float:  # the slowest thread at 1 s per item, 10 ms per chunk
@@ -168,6 +169,11 @@ def test_a_kept_plan_has_its_chunks_cut_again_for_the_items_of_this_call():
     assert kept.seconds == pytest.approx(32.02)              # chunks of 12: 36 s
     chosen = cost_model.Candidate("thread", 4, 16, 25.0)       # clearly faster: no
     assert decision._keep_last(last, chosen, waves, cost_model.chunk_candidates(64, 2)) is None
+    # a chunk size within 10% of the best one for this call's items stays as it was
+    last = types.SimpleNamespace(executor_type="thread", n_jobs=2, chunksize=16)
+    kept = decision._keep_last(last, cost_model.Candidate("thread", 4, 16, 30.0), waves,
+                               cost_model.chunk_candidates(64, 2))
+    assert kept is not None and (kept.n_jobs, kept.chunksize) == (2, 16)
 
 
 def test_a_serial_plan_is_reused_when_calls_got_cheaper_but_not_dearer(model_calls):

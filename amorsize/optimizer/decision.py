@@ -259,25 +259,28 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
 def _keep_last(last: Plan, chosen: cost_model.Candidate,
                predict: Callable[[cost_model.Candidate], float],
                chunk_sizes: list[int]) -> cost_model.Candidate | None:
-    """The last plan's executor and workers, with the best of ``chunk_sizes`` for the items of
-    this call, when the new best is not ``STAY_WITHIN`` faster: two configurations that close
-    trade places with every run's noise (2 or 4 workers on 2 cores), and each flip costs a pool
-    start or a cold cache for nothing. The chunk size is cut again, since that costs nothing:
-    the call that measured cut its chunks for the items it had left. The same holds at the
-    ``min_speedup`` margin (the caller checks the kept plan against it, within
-    ``STAY_WITHIN``): threads 1.2-1.4x faster than serial went serial after one slow run, and
-    only a parallel run could have shown they were right."""
+    """The last plan's configuration, re-predicted, when the new best is not ``STAY_WITHIN``
+    faster: two configurations that close trade places with every run's noise (2 or 4 workers
+    on 2 cores), and each flip costs a pool start or a cold cache for nothing. Its chunk size is
+    replaced by the best of ``chunk_sizes`` for this call's items only if that one is
+    ``STAY_WITHIN`` faster (the call that measured cut chunks for the items it had left: 12 for
+    48 of 64 made a third wave on 2 threads). The same hysteresis holds at the ``min_speedup``
+    margin (the caller checks the kept plan against it, within ``STAY_WITHIN``): threads
+    1.2-1.4x faster than serial went serial after one slow run, and only a parallel run could
+    have shown they were right."""
     if last.executor_type == "serial":
         return None
-    again = min((cost_model.Candidate(last.executor_type, last.n_jobs, c, 0.0) for c in chunk_sizes),
-                key=predict)
+    same = cost_model.Candidate(last.executor_type, last.n_jobs, last.chunksize, 0.0)
+    same = dataclasses.replace(same, seconds=predict(same))
+    recut = min((dataclasses.replace(same, chunksize=c) for c in chunk_sizes), key=predict)
+    recut = dataclasses.replace(recut, seconds=predict(recut))
+    again = same if same.seconds <= recut.seconds * STAY_WITHIN else recut
     if (again.executor_type, again.n_jobs, again.chunksize) == (
             chosen.executor_type, chosen.n_jobs, chosen.chunksize):
         return None
-    seconds = predict(again)
-    if seconds > chosen.seconds * STAY_WITHIN:
+    if again.seconds > chosen.seconds * STAY_WITHIN:
         return None
-    return dataclasses.replace(again, seconds=seconds)
+    return again
 
 
 def learn(key: Any, report: Any, already_done: int = 0) -> None:
