@@ -72,7 +72,8 @@ class Plan:
             f"(decided by {self.decided_by})",
             f"  items: {n}; {measured_how(p, self.workload)}",
             f"  per item: {format_seconds(p.per_item_seconds)} "
-            f"(spread {p.per_item_spread:.0%}), CPU/wall {p.cpu_ratio:.2f}"
+            f"(spread {p.per_item_spread:.0%}, trend along the input {p.cost_trend:+.2f}), "
+            f"CPU/wall {p.cpu_ratio:.2f}"
             + ("" if p.thread_scaling is None else f", 2 threads ran {p.thread_scaling:.2f}x"),
             f"  pickled: item {format_bytes(p.arg_bytes)}, result {format_bytes(p.result_bytes)}, "
             f"{format_seconds(p.pickle_seconds)} per item"

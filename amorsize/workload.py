@@ -20,11 +20,14 @@ class Profile:
 
     ``thread_scaling`` is how much faster two calls ran at once on two threads than one after the
     other: 1.0 means the GIL serialised them, 2.0 means they overlapped fully (I/O, or C code that
-    releases the GIL). ``None`` when it was not measured.
+    releases the GIL). ``None`` when it was not measured. ``cost_trend`` is how closely the cost
+    of the calls followed their order in the input (a rank correlation, -1 to 1): costs that
+    rise or fall along the input do not average out over a chunk of neighbouring items.
     """
 
     per_item_seconds: float
     per_item_spread: float = 0.0
+    cost_trend: float = 0.0
     cpu_ratio: float = 1.0
     arg_bytes: float = 0.0
     result_bytes: float = 0.0

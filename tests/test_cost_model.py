@@ -148,3 +148,16 @@ def test_one_chunks_shipping_is_not_overlapped():
     smaller = cost_model.predicted_seconds("process", 2, 25, profile, 400, 2, OVH, lambda e, j: True)
     assert one_each - smaller > 150 * (200e-6 + 20e3 * OVH.process_per_byte)
     assert best(profile, 400, warm=True, executors=("process",)).chunksize < 200
+
+
+def test_costs_that_follow_the_input_do_not_average_out_over_a_chunk():
+    """Sorted costs put the dearest items in the same chunk: the tail grows with the chunk
+    (rank correlation 1), not with its square root (independent costs)."""
+    independent = Profile(per_item_seconds=1e-3, per_item_spread=0.5)
+    sorted_costs = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=0.95)
+    assert cost_model.tail_seconds(independent, 64) == pytest.approx(8 * 0.5e-3)
+    assert cost_model.tail_seconds(sorted_costs, 64) > 3 * cost_model.tail_seconds(independent, 64)
+    falling = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=-1.0)
+    assert cost_model.tail_seconds(falling, 64) == pytest.approx(32e-3)
+    chance = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=0.4)
+    assert cost_model.tail_seconds(chance, 64) == cost_model.tail_seconds(independent, 64)

@@ -30,6 +30,19 @@ def test_the_cpu_ratio_is_not_capped_for_calls_that_use_several_cores():
     assert p.profile().cpu_ratio == pytest.approx(3.0)
 
 
+def test_the_profile_tells_whether_costs_follow_the_input_order():
+    assert probe.rank_correlation([1.0, 2.0, 3.0, 5.0, 8.0]) == 1.0
+    assert probe.rank_correlation([4.0, 3.0, 2.0, 1.0]) == -1.0
+    assert probe.rank_correlation([1.0, 2.0, 3.0]) == 0.0   # too few to tell
+    rising, shuffled = probe.Probe("test"), probe.Probe("test")
+    for ms in (1, 2, 3, 4, 5, 6, 7, 8):
+        rising.observe(ms * 1e-3, ms * 1e-3)
+    for ms in (5, 1, 8, 3, 6, 2, 7, 4):
+        shuffled.observe(ms * 1e-3, ms * 1e-3)
+    assert rising.profile().cost_trend == 1.0
+    assert abs(shuffled.profile().cost_trend) < 0.6
+
+
 def test_sizes_are_measured_with_the_serializer_the_pools_use():
     shipped = probe.shipping(len, [(lambda: 1, 1)])   # plain pickle cannot send a lambda
     assert shipped["arg_bytes"] > 0 and "picklable" not in shipped

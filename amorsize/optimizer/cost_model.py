@@ -23,6 +23,7 @@ _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
 PREFER_THREADS_WITHIN = 1.1
 _MIN_CPU_SHARE = 0.25
 _PROCESSES_PER_CPU = 2
+_CHANCE_TREND = 0.6  # 8 random costs reach a rank correlation this high 1 time in 9
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,15 @@ def process_seconds(
 
 
 def tail_seconds(profile: Profile, chunksize: int) -> float:
-    """How much longer than the others the last chunk may run: the items' spread, which
-    averages out over a chunk (the spread of c items' sum is sqrt(c) times one item's), and at
-    most the chunk's own time. Taken in full, it made chunks of 100 numpy sums (spread 47%) look
-    2 ms slower than chunks of 5, which ran 30% slower."""
-    return profile.per_item_seconds * min(chunksize, profile.per_item_spread * math.sqrt(chunksize))
+    """How much longer than the others the last chunk may run, at most the chunk's own time.
+    Costs independent of each other average out over a chunk (the spread of c items' sum is
+    sqrt(c) times one item's): taken c times, chunks of 100 numpy sums (spread 47%) looked 2 ms
+    slower than chunks of 5, which ran 30% slower. Costs that follow the input's order do not
+    (a chunk of the dearest items is that much dearer), as far as the sample's rank
+    correlation with position is clearer than chance."""
+    trend = max(0.0, (abs(profile.cost_trend) - _CHANCE_TREND) / (1 - _CHANCE_TREND))
+    spread = profile.per_item_spread * (trend * chunksize + (1 - trend) * math.sqrt(chunksize))
+    return profile.per_item_seconds * min(chunksize, spread)
 
 
 def chunk_candidates(n: int, workers: int) -> list[int]:

@@ -94,6 +94,7 @@ class Probe:
         return Profile(
             per_item_seconds=per_item,
             per_item_spread=spread,
+            cost_trend=rank_correlation(walls),
             cpu_ratio=cpu_ratio,
             thread_scaling=self.thread_scaling,
             n_measured=len(walls) + self.n_overlap,
@@ -264,6 +265,21 @@ def _unpin_new_threads(before: set[str]) -> None:
     for tid in new:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(int(tid), cores)
+
+
+def rank_correlation(values: Sequence[float]) -> float:
+    """Spearman's rank correlation of ``values`` with their order (-1 to 1; 0 for fewer than
+    four): whether costs rise or fall along the input. Observations come in input order from
+    every front end (sampled items spread over the input, joblib's batches, Dask's root
+    tasks)."""
+    n = len(values)
+    if n < 4:
+        return 0.0
+    order = sorted(range(n), key=values.__getitem__)
+    ranks = [0] * n
+    for rank, at in enumerate(order):
+        ranks[at] = rank
+    return 1.0 - 6.0 * sum((r - i) ** 2 for i, r in enumerate(ranks)) / (n * (n * n - 1))
 
 
 def typical_seconds(walls: list[float]) -> float:
