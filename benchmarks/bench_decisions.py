@@ -17,11 +17,11 @@ For every workload, in the same process:
    would end a row is timed once more first). Two probe cells (8 threads, 2 processes, about 4
    chunks per worker) run first, so pruning has a good best early;
 2. ``amorsize.map(func, items)`` as a user calls it in a loop: memory is cleared, one call
-   measures and learns (not timed), then the best of the next 6 calls; the configuration shown
+   measures and learns (not timed), then the best of the next 10 calls; the configuration shown
    is the one that call ran (an ``amorsize_run_finished`` observer), and the predicted speedup
    is ``amorsize.optimize(func, items).estimated_speedup`` after those calls;
-3. after each of those 6 calls, the grid's best configuration once more, and the serial loop
-   too when it is within 1.25x of the best: the row's "grid s" is the best of these 6 runs,
+3. after each of those 10 calls, the grid's best configuration once more, and the serial loop
+   too when it is within 1.25x of the best: the row's "grid s" is the best of these 10 runs,
    taken in the same state of the machine and of memory as amorsize's. The search's own figure
    (shown in the details) is the luckiest of many cells' best-of-3 times, which the
    configuration it picked does not achieve again: on 2 noisy cores that winner's curse alone
@@ -35,7 +35,7 @@ For every workload, in the same process:
    amorsize's.
 
 ``--quick`` times fewer cells (threads 2, 8, 32, 128; processes 2, 4; chunk sizes 16x apart),
-each once, and one amorsize call after the learning one. ``--verbose`` prints every cell timed.
+each once, and two amorsize calls after the learning one. ``--verbose`` prints every cell timed.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ QUICK_PROCESS_WORKERS = (2, 4)
 WITHIN = 0.25  # a prediction within 25% of the measured speedup counts as right
 _CONTENDER = 1.25  # a cell within this factor of the best so far is timed best of 3
 _NO_GAIN = 0.95  # a cell or row not 5% faster than its predecessors' best gained nothing
+ROUNDS = 10  # amorsize's timed calls, each followed by a run of the grid's best
 
 
 # ---------------------------------------------------------------- workloads (module level)
@@ -463,7 +464,8 @@ def bench(w: dw.DemoCase, args: argparse.Namespace, observer: RunObserver) -> Ro
     if loop != grid.best_key and grid.cells[loop] <= _CONTENDER * grid.best:
         again.append(loop)
     retimed = dict.fromkeys(again, math.inf)
-    for _ in range(2 * repeats):
+    rounds = 2 if args.quick else ROUNDS
+    for _ in range(rounds):
         observer.reports.clear()
         took = _timed(lambda: amorsize.map(w.func, items), expected)
         configs_run.add(_ran(observer))
@@ -472,7 +474,7 @@ def bench(w: dw.DemoCase, args: argparse.Namespace, observer: RunObserver) -> Ro
         for key in again:
             retimed[key] = min(retimed[key], _timed(grid._runner(*key), expected))
     for key, took in retimed.items():
-        grid._record(key, took, 2 * repeats)
+        grid._record(key, took, rounds)
     for _ in range(0 if loop in again else repeats):
         grid.once_more(loop)
     plan = amorsize.optimize(w.func, items)

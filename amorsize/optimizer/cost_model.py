@@ -23,7 +23,7 @@ _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
 PREFER_THREADS_WITHIN = 1.1
 _MIN_CPU_SHARE = 0.25
 _PROCESSES_PER_CPU = 2
-_CHANCE_TREND = 0.6  # 8 random costs reach a rank correlation this high 1 time in 9
+_CHANCE_TREND = 0.9  # 8 random costs reach a rank correlation this high 1 time in 200
 
 
 @dataclass(frozen=True)
