@@ -161,3 +161,18 @@ def test_costs_that_follow_the_input_do_not_average_out_over_a_chunk():
     assert cost_model.tail_seconds(falling, 64) == pytest.approx(32e-3)
     chance = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=-0.88)
     assert cost_model.tail_seconds(chance, 64) == cost_model.tail_seconds(independent, 64)
+
+
+def test_more_workers_must_be_clearly_faster_than_fewer():
+    """On 2 cores, 4 processes of pure-Python work are predicted as fast as 2 (a smaller tail
+    makes them 0.1% faster on paper) and ran 10% slower: near-ties go to fewer workers."""
+    profile = Profile(per_item_seconds=2.2e-3, per_item_spread=0.03, cpu_ratio=1.0,
+                      thread_scaling=1.0, pickle_seconds=10.8e-6, arg_bytes=5, result_bytes=17)
+    ovh = Overheads(thread_start=120e-6, thread_per_chunk=40e-6, process_start=0.09,
+                    process_per_chunk=139e-6, process_latency=506e-6, process_per_byte=5e-9)
+    chosen = cost_model.best_candidates(profile, 386, 2, ovh, ALL, is_warm=lambda e, j: True)["process"]
+    assert chosen.n_jobs == 2
+    four = cost_model.predicted_seconds("process", 4, 49, profile, 386, 2, ovh, lambda e, j: True)
+    assert four < chosen.seconds   # by less than 3%
+    waiting = Profile(per_item_seconds=2e-3, cpu_ratio=0.5, thread_scaling=1.0)
+    assert best(waiting, 300, warm=True, executors=("process",)).n_jobs == 4
