@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -220,7 +219,7 @@ class Runner:
         compute_seconds = run.compute_seconds
         if learned is not None and plan.executor_type == "serial" and compute_seconds > 0:
             ratio = self.cpu_seconds / compute_seconds
-            plugins.remember(shape, replace(learned.profile, cpu_ratio=ratio))
+            plugins.remember(shape, learned.profile.replace(cpu_ratio=ratio))
         if plan.executor_type == "thread" and plan.n_jobs > 1 and learned is not None:
             compute_seconds = learned.profile.per_item_seconds * n_tasks
         run.finish(

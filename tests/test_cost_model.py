@@ -151,14 +151,17 @@ def test_one_chunks_shipping_is_not_overlapped():
 
 
 def test_costs_that_follow_the_input_do_not_average_out_over_a_chunk():
-    """Sorted costs put the dearest items in the same chunk: the tail grows with the chunk
-    (rank correlation 1), not with its square root (independent costs)."""
+    """Costs rising along the input put the dearest items in the last chunks: the tail grows
+    with the chunk (rank correlation 1), not with its square root (independent costs)."""
     independent = Profile(per_item_seconds=1e-3, per_item_spread=0.5)
     sorted_costs = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=0.98)
     assert cost_model.tail_seconds(independent, 64) == pytest.approx(8 * 0.5e-3)
     assert cost_model.tail_seconds(sorted_costs, 64) > 3 * cost_model.tail_seconds(independent, 64)
+    # falling costs put the dearest chunks first, where later chunks of other workers absorb them
     falling = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=-1.0)
-    assert cost_model.tail_seconds(falling, 64) == pytest.approx(32e-3)
+    assert cost_model.tail_seconds(falling, 64) == cost_model.tail_seconds(independent, 64)
+    rising = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=1.0)
+    assert cost_model.tail_seconds(rising, 64) == pytest.approx(32e-3)
     chance = Profile(per_item_seconds=1e-3, per_item_spread=0.5, cost_trend=-0.88)
     assert cost_model.tail_seconds(chance, 64) == cost_model.tail_seconds(independent, 64)
 

@@ -151,6 +151,11 @@ def test_a_parallel_plan_goes_serial_only_once_clearly_below_the_margin(monkeypa
     assert decide(4e-3, 1.05).executor_type == "serial"      # 1.05x: below the margin's noise
     decision._DECISIONS.forget()
     assert decide(8e-3, 1.15).executor_type == "serial"      # no parallel plan ran: 1.2x to enter
+    # with no margin asked for, a kept plan still never is predicted slower than serial
+    workload = amorsize.Workload(400, executors=("serial", "thread"), min_speedup=1.0)
+    decision._DECISIONS.forget()
+    assert decide(1.6e-2, 1.5).executor_type == "thread"
+    assert decide(3.2e-2, 0.98).executor_type == "serial"
 
 
 def test_a_kept_plan_has_its_chunks_cut_again_for_the_items_of_this_call():

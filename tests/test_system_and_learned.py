@@ -193,3 +193,16 @@ def test_thread_runs_correct_the_model_but_not_the_per_item_time():
     assert entry.profile.per_item_seconds == 1.0
     assert entry.corrections["thread"] == pytest.approx(1.5)
     assert entry.last_n_items == 10
+
+
+def test_a_profile_copy_changes_only_what_it_is_given_and_stays_frozen():
+    import dataclasses
+
+    profile = Profile(per_item_seconds=1e-3, cpu_ratio=0.5, cost_trend=0.3)
+    copy = profile.replace(per_item_seconds=2e-3, measured_by="runs")
+    assert copy == dataclasses.replace(profile, per_item_seconds=2e-3, measured_by="runs")
+    assert profile.per_item_seconds == 1e-3 and copy.cpu_ratio == 0.5 and copy.io_bound is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        copy.cpu_ratio = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field per_item"):
+        profile.replace(per_item=1.0)

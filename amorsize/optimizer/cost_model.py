@@ -23,10 +23,10 @@ _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
 PREFER_THREADS_WITHIN = 1.1
 _MIN_CPU_SHARE = 0.25
 _PROCESSES_PER_CPU = 2
-# more workers must be predicted this much faster than fewer: 4 processes on 2 cores, predicted
-# to gain 0.05% on 2 (a smaller tail), ran 10% slower, and fewer workers hold less memory
-_MORE_WORKERS = 0.97
-_CHANCE_TREND = 0.9  # 8 random costs reach a rank correlation this high 1 time in 200
+# the fewest workers predicted within 3% of the fastest are chosen: 4 processes on 2 cores,
+# predicted 0.1% faster than 2 (a smaller tail), ran 10% slower, and hold more memory
+FEWER_WORKERS_WITHIN = 1.03
+_CHANCE_TREND = 0.9  # 7 random costs reach a rank correlation this high 1 time in 140
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ def process_seconds(
     # no worker starts before its first chunk is pickled and sent, and the last chunk's
     # results come back after it ends: one chunk's shipping is not overlapped (4 chunks of 119
     # JSON documents ran 15% slower than 32 of 16)
-    fill = chunksize * (profile.pickle_seconds
-                        + (profile.arg_bytes + profile.result_bytes) * ovh.process_per_byte)
+    fill = min(chunksize, n) * (profile.pickle_seconds
+                                + (profile.arg_bytes + profile.result_bytes) * ovh.process_per_byte)
     return start + ovh.process_latency + fill + max(compute, parent, waves) + tail_seconds(
         profile, chunksize)
 
@@ -118,10 +118,11 @@ def tail_seconds(profile: Profile, chunksize: int) -> float:
     """How much longer than the others the last chunk may run, at most the chunk's own time.
     Costs independent of each other average out over a chunk (the spread of c items' sum is
     sqrt(c) times one item's): taken c times, chunks of 100 numpy sums (spread 47%) looked 2 ms
-    slower than chunks of 5, which ran 30% slower. Costs that follow the input's order do not
-    (a chunk of the dearest items is that much dearer), as far as the sample's rank
-    correlation with position is clearer than chance."""
-    trend = max(0.0, (abs(profile.cost_trend) - _CHANCE_TREND) / (1 - _CHANCE_TREND))
+    slower than chunks of 5, which ran 30% slower. Costs rising along the input do not: the
+    last chunks are the dearest (as far as the sample's rank correlation with position is
+    clearer than chance). Falling costs put the dearest chunks first, where the other workers'
+    later chunks absorb them."""
+    trend = max(0.0, (profile.cost_trend - _CHANCE_TREND) / (1 - _CHANCE_TREND))
     spread = profile.per_item_spread * (trend * chunksize + (1 - trend) * math.sqrt(chunksize))
     return profile.per_item_seconds * min(chunksize, spread)
 
@@ -181,13 +182,17 @@ def best_candidates(
     if "process" in executors and profile.picklable and not cannot_pay:
         counts["process"] = process_counts(n, cpus, max_workers)
     for executor, workers in counts.items():
-        for w in workers:  # fewest first
+        by_workers: dict[int, Candidate] = {}
+        for w in workers:
             for c in [chunksize] if chunksize else chunk_candidates(n, w):
                 s = predicted_seconds(executor, w, c, profile, n, cpus, ovh, is_warm,
                                       startup_share, corrections)
-                best = out.get(executor)
-                if best is None or s < best.seconds * (1.0 if w == best.n_jobs else _MORE_WORKERS):
-                    out[executor] = Candidate(executor, w, c, s)
+                if w not in by_workers or s < by_workers[w].seconds:
+                    by_workers[w] = Candidate(executor, w, c, s)
+        if by_workers:
+            fastest = min(c.seconds for c in by_workers.values())
+            out[executor] = min((c for c in by_workers.values()
+                                 if c.seconds <= fastest * FEWER_WORKERS_WITHIN), key=lambda c: c.n_jobs)
     return out
 
 

@@ -167,7 +167,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
     measured = profile
     if profile.thread_scaling is None and not system.gil_enabled():
         reasons.append("free-threaded interpreter (no GIL): calls taken to overlap on threads")
-        profile = dataclasses.replace(profile, thread_scaling=2.0)
+        profile = profile.replace(thread_scaling=2.0)
     if "process" in executors and not profile.picklable:
         executors.discard("process")
         reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
@@ -218,21 +218,25 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
                     f"{format_seconds(ovh.process_latency)}")
                 candidates = evaluate()
                 chosen = cost_model.choose(candidates, workload.min_speedup)
-    if last is not None and last.executor_type in executors:
+    if last is not None and last.executor_type in executors and remaining >= 2:
         kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
             c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
             corrections), [workload.chunksize] if workload.chunksize
             else cost_model.chunk_candidates(remaining, last.n_jobs))
         serial_candidate = candidates.get("serial")
-        if kept is not None and (serial_candidate is None or kept.seconds * workload.min_speedup
-                                 < serial_candidate.seconds * STAY_WITHIN):
+        # the margin, less the noise of one run; never slower than serial, whatever the margin
+        leave_below = max(1.0, workload.min_speedup / STAY_WITHIN)
+        if kept is not None and (serial_candidate is None
+                                 or kept.seconds * leave_below < serial_candidate.seconds):
+            within = (f"still {leave_below:.2f}x faster than serial" if chosen.executor_type == "serial"
+                      else f"within {STAY_WITHIN - 1:.0%}")
             over = ("serial" if chosen.executor_type == "serial" else
                     f"{chosen.executor_type}, {chosen.n_jobs} workers, chunks of {chosen.chunksize}")
             reasons.append(
                 f"kept the last plan ({kept.executor_type}, {kept.n_jobs} workers, chunks of "
                 f"{kept.chunksize}: {format_seconds(kept.seconds)}) over {over} "
-                f"({format_seconds(chosen.seconds)}): within {STAY_WITHIN - 1:.0%}, so the "
-                "noise of one run does not flip it")
+                f"({format_seconds(chosen.seconds)}): {within}, so the noise of one run does "
+                "not flip it")
             chosen = candidates[kept.executor_type] = kept
     reasons.extend(_compare(candidates, chosen, workload, share, corrections))
     serial = candidates.get("serial")

@@ -17,7 +17,6 @@ paid for a fresh megabyte of page faults (0.6 ms of a 4 ms call).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -135,7 +134,9 @@ class LearnedProfiles:
             entry = self._entries.get(key)
             if entry is None:
                 return
-            _fold_unread(entry)  # a run not read yet: runs in a row are folded one by one
+            # a run not read yet (runs in a row, or callers in parallel): folded now, so only
+            # these pay for objects made after their results
+            _fold_unread(entry)
             unread = entry.unread
             unread[_Unread.EXECUTOR] = EXECUTOR_TYPES.index(executor_type)
             unread[_Unread.N_ITEMS] = n_items
@@ -189,15 +190,16 @@ def _fold_unread(entry: Learned) -> None:
         # what the estimate now stands for: a run of the same size as the last weighs
         # as much as everything before it (costs that drift are followed, not frozen)
         stands_for = max(n_items, round(behind * (1 - weight)))
-        entry.profile = dataclasses.replace(
-            entry.profile, per_item_seconds=new, n_measured=stands_for, measured_by="runs")
+        entry.profile = entry.profile.replace(
+            per_item_seconds=new, n_measured=stands_for, measured_by="runs")
     if n_items > 0 and predicted_seconds > 0 and wall_seconds > 0:  # NaN compares False
         # the prediction already carried the correction so far: the run's error is on
         # top of it (taking it as the whole correction settled on its square root)
         old = entry.corrections.get(executor_type, 1.0)
         target = old * wall_seconds / (predicted_seconds * explained)
         target = min(10.0, max(0.1, target))
-        entry.corrections[executor_type] = old + _SMOOTHING * (target - old)
+        # a new dict, not a changed one: readers copy it outside the lock
+        entry.corrections = {**entry.corrections, executor_type: old + _SMOOTHING * (target - old)}
 
 
 LEARNED = LearnedProfiles()

@@ -268,18 +268,29 @@ def _unpin_new_threads(before: set[str]) -> None:
 
 
 def rank_correlation(values: Sequence[float]) -> float:
-    """Spearman's rank correlation of ``values`` with their order (-1 to 1; 0 for fewer than
-    four): whether costs rise or fall along the input. Observations come in input order from
-    every front end (sampled items spread over the input, joblib's batches, Dask's root
-    tasks)."""
+    """Spearman's rank correlation of ``values`` with their order, -1 to 1 (tied values share
+    their mean rank): whether costs rise or fall along the input, as the sampled items and
+    joblib's batches are observed in input order. The first call is left out (it pays for
+    warm-up), and fewer than 7 after it say nothing: 4 random values are in order or reversed
+    1 time in 12."""
+    values = values[1:]
     n = len(values)
-    if n < 4:
+    if n < 7:
         return 0.0
     order = sorted(range(n), key=values.__getitem__)
-    ranks = [0] * n
-    for rank, at in enumerate(order):
-        ranks[at] = rank
-    return 1.0 - 6.0 * sum((r - i) ** 2 for i, r in enumerate(ranks)) / (n * (n * n - 1))
+    ranks = [0.0] * n
+    start = 0
+    while start < n:
+        end = start
+        while end + 1 < n and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2
+        start = end + 1
+    mean = (n - 1) / 2
+    covariance = sum((r - mean) * (i - mean) for i, r in enumerate(ranks))
+    spread = math.sqrt(sum((r - mean) ** 2 for r in ranks) * sum((i - mean) ** 2 for i in range(n)))
+    return covariance / spread if spread > 0 else 0.0
 
 
 def typical_seconds(walls: list[float]) -> float:
