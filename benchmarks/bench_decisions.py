@@ -21,15 +21,16 @@ For every workload, in the same process:
    is the one that call ran (an ``amorsize_run_finished`` observer), and the predicted speedup
    is ``amorsize.optimize(func, items).estimated_speedup`` after those calls;
 3. after each of those 10 calls, the grid's best configuration once more, and the serial loop
-   too when it is within 1.25x of the best: the row's "grid s" is the best of these 10 runs,
-   taken in the same state of the machine and of memory as amorsize's. The search's own figure
-   (shown in the details) is the luckiest of many cells' best-of-3 times, which the
+   too when it is within 1.25x of the best: the row's "grid s" is the better of these two
+   configurations' best of 10 runs, taken in the same state of the machine and of memory as
+   amorsize's, and the loop's best of 10 is the baseline of the speedups. The search's own
+   figure (shown in the details) is the luckiest of many cells' best-of-3 times, which the
    configuration it picked does not achieve again: on 2 noisy cores that winner's curse alone
    put rows 10-40% "over" the grid. Memory matters for the loop: after 100,000 results are
    freed, whether the next 100,000 fit in memory still mapped or fault in fresh pages depends
    on what was allocated meanwhile (0.6 ms of page faults either way on a 4 ms loop). A loop
-   far from the best gets 3 runs after amorsize's instead (its cell, the baseline of the
-   speedups, keeps its best time from before the grid and after);
+   far from the best is timed 3 more times after amorsize's calls (once with ``--quick``),
+   and its baseline is its best time from before the grid and after;
 4. one Markdown table; "amorsize / best" is amorsize's time over the grid's best (1.00: as good
    as the best configuration found), the measured speedup is the serial loop's time over
    amorsize's.
@@ -386,14 +387,15 @@ def _timed(run: Callable[[], list], expected: list | None = None) -> float:
 
 
 class RunObserver:
-    """Records what each ``amorsize.map`` call actually ran."""
+    """Records what each ``amorsize.map`` call actually ran: its configuration, not its report
+    (the report's floats, made after the results and kept, would keep their memory mapped)."""
 
     def __init__(self) -> None:
-        self.reports: list = []
+        self.reports: list[tuple[str, int, int]] = []
 
     @amorsize.hookimpl
     def amorsize_run_finished(self, plan, report) -> None:
-        self.reports.append(report)
+        self.reports.append((report.executor_type, report.n_jobs, report.chunksize))
 
 
 @dataclass
@@ -430,8 +432,7 @@ class Row:
 def _ran(observer: RunObserver) -> str:
     if not observer.reports:
         return "?"
-    r = observer.reports[-1]
-    return config(r.executor_type, r.n_jobs, r.chunksize)
+    return config(*observer.reports[-1])
 
 
 def bench(w: dw.DemoCase, args: argparse.Namespace, observer: RunObserver) -> Row:
@@ -473,13 +474,13 @@ def bench(w: dw.DemoCase, args: argparse.Namespace, observer: RunObserver) -> Ro
             best, best_config = took, _ran(observer)
         for key in again:
             retimed[key] = min(retimed[key], _timed(grid._runner(*key), expected))
-    for key, took in retimed.items():
-        grid._record(key, took, rounds)
     for _ in range(0 if loop in again else repeats):
         grid.once_more(loop)
     plan = amorsize.optimize(w.func, items)
-    serial = grid.cells[loop]
-    return Row(w.name, len(grid.items), serial, retimed[again[0]], config(*again[0]), searched, best,
+    # the loop's re-times where it had them (the same state as amorsize's), else its best
+    serial = retimed.get(loop, grid.cells[loop])
+    best_key = min(retimed, key=retimed.__getitem__)
+    return Row(w.name, len(grid.items), serial, retimed[best_key], config(*best_key), searched, best,
                best_config, plan.estimated_speedup,
                config(plan.executor_type, plan.n_jobs, plan.chunksize), configs_run, first_call,
                first_config, len(grid.cells), time.perf_counter() - start)
