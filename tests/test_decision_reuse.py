@@ -171,14 +171,18 @@ def test_a_kept_plan_has_its_chunks_cut_again_for_the_items_of_this_call():
     chosen = cost_model.Candidate("thread", 4, 16, 30.0)       # not 10% faster than 2 threads
     kept = decision._keep_last(last, chosen, waves, cost_model.chunk_candidates(64, 2))
     assert kept is not None and (kept.n_jobs, kept.chunksize) == (2, 32)
-    assert kept.seconds == pytest.approx(32.02)              # chunks of 12: 36 s
+    assert kept.seconds == pytest.approx(32.02)              # chunks of 12: 36.06 s
     chosen = cost_model.Candidate("thread", 4, 16, 25.0)       # clearly faster: no
     assert decision._keep_last(last, chosen, waves, cost_model.chunk_candidates(64, 2)) is None
-    # a chunk size within 10% of the best one for this call's items stays as it was
+    # a chunk size within 10% of the best one for the same items stays as it was; one cut for
+    # other items (by the call that measured) is cut again
     last = types.SimpleNamespace(executor_type="thread", n_jobs=2, chunksize=16)
     kept = decision._keep_last(last, cost_model.Candidate("thread", 4, 16, 30.0), waves,
                                cost_model.chunk_candidates(64, 2))
     assert kept is not None and (kept.n_jobs, kept.chunksize) == (2, 16)
+    kept = decision._keep_last(last, cost_model.Candidate("thread", 4, 16, 30.0), waves,
+                               cost_model.chunk_candidates(64, 2), same_items=False)
+    assert kept is not None and (kept.n_jobs, kept.chunksize) == (2, 32)
 
 
 def test_a_serial_plan_is_reused_when_calls_got_cheaper_but_not_dearer(model_calls):

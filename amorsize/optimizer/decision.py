@@ -222,7 +222,8 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
             c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
             corrections), [workload.chunksize] if workload.chunksize
-            else cost_model.chunk_candidates(remaining, last.n_jobs))
+            else cost_model.chunk_candidates(remaining, last.n_jobs),
+            same_items=last.workload.already_done == workload.already_done)
         serial_candidate = candidates.get("serial")
         # the margin, less the noise of one run; never slower than serial, whatever the margin
         leave_below = max(1.0, workload.min_speedup / STAY_WITHIN)
@@ -262,13 +263,14 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
 
 def _keep_last(last: Plan, chosen: cost_model.Candidate,
                predict: Callable[[cost_model.Candidate], float],
-               chunk_sizes: list[int]) -> cost_model.Candidate | None:
+               chunk_sizes: list[int], same_items: bool = True) -> cost_model.Candidate | None:
     """The last plan's configuration, re-predicted, when the new best is not ``STAY_WITHIN``
     faster: two configurations that close trade places with every run's noise (2 or 4 workers
     on 2 cores), and each flip costs a pool start or a cold cache for nothing. Its chunk size is
-    replaced by the best of ``chunk_sizes`` for this call's items only if that one is
-    ``STAY_WITHIN`` faster (the call that measured cut chunks for the items it had left: 12 for
-    48 of 64 made a third wave on 2 threads). The same hysteresis holds at the ``min_speedup``
+    the best of ``chunk_sizes`` when the last plan was cut for another number of items
+    (``same_items`` False: the call that measured cut chunks for the items it had left, and 12
+    for 48 of 64 made a third wave on 2 threads), else that best only if ``STAY_WITHIN``
+    faster. The same hysteresis holds at the ``min_speedup``
     margin (the caller checks the kept plan against it, within ``STAY_WITHIN``): threads
     1.2-1.4x faster than serial went serial after one slow run, and only a parallel run could
     have shown they were right."""
@@ -278,7 +280,7 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
     same = dataclasses.replace(same, seconds=predict(same))
     recut = min((dataclasses.replace(same, chunksize=c) for c in chunk_sizes), key=predict)
     recut = dataclasses.replace(recut, seconds=predict(recut))
-    again = same if same.seconds <= recut.seconds * STAY_WITHIN else recut
+    again = same if same_items and same.seconds <= recut.seconds * STAY_WITHIN else recut
     if (again.executor_type, again.n_jobs, again.chunksize) == (
             chosen.executor_type, chosen.n_jobs, chosen.chunksize):
         return None
