@@ -73,11 +73,16 @@ def default_start_method() -> str:
     3.14 made forkserver the default on Linux for this reason.
     """
     chosen = os.environ.get(START_METHOD_ENV)
-    available = multiprocessing.get_all_start_methods()
     if chosen:
         check_start_method(START_METHOD_ENV, chosen)
         return chosen
-    if "forkserver" in available and sys.platform != "darwin":
+    return _platform_start_method()
+
+
+@functools.cache
+def _platform_start_method() -> str:
+    """Asked on every call of ``map``: the platform's answer does not change."""
+    if "forkserver" in multiprocessing.get_all_start_methods() and sys.platform != "darwin":
         return "forkserver"
     return "spawn"
 

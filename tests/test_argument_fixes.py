@@ -276,3 +276,15 @@ def test_a_type_checker_sees_every_option_with_its_type(tmp_path):
     assert len(errors) == 2, out.stdout
     assert 'snippet.py:9: error: Unexpected keyword argument "njobs"' in errors[0]
     assert "snippet.py:10: error:" in errors[1] and '"chunksize"' in errors[1]
+
+
+def test_a_call_with_every_option_at_its_default_still_checks_the_environment(monkeypatch):
+    """Defaults skip the option checks (a call in a loop pays for none); the start method
+    from the environment is checked all the same."""
+    amorsize.map(abs, [1, -2])
+    monkeypatch.setenv(system.START_METHOD_ENV, "teleport")
+    with pytest.raises(amorsize.InvalidArgumentError, match="AMORSIZE_START_METHOD"):
+        amorsize.map(abs, [1, -2])
+    monkeypatch.delenv(system.START_METHOD_ENV)
+    with pytest.raises(amorsize.InvalidArgumentError, match="sample_size"):
+        amorsize.map(abs, [1, -2], sample_size=0)

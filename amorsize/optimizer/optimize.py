@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Unpack
 
 import cloudpickle
@@ -24,7 +24,7 @@ from amorsize.errors import (
 )
 from amorsize.optimizer import probe, sampling
 from amorsize.optimizer.learned import function_key
-from amorsize.options import DecideOptions, MapOptions, complete
+from amorsize.options import DEFAULTS, DecideOptions, MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools import worker
 from amorsize.run.control import call_watched, check_timeout
@@ -65,11 +65,15 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
             f"data must be an iterable of items (list, range, generator...), "
             f"got {type(data).__name__}"
         )
-    resolve_n_jobs("n_jobs", given["n_jobs"], system.usable_cpus())
     start_method = given["start_method"]
     if start_method is None:
-        start_method = system.default_start_method()
-    else:
+        start_method = system.default_start_method()  # checks AMORSIZE_START_METHOD
+    asked: Mapping[str, object] = given
+    defaults: Mapping[str, object] = DEFAULTS
+    if all(asked[name] is defaults[name] for name in _CHECKED):
+        return  # the defaults are valid: a call in a loop skips the checks below
+    resolve_n_jobs("n_jobs", given["n_jobs"], system.usable_cpus())
+    if given["start_method"] is not None:
         check_start_method("start_method", start_method)
     check_positive_int("chunksize", given["chunksize"], allow_none=True)
     check_positive_int("sample_size", given["sample_size"])
@@ -83,6 +87,11 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
     check_timeout(given["timeout"])
     check_initializer(given["initializer"], given["initargs"])
     check_max_tasks_per_child(given["max_tasks_per_child"], start_method)
+
+
+# the options check_arguments checks beyond the start method
+_CHECKED = ("n_jobs", "start_method", "chunksize", "sample_size", "executor", "min_speedup",
+            "timeout", "initializer", "initargs", "max_tasks_per_child")
 
 
 def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None, Any]:
