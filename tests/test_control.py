@@ -396,9 +396,14 @@ def test_a_failed_dask_compute_cancels_its_run_and_reports_progress(progress):
     import amorsize_dask  # noqa: F401
 
     counter = Counter(0.05)
+    numbers = itertools.count(1)  # next() is atomic: each call gets its own number
 
     def fail_on_the_tenth_call(x):
-        if counter(x) is not None and counter.calls == 10:
+        # numbered before the call: reading counter.calls after it raced with the other
+        # thread's call, and neither saw 10 (the compute then did not fail)
+        tenth = next(numbers) == 10
+        counter(x)
+        if tenth:
             raise KeyError(x)
         return x
 

@@ -266,14 +266,14 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
                chunk_sizes: list[int], same_items: bool = True) -> cost_model.Candidate | None:
     """The last plan's configuration, re-predicted, when the new best is not ``STAY_WITHIN``
     faster: two configurations that close trade places with every run's noise (2 or 4 workers
-    on 2 cores), and each flip costs a pool start or a cold cache for nothing. Its chunk size is
-    the best of ``chunk_sizes`` when the last plan was cut for another number of items
-    (``same_items`` False: the call that measured cut chunks for the items it had left, and 12
-    for 48 of 64 made a third wave on 2 threads), else that best only if ``STAY_WITHIN``
-    faster. The same hysteresis holds at the ``min_speedup``
-    margin (the caller checks the kept plan against it, within ``STAY_WITHIN``): threads
-    1.2-1.4x faster than serial went serial after one slow run, and only a parallel run could
-    have shown they were right."""
+    on 2 cores), and each flip costs a pool start or a cold cache for nothing.
+
+    Its chunk size becomes the best of ``chunk_sizes`` when the last plan was cut for another
+    number of items (``same_items`` False: the call that measured cut chunks for the items it
+    had left, and 12 for 48 of 64 made a third wave on 2 threads), else only if that is
+    ``STAY_WITHIN`` faster. The caller holds the kept plan to the ``min_speedup`` margin less
+    ``STAY_WITHIN``: threads 1.2-1.4x faster than serial went serial after one slow run, and
+    only a parallel run could have shown they were right."""
     if last.executor_type == "serial":
         return None
     same = cost_model.Candidate(last.executor_type, last.n_jobs, last.chunksize, 0.0)
