@@ -229,8 +229,8 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         leave_below = max(1.0, workload.min_speedup / STAY_WITHIN)
         if kept is not None and (serial_candidate is None
                                  or kept.seconds * leave_below < serial_candidate.seconds):
-            within = (f"still {leave_below:.2f}x faster than serial" if chosen.executor_type == "serial"
-                      else f"within {STAY_WITHIN - 1:.0%}")
+            within = (f"still over {leave_below:.2f}x faster than serial"
+                      if chosen.executor_type == "serial" else f"within {STAY_WITHIN - 1:.0%}")
             over = ("serial" if chosen.executor_type == "serial" else
                     f"{chosen.executor_type}, {chosen.n_jobs} workers, chunks of {chosen.chunksize}")
             reasons.append(
@@ -276,10 +276,13 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
     only a parallel run could have shown they were right."""
     if last.executor_type == "serial":
         return None
-    same = cost_model.Candidate(last.executor_type, last.n_jobs, last.chunksize, 0.0)
-    same = dataclasses.replace(same, seconds=predict(same))
-    recut = min((dataclasses.replace(same, chunksize=c) for c in chunk_sizes), key=predict)
-    recut = dataclasses.replace(recut, seconds=predict(recut))
+
+    def predicted(chunksize: int) -> cost_model.Candidate:
+        candidate = cost_model.Candidate(last.executor_type, last.n_jobs, chunksize, 0.0)
+        return dataclasses.replace(candidate, seconds=predict(candidate))
+
+    same = predicted(last.chunksize)
+    recut = min((predicted(c) for c in chunk_sizes), key=lambda c: c.seconds)
     again = same if same_items and same.seconds <= recut.seconds * STAY_WITHIN else recut
     if (again.executor_type, again.n_jobs, again.chunksize) == (
             chosen.executor_type, chosen.n_jobs, chosen.chunksize):
