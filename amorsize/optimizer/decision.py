@@ -52,11 +52,18 @@ class _Decisions:
         self._lock = threading.Lock()
         self._max = max_entries
 
-    def recall(self, situation: tuple, profile: Profile, corrections: dict[str, float],
-               remaining: int, share: float) -> Plan | None:
-        made = self._get(situation)
-        if made is None:
+    def get(self, situation: tuple) -> _Made | None:
+        """The decision last made for this situation, however much has moved since."""
+        try:
+            with self._lock:
+                return self._entries.get(situation)
+        except TypeError:  # an unhashable key or option: never cached
             return None
+
+    @staticmethod
+    def reusable(made: _Made, profile: Profile, corrections: dict[str, float],
+                 remaining: int, share: float) -> Plan | None:
+        """``made``'s plan, if nothing that decided it moved (see the class)."""
         was = made.profile
         serial = made.plan.executor_type == "serial"
         # A serial plan has no chunk sizes cut for the items left (the call that measured left
@@ -83,11 +90,6 @@ class _Decisions:
             return None
         return made.plan
 
-    def last(self, situation: tuple) -> Plan | None:
-        """The plan last made for this situation, however much has moved since."""
-        made = self._get(situation)
-        return None if made is None else made.plan
-
     def remember(self, situation: tuple, made: _Made) -> None:
         try:
             with self._lock:
@@ -101,13 +103,6 @@ class _Decisions:
     def forget(self) -> None:
         with self._lock:
             self._entries.clear()
-
-    def _get(self, situation: tuple) -> _Made | None:
-        try:
-            with self._lock:
-                return self._entries.get(situation)
-        except TypeError:  # an unhashable key or option: never cached
-            return None
 
 
 _DECISIONS = _Decisions()
@@ -138,7 +133,9 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     situation = (key, n, workload.executors, workload.max_workers,
                  workload.min_speedup, workload.chunksize, start_method, cpus)
     share = 1.0 / (1 + workload.previous_runs)
-    known = _DECISIONS.recall(situation, profile, corrections, remaining, share)
+    made = _DECISIONS.get(situation)
+    known = None if made is None else _DECISIONS.reusable(made, profile, corrections, remaining,
+                                                          share)
     if known is not None and (known.executor_type == "serial" or plugins.get_pool(
             known.executor_type, known.n_jobs, False, start_method) is not None):
         # the prediction the run will be judged against is for this call's items, profile and
@@ -152,7 +149,7 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
         return known.replace(workload=workload, profile=profile, predictions=predictions,
                              reasons=[_describe(profile, workload), *known.reasons[1:]])
     plan, startup_matters = _decide(func, profile, workload, cpus, start_method, remaining,
-                                    corrections, share, _DECISIONS.last(situation))
+                                    corrections, share, None if made is None else made.plan)
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
                                          startup_matters, plan))
     return plan
@@ -281,8 +278,9 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
         candidate = cost_model.Candidate(last.executor_type, last.n_jobs, chunksize, 0.0)
         return dataclasses.replace(candidate, seconds=predict(candidate))
 
-    same = predicted(last.chunksize)
-    recut = min((predicted(c) for c in chunk_sizes), key=lambda c: c.seconds)
+    by_size = {c: predicted(c) for c in {*chunk_sizes, last.chunksize}}
+    same = by_size[last.chunksize]
+    recut = min((by_size[c] for c in chunk_sizes), key=lambda c: (c.seconds, c.chunksize))
     again = same if same_items and same.seconds <= recut.seconds * STAY_WITHIN else recut
     if (again.executor_type, again.n_jobs, again.chunksize) == (
             chosen.executor_type, chosen.n_jobs, chosen.chunksize):
