@@ -455,25 +455,24 @@ class AmorsizeBackend(ParallelBackendBase):
             return
         _settle(future, result=results)
 
-    def _measure(self, batch: Any, future: Future, done: list | None = None) -> list | None:
+    def _measure(self, batch: Any, future: Future) -> list | None:
         """Run the batch's tasks one at a time on the measuring thread, timing each, until the
         profile is good enough; then decide, and send what is left of the batch where the plan
         says (None: sent). A task still running after ``PROBE_WAIT_SECONDS`` is not waited for:
-        it is slow enough to decide on, and the rest of the call goes ahead meanwhile. ``done``:
-        results of the batch's first tasks, measured already (the overlap test's)."""
+        it is slow enough to decide on, and the rest of the call goes ahead meanwhile. The
+        batch's first tasks make the overlap test, when one is due."""
         cls, args = _batch_parts(batch)
         tasks, rest = args[0], args[1:]
-        results: list = [] if done is None else done
-        tests = overlap_tests(tasks, self._observed.profile().per_item_seconds) \
-            if self._overlap_tasks() else []
-        if tests:
-            measured = self._measure_overlap(cls, tests, rest)
+        results: list = []
+        while self._overlap_tasks():  # again if a test could not start (no overlap measured)
+            tests = overlap_tests(tasks, self._observed.profile().per_item_seconds)
+            measured = self._measure_overlap(cls, tests, rest) if tests else []
+            if not measured:
+                break
             results += measured
+            tasks = tasks[len(measured):]
             if self._probe_is_enough():
                 self._decide_from_probe()
-            if len(measured) == len(tasks):
-                return results
-            return self._measure(cls(tasks[len(measured):], *rest), future, results)
         on_measuring_thread = getattr(self.parallel, "timeout", None) is not None
         for i, task in enumerate(tasks):
             if self.plan is not None:
