@@ -10,10 +10,12 @@ pure-Python work that does not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
-from amorsize.optimizer.probe import PAIR_ITEMS, Probe, Sample, overlap_tests
+from amorsize.optimizer.probe import PAIR_ITEMS, Probe, Sample
 from amorsize.pools.worker import now, waits
 from amorsize_dask.graph import GraphWork, dependency_values, spread
 
@@ -21,13 +23,14 @@ MAX_SAMPLES = 4
 BUDGET_SHARE = 0.05
 
 
-def measure(work: GraphWork, cache: dict | None, thread_pair: Any = None) -> Sample | None:
+def measure(work: GraphWork, cache: dict | None,
+            thread_pair: Callable[[], AbstractContextManager[Any]] | None = None) -> Sample | None:
     """Run up to four root tasks and describe them (``amorsize.optimizer.probe``); None when the graph
     has no root task.
 
     Measuring stops early when it would cost more than 5% of the predicted total: a graph of
-    four one-second tasks is measured on one of them, not run serially. ``thread_pair`` is a
-    two-thread pool (or None) used for the two-at-once test.
+    four one-second tasks is measured on one of them, not run serially. ``thread_pair()`` leases
+    the two-thread pool of the two-at-once test, when there is one to make (None: no test).
     """
     keys = spread(work.roots, MAX_SAMPLES)
     if not keys:
@@ -50,11 +53,8 @@ def measure(work: GraphWork, cache: dict | None, thread_pair: Any = None) -> Sam
     # its tasks are at most a quarter of the graph's rather than within the budget above
     affordable = max(0, min(PAIR_ITEMS, work.n_tasks // 4 - len(results)))
     candidates = [k for k in spread(work.roots, len(results) + affordable) if k not in results]
-    tests = overlap_tests(candidates[:affordable], probe.profile().per_item_seconds)
-    if thread_pair is not None and tests:
-        made = probe.overlap_on(thread_pair, tests, partial(_run_nodes, work, cache=cache))
-        for test, test_results in zip(tests, made):
-            results.update(zip(test, test_results))
+    results.update(probe.overlap_results(candidates[:affordable],
+                                         partial(_run_nodes, work, cache=cache), thread_pair))
     return Sample(probe.profile(), results)
 
 

@@ -91,12 +91,11 @@ def get(
             if executor is None:
                 executors = ("thread",)
         else:
-            if tasks.in_task() or inside_worker():
-                # nested in a worker: the test's two threads may be the ones waiting here
-                sample = measure(work, cache, None)
-            else:
-                with plugins.leased_pool("thread", 2) as pair:
-                    sample = measure(work, cache, pair)
+            # no overlap test when threads cannot be chosen, or nested in a worker (the test's
+            # two threads may be the ones waiting here)
+            threads = "thread" in executors and not (tasks.in_task() or inside_worker())
+            sample = measure(work, cache, partial(plugins.leased_pool, "thread", 2) if threads
+                             else None)
             profile = UNMEASURED if sample is None else sample.profile
             done = {} if sample is None else sample.results
         plugins.remember(shape, profile)

@@ -239,3 +239,22 @@ def test_compute_inside_a_task_runs_serially_instead_of_deadlocking():
 def test_unknown_executor_is_rejected_naming_the_argument():
     with pytest.raises(InvalidArgumentError, match="executor"):
         dask.delayed(inc)(1).compute(scheduler="amorsize", executor="gpu")
+
+
+@pytest.mark.parametrize(("executor", "tested"), [(None, True), ("serial", False)])
+def test_the_overlap_test_runs_only_where_threads_can_be_chosen(monkeypatch, executor, tested):
+    """A compute that may not run on threads leases no two-thread pool to test them."""
+    from amorsize import plugins
+
+    leases = []
+    real = plugins.leased_pool
+
+    def counted(executor_type, n_jobs, *args, **kwargs):
+        leases.append((executor_type, n_jobs))
+        return real(executor_type, n_jobs, *args, **kwargs)
+
+    monkeypatch.setattr(plugins, "leased_pool", counted)
+    values = [dask.delayed(spin)(i, 0.001) for i in range(200)]
+    options = {} if executor is None else {"executor": executor}
+    assert dask.compute(*values, scheduler="amorsize", **options) == tuple(range(200))
+    assert (("thread", 2) in leases) is tested

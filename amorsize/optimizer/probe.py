@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,20 @@ class Probe:
         results = [[*first, *second] for first, second in made]
         self.n_overlap += sum(map(len, results))
         return results
+
+    def overlap_results(self, keys: Sequence[Any], run: Callable[[list[Any]], list],
+                        lease: Callable[[], AbstractContextManager[Any]] | None) -> dict:
+        """The overlap test on ``keys`` (grouped by ``overlap_tests``), on the two-thread pool
+        that ``lease()`` holds, entered only when there is a test to make; None: no test (threads
+        not allowed, or nested in a worker whose threads may be the ones waiting). Returns
+        ``{key: result}`` of the calls made."""
+        tests = [] if lease is None else overlap_tests(keys, self.profile().per_item_seconds)
+        if lease is None or not tests:
+            return {}
+        with lease() as pool:
+            made = self.overlap_on(pool, tests, run)
+        return {key: result for test, results in zip(tests, made)
+                for key, result in zip(test, results)}
 
 
 def overlap_tests(keys: Sequence[Any], per_item: float) -> list[list[Any]]:

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from amorsize.optimizer.probe import Probe, Sample, overlap_tests
+from amorsize.optimizer.probe import Probe, Sample
 from amorsize.pools import worker
 
 BUDGET_SECONDS = 0.05
@@ -51,13 +51,8 @@ def measure(
     for wall, cpu, times in zip(walls, cpus, blocked):
         probe.observe(wall, cpu, times)
     probe.observe_shipping(func, [(items[i], results[i]) for i in list(results)[:3]])
-    tests = overlap_tests([i for i in pair_indices if i not in results],
-                          probe.profile().per_item_seconds)
-    if thread_pair is not None and tests:
-        with thread_pair() as pool:
-            made = probe.overlap_on(pool, tests, functools.partial(_run, func, items))
-        for test, test_results in zip(tests, made):
-            results.update(zip(test, test_results))
+    results.update(probe.overlap_results([i for i in pair_indices if i not in results],
+                                         functools.partial(_run, func, items), thread_pair))
     return Sample(probe.profile(), results)
 
 
