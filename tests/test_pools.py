@@ -13,6 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pool_helpers
 import pytest
+from control_helpers import run_script
 
 from amorsize import WorkerCrashedError
 from amorsize.pools.pool import SerialPool
@@ -197,3 +198,45 @@ def test_thread_pool_is_usable_from_many_threads_at_once(thread_pool):
     for t in threads:
         t.join()
     assert results == {i: [x * x for x in range(i, i + 5)] for i in range(16)}
+
+
+@pytest.mark.timeout(90)
+def test_an_executor_collected_on_its_own_manager_thread_does_not_hang_the_interpreter():
+    """Regression: CPython gh-125451 (before 3.12.8 and 3.13.1) hung one CI run at exit. A pool shut
+    down without waiting was collected by a garbage collection that started on its executor's
+    manager thread while that thread held the executor's shutdown lock; the executor's weakref
+    callback then waited for the same lock. Here the collection is made to start there."""
+    script = run_script("""
+        import gc
+        import os
+        from amorsize.pools.processes import ProcessPool
+        from amorsize.system import default_start_method
+        import pool_helpers
+
+        pool = ProcessPool(1, default_start_method())
+        assert pool.map(pool_helpers.square, [2]) == [4]
+        manager = pool._executor._executor_manager_thread
+        queue = pool._executor._call_queue
+        join_queue = queue.join_thread
+
+        def collect_then_join():  # runs on the manager thread, holding the shutdown lock
+            gc.collect()
+            join_queue()
+
+        queue.join_thread = collect_then_join
+        gc.disable()
+        pool.itself = pool  # only a garbage collection frees it
+        pool.shutdown(wait=False)
+        del pool, queue
+        manager.join(20)
+        if manager.is_alive():
+            print("hung", flush=True)
+            os._exit(1)  # the interpreter's exit would wait for the thread forever
+        print("ended", flush=True)
+    """)
+    try:
+        out, err = script.communicate(timeout=60)
+    finally:
+        script.kill()
+    assert out.strip() == "ended", err
+    assert script.returncode == 0, err

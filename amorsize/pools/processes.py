@@ -159,8 +159,11 @@ class ProcessPool(Pool):
                 self._shut_down = True
 
     def _stop_workers(self, wait: bool, force: bool) -> None:
+        # taken before shutdown, which forgets it
+        manager = getattr(self._executor, "_executor_manager_thread", None)
         if not force:
             self._executor.shutdown(wait=wait)
+            _hold_while_running(self._executor, manager)
             return
         deadline = time.monotonic() + _KILL_SECONDS
         while True:
@@ -182,9 +185,24 @@ class ProcessPool(Pool):
         for future in unsettled:
             future.fail_crashed()
         self._executor.shutdown(wait=False)
-        manager = getattr(self._executor, "_executor_manager_thread", None)
         if manager is not None and manager is not threading.current_thread():
             manager.join(_KILL_SECONDS)  # never wait longer for the executor's bookkeeping
+        _hold_while_running(self._executor, manager)
+
+
+# Executors shut down without waiting, each held until its manager thread has ended. Collected on
+# that thread while it holds the executor's shutdown lock (a garbage collection can start on any
+# thread), the executor's weakref callback takes the same lock and the interpreter hangs at exit:
+# CPython gh-125451, fixed in 3.12.8 and 3.13.1.
+_still_running: list[tuple[ProcessPoolExecutor, threading.Thread]] = []
+_still_running_lock = threading.Lock()
+
+
+def _hold_while_running(executor: ProcessPoolExecutor, manager: threading.Thread | None) -> None:
+    with _still_running_lock:
+        _still_running[:] = [held for held in _still_running if held[1].is_alive()]
+        if manager is not None and manager.is_alive():
+            _still_running.append((executor, manager))
 
 
 class _CrashAwareFuture(FollowingFuture):
