@@ -103,6 +103,17 @@ def test_a_plan_from_a_remembered_profile_says_so():
     assert "recalled" in again.explain().splitlines()[1]
 
 
+def test_a_recalled_plan_describes_its_profile_once_not_on_every_call(monkeypatch):
+    data = list(range(2000))
+    amorsize.optimize(square, data)
+    described = []
+    real = decision._describe
+    monkeypatch.setattr(decision, "_describe", lambda *a: described.append(1) or real(*a))
+    plans = [amorsize.optimize(square, data) for _ in range(3)]
+    assert len(described) <= 1
+    assert all("recalled: measured on" in plan.reasons[0] for plan in plans)
+
+
 def test_a_parallel_plan_is_kept_until_another_is_predicted_clearly_faster(monkeypatch):
     """Two configurations predicted within 10% of each other trade places with each run's noise
     (2 or 4 workers on 2 cores): the last plan stays until another is >10% faster."""

@@ -136,18 +136,20 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     made = _DECISIONS.get(situation)
     known = None if made is None else _DECISIONS.reusable(made, profile, corrections, remaining,
                                                           share)
-    if known is not None and (known.executor_type == "serial" or plugins.get_pool(
-            known.executor_type, known.n_jobs, False, start_method) is not None):
+    if made is not None and known is not None and (
+            known.executor_type == "serial" or plugins.get_pool(
+                known.executor_type, known.n_jobs, False, start_method) is not None):
         # the prediction the run will be judged against is for this call's items, profile and
         # corrections: a stale one would teach the next correction the wrong error
         predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
             known.executor_type, known.n_jobs, known.chunksize, profile, remaining, cpus,
             overheads.current(start_method), lambda e, j: True, share, corrections)}
-        if known.workload.recalled == workload.recalled:
-            return known.replace(workload=workload, profile=profile, predictions=predictions)
-        # the plan of the call that measured, now for a call that recalled: say so
-        return known.replace(workload=workload, profile=profile, predictions=predictions,
-                             reasons=[_describe(profile, workload), *known.reasons[1:]])
+        if known.workload.recalled != workload.recalled:
+            # the plan of the call that measured, now for calls that recall: say so, once
+            known = known.replace(workload=workload,
+                                  reasons=[_describe(profile, workload), *known.reasons[1:]])
+            _DECISIONS.remember(situation, dataclasses.replace(made, plan=known))
+        return known.replace(workload=workload, profile=profile, predictions=predictions)
     plan, startup_matters = _decide(func, profile, workload, cpus, start_method, remaining,
                                     corrections, share, None if made is None else made.plan)
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
