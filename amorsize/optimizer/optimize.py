@@ -60,7 +60,7 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
         )
     if data is None:
         raise InvalidArgumentTypeError("data must be an iterable of items, got None")
-    if not isinstance(data, Iterable):
+    if not isinstance(data, _PLAIN_SEQUENCES) and not isinstance(data, Iterable):
         raise InvalidArgumentTypeError(
             f"data must be an iterable of items (list, range, generator...), "
             f"got {type(data).__name__}"
@@ -70,7 +70,10 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
         start_method = system.default_start_method()  # checks AMORSIZE_START_METHOD
     asked: Mapping[str, object] = given
     defaults: Mapping[str, object] = DEFAULTS
-    if all(asked[name] is defaults[name] for name in _CHECKED):
+    for name in _CHECKED:
+        if asked[name] is not defaults[name]:
+            break
+    else:
         return  # the defaults are valid: a call in a loop skips the checks below
     resolve_n_jobs("n_jobs", given["n_jobs"], system.usable_cpus())
     if given["start_method"] is not None:
@@ -89,6 +92,8 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
     check_max_tasks_per_child(given["max_tasks_per_child"], start_method)
 
 
+# what most calls pass, known without asking the collections' abstract classes (slower)
+_PLAIN_SEQUENCES = (list, tuple, range)
 # the options check_arguments checks beyond the start method
 _CHECKED = ("n_jobs", "start_method", "chunksize", "sample_size", "executor", "min_speedup",
             "timeout", "initializer", "initargs", "max_tasks_per_child")
@@ -101,7 +106,7 @@ def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None,
     length gives up only its first ``sample_size`` items (measured from the head, since it
     cannot be spread over), the rest stays lazy.
     """
-    if isinstance(data, Sequence):
+    if isinstance(data, _PLAIN_SEQUENCES) or isinstance(data, Sequence):
         return data, len(data), None
     if hasattr(data, "__len__"):
         items = list(data)

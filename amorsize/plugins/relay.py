@@ -38,6 +38,7 @@ from amorsize.errors import (
 from amorsize.plan import Plan
 from amorsize.plugins import hookspecs
 from amorsize.pools.contract import PoolLike, missing_pool_members
+from amorsize.pools.pool import Pool
 from amorsize.workload import Workload
 
 ENTRY_POINT_GROUP = "amorsize"
@@ -351,7 +352,8 @@ def get_pool(executor: ExecutorType, n_jobs: int, create: bool = True,
         raise PluginError("<none>", "amorsize_get_pool", RuntimeError(
             f"no plugin provided a {executor} pool of {n_jobs} (was "
             f"{BUILTIN_NAMES[1]} unregistered?)"))
-    missing = [] if pool is None else missing_pool_members(pool)
+    # amorsize's own pools have every member by their class
+    missing = [] if pool is None or isinstance(pool, Pool) else missing_pool_members(pool)
     if missing:
         raise PluginError(by or "<unknown>", "amorsize_get_pool", TypeError(
             f"returned {type(pool).__name__}, which has no {', '.join(missing)}; a pool must "

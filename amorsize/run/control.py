@@ -144,7 +144,11 @@ class Run:
 
         # the pool's own future, collected by ``result``: no relaying future and no callbacks
         # per chunk (the caller collects every chunk itself, and resends one there if needed)
-        pool, future = self._on_pool(call)
+        pool = self.pool
+        try:
+            future = call(pool)
+        except errors.PoolClosedError:
+            pool, future = self._on_pool(call)
         with self._lock:
             self._inflight[future] = (token, indices)
             self._resendable[future] = (pool, call, 0)
