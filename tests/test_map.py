@@ -395,3 +395,18 @@ def test_a_callable_object_is_not_kept_alive_by_what_amorsize_remembers():
     del record
     gc.collect()
     assert ref() is None
+
+
+def test_results_measured_while_sampling_are_slotted_back_between_chunks_in_order():
+    from amorsize.run.mapping import _Merger
+
+    merger = _Merger({0: "r0", 5: "r5", 9: "r9"})
+    out = []
+    for chunk in (["r1", "r2"], ["r3", "r4", "r6"], ["r7", "r8"], ["r10"], ["r11", "r12"]):
+        out += merger.feed(chunk)
+    out += merger.rest()
+    assert out == [f"r{i}" for i in range(13)]
+    merger = _Merger({3: "r3"})
+    assert merger.feed(["r0", "r1"]) == ["r0", "r1"]
+    assert merger.feed(["r2", "r4"]) == ["r2", "r3", "r4"]
+    assert merger.feed(["r5"]) == ["r5"] and merger.rest() == []

@@ -98,7 +98,8 @@ class Run:
         self._max_tasks = workload.max_tasks_per_child
         self._stack = contextlib.ExitStack()
         self._inflight: dict[Future, tuple[float, Sequence[int] | None]] = {}
-        self._resendable: dict[Future, tuple[Any, Callable[[Any], Future], int]] = {}
+        # a chunk's pool, what to send again (func, items, token) and how often it was sent again
+        self._resendable: dict[Future, tuple[Any, tuple[Any, list, float], int]] = {}
         self._lock = threading.Lock()
         self._started = time.perf_counter()
 
@@ -130,7 +131,8 @@ class Run:
     def submit_chunk(self, func: Any, items: list, indices: Sequence[int] | None = None) -> Future:
         """Run ``func`` (as the pool prepared it) on ``items``; ``indices`` are their positions
         in the input, which a time limit needs to name the item that overran."""
-        self._check_not_cancelled()
+        if self.cancelled:
+            self._check_not_cancelled()
         # positive: items watched for the time limit; negative: only stoppable between items
         if self.timeout is not None:
             token = float(next(_tokens))
@@ -138,20 +140,18 @@ class Run:
             token = -float(next(_tokens))
         else:
             token = 0.0
-        def call(pool: Any) -> Future:
-            submitted: Future = pool.submit_chunk(func, items, token)
-            return submitted
-
         # the pool's own future, collected by ``result``: no relaying future and no callbacks
         # per chunk (the caller collects every chunk itself, and resends one there if needed)
+        chunk = (func, items, token)
         pool = self.pool
+        future: Future
         try:
-            future = call(pool)
+            future = pool.submit_chunk(*chunk)
         except errors.PoolClosedError:
-            pool, future = self._on_pool(call)
+            pool, future = self._on_pool(_chunk_call(chunk))
         with self._lock:
             self._inflight[future] = (token, indices)
-            self._resendable[future] = (pool, call, 0)
+            self._resendable[future] = (pool, chunk, 0)
         return future
 
     def result(self, future: Future) -> Any:
@@ -159,7 +159,7 @@ class Run:
         limit meanwhile; a chunk another run's cancel killed or dropped is sent again on a fresh
         pool (up to ``_RESENDS`` times)."""
         try:
-            return self._wait(future)
+            return future.result() if self.timeout is None else self._wait(future)
         except (BrokenProcessPool, CancelledError):
             again = self._resend(future)
             if again is None:
@@ -176,19 +176,18 @@ class Run:
             where = self._inflight.get(future)
         if entry is None or where is None:
             return None
-        pool, call, resends = entry
+        pool, chunk, resends = entry
         if not self.lost_to_another_run(pool) or resends >= _RESENDS:
             return None
         self._replace_pool(pool)
-        new_pool, again = self._on_pool(call)
+        new_pool, again = self._on_pool(_chunk_call(chunk))
         with self._lock:
             self._inflight[again] = where
-            self._resendable[again] = (new_pool, call, resends + 1)
+            self._resendable[again] = (new_pool, chunk, resends + 1)
         return again
 
     def _wait(self, future: Future) -> Any:
-        if self.timeout is None:
-            return future.result()
+        """A chunk's outcome, watching the time limit while it runs."""
         while True:
             try:
                 return future.result(timeout=WATCH_SECONDS)
@@ -204,7 +203,7 @@ class Run:
             self.n_done += n_items
             self.n_chunks += 1
             self.compute_seconds += compute_seconds
-        if not self.cancelled:
+        if self.progress and not self.cancelled:
             self._announce("advanced")
 
     def cancel(self) -> None:
@@ -355,6 +354,15 @@ class _RunFuture(FollowingFuture):
             self._attach(*self._run._on_pool(self._call))
         except BaseException as exc:  # noqa: BLE001 - delivered through the future
             self.set_exception(exc)
+
+
+def _chunk_call(chunk: tuple[Any, list, float]) -> Callable[[Any], Future]:
+    """A call that submits ``chunk`` (func, items, token) to the pool it is given."""
+    def call(pool: Any) -> Future:
+        submitted: Future = pool.submit_chunk(*chunk)
+        return submitted
+
+    return call
 
 
 def find_overrun(pool: Any, watched: dict[float, Sequence[int] | None],

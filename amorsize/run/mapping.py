@@ -304,6 +304,9 @@ class _Merger:
         self.pos = 0
 
     def feed(self, results: list) -> list:
+        if self.next == len(self.order):  # nothing left to slot in
+            self.pos += len(results)
+            return results
         out: list = []
         i = 0
         while i < len(results) or self._due():
