@@ -97,10 +97,11 @@ def process_seconds(
     # every chunk carries the function too (by value: a closure or __main__ function may be big)
     moved = (n * (profile.arg_bytes + profile.result_bytes) + n_chunks * profile.func_bytes) \
         * ovh.process_per_byte
-    parent = n_chunks * ovh.process_per_chunk + moved + n * profile.pickle_seconds / 2
+    shipping = moved + n * profile.pickle_seconds / 2
+    parent = n_chunks * ovh.process_per_chunk + shipping
     in_workers = n * (t + profile.pickle_seconds / 2)
-    if workers >= cpus:
-        compute = in_workers / usable + parent / cpus
+    if workers >= cpus:  # every core computes: each chunk's handling (both ends) takes from it
+        compute = in_workers / usable + (n_chunks * ovh.process_busy_per_chunk + shipping) / cpus
     else:
         compute = in_workers / usable
     waves = math.ceil(n_chunks / workers) * chunksize * t

@@ -467,6 +467,14 @@ def call(func: Any, args: tuple, kwargs: dict) -> Any:
         _leave()
 
 
+def spin(cpu_seconds: float) -> None:
+    """Compute for ``cpu_seconds`` of this process's CPU time (not wall time: a worker waiting for
+    a busy core takes longer, as real work would). Measures what chunks cost busy workers."""
+    end = time.process_time() + cpu_seconds
+    while time.process_time() < end:
+        pass
+
+
 def pid_after(seconds: float) -> int:
     """Stay busy briefly, then tell which worker ran: used to start every worker of a pool."""
     time.sleep(seconds)
