@@ -44,6 +44,13 @@ def test_the_profile_tells_whether_costs_follow_the_input_order():
         shuffled.observe(ms * 1e-3, ms * 1e-3)
     assert rising.profile().cost_trend == pytest.approx(1.0)
     assert abs(shuffled.profile().cost_trend) < 0.5
+    # observed out of input order: what counts is each call's position in the input
+    out_of_order = probe.Probe("test")
+    for position, ms in zip((3, 0, 7, 1, 6, 2, 5, 4), (9, 1, 8, 2, 7, 3, 6, 5)):
+        out_of_order.observe(ms * 1e-3, ms * 1e-3, position=position)
+    assert out_of_order.profile().cost_trend == pytest.approx(1.0)
+    assert probe.rank_correlation([9.0, 1, 2, 3, 4, 5, 6, 7], [0, 7, 6, 5, 4, 3, 2, 1]) == \
+        pytest.approx(-1.0)
 
 
 def test_sizes_are_measured_with_the_serializer_the_pools_use():

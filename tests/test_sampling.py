@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
+import time
 
 from core_helpers import burn, nap, square
 
@@ -62,4 +64,21 @@ def test_sampling_stops_early_on_expensive_items():
     slow = functools.partial(nap, seconds=0.03)
     sample = sampling.measure(slow, list(range(100)), list(range(0, 100, 10)))
     assert sample.profile.n_measured == 2
-    assert sorted(sample.results) == [0, 10]
+    assert list(sample.results) == sampling.shuffled(list(range(0, 100, 10)))[:2]
+    assert all(sample.results[i] == i for i in sample.results)
+
+
+def test_items_are_timed_out_of_input_order_so_drift_in_time_is_no_cost_trend():
+    """Calls that get slower with time (a warming cache, a CPU's clock) on items that cost the
+    same looked like costs rising along the input when items were timed in input order."""
+    indices = sampling.spread_indices(100, 8)
+    order = sampling.shuffled(indices)
+    assert sorted(order) == indices and order != indices
+    assert order == sampling.shuffled(indices)  # the same every call
+    calls = itertools.count()
+    drifting = sampling.measure(lambda x: time.sleep(next(calls) * 3e-4) or x,
+                                list(range(100)), indices)
+    assert abs(drifting.profile.cost_trend) < 0.5
+    rising = sampling.measure(lambda x: time.sleep(x * 3e-5) or x, list(range(100)), indices)
+    assert rising.profile.cost_trend > 0.7
+    assert rising.results == {i: i for i in indices}

@@ -56,6 +56,7 @@ class Probe:
     def __init__(self, measured_by: str) -> None:
         self.measured_by = measured_by
         self.walls: list[float] = []
+        self.positions: list[float] = []
         self.cpus: list[float] = []
         self.blocked: list[int] = []
         self.pickling: dict[str, Any] = {}
@@ -70,9 +71,12 @@ class Probe:
         """Wall time of the calls observed so far."""
         return sum(self.walls)
 
-    def observe(self, wall: float, cpu: float, blocked: int = -1) -> None:
+    def observe(self, wall: float, cpu: float, blocked: int = -1,
+                position: float | None = None) -> None:
         """One call that took ``wall`` seconds, ``cpu`` of them on this process's CPUs, during
-        which its thread blocked ``blocked`` times (-1: unknown; see ``worker.waits``)."""
+        which its thread blocked ``blocked`` times (-1: unknown; see ``worker.waits``), on the
+        item at ``position`` in the input (default: calls are observed in input order)."""
+        self.positions.append(len(self.walls) if position is None else position)
         self.walls.append(wall)
         self.cpus.append(cpu)
         self.blocked.append(blocked)
@@ -95,7 +99,7 @@ class Probe:
         return Profile(
             per_item_seconds=per_item,
             per_item_spread=spread,
-            cost_trend=rank_correlation(walls),
+            cost_trend=rank_correlation(walls, self.positions),
             cpu_ratio=cpu_ratio,
             thread_scaling=self.thread_scaling,
             n_measured=len(walls) + self.n_overlap,
@@ -282,16 +286,27 @@ def _unpin_new_threads(before: set[str]) -> None:
             os.sched_setaffinity(int(tid), cores)
 
 
-def rank_correlation(values: Sequence[float]) -> float:
-    """Spearman's rank correlation of ``values`` with their order, -1 to 1 (tied values share
-    their mean rank): whether costs rise or fall along the input, as the sampled items and
-    joblib's batches are observed in input order. The first call is left out (it pays for
-    warm-up), and fewer than 7 after it say nothing: 4 random values are in order or reversed
-    1 time in 12."""
+def rank_correlation(values: Sequence[float], positions: Sequence[float] | None = None) -> float:
+    """Spearman's rank correlation of ``values`` with ``positions`` (default: their order), -1
+    to 1 (tied values share their mean rank): whether costs rise or fall along the input. The
+    first call observed is left out (it pays for warm-up), and fewer than 7 after it say
+    nothing: 4 random values are in order or reversed 1 time in 12."""
     values = values[1:]
     n = len(values)
     if n < 7:
         return 0.0
+    value_ranks = _ranks(values)
+    position_ranks = _ranks(positions[1:]) if positions is not None else [float(i) for i in range(n)]
+    mean = (n - 1) / 2
+    covariance = sum((r - mean) * (p - mean) for r, p in zip(value_ranks, position_ranks))
+    spread = math.sqrt(sum((r - mean) ** 2 for r in value_ranks)
+                       * sum((p - mean) ** 2 for p in position_ranks))
+    return covariance / spread if spread > 0 else 0.0
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """0-based ranks of ``values``, ties sharing their mean rank."""
+    n = len(values)
     order = sorted(range(n), key=values.__getitem__)
     ranks = [0.0] * n
     start = 0
@@ -302,10 +317,7 @@ def rank_correlation(values: Sequence[float]) -> float:
         for k in range(start, end + 1):
             ranks[order[k]] = (start + end) / 2
         start = end + 1
-    mean = (n - 1) / 2
-    covariance = sum((r - mean) * (i - mean) for i, r in enumerate(ranks))
-    spread = math.sqrt(sum((r - mean) ** 2 for r in ranks) * sum((i - mean) ** 2 for i in range(n)))
-    return covariance / spread if spread > 0 else 0.0
+    return ranks
 
 
 def typical_seconds(walls: list[float]) -> float:

@@ -1,15 +1,18 @@
 """Which items of a sequence to measure, and where: ``map``/``imap``/``optimize``'s side of the
 probe.
 
-Items are picked spread across the data (sorted data makes the first few lie), each is run once,
-and its result is kept so that running the plan afterwards never calls the function on that item
-again: measuring costs nothing beyond the lost parallelism of a few calls. What the calls took
-becomes a profile in ``amorsize.optimizer.probe``, as it does for every front end.
+Items are picked spread across the data (sorted data makes the first few lie) and timed in a
+shuffled order, so that what drifts with time (warm-up, a CPU's clock) is not taken for costs
+rising along the input, and a budget spent early leaves no part of the input unmeasured. Each is
+run once, and its result is kept so that running the plan afterwards never calls the function on
+that item again: measuring costs nothing beyond the lost parallelism of a few calls. What the
+calls took becomes a profile in ``amorsize.optimizer.probe``, as it does for every front end.
 """
 
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +26,13 @@ def spread_indices(n: int, k: int) -> list[int]:
     """``k`` indices in ``range(n)``, one in the middle of each of ``k`` equal strata."""
     k = min(n, k)
     return sorted({min(n - 1, int((i + 0.5) * n / k)) for i in range(k)})
+
+
+def shuffled(indices: list[int]) -> list[int]:
+    """``indices`` in an order that does not follow the input's, the same on every call."""
+    order = list(indices)
+    random.Random(len(order)).shuffle(order)
+    return order
 
 
 def measure(
@@ -41,15 +51,16 @@ def measure(
     them (``worker.run_timed``'s contract; default: here, in the calling thread) -- on a
     process worker when the caller forced processes, so a crash there never kills the caller.
     Errors in ``func`` propagate."""
-    chosen = [items[i] for i in indices]
+    order = shuffled(indices)
+    chosen = [items[i] for i in order]
     if run_timed is None:
         outs, walls, cpus, blocked = worker.run_timed(func, chosen, BUDGET_SECONDS)
     else:
-        outs, walls, cpus, blocked = run_timed(func, chosen, indices, BUDGET_SECONDS)
-    results: dict[int, Any] = dict(zip(indices, outs))
+        outs, walls, cpus, blocked = run_timed(func, chosen, order, BUDGET_SECONDS)
+    results: dict[int, Any] = dict(zip(order, outs))
     probe = Probe("sampling")
-    for wall, cpu, times in zip(walls, cpus, blocked):
-        probe.observe(wall, cpu, times)
+    for wall, cpu, times, position in zip(walls, cpus, blocked, order):
+        probe.observe(wall, cpu, times, position)
     probe.observe_shipping(func, [(items[i], results[i]) for i in list(results)[:3]])
     results.update(probe.overlap_results([i for i in pair_indices if i not in results],
                                          functools.partial(_run, func, items), thread_pair))
