@@ -111,7 +111,7 @@ def test_an_error_stops_this_runs_busy_process_workers_and_the_pool_is_replaced(
 
 
 def test_a_run_that_finished_its_work_leaves_the_shared_pool_alone():
-    with Run(amorsize.optimize(sleep_on, range(8), executor="thread", n_jobs=2)) as run:
+    with Run(amorsize.optimize(sleep_on, range(5), executor="thread", n_jobs=2)) as run:
         pool = run.pool
         assert run.result(run.submit(sleep_on, 1)) == 1
         run.cancel()
@@ -119,7 +119,7 @@ def test_a_run_that_finished_its_work_leaves_the_shared_pool_alone():
 
 
 def test_a_cancelled_run_refuses_more_work():
-    with Run(amorsize.optimize(sleep_on, range(8), executor="thread", n_jobs=2)) as run:
+    with Run(amorsize.optimize(sleep_on, range(5), executor="thread", n_jobs=2)) as run:
         run.cancel()
         with pytest.raises(amorsize.RunCancelledError):
             run.submit(sleep_on, 1)
@@ -169,7 +169,7 @@ def test_imap_over_a_generator_streams_its_first_results_after_about_one_item():
 
 
 def test_imap_chunks_start_small_and_grow_for_an_iterator_of_unknown_length():
-    plan = amorsize.optimize(sleep_on, iter(range(10_000)), executor="thread", n_jobs=2,
+    plan = amorsize.optimize(sleep_on, iter(range(6, 10_006)), executor="thread", n_jobs=2,
                              chunksize=64)
     from amorsize.run.mapping import _chunk_sizes
 
