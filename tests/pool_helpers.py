@@ -96,3 +96,7 @@ def wait_until_gone(pids: object, timeout: float = 10.0) -> set[int]:
         time.sleep(0.05)
         left = alive(left)
     return left
+
+
+class Marker:
+    """An initializer argument whose lifetime a test can watch (weakly referenced)."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
 import signal
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 
@@ -202,10 +204,12 @@ def test_thread_pool_is_usable_from_many_threads_at_once(thread_pool):
 
 @pytest.mark.timeout(90)
 def test_an_executor_collected_on_its_own_manager_thread_does_not_hang_the_interpreter():
-    """Regression: CPython gh-125451 (before 3.12.8 and 3.13.1) hung one CI run at exit. A pool shut
-    down without waiting was collected by a garbage collection that started on its executor's
-    manager thread while that thread held the executor's shutdown lock; the executor's weakref
-    callback then waited for the same lock. Here the collection is made to start there."""
+    """Regression: CPython gh-125451 (3.12.0-3.12.7 and 3.13.0, where the manager thread joins
+    its queue holding the shutdown lock; 3.11 cannot hang this way) hung one CI run at exit. A
+    pool shut down without waiting was collected by a garbage collection that started on its
+    executor's manager thread while that thread held the executor's shutdown lock; the
+    executor's weakref callback then waited for the same lock. Here the collection is made to
+    start there."""
     script = run_script("""
         import gc
         import os
@@ -252,3 +256,21 @@ def test_process_overheads_are_measured_on_the_pool_including_a_chunk_on_busy_co
     figures = overheads._process_figures(process_pool)
     assert 0 < figures["process_per_chunk"] < 0.05
     assert overheads._MIN_BUSY_PER_CHUNK <= figures["process_busy_per_chunk"] < 0.05
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_shut_down_without_waiting_lets_go_of_its_initializer_arguments():
+    """Held until its manager thread ends (see the test above), and not longer."""
+    marker = pool_helpers.Marker()
+    watch = weakref.ref(marker)
+    pool = ProcessPool(1, default_start_method(), initializer=pool_helpers.set_marker,
+                       initargs=(marker,))
+    manager = pool._executor._executor_manager_thread
+    pool.shutdown(wait=False)
+    del pool, marker
+    manager.join(20)
+    deadline = time.monotonic() + 10
+    while watch() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert watch() is None

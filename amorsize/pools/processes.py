@@ -190,19 +190,22 @@ class ProcessPool(Pool):
         _hold_while_running(self._executor, manager)
 
 
-# Executors shut down without waiting, each held until its manager thread has ended. Collected on
-# that thread while it holds the executor's shutdown lock (a garbage collection can start on any
-# thread), the executor's weakref callback takes the same lock and the interpreter hangs at exit:
-# CPython gh-125451, fixed in 3.12.8 and 3.13.1.
-_still_running: list[tuple[ProcessPoolExecutor, threading.Thread]] = []
-_still_running_lock = threading.Lock()
-
-
 def _hold_while_running(executor: ProcessPoolExecutor, manager: threading.Thread | None) -> None:
-    with _still_running_lock:
-        _still_running[:] = [held for held in _still_running if held[1].is_alive()]
-        if manager is not None and manager.is_alive():
-            _still_running.append((executor, manager))
+    """Keep an executor shut down without waiting referenced until its manager thread has ended.
+
+    Collected on that thread while it holds the executor's shutdown lock (a garbage collection
+    can start on any thread), the executor's weakref callback takes the same lock and the
+    interpreter hangs at exit: CPython gh-125451, in 3.12.0-3.12.7 and 3.13.0. A short-lived
+    daemon thread holds it instead, and lets go of it (and of what it holds: the initializer's
+    arguments, the board) as soon as the manager thread is gone."""
+    if manager is not None and manager.is_alive():
+        threading.Thread(target=_release_after, args=(manager, executor),
+                         name="amorsize-executor-release", daemon=True).start()
+
+
+def _release_after(manager: threading.Thread, executor: ProcessPoolExecutor) -> None:
+    manager.join()
+    del executor  # dropped here, where no executor lock is held
 
 
 class _CrashAwareFuture(FollowingFuture):
