@@ -246,18 +246,6 @@ def test_an_executor_collected_on_its_own_manager_thread_does_not_hang_the_inter
     assert script.returncode == 0, err
 
 
-def test_process_overheads_are_measured_on_the_pool_including_a_chunk_on_busy_cores(process_pool):
-    from amorsize.optimizer import overheads
-    from amorsize.pools import worker
-
-    before = time.process_time()
-    worker.spin(0.02)
-    assert time.process_time() - before >= 0.02  # CPU time, not wall time
-    figures = overheads._process_figures(process_pool)
-    assert 0 < figures["process_per_chunk"] < 0.05
-    assert overheads._MIN_BUSY_PER_CHUNK <= figures["process_busy_per_chunk"] < 0.05
-
-
 @pytest.mark.timeout(60)
 def test_a_pool_shut_down_without_waiting_lets_go_of_its_initializer_arguments():
     """Held until its manager thread ends (see the test above), and not longer."""

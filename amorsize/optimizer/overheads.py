@@ -19,7 +19,7 @@ from amorsize import system
 from amorsize.pools import worker
 
 _START_DEFAULTS = {"fork": 0.008, "forkserver": 0.045, "spawn": 0.12}
-_MIN_BUSY_PER_CHUNK = 20e-6
+_MOST_BUSY_PER_IDLE = 10.0
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,9 @@ class Overheads:
     """Seconds (or seconds per byte) that a pool adds to the work itself.
 
     ``process_start`` and ``thread_start`` are per worker (zero for a warm pool);
-    ``*_per_chunk`` is the parent's cost to hand out one chunk and collect its result;
-    ``process_busy_per_chunk`` is what a chunk costs in CPU time (parent's and worker's) when
-    the workers compute on every core, where the parent's threads and each worker's unpacking
-    take the cores from the work;
+    ``thread_per_chunk`` and ``process_per_chunk`` are the parent's cost to hand out one chunk
+    and collect its result; ``process_busy_per_chunk`` is what a chunk costs the cores (both
+    ends' handling, a core waiting for the next chunk) when the workers compute on all of them;
     ``process_latency`` is one round trip of a tiny task (the pipeline's fill and drain);
     ``process_per_byte`` is moving one pickled byte between parent and worker.
     """
@@ -103,13 +102,16 @@ def _process_figures(pool: Any) -> dict[str, float]:
         pool.submit_chunk(func, [payload]).result()
         moves.append(time.perf_counter() - t0)
     per_byte = max(0.0, statistics.median(moves) - latency) / len(payload)
-    return {
+    figures = {
         "process_latency": latency,
         "process_per_chunk": per_chunk,
-        "process_busy_per_chunk": _busy_per_chunk(pool),
         "process_per_byte": max(0.2e-9, per_byte),
         "process_start": max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
     }
+    busy = _busy_per_chunk(pool, per_chunk)
+    if busy is not None:
+        figures["process_busy_per_chunk"] = busy
+    return figures
 
 
 def _per_chunk(pool: Any, count: int) -> float:
@@ -121,14 +123,19 @@ def _per_chunk(pool: Any, count: int) -> float:
     return (time.perf_counter() - t0) / count
 
 
-def _busy_per_chunk(pool: Any, items: int = 8, cpu_seconds: float = 0.5e-3) -> float:
-    """CPU seconds per chunk while every worker computes: the same work sent as single items
-    and as one chunk per worker; the difference, spread over the cores that ran it, per extra
-    chunk. On 2 busy cores a chunk cost 400-600 µs of CPU here, 3-4 times what it costs idle
-    workers (``_per_chunk``): 2 workers ran a heavy-tailed workload 5-10% slower in chunks of 4
-    than of 16, where the idle figure predicted them equal."""
-    func = pool.prepare(worker.spin)
+def _busy_per_chunk(pool: Any, idle: float, items: int = 8,
+                    cpu_seconds: float = 0.5e-3) -> float | None:
+    """What a chunk costs the cores while every worker computes: the same work sent as single
+    items and as one chunk per worker; the difference, spread over the cores, per extra chunk.
+    On 2 busy cores a chunk cost 300-500 µs here, 3-4 times what it costs idle workers
+    (``idle``): 2 workers ran a heavy-tailed workload 5-10% slower in chunks of 4 than of 16,
+    where the idle figure predicted them equal. None for a pool too small to keep every core
+    busy (its figure would be the idle one: 1 worker on 2 cores measured 40 µs); the figure is
+    kept between the idle one and ten times it, whatever one noisy run measured."""
     n = pool.n_jobs
+    if n < system.usable_cpus():
+        return None
+    func = pool.prepare(worker.spin)
 
     def took(chunksize: int) -> float:
         t0 = time.perf_counter()
@@ -142,9 +149,9 @@ def _busy_per_chunk(pool: Any, items: int = 8, cpu_seconds: float = 0.5e-3) -> f
     for _ in range(3):
         singles.append(took(1))
         whole.append(took(items))
-    cores = min(n, system.usable_cpus())
     extra = max(0.0, min(singles) - min(whole))
-    return max(_MIN_BUSY_PER_CHUNK, extra * cores / (n * items - n))
+    measured = extra * system.usable_cpus() / (n * items - n)
+    return min(_MOST_BUSY_PER_IDLE * idle, max(idle, measured))
 
 
 def forget() -> None:
