@@ -114,6 +114,28 @@ def test_a_recalled_plan_describes_its_profile_once_not_on_every_call(monkeypatc
     assert all("recalled: measured on" in plan.reasons[0] for plan in plans)
 
 
+def test_the_plan_kept_for_a_situation_stays_the_one_made_for_the_call_that_measured():
+    """Its chunk size was cut for the items that call left; the next decision compares its
+    item count with that call's (a recalling call's would hide the difference)."""
+    data = list(range(2000))
+    first = amorsize.optimize(square, data)
+    assert first.workload.already_done > 0
+    amorsize.optimize(square, data)
+    made = next(m for k, m in decision._DECISIONS._entries.items() if k[0] == first.workload.key)
+    assert made.plan.workload.already_done == first.workload.already_done
+    assert made.told_recalled is not None and "recalled" in made.told_recalled.reasons[0]
+
+
+def test_a_recalled_plan_says_when_its_profile_comes_from_runs():
+    data = list(range(2000))
+    amorsize.optimize(square, data)
+    assert "recalled: measured on" in amorsize.optimize(square, data).reasons[0]
+    amorsize.map(square, data)  # the run's per-item time is folded in
+    again = amorsize.optimize(square, data)
+    assert again.profile.measured_by == "runs"
+    assert "recalled from earlier runs" in again.reasons[0]
+
+
 def test_a_parallel_plan_is_kept_until_another_is_predicted_clearly_faster(monkeypatch):
     """Two configurations predicted within 10% of each other trade places with each run's noise
     (2 or 4 workers on 2 cores): the last plan stays until another is >10% faster."""

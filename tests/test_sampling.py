@@ -76,9 +76,9 @@ def test_items_are_timed_out_of_input_order_so_drift_in_time_is_no_cost_trend():
     assert sorted(order) == indices and order != indices
     assert order == sampling.shuffled(indices)  # the same every call
     calls = itertools.count()
-    drifting = sampling.measure(lambda x: time.sleep(next(calls) * 3e-4) or x,
+    drifting = sampling.measure(lambda x: time.sleep(next(calls) * 1e-3) or x,
                                 list(range(100)), indices)
     assert abs(drifting.profile.cost_trend) < 0.5
-    rising = sampling.measure(lambda x: time.sleep(x * 3e-5) or x, list(range(100)), indices)
+    rising = sampling.measure(lambda x: time.sleep(x * 8e-5) or x, list(range(100)), indices)
     assert rising.profile.cost_trend > 0.7
     assert rising.results == {i: i for i in indices}

@@ -39,6 +39,8 @@ class _Made:
     share: float
     startup_matters: bool  # a serial plan that a warm pool would have made parallel
     plan: Plan
+    # the plan's reasons as told to calls that recall the profile, with the profile they tell of
+    told_recalled: Plan | None = None
 
 
 class _Decisions:
@@ -136,7 +138,7 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     made = _DECISIONS.get(situation)
     known = None if made is None else _DECISIONS.reusable(made, profile, corrections, remaining,
                                                           share)
-    if made is not None and known is not None and (
+    if made is not None and known is not None and (  # (made: for the type checker)
             known.executor_type == "serial" or plugins.get_pool(
                 known.executor_type, known.n_jobs, False, start_method) is not None):
         # the prediction the run will be judged against is for this call's items, profile and
@@ -144,12 +146,18 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
         predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
             known.executor_type, known.n_jobs, known.chunksize, profile, remaining, cpus,
             overheads.current(start_method), lambda e, j: True, share, corrections)}
+        reasons = known.reasons
         if known.workload.recalled != workload.recalled:
-            # the plan of the call that measured, now for calls that recall: say so, once
-            known = known.replace(workload=workload,
-                                  reasons=[_describe(profile, workload), *known.reasons[1:]])
-            _DECISIONS.remember(situation, dataclasses.replace(made, plan=known))
-        return known.replace(workload=workload, profile=profile, predictions=predictions)
+            # the plan of the call that measured, now for calls that recall: told again only
+            # when the profile's source changes (sampling, then runs), not on every call
+            told = made.told_recalled
+            if told is None or told.profile.measured_by != profile.measured_by:
+                told = known.replace(profile=profile,
+                                     reasons=[_describe(profile, workload), *known.reasons[1:]])
+                _DECISIONS.remember(situation, dataclasses.replace(made, told_recalled=told))
+            reasons = told.reasons
+        return known.replace(workload=workload, profile=profile, predictions=predictions,
+                             reasons=reasons)
     plan, startup_matters = _decide(func, profile, workload, cpus, start_method, remaining,
                                     corrections, share, None if made is None else made.plan)
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
