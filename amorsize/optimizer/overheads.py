@@ -7,6 +7,7 @@ time the optimizer considers processes seriously, it measures them on the (then 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
 import threading
@@ -55,9 +56,13 @@ _lock = threading.Lock()
 def current(start_method: str) -> Overheads:
     """The best figures known for this start method: measured if they have been, else defaults."""
     found = _cache.get(start_method)
-    if found is None:
-        found = Overheads(process_start=_START_DEFAULTS.get(start_method, 0.1))
-    return found
+    return found if found is not None else _defaults(start_method)
+
+
+@functools.cache
+def _defaults(start_method: str) -> Overheads:
+    """Made once per start method: every decision and every reused plan asks for them."""
+    return Overheads(process_start=_START_DEFAULTS.get(start_method, 0.1))
 
 
 def measure_threads(pool: Any, start_method: str) -> Overheads:
