@@ -85,26 +85,32 @@ def _timed(run: Callable[[], list], repeat: int) -> tuple[float, list]:
     return time.perf_counter() - t0, result
 
 
+_KEY_WIDTH = 22  # the longest key: process_busy_per_chunk
+
+
 def show_info(measure: bool) -> int:
     from amorsize import plugins, system
     from amorsize.optimizer import overheads
 
     for key, value in system.describe().items():
-        print(f"{key:>20}: {value}")
+        print(f"{key:>{_KEY_WIDTH}}: {value}")
     try:
         import numpy  # noqa: F401 - loads the BLAS library so threadpoolctl can report it
     except ImportError:
         pass
     pools = system.blas_pools()
-    print(f"{'blas_pools':>20}: {pools or 'none loaded'}")
+    print(f"{'blas_pools':>{_KEY_WIDTH}}: {pools or 'none loaded'}")
     method = system.default_start_method()
     if measure:
         overheads.measure_threads(plugins.get_pool("thread", 2), method)
-        overheads.measure_processes(plugins.get_pool("process", 2, start_method=method), method)
+        # a worker per core: the figure for chunks on busy cores needs every core computing
+        workers = max(2, system.usable_cpus())
+        overheads.measure_processes(plugins.get_pool("process", workers, start_method=method),
+                                    method)
     ovh = overheads.current(method)
-    print(f"{'overheads':>20}: " + ("measured" if ovh.measured else "defaults until measured"))
+    print(f"{'overheads':>{_KEY_WIDTH}}: " + ("measured" if ovh.measured else "defaults until measured"))
     for key, value in ovh.as_dict().items():
-        print(f"{key:>20}: {value:.3g}")
+        print(f"{key:>{_KEY_WIDTH}}: {value:.3g}")
     return 0
 
 

@@ -31,6 +31,7 @@ def test_info_measure_reports_measured_pool_overheads():
     out = run("info", "--measure")
     assert out.returncode == 0, out.stderr
     assert "overheads: measured" in out.stdout
+    assert "process_busy_per_chunk: " in out.stdout  # measured on a worker per core
 
 
 @pytest.mark.timeout(300)
