@@ -198,11 +198,16 @@ class AmorsizeBackend(ParallelBackendBase):
         self._reset_call()
 
     def stop_call(self) -> None:
-        """Tell the optimizer what the call took, so the next call of this function starts right."""
+        """Tell the optimizer what the call took, so the next call of this function starts right;
+        a serial call, kept quiet while it ran, says once that it is done."""
+        quiet_serial = self._verbose is not None and self.plan is not None \
+            and self.plan.executor_type == "serial" and not self._aborting
         try:
             self._report()
         finally:
             self._close_run()
+        if quiet_serial and self.parallel is not None:
+            self.parallel.print_progress()
 
     def _report(self) -> None:
         key, plan, run = self._key, self.plan, self._run
@@ -256,7 +261,7 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def submit(self, func: Any, callback: Callable | None = None) -> Future:
         """Run one joblib batch per the plan (measuring first if the function is new)."""
-        if self.plan is not None:
+        if self.plan is not None and self.plan.executor_type != "serial":
             self._speak_again()  # the batches measured have all completed, quietly
         future: Future = Future()
         if callback is not None:
@@ -327,12 +332,13 @@ class AmorsizeBackend(ParallelBackendBase):
         elif self.executor is not None and self.executor != "serial":
             self._use_forced_executor(self.executor)
         else:
-            self._quiet_while_measuring()
+            self._quiet()
 
-    def _quiet_while_measuring(self) -> None:
-        """Hold joblib's progress lines back until the plan is made: a measured task completes
-        before joblib knows it is iterating, so its ``verbose`` would print "Done 1 out of 1 ...
-        finished" for each of them."""
+    def _quiet(self) -> None:
+        """Hold joblib's progress lines back while tasks run in the calling thread (measured
+        ones, and a serial plan's batches): each completes inside joblib's first dispatch,
+        before joblib knows it is iterating, so its ``verbose`` would print "Done N out of N ...
+        finished" for each batch (20 such lines for 1,000 tasks)."""
         parallel = self.parallel
         verbose: int = getattr(parallel, "verbose", 0) or 0
         if parallel is not None and verbose:
@@ -386,6 +392,8 @@ class AmorsizeBackend(ParallelBackendBase):
         self._run = run
         self.plan = plan
         self._say_plan(plan)
+        if plan.executor_type == "serial":
+            self._quiet()
 
     def _say_plan(self, plan: Plan) -> None:
         """With ``verbose``, tell what runs the call: joblib's "concurrent workers" line is

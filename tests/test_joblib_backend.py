@@ -252,3 +252,17 @@ def test_verbose_prints_no_stray_finished_lines_while_measuring(capsys):
     err = capsys.readouterr().err
     assert "Done   1 out of   1" not in err and "Done   2 out of   2" not in err
     assert err.count("finished") == 1
+
+
+@pytest.mark.parametrize("calls", [1, 2])  # measuring, then recalled
+def test_a_serial_call_says_once_that_it_is_done(capsys, calls):
+    """Its batches run in the calling thread inside joblib's first dispatch, where joblib takes
+    each completion for the end: 20 "finished" lines for 1,000 tasks, 4 on the next call."""
+    with parallel_config(backend="amorsize"):
+        for _ in range(calls):
+            capsys.readouterr()
+            out = Parallel(n_jobs=2, verbose=10)(delayed(h.square)(i) for i in range(1000))
+    assert out == [i * i for i in range(1000)]
+    err = capsys.readouterr().err
+    assert "on the calling thread" in err
+    assert err.count("finished") == 1 and "Done 1000 out of 1000" in err
