@@ -199,14 +199,13 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def stop_call(self) -> None:
         """Tell the optimizer what the call took, so the next call of this function starts right;
-        a serial call, kept quiet while it ran, says once that it is done."""
-        quiet_serial = self._verbose is not None and self.plan is not None \
-            and self.plan.executor_type == "serial" and not self._aborting
+        a call kept quiet to its end (serial, or measured throughout) says once that it is done."""
+        quiet = self._verbose is not None and not self._aborting
         try:
             self._report()
         finally:
             self._close_run()
-        if quiet_serial and self.parallel is not None:
+        if quiet and self.parallel is not None:
             self.parallel.print_progress()
 
     def _report(self) -> None:

@@ -31,7 +31,24 @@ def test_info_measure_reports_measured_pool_overheads():
     out = run("info", "--measure")
     assert out.returncode == 0, out.stderr
     assert "overheads: measured" in out.stdout
-    assert "process_busy_per_chunk: " in out.stdout  # measured on a worker per core
+    assert "process_busy_per_chunk: " in out.stdout
+
+
+def test_info_measures_processes_on_a_worker_per_core(monkeypatch, capsys):
+    """The figure for chunks on busy cores is only measured with every core computing."""
+    from amorsize import cli, plugins, system
+    from amorsize.optimizer import overheads
+
+    asked = []
+    real = plugins.get_pool
+    monkeypatch.setattr(plugins, "get_pool", lambda kind, n, **kw: asked.append((kind, n))
+                        or real(kind, n, **kw))
+    monkeypatch.setattr(system, "usable_cpus", lambda: 3)
+    monkeypatch.setattr(overheads, "measure_processes", lambda pool, method: None)
+    monkeypatch.setattr(overheads, "measure_threads", lambda pool, method: None)
+    assert cli.show_info(measure=True) == 0
+    assert ("process", 3) in asked
+    assert "process_busy_per_chunk: " in capsys.readouterr().out
 
 
 @pytest.mark.timeout(300)

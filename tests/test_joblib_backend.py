@@ -266,3 +266,10 @@ def test_a_serial_call_says_once_that_it_is_done(capsys, calls):
     err = capsys.readouterr().err
     assert "on the calling thread" in err
     assert err.count("finished") == 1 and "Done 1000 out of 1000" in err
+
+
+def test_a_call_that_ends_while_measuring_says_once_that_it_is_done(capsys):
+    with parallel_config(backend="amorsize"):
+        assert Parallel(n_jobs=2, verbose=10)(delayed(h.square)(i) for i in range(3)) == [0, 1, 4]
+    err = capsys.readouterr().err
+    assert err.count("finished") == 1 and "Done   3 out of   3" in err
