@@ -90,7 +90,6 @@ class Plan:
         return "\n".join(lines)
 
 
-
 def measured_how(profile: Profile, workload: Workload) -> str:
     """Where a profile's figures come from: this call's measuring, or what an earlier call learned."""
     if profile.measured_by == "runs":

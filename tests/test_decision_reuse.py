@@ -12,6 +12,7 @@ from core_helpers import nap, square
 
 import amorsize
 from amorsize.optimizer import cost_model, decision
+from amorsize.optimizer.learned import LEARNED
 
 
 @pytest.fixture
@@ -244,3 +245,20 @@ def test_a_reused_plan_is_judged_against_a_prediction_for_this_call(model_calls)
     assert cheaper.executor_type == first.executor_type == "serial"
     assert cheaper.predicted_seconds == pytest.approx(10_000 * 4e-8)
     assert first.predicted_seconds == pytest.approx(10_000 * 1e-7)
+
+
+def test_a_decision_keeps_the_corrections_it_was_made_from_as_they_were():
+    """Decisions keep the learned corrections without copying them: learning must replace the
+    dictionary, never change it, or a kept decision would compare the new figures with
+    themselves and never be made again."""
+    data = list(range(2000))
+    amorsize.map(square, data)
+    plan = amorsize.optimize(square, data)
+    amorsize.map(square, data)
+    made = next(m for k, m in decision._DECISIONS._entries.items() if k[0] == plan.workload.key)
+    before = dict(made.corrections)
+    for _ in range(3):
+        amorsize.map(square, data)
+    amorsize.optimize(square, data)  # folds the last run in
+    assert made.corrections == before
+    assert LEARNED.recall(plan.workload.key).corrections != before

@@ -131,14 +131,13 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
         n = (learned.last_n_items if learned and learned.last_n_items
              else ASSUMED_ITEMS_WHEN_UNKNOWN)
     remaining = max(0, n - workload.already_done)
-    corrections = dict(learned.corrections) if learned else {}
+    corrections = learned.corrections if learned else {}  # replaced, never changed: no copy
     situation = (key, n, workload.executors, workload.max_workers,
                  workload.min_speedup, workload.chunksize, start_method, cpus)
     share = 1.0 / (1 + workload.previous_runs)
     made = _DECISIONS.get(situation)
-    known = None if made is None else _DECISIONS.reusable(made, profile, corrections, remaining,
-                                                          share)
-    if made is not None and known is not None and (  # (made: for the type checker)
+    if made is not None and (known := _DECISIONS.reusable(
+            made, profile, corrections, remaining, share)) is not None and (
             known.executor_type == "serial" or plugins.get_pool(
                 known.executor_type, known.n_jobs, False, start_method) is not None):
         # the prediction the run will be judged against is for this call's items, profile and

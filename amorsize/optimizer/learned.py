@@ -198,7 +198,8 @@ def _fold_unread(entry: Learned) -> None:
         old = entry.corrections.get(executor_type, 1.0)
         target = old * wall_seconds / (predicted_seconds * explained)
         target = min(10.0, max(0.1, target))
-        # a new dict, not a changed one: readers copy it outside the lock
+        # a new dict, not a changed one: readers (and decisions made from it) keep it as it is,
+        # outside the lock and without copying
         entry.corrections = {**entry.corrections, executor_type: old + _SMOOTHING * (target - old)}
 
 
