@@ -120,12 +120,16 @@ def _process_figures(pool: Any) -> dict[str, float]:
 
 
 def _per_chunk(pool: Any, count: int) -> float:
-    func = pool.prepare(worker.pid_after)
+    return _took(pool, pool.prepare(worker.pid_after), [[]] * count) / count
+
+
+def _took(pool: Any, func: Any, chunks: list[list]) -> float:
+    """Seconds for the pool to run ``func`` on ``chunks``, all submitted at once."""
     t0 = time.perf_counter()
-    futures = [pool.submit_chunk(func, []) for _ in range(count)]
+    futures = [pool.submit_chunk(func, chunk) for chunk in chunks]
     for f in futures:
         f.result()
-    return (time.perf_counter() - t0) / count
+    return time.perf_counter() - t0
 
 
 def _busy_per_chunk(pool: Any, idle: float, items: int = 8,
@@ -143,12 +147,7 @@ def _busy_per_chunk(pool: Any, idle: float, items: int = 8,
     func = pool.prepare(worker.spin)
 
     def took(chunksize: int) -> float:
-        t0 = time.perf_counter()
-        futures = [pool.submit_chunk(func, [cpu_seconds] * chunksize)
-                   for _ in range(n * items // chunksize)]
-        for f in futures:
-            f.result()
-        return time.perf_counter() - t0
+        return _took(pool, func, [[cpu_seconds] * chunksize] * (n * items // chunksize))
 
     singles, whole = [], []
     for _ in range(3):
