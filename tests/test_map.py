@@ -27,6 +27,7 @@ from core_helpers import (
 import amorsize
 from amorsize.optimizer.decision import _DECISIONS
 from amorsize.optimizer.learned import LEARNED, function_key
+from amorsize.optimizer.sampling import spread_indices
 
 
 @pytest.mark.parametrize("executor", ["serial", "thread", "process"])
@@ -410,3 +411,10 @@ def test_results_measured_while_sampling_are_slotted_back_between_chunks_in_orde
     assert merger.feed(["r0", "r1"]) == ["r0", "r1"]
     assert merger.feed(["r2", "r4"]) == ["r2", "r3", "r4"]
     assert merger.feed(["r5"]) == ["r5"] and merger.rest() == []
+
+
+@pytest.mark.parametrize("executor", ["serial", None])
+def test_imap_unordered_with_index_pairs_each_result_with_its_position(executor):
+    out = list(amorsize.imap_unordered(square, list(range(5)), executor=executor,
+                                       with_index=True))
+    assert sorted(out) == [(i, i * i) for i in range(5)]

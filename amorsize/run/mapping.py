@@ -282,9 +282,10 @@ def _completed_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int
 
 def _indexed(blocks: Iterator[list]) -> Iterator[list]:
     """``(index, result)`` pairs of blocks of ordered results."""
-    counter = itertools.count()
+    start = 0
     for block in blocks:
-        yield list(zip(counter, block))
+        yield list(enumerate(block, start))
+        start += len(block)
 
 
 def _collect(run: Run, future: Any) -> list:
