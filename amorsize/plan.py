@@ -24,7 +24,8 @@ class Plan:
 
     ``data`` holds every item to run (a consumed iterator's items are put back in front).
     ``sampled_results`` maps the index of each item that was run while measuring to its result,
-    so ``amorsize.map`` never calls the function on an item twice. ``predictions`` is the
+    so ``amorsize.map`` never calls the function on an item twice; ``sampled_seconds`` is how long
+    each of those calls took, where it was timed alone. ``predictions`` is the
     predicted wall time of the best configuration of each executor type considered.
     """
 
@@ -40,6 +41,7 @@ class Plan:
     machine: Machine | None = None
     data: Any = None
     sampled_results: dict[int, Any] = field(default_factory=dict, repr=False)
+    sampled_seconds: dict[int, float] = field(default_factory=dict, repr=False)
     decided_by: str = "amorsize.optimizer"
 
     @property

@@ -413,6 +413,22 @@ def test_results_measured_while_sampling_are_slotted_back_between_chunks_in_orde
     assert merger.feed(["r5"]) == ["r5"] and merger.rest() == []
 
 
+def _slow_at_2(x: int) -> int:
+    if x == 2:
+        time.sleep(0.5)
+    return x
+
+
+def test_a_slow_item_measured_while_planning_does_not_come_first_from_imap_unordered():
+    # index 2 is among the items measured before the rest is dispatched (spread over 40)
+    assert 2 in spread_indices(40, 8)
+    out = list(amorsize.imap_unordered(_slow_at_2, range(40), executor="thread", n_jobs=4,
+                                       resample=True, with_index=True))
+    assert sorted(out) == [(i, i) for i in range(40)]
+    assert out[0] != (2, 2)
+    assert out.index((2, 2)) > out.index((7, 7))  # a fast measured item goes out first
+
+
 @pytest.mark.parametrize("executor", ["serial", None])
 def test_imap_unordered_with_index_pairs_each_result_with_its_position(executor):
     out = list(amorsize.imap_unordered(square, list(range(5)), executor=executor,

@@ -149,7 +149,7 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         plugins.get_pool("serial", 1, initializer=initializer, initargs=tuple(initargs))
     recalled = learned is not None
     if learned is not None:
-        profile, results = learned.profile, {}
+        profile, results, seconds = learned.profile, {}, {}
     else:
         known = len(items)
         indices = (sampling.spread_indices(known, sample_size) if n is not None
@@ -160,7 +160,7 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         threads_allowed = "thread" in executors and n_jobs != 1 and timeout is None
         sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
                                   pair, _probe_elsewhere(func, asked(), timeout))
-        profile, results = sample.profile, sample.results
+        profile, results, seconds = sample.profile, sample.results, sample.seconds
         plugins.remember(key, profile)
         learned = plugins.recall(key)
     if executors == ("process",) and not profile.picklable:
@@ -172,6 +172,7 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
     plan = plugins.make_plan(func, profile, workload)
     plan.data = data
     plan.sampled_results = results
+    plan.sampled_seconds = seconds
     return plan
 
 

@@ -44,10 +44,12 @@ _START_TOGETHER_SECONDS = 0.2
 @dataclass
 class Sample:
     """A measured profile, and the results of the calls made to measure it (by the caller's
-    key: an item's index, a task's key), which are never computed again."""
+    key: an item's index, a task's key), which are never computed again; ``seconds`` is how long
+    each timed call took (the calls of the two-thread test are not timed one by one)."""
 
     profile: Profile
     results: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
 
 
 class Probe:

@@ -64,7 +64,7 @@ def measure(
     probe.observe_shipping(func, [(items[i], results[i]) for i in list(results)[:3]])
     results.update(probe.overlap_results([i for i in pair_indices if i not in results],
                                          functools.partial(_run, func, items), thread_pair))
-    return Sample(probe.profile(), results)
+    return Sample(probe.profile(), results, dict(zip(order, walls)))
 
 
 def _run(func: Callable, items: Sequence, indices: list[int]) -> list:

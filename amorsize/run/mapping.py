@@ -123,7 +123,7 @@ def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool,
     with run:
         if unordered and run.pool is not None:
             yield from _completed_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress),
-                                         with_index)
+                                         with_index, plan)
         elif unordered:
             blocks = _serial_blocks(func, todo, run, _serial_block(plan, lazy, progress))
             yield from _indexed(blocks) if with_index else blocks
@@ -262,22 +262,56 @@ def _pool_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int]) ->
 
 
 def _completed_blocks(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int],
-                      with_index: bool) -> Iterator[list]:
-    """The results of chunks as they complete, the measured ones first (they are done)."""
-    done = sorted(todo.done_results.items())
-    yield done if with_index else [result for _, result in done]
+                      with_index: bool, plan: Plan) -> Iterator[list]:
+    """The results of chunks as they complete. The results of the items measured while planning
+    come out as if those items had started with the run: each once the run has gone on as long
+    as its call took, so a slow measured item does not come before faster ones finished since;
+    any still held come out when the last chunk does."""
+    held = _Held(todo.done_results, plan.sampled_seconds, plan.profile.per_item_seconds)
     chunks = _submitted(run, func, todo, sizes, True)
     pending = dict(itertools.islice(chunks, 4 * run.pool.n_jobs))
     while pending:
-        finished, _ = futures.wait(pending, timeout=None if run.timeout is None else WATCH_SECONDS,
-                                   return_when=futures.FIRST_COMPLETED)
+        wait = held.seconds_to_next()
+        if run.timeout is not None:
+            wait = WATCH_SECONDS if wait is None else min(wait, WATCH_SECONDS)
+        finished, _ = futures.wait(pending, timeout=wait, return_when=futures.FIRST_COMPLETED)
         if run.timeout is not None:  # also while other chunks keep completing
             run.check_time_limit()
         for future in finished:
             indices = pending.pop(future)
             results = _collect(run, future)
             yield list(zip(indices, results)) if with_index else results
+        released = held.due()
+        if released:
+            yield released if with_index else [result for _, result in released]
         pending.update(itertools.islice(chunks, len(finished)))
+    rest = held.due(everything=True)
+    yield rest if with_index else [result for _, result in rest]
+
+
+class _Held:
+    """Results computed while measuring, each due once the run has gone on for as long as its
+    call took (``seconds``; ``default`` for a call not timed alone)."""
+
+    def __init__(self, results: dict[int, Any], seconds: dict[int, float], default: float) -> None:
+        self.start = time.perf_counter()
+        self.waiting = sorted(((seconds.get(i, default), i, r) for i, r in results.items()),
+                              key=lambda entry: entry[0], reverse=True)
+
+    def seconds_to_next(self) -> float | None:
+        """How long until the next result is due (None: none is held)."""
+        if not self.waiting:
+            return None
+        return max(0.0, self.waiting[-1][0] - (time.perf_counter() - self.start))
+
+    def due(self, everything: bool = False) -> list[tuple[int, Any]]:
+        """The ``(index, result)`` pairs due now (all of them with ``everything``)."""
+        elapsed = time.perf_counter() - self.start
+        out = []
+        while self.waiting and (everything or self.waiting[-1][0] <= elapsed):
+            _, index, result = self.waiting.pop()
+            out.append((index, result))
+        return out
 
 
 def _indexed(blocks: Iterator[list]) -> Iterator[list]:
