@@ -144,9 +144,6 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         return Plan("serial", 1, 1, 1.0, ["empty input: nothing to run"],
                     Profile(0.0), asked(), data=data)
     learned = None if resample else plugins.recall(key)
-    if initializer is not None and learned is None:
-        # items measured here need what the initializer sets up in a worker: run it here once
-        plugins.get_pool("serial", 1, initializer=initializer, initargs=tuple(initargs))
     recalled = learned is not None
     if learned is not None:
         profile, results, seconds = learned.profile, {}, {}
@@ -156,9 +153,13 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
                    else list(range(known)))
         pair = [i for i in sampling.spread_indices(known, sample_size + probe.PAIR_ITEMS)
                 if i not in indices]
-        # the two-thread test runs items unwatched: with a time limit, none runs that way
-        threads_allowed = "thread" in executors and n_jobs != 1 and timeout is None
-        sample = sampling.measure(func, items, indices, _two_threads if threads_allowed else None,
+        # the two-thread test runs items unwatched: with a time limit, none runs that way; and
+        # it would run an initializer in this process, which only a thread plan may do
+        threads_allowed = ("thread" in executors and n_jobs != 1 and timeout is None
+                           and (initializer is None or executors == ("thread",)))
+        two_threads = functools.partial(plugins.leased_pool, "thread", 2, None, initializer,
+                                        tuple(initargs))
+        sample = sampling.measure(func, items, indices, two_threads if threads_allowed else None,
                                   pair, _probe_elsewhere(func, asked(), timeout))
         profile, results, seconds = sample.profile, sample.results, sample.seconds
         plugins.remember(key, profile)
@@ -170,36 +171,66 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
     workload = asked(previous_runs=learned.runs if learned else 0, already_done=len(results),
                      recalled=recalled)
     plan = plugins.make_plan(func, profile, workload)
+    if initializer is not None and plan.executor_type == "serial":
+        plan.reasons = [*plan.reasons, "the initializer runs in this process: a serial plan runs "
+                        "the items here (on a parallel plan it runs only in the workers)"]
     plan.data = data
     plan.sampled_results = results
     plan.sampled_seconds = seconds
     return plan
 
 
-def _two_threads() -> Any:
-    return plugins.leased_pool("thread", 2)
-
-
 def _probe_elsewhere(func: Callable, asked: Workload, timeout: float | None) -> Any:
-    """Where measured items run when not in the caller (see ``make``), or None for the caller."""
+    """Where measured items run when not in the caller (see ``make``), or None for the caller.
+
+    An initializer runs only where the run's items may run: measured items need what it sets
+    up, so with one they run on a process worker whenever processes may run them (the pool the
+    run would use), on a thread when only threads may, and in the caller only for a serial
+    plan, after the initializer has run here."""
     max_tasks = None
-    if asked.executors == ("process",):
+    forced = asked.executors == ("process",)
+    if forced or (asked.initializer is not None and "process" in asked.executors
+                  and _process_pool_for(func, asked)):
         where: tuple[ExecutorType, int] = ("process", asked.max_workers or system.usable_cpus())
         max_tasks = asked.max_tasks_per_child  # the pool the run will use
-        try:
-            cloudpickle.dumps(func)
-        except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
-            raise InvalidArgumentError(
-                f"executor='process' cannot run this function: cannot pickle the function: {exc}"
-                "; use executor='thread' or None, or make it picklable") from exc
-    elif timeout is not None:
+        if forced:
+            _check_picklable(func)
+    elif timeout is not None or (asked.initializer is not None and "thread" in asked.executors):
         where = ("thread", 1)
+    elif asked.initializer is not None:
+        plugins.get_pool("serial", 1, initializer=asked.initializer, initargs=asked.initargs)
+        return None
     else:
         return None
 
     def run_timed(func: Callable, items: list, indices: list[int], budget: float) -> Any:
         with plugins.leased_pool(*where, asked.start_method, asked.initializer, asked.initargs,
                                  max_tasks_per_child=max_tasks) as pool:
-            return call_watched(pool, worker.run_timed, (func, items, budget), indices, timeout)
+            # prepared as the run's chunks are: a __main__ function then shares the worker's
+            # namespace with the initializer, which sets what the function reads
+            return call_watched(pool, worker.run_timed, (pool.prepare(func), items, budget),
+                                indices, timeout)
 
     return run_timed
+
+
+def _check_picklable(func: Callable) -> None:
+    try:
+        cloudpickle.dumps(func)
+    except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
+        raise InvalidArgumentError(
+            f"executor='process' cannot run this function: cannot pickle the function: {exc}"
+            "; use executor='thread' or None, or make it picklable") from exc
+
+
+def _process_pool_for(func: Callable, asked: Workload) -> bool:
+    """Whether ``func`` can be measured on the process pool the run would use: it pickles and
+    the pool starts (else the run will not use processes either)."""
+    try:
+        cloudpickle.dumps(func)
+        plugins.get_pool("process", asked.max_workers or system.usable_cpus(),
+                         start_method=asked.start_method, initializer=asked.initializer,
+                         initargs=asked.initargs, max_tasks_per_child=asked.max_tasks_per_child)
+    except Exception:  # noqa: BLE001 - the decision says why processes are out
+        return False
+    return True

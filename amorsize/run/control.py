@@ -109,6 +109,9 @@ class Run:
             self.pool = self._stack.enter_context(plugins.leased_pool(
                 self.executor_type, n_jobs, self._start_method, *self._initializer,
                 max_tasks_per_child=self._max_tasks))
+        elif self._initializer[0] is not None:
+            # the items run here: so does the initializer, once (the serial pool is kept)
+            plugins.get_pool("serial", 1, True, None, *self._initializer)
         self._announce("started")
         return self
 

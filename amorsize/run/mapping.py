@@ -38,8 +38,9 @@ def map(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> list: 
     ``progress=True`` reports progress to the ``amorsize_run_progress`` hook (a tqdm bar by
     default). Ctrl-C, or an error in ``func``, cancels the call the same way: nothing more
     runs, and workers still busy with it are stopped. ``initializer(*initargs)`` runs once in
-    each worker before its first item (and once in this process, where items are measured);
-    it travels by value, so a lambda or a ``__main__`` function works. With
+    each worker before its first item, never in this process unless the plan is serial (items
+    measured run where it has run); it travels by value, so a lambda or a ``__main__``
+    function works. With
     ``max_tasks_per_child``, a process worker is replaced by a fresh one after that many tasks
     (chunks), as in ``multiprocessing.Pool(maxtasksperchild=...)``, to bound what a leaking
     function holds; thread and serial plans ignore it. Not with the "fork" start method.
