@@ -28,6 +28,7 @@ from amorsize.pools.manager import (
     shutdown_global_pool_manager,
 )
 from amorsize.run.control import RunProgress
+from amorsize.run.log import last_plan
 from amorsize.run.mapping import imap, imap_unordered, istarmap, map, run_plan, starmap
 from amorsize.run.multiprocessing_pool import Pool
 from amorsize.run.report import RunReport
@@ -60,6 +61,7 @@ __all__ = [
     "imap",
     "imap_unordered",
     "istarmap",
+    "last_plan",
     "managed_pool",
     "map",
     "optimize",

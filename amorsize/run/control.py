@@ -32,6 +32,7 @@ from amorsize import errors, plugins
 from amorsize.plan import Plan
 from amorsize.pools import worker
 from amorsize.pools.pool import FollowingFuture
+from amorsize.run import log
 from amorsize.run.report import RunReport
 
 PROGRESS_CHUNK_SECONDS = 0.5
@@ -61,7 +62,8 @@ class Run:
     ``amorsize.TimeoutError`` naming the item. A serial plan with a time limit runs on one
     thread, since the calling thread cannot be given up on. ``progress`` reports to the
     ``amorsize_run_progress`` hook; ``total`` is the item count to show (None: open count) and
-    ``done`` the items already computed (while measuring).
+    ``done`` the items already computed (while measuring); ``run_id`` is the one
+    ``announce_planning`` gave, when progress was shown from before the plan was made.
     """
 
     def __init__(
@@ -73,10 +75,12 @@ class Run:
         description: str = "",
         total: int | None = None,
         done: int = 0,
+        run_id: int | None = None,
     ) -> None:
         check_timeout(timeout)
         self.plan = plan
-        self.id = next(_run_ids)
+        self._shown = run_id is not None
+        self.id = next(_run_ids) if run_id is None else run_id
         self.timeout = timeout
         self.progress = progress
         self.description = description
@@ -112,7 +116,8 @@ class Run:
         elif self._initializer[0] is not None:
             # the items run here: so does the initializer, once (the serial pool is kept)
             plugins.get_pool("serial", 1, True, None, *self._initializer)
-        self._announce("started")
+        log.started(self.plan, self.description)
+        self._announce("advanced" if self._shown else "started")
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -245,6 +250,7 @@ class Run:
         report = RunReport(**fields)
         self.total = self.n_done
         self._announce("finished")
+        log.finished(plan, self.description, report, self.n_done)
         plugins.run_finished(plan, report)
         return report
 
@@ -324,6 +330,19 @@ class Run:
             plugins.run_progress(RunProgress(
                 self.id, self.plan.workload.source, self.description, state, self.n_done,
                 self.total))
+
+
+def announce_planning(source: str, description: str, total: int | None) -> int:
+    """Tell progress observers that a call has started, before its plan is made (measuring is
+    part of the call's time); the returned id is the run's (``Run(run_id=...)``)."""
+    run_id = next(_run_ids)
+    plugins.run_progress(RunProgress(run_id, source, description, "started", 0, total))
+    return run_id
+
+
+def announce_cancelled(run_id: int, source: str, description: str) -> None:
+    """Close the progress of a call whose planning failed."""
+    plugins.run_progress(RunProgress(run_id, source, description, "cancelled", 0, None))
 
 
 class _RunFuture(FollowingFuture):

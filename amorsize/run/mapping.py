@@ -12,7 +12,7 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from concurrent import futures
 from typing import Any, Unpack
 
@@ -21,10 +21,17 @@ from amorsize.errors import (
     InvalidArgumentTypeError,
 )
 from amorsize.optimizer import optimize
+from amorsize.optimizer.learned import function_key
 from amorsize.options import MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools.worker import Star
-from amorsize.run.control import PROGRESS_CHUNK_SECONDS, WATCH_SECONDS, Run
+from amorsize.run.control import (
+    PROGRESS_CHUNK_SECONDS,
+    WATCH_SECONDS,
+    Run,
+    announce_cancelled,
+    announce_planning,
+)
 
 _SERIAL_BLOCK = 4096
 _LAZY_BLOCK_SECONDS = 0.01
@@ -46,8 +53,8 @@ def map(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> list: 
     function holds; thread and serial plans ignore it. Not with the "fork" start method.
     """
     given = complete("map", options)
-    plan = _plan(func, data, "map", given)
-    return run_plan(func, plan, timeout=given["timeout"], progress=given["progress"])
+    plan, shown = _plan(func, data, "map", given)
+    return _listed(_run(func, plan, given["timeout"], given["progress"], shown))
 
 
 def imap(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> Iterator:
@@ -59,8 +66,8 @@ def imap(func: Callable, data: Iterable, **options: Unpack[MapOptions]) -> Itera
     out of the loop, ``close()``, or dropping it) cancels the run: nothing more is computed.
     """
     given = complete("imap", options)
-    plan = _plan(func, data, "imap", given)
-    return _flatten(_run(func, plan, given["timeout"], given["progress"]))
+    plan, shown = _plan(func, data, "imap", given)
+    return _flatten(_run(func, plan, given["timeout"], given["progress"], shown))
 
 
 def imap_unordered(func: Callable, data: Iterable, *, with_index: bool = False,
@@ -70,8 +77,8 @@ def imap_unordered(func: Callable, data: Iterable, *, with_index: bool = False,
     pairs, the index being the item's position in ``data``. Takes ``imap``'s keyword
     arguments."""
     given = complete("imap_unordered", options)
-    plan = _plan(func, data, "imap", given)
-    return _flatten(_run(func, plan, given["timeout"], given["progress"], unordered=True,
+    plan, shown = _plan(func, data, "imap", given)
+    return _flatten(_run(func, plan, given["timeout"], given["progress"], shown, unordered=True,
                          with_index=with_index))
 
 
@@ -95,13 +102,26 @@ def _check_callable(func: Any) -> None:
             f"got {type(func).__name__}")
 
 
-def _plan(func: Callable, data: Iterable, source: str, given: MapOptions) -> Plan:
+def _plan(func: Callable, data: Iterable, source: str,
+          given: MapOptions) -> tuple[Plan, int | None]:
     """Check every argument, then measure (or recall) and decide: what each entry point does
-    before it runs."""
+    before it runs. With progress, the call is shown from here, so that measuring counts in
+    its time: the plan, and the id progress observers know the run by (else None)."""
     optimize.check_arguments(func, data, given)
     if source == "map" and not hasattr(data, "__len__"):
         data = list(data)  # map returns a list anyway: measure across all of it
-    return optimize.make(func, *optimize.split_items(data, given["sample_size"]), source, given)
+    if not given["progress"]:
+        return optimize.make(func, *optimize.split_items(data, given["sample_size"]), source,
+                             given), None
+    description = _name(func)
+    total = len(data) if isinstance(data, Sized) else _last_count(function_key(func))
+    shown = announce_planning(source, description, total)
+    try:
+        return optimize.make(func, *optimize.split_items(data, given["sample_size"]), source,
+                             given), shown
+    except BaseException:
+        announce_cancelled(shown, source, description)
+        raise
 
 
 def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
@@ -109,18 +129,25 @@ def run_plan(func: Callable, plan: Plan, *, timeout: float | None = None,
     """Run a plan made by ``optimize`` (with its sampled results reused): ordered results.
 
     A plan made from an iterator holds that iterator: it can be run once."""
-    blocks = [block for block in _run(func, plan, timeout, progress) if block]
-    return blocks[0] if len(blocks) == 1 else list(itertools.chain.from_iterable(blocks))
+    return _listed(_run(func, plan, timeout, progress))
+
+
+def _listed(blocks: Iterator[list]) -> list:
+    nonempty = [block for block in blocks if block]
+    return nonempty[0] if len(nonempty) == 1 else list(itertools.chain.from_iterable(nonempty))
 
 
 def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool,
-         unordered: bool = False, with_index: bool = False) -> Generator[list, None, None]:
+         shown: int | None = None, unordered: bool = False,
+         with_index: bool = False) -> Generator[list, None, None]:
     """Yield blocks of results, ordered unless ``unordered`` (then ``(index, result)`` pairs
-    ``with_index``); report the run to observers when it completes."""
+    ``with_index``); report the run to observers when it completes. ``shown``: the run's
+    progress id, when it was shown while planning."""
     todo = _Todo(plan.data, plan.sampled_results)
     lazy = plan.workload.source == "imap"
     run = Run(plan, timeout=timeout, progress=progress, description=_name(func),
-              total=_expected_items(plan) if progress else None, done=len(plan.sampled_results))
+              total=_expected_items(plan) if progress else None, done=len(plan.sampled_results),
+              run_id=shown)
     with run:
         if unordered and run.pool is not None:
             yield from _completed_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress),
@@ -147,9 +174,12 @@ def _flatten(blocks: Generator[list, None, None]) -> Generator:
 
 def _expected_items(plan: Plan) -> int | None:
     """Items to count to: the input's length, else the last input size of this function."""
-    if plan.n_items is not None:
-        return plan.n_items
-    learned = plugins.recall(plan.workload.key)
+    return plan.n_items if plan.n_items is not None else _last_count(plan.workload.key)
+
+
+def _last_count(key: Any) -> int | None:
+    """The last input size of the function known by ``key``, if it ran before."""
+    learned = plugins.recall(key)
     return learned.last_n_items if learned is not None else None
 
 
