@@ -122,6 +122,7 @@ def test_error_raised_while_sampling_keeps_its_type():
         ({"func": square, "data": [1], "chunksize": 0}, ValueError, "chunksize"),
         ({"func": square, "data": [1], "min_speedup": 0.5}, ValueError, "min_speedup"),
         ({"func": square, "data": [1], "sample_size": -1}, ValueError, "sample_size"),
+        ({"func": square, "data": [1], "resample": "yes"}, TypeError, "resample"),
     ],
 )
 @pytest.mark.parametrize("entry", [amorsize.map, amorsize.optimize, amorsize.imap])
@@ -434,3 +435,9 @@ def test_imap_unordered_with_index_pairs_each_result_with_its_position(executor)
     out = list(amorsize.imap_unordered(square, list(range(5)), executor=executor,
                                        with_index=True))
     assert sorted(out) == [(i, i * i) for i in range(5)]
+
+
+@pytest.mark.parametrize("entry", [amorsize.map, amorsize.imap, amorsize.imap_unordered])
+def test_progress_must_be_true_or_false(entry):
+    with pytest.raises(amorsize.InvalidArgumentTypeError, match="progress must be True or False"):
+        entry(square, [1, 2], progress="yes")

@@ -16,6 +16,7 @@ from amorsize.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     check_executor_type,
+    check_flag,
     check_initializer,
     check_max_tasks_per_child,
     check_positive_int,
@@ -88,6 +89,8 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
     if not min_speedup >= 1:
         raise InvalidArgumentError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
     check_timeout(given["timeout"])
+    check_flag("resample", given["resample"])
+    check_flag("progress", given["progress"])
     check_initializer(given["initializer"], given["initargs"])
     check_max_tasks_per_child(given["max_tasks_per_child"], start_method)
 
@@ -96,7 +99,7 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
 _PLAIN_SEQUENCES = (list, tuple, range)
 # the options check_arguments checks beyond the start method
 _CHECKED = ("n_jobs", "start_method", "chunksize", "sample_size", "executor", "min_speedup",
-            "timeout", "initializer", "initargs", "max_tasks_per_child")
+            "timeout", "initializer", "initargs", "max_tasks_per_child", "resample", "progress")
 
 
 def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None, Any]:
