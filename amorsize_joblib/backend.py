@@ -78,7 +78,7 @@ class BackendOptions(TypedDict, total=False):
 
 
 # given to Parallel(...) instead, they would reach configure() and be ignored
-_OPTIONS_NOT_OF_PARALLEL = ("executor", "min_speedup", "progress")
+_OPTIONS_NOT_OF_PARALLEL = ("executor", "min_speedup", "progress", "inner_max_num_threads")
 
 
 def run_joblib_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:

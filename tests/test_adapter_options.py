@@ -94,6 +94,7 @@ BAD_OPTIONS = [
     (joblib_parallel, {"executor": "thread"}, InvalidArgumentTypeError),
     (joblib_parallel, {"min_speedup": 2}, InvalidArgumentTypeError),
     (joblib_parallel, {"progress": True}, InvalidArgumentTypeError),
+    (joblib_parallel, {"inner_max_num_threads": 2}, InvalidArgumentTypeError),
     (dask_scheduler, {"chunksize": 0}, InvalidArgumentError),
     (dask_scheduler, {"chunksize": "4"}, InvalidArgumentTypeError),
     (dask_scheduler, {"num_workers": -5}, InvalidArgumentError),
