@@ -78,6 +78,24 @@ def check_positive_int(name: str, value: object, *, allow_none: bool = False) ->
         raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def check_min_speedup(name: str, value: object) -> None:
+    """Validate a required margin of parallel over serial: a number >= 1, naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentTypeError(
+            f"{name} must be a number >= 1 (e.g. 1.2: parallel must be 20% faster), "
+            f"got {type(value).__name__} {value!r}")
+    if not value >= 1:
+        raise InvalidArgumentError(
+            f"{name} must be a number >= 1 (e.g. 1.2: parallel must be 20% faster), got {value!r}")
+
+
+def check_flag(name: str, value: object) -> None:
+    """Validate a switch: True or False, so that a string such as "no" cannot turn it on."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentTypeError(
+            f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
 def resolve_n_jobs(name: str, value: object, cpus: int) -> int | None:
     """Validate a worker count and resolve it as joblib does: None stays None, an int >= 1 is
     itself, -1 is all ``cpus``, -2 all but one, and so on, never below 1 (so ``n_jobs=-8`` on a

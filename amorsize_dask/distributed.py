@@ -3,20 +3,24 @@
 amorsize does not re-invent a cluster. It measures the function on a few items (as
 ``amorsize.optimize`` does everywhere), measures what one task costs on the given ``Client``,
 and from those two numbers decides how many items travel per task; ``dask.distributed`` does
-the rest. Moving from one machine to a cluster is passing a ``Client``.
+the rest. Moving from one machine to a cluster is passing a ``Client`` (or its scheduler's
+address).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import statistics
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
+
+from amorsize.errors import InvalidArgumentError, InvalidArgumentTypeError, check_positive_int
 
 OVERHEAD_SHARE = 0.05
 BATCHES_PER_WORKER = 4
@@ -74,37 +78,42 @@ def map(
 ) -> list:
     """``[func(x) for x in data]`` on a ``dask.distributed`` cluster, in batches amorsize sizes.
 
-    ``client`` is the cluster to use; without one, the default Client if there is one, else a
-    ``LocalCluster`` started on first use and kept for the next calls. ``batch`` forces the
-    number of items per task. The items measured to size the batches are not computed again.
+    ``client`` is the cluster to use: a ``Client``, or its scheduler's address (such as
+    ``"tcp://10.0.0.5:8786"``), connected for this call and closed after it; without one, the
+    default Client if there is one, else a ``LocalCluster`` started on first use and kept for the
+    next calls. ``batch`` forces the number of items per task. The options are checked on every
+    call, before anything runs. The items measured to size the batches are not computed again.
     Errors raised by ``func`` reach the caller with their original type.
     """
     import amorsize
 
-    client = client or default_client()
+    check_client(client)
+    check_positive_int("batch", batch, allow_none=True)
     # Measure only: a serial plan starts no local pool, which the cluster would not use.
     plan = amorsize.optimize(func, data, executor="serial")
     items = list(plan.data)
     done = dict(plan.sampled_results)
     todo = [i for i in range(len(items)) if i not in done]
-    size = batch or batch_size(
-        plan.profile.per_item_seconds, len(todo), n_workers(client), task_overhead(client)
-    )
-    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-    futures = client.map(
-        partial(_apply, func), [[items[i] for i in chunk] for chunk in chunks], pure=False
-    )
-    try:
-        for chunk, results in zip(chunks, client.gather(futures)):
-            done.update(zip(chunk, results))
-    finally:
-        client.cancel(futures)
+    with connected(client) as client:
+        size = batch or batch_size(
+            plan.profile.per_item_seconds, len(todo), n_workers(client), task_overhead(client)
+        )
+        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+        futures = client.map(
+            partial(_apply, func), [[items[i] for i in chunk] for chunk in chunks], pure=False
+        )
+        try:
+            for chunk, results in zip(chunks, client.gather(futures)):
+                done.update(zip(chunk, results))
+        finally:
+            client.cancel(futures)
     return [done[i] for i in range(len(items))]
 
 
 def bag(func: Callable, data: Iterable, client: Any = None) -> Any:
     """A ``dask.bag`` of ``func(x)`` over ``data``, partitioned so each partition is one
-    well-sized task on ``client`` (or, without a Client, on this machine's CPUs).
+    well-sized task on ``client`` (a ``Client`` or a scheduler's address, connected only to
+    measure it), or without one on the default Client, else on this machine's CPUs.
 
     Use it to go on with bag operations (``.filter``, ``.fold``, ...) under any scheduler.
     The few items measured to size the partitions are computed again inside the bag.
@@ -113,6 +122,7 @@ def bag(func: Callable, data: Iterable, client: Any = None) -> Any:
 
     import amorsize
 
+    check_client(client)
     items = list(data)
     plan = amorsize.optimize(func, items, executor="serial")
     if client is None:
@@ -121,9 +131,47 @@ def bag(func: Callable, data: Iterable, client: Any = None) -> Any:
         workers, overhead = amorsize.system.usable_cpus(), plan.overheads.get(
             "process_per_chunk", 1e-3)
     else:
-        workers, overhead = n_workers(client), task_overhead(client)
+        with connected(client) as client:
+            workers, overhead = n_workers(client), task_overhead(client)
     size = batch_size(plan.profile.per_item_seconds, len(items), workers, overhead)
     return db.from_sequence(items, partition_size=size).map(func)
+
+
+_CLIENT_FORMS = ("a distributed.Client, its scheduler's address (such as "
+                 "'tcp://127.0.0.1:8786'), or None for the default Client")
+
+
+def check_client(client: object) -> None:
+    """Refuse what cannot name a cluster, before any work: the message names ``client`` and
+    what it may be."""
+    if client is None:
+        return
+    if isinstance(client, str):
+        if not client.strip():
+            raise InvalidArgumentError(f"client must be {_CLIENT_FORMS}, got an empty address")
+        return
+    wrong = InvalidArgumentTypeError(
+        f"client must be {_CLIENT_FORMS}, got {type(client).__name__} {client!r}")
+    try:
+        from distributed import Client
+    except ImportError:  # then nothing but an address can name a cluster
+        raise wrong from None
+    if not isinstance(client, Client):
+        raise wrong
+
+
+@contextlib.contextmanager
+def connected(client: Any) -> Iterator[Any]:
+    """The Client a call runs on: ``client`` itself; for an address, a Client connected to it
+    for the call and closed after it (not made the default, so it redirects no ``.compute()``
+    meanwhile); for None, ``default_client()``."""
+    if isinstance(client, str):
+        from distributed import Client
+
+        with Client(client, set_as_default=False) as own:
+            yield own
+    else:
+        yield default_client() if client is None else client
 
 
 def current_client() -> Any:

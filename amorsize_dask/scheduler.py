@@ -28,7 +28,14 @@ from dask.task_spec import DataNode
 from dask.threaded import pack_exception as pack_local_exception
 
 from amorsize import plugins
-from amorsize.errors import EXECUTOR_TYPES, ExecutorType, WorkerCrashedError, check_executor_type
+from amorsize.errors import (
+    EXECUTOR_TYPES,
+    ExecutorType,
+    WorkerCrashedError,
+    check_executor_type,
+    check_flag,
+    check_positive_int,
+)
 from amorsize.optimizer.learned import Learned
 from amorsize.plan import Plan
 from amorsize.pools.worker import inside_worker
@@ -60,7 +67,8 @@ def get(
     "process") and ``chunksize`` (tasks per submission) force a choice; pass them through
     ``x.compute(scheduler="amorsize", executor="process")``. ``progress=True`` reports tasks
     done to the ``amorsize_run_progress`` hook (a tqdm bar by default). Other keywords go to
-    ``dask.local.get_async`` (e.g. ``rerun_exceptions_locally``).
+    ``dask.local.get_async`` (e.g. ``rerun_exceptions_locally``). The options are checked on
+    every compute (``check_options``), whatever was remembered about the graph.
 
     A compute that fails (a task's error, Ctrl-C) cancels its run: batches not started are
     dropped, and workers still busy with its tasks are stopped (see ``amorsize.run.control``).
@@ -71,8 +79,11 @@ def get(
     task that kills its process); those computes are planned without measurements and teach
     the next one.
     """
-    if executor is not None:
-        check_executor_type("executor", executor)
+    check_options(num_workers, executor, chunksize, progress)
+    if num_workers is None:
+        num_workers = config.get("num_workers", None)
+        if num_workers is not None:
+            check_positive_int("num_workers (from dask.config)", num_workers)
     _warn_if_client_bypassed()
     graph = as_graph(dsk)
     if cache is None:
@@ -106,7 +117,7 @@ def get(
         n_items=work.n_tasks,
         source="dask",
         executors=executors,
-        max_workers=num_workers or config.get("num_workers", None),
+        max_workers=num_workers,
         previous_runs=learned.runs,
         key=shape,
         already_done=len(done),
@@ -129,6 +140,19 @@ def get(
         )
         runner.finished(shape, work, time.perf_counter() - start)
     return result
+
+
+def check_options(num_workers: object, executor: object, chunksize: object,
+                  progress: object) -> None:
+    """Refuse a bad option of ``get``, naming it and the fix; options all at their defaults
+    are valid, so a compute in a loop checks nothing more."""
+    if num_workers is None and executor is None and chunksize is None and progress is False:
+        return
+    check_positive_int("num_workers", num_workers, allow_none=True)
+    if executor is not None:
+        check_executor_type("executor", executor)
+    check_positive_int("chunksize", chunksize, allow_none=True)
+    check_flag("progress", progress)
 
 
 class Runner:

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypedDict
 
 from joblib.parallel import (
     FallbackToBackend,
@@ -38,11 +38,16 @@ from amorsize.errors import (
     EXECUTOR_TYPES,
     ExecutorType,
     InvalidArgumentError,
+    InvalidArgumentTypeError,
     WorkerCrashedError,
     check_executor_type,
+    check_flag,
+    check_min_speedup,
+    check_positive_int,
 )
 from amorsize.optimizer.learned import function_key
 from amorsize.optimizer.probe import PAIR_TESTS, Probe, calls_per_thread, overlap_tests
+from amorsize.options import DEFAULTS, complete
 from amorsize.plan import Plan
 from amorsize.pools.worker import inside_worker, now, waits
 from amorsize.run.control import Run
@@ -57,6 +62,23 @@ SERIAL_FIRST_BATCH = 4096
 _MAX_BATCH = 1 << 22
 # require="sharedmem" (or prefer="threads"): every executor that shares the caller's memory
 _SHAREDMEM_EXECUTORS: tuple[ExecutorType, ...] = tuple(e for e in EXECUTOR_TYPES if e != "process")
+MIN_SPEEDUP = DEFAULTS["min_speedup"]
+
+
+class BackendOptions(TypedDict, total=False):
+    """The keyword options of ``AmorsizeBackend``, as given to
+    ``joblib.parallel_config(backend="amorsize", ...)``."""
+
+    nesting_level: int | None
+    inner_max_num_threads: int | None
+    n_jobs_cap: int | None
+    min_speedup: float
+    executor: ExecutorType | None
+    progress: bool
+
+
+# given to Parallel(...) instead, they would reach configure() and be ignored
+_OPTIONS_NOT_OF_PARALLEL = ("executor", "min_speedup", "progress", "inner_max_num_threads")
 
 
 def run_joblib_batch(batch: Any, inner_max_num_threads: int | None = None) -> tuple[list, float, float]:
@@ -95,9 +117,11 @@ class AmorsizeBackend(ParallelBackendBase):
     instead of making joblib fall back to its threading backend. ``default_n_jobs = -1`` makes
     ``Parallel()`` inside ``parallel_config(backend="amorsize")`` run in parallel. Backend
     parameters: ``executor`` forces "serial", "thread" or "process" (the optimizer still sizes
-    workers and batches), ``min_speedup`` is the margin parallel must win by. Nested calls
-    get joblib's threading backend capped at the cores left per outer worker (or run
-    sequentially), so nothing oversubscribes.
+    workers and batches), ``min_speedup`` is the margin parallel must win by, ``progress=True``
+    reports tasks done to the ``amorsize_run_progress`` hook. They are checked when the backend
+    is made and again on every call (see ``check_options``). Nested calls get joblib's
+    threading backend capped at the cores left per outer worker (or run sequentially), so
+    nothing oversubscribes.
     """
 
     default_n_jobs = -1
@@ -114,13 +138,11 @@ class AmorsizeBackend(ParallelBackendBase):
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
         n_jobs_cap: int | None = None,
-        min_speedup: float = 1.2,
+        min_speedup: float = MIN_SPEEDUP,
         executor: ExecutorType | None = None,
         progress: bool = False,
         **backend_kwargs: Any,
     ) -> None:
-        if executor is not None:
-            check_executor_type("executor", executor)
         super().__init__(
             nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
             **backend_kwargs,
@@ -129,6 +151,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self.min_speedup = min_speedup
         self.executor = executor
         self.progress = progress
+        self.check_options()
         self.parallel: Any = None
         self.plan: Plan | None = None
         self.batch_sizes: list[int] = []
@@ -144,6 +167,23 @@ class AmorsizeBackend(ParallelBackendBase):
         """Travel to workers inside each batch as the nested backend: settings only, no state."""
         return (type(self), (self.nesting_level, self.inner_max_num_threads, self.n_jobs_cap,
                              self.min_speedup, self.executor))
+
+    def check_options(self) -> None:
+        """Refuse a bad option, naming it and the fix; at construction and on every call (they
+        are attributes a caller may change in between). Options all at their defaults are valid:
+        a call in a loop checks nothing more."""
+        if (self.min_speedup is MIN_SPEEDUP and self.executor is None and self.progress is False
+                and self.n_jobs_cap is None and self.inner_max_num_threads is None
+                and not self.backend_kwargs):
+            return
+        if self.backend_kwargs:
+            complete("AmorsizeBackend", self.backend_kwargs, BackendOptions)
+        check_min_speedup("min_speedup", self.min_speedup)
+        if self.executor is not None:
+            check_executor_type("executor", self.executor)
+        check_flag("progress", self.progress)
+        check_positive_int("inner_max_num_threads", self.inner_max_num_threads, allow_none=True)
+        check_positive_int("n_jobs_cap", self.n_jobs_cap, allow_none=True)
 
     @property
     def run(self) -> Run | None:
@@ -170,7 +210,15 @@ class AmorsizeBackend(ParallelBackendBase):
         **backend_kwargs: Any,
     ) -> int:
         """Resolve ``n_jobs`` and the allowed executors; nested calls are handed to joblib's own
-        threading (capped) or sequential backend, as joblib does for its backends."""
+        threading (capped) or sequential backend, as joblib does for its backends. The options
+        are checked first, whatever runs the call."""
+        self.check_options()
+        for name in _OPTIONS_NOT_OF_PARALLEL:
+            if name in backend_kwargs:
+                raise InvalidArgumentTypeError(
+                    f"{name} is an option of the joblib backend 'amorsize', not of Parallel: pass "
+                    f"joblib.parallel_config(backend='amorsize', {name}=...), or "
+                    f"Parallel(backend=AmorsizeBackend({name}=...))")
         level = self.nesting_level or 0
         if level > 0 or os.environ.get("AMORSIZE_IN_WORKER") == "1":
             if level > 1:

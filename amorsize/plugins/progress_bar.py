@@ -10,6 +10,9 @@ from typing import Any
 
 from amorsize.plugins.hookspecs import hookimpl
 
+# what a run counts, by its source: joblib and Dask both call their work "tasks"
+UNITS = {"joblib": "task", "dask": "task"}
+
 _bars: dict[int, Any] = {}
 _lock = threading.Lock()
 _warned = False
@@ -45,7 +48,8 @@ def _new_bar(progress: Any) -> Any:
     except ImportError:
         _warn_once()
         return None
-    return tqdm(total=progress.n_total, initial=progress.n_done, unit="item",
+    return tqdm(total=progress.n_total, initial=progress.n_done,
+                unit=UNITS.get(progress.source, "item"),
                 desc=progress.description or progress.source, dynamic_ncols=True)
 
 
