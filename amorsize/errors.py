@@ -169,10 +169,3 @@ def check_initializer(initializer: object, initargs: object) -> None:
         raise InvalidArgumentTypeError(
             f"initargs must be a tuple of arguments for the initializer, got "
             f"{type(initargs).__name__}")
-
-
-def check_flag(name: str, value: object) -> None:
-    """A yes/no option is True or False: a string such as "no" would read as true."""
-    if not isinstance(value, bool):
-        raise InvalidArgumentTypeError(
-            f"{name} must be True or False, got {type(value).__name__} {value!r}")

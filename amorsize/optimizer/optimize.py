@@ -19,6 +19,7 @@ from amorsize.errors import (
     check_flag,
     check_initializer,
     check_max_tasks_per_child,
+    check_min_speedup,
     check_positive_int,
     check_start_method,
     resolve_n_jobs,
@@ -83,11 +84,7 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
     check_positive_int("sample_size", given["sample_size"])
     if given["executor"] is not None:
         check_executor_type("executor", given["executor"])
-    min_speedup = given["min_speedup"]
-    if isinstance(min_speedup, bool) or not isinstance(min_speedup, int | float):
-        raise InvalidArgumentTypeError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
-    if not min_speedup >= 1:
-        raise InvalidArgumentError(f"min_speedup must be a number >= 1, got {min_speedup!r}")
+    check_min_speedup("min_speedup", given["min_speedup"])
     check_timeout(given["timeout"])
     check_flag("resample", given["resample"])
     check_flag("progress", given["progress"])
