@@ -21,7 +21,9 @@ class InvalidArgumentTypeError(AmorsizeError, TypeError):
 
 
 class PoolManagerClosedError(AmorsizeError, RuntimeError):
-    """A pool was requested from a PoolManager after its shutdown()."""
+    """A PoolManager was shut down: a pool was requested from it afterwards, or a call was
+    still using one of its pools (a call made after ``shutdown_global_pool_manager()`` gets a
+    new global manager)."""
 
 
 class PoolClosedError(AmorsizeError, RuntimeError):
@@ -169,3 +171,9 @@ def check_initializer(initializer: object, initargs: object) -> None:
         raise InvalidArgumentTypeError(
             f"initargs must be a tuple of arguments for the initializer, got "
             f"{type(initargs).__name__}")
+    try:
+        hash(tuple(initargs))
+    except TypeError:
+        raise InvalidArgumentTypeError(
+            "initargs must be hashable (a tuple of numbers, strings, tuples...) because it is "
+            f"part of the pool's key; got {initargs!r}") from None

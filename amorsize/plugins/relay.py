@@ -34,6 +34,7 @@ from amorsize.errors import (
     PluginError,
     PluginWarning,
     PoolClosedError,
+    PoolManagerClosedError,
 )
 from amorsize.plan import Plan
 from amorsize.plugins import hookspecs
@@ -230,17 +231,32 @@ def _crediting(function: Any, plugin_name: str) -> Any:
 
 
 def _hook(hook_name: str, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
-    """``pm.hook.<hook_name>(**kwargs)``; returns (result, the plugin that gave it). An
-    exception becomes a ``PluginError`` naming its plugin; wrappers see it first, as pluggy
-    does."""
+    """``pm.hook.<hook_name>(**kwargs)``; returns (result, the plugin that gave it). A
+    third-party plugin's exception becomes a ``PluginError`` naming it; wrappers see it first,
+    as pluggy does. A built-in plugin's passes through as it is (``_builtin``)."""
     _credit.by = None
     try:
         result = getattr(pm.hook, hook_name)(**kwargs)
     except PluginError:
         raise
     except Exception as exc:
-        raise PluginError(getattr(exc, "amorsize_plugin", "<a wrapper>"), hook_name, exc) from exc
+        plugin_name = getattr(exc, "amorsize_plugin", "<a wrapper>")
+        if _builtin(plugin_name, exc):
+            raise
+        raise PluginError(plugin_name, hook_name, exc) from exc
     return result, _credit.by
+
+
+def _builtin(plugin_name: str, exc: Exception) -> bool:
+    """Whether ``exc`` came from a built-in plugin: amorsize's own error (a closed manager, an
+    argument a pool refuses) or the user's (an initializer that raised) -- which keeps its type.
+    Only a third-party plugin's failure is a ``PluginError``. The crediting mark is removed, so
+    the exception reaches the caller as it was raised."""
+    if plugin_name not in BUILTIN_NAMES:
+        return False
+    with contextlib.suppress(AttributeError):
+        del exc.amorsize_plugin  # type: ignore[attr-defined]
+    return True
 
 
 def unregister_plugin(plugin: object = None, name: str | None = None) -> object:
@@ -376,7 +392,7 @@ def leased_pool(executor: ExecutorType, n_jobs: int, start_method: str | None = 
             try:
                 stack.enter_context(pool.lease())
                 break
-            except PoolClosedError:
+            except (PoolClosedError, PoolManagerClosedError):  # asked again: a new manager
                 if attempt == _LEASE_ATTEMPTS - 1:
                     raise
         yield pool
@@ -531,10 +547,12 @@ def _close_wrapper(
     return outcome, error
 
 
-def _failed(plugin_name: str, hook_name: str, exc: Exception, observe: bool) -> PluginError | None:
-    """A ``PluginError`` for a deciding hook; for an observer, a warning (and None)."""
+def _failed(plugin_name: str, hook_name: str, exc: Exception,
+            observe: bool) -> Exception | None:
+    """For a deciding hook, a ``PluginError`` (a built-in plugin's exception as it is, see
+    ``_builtin``); for an observer, a warning (and None)."""
     if not observe:
-        if isinstance(exc, PluginError):
+        if isinstance(exc, PluginError) or _builtin(plugin_name, exc):
             return exc
         error = PluginError(plugin_name, hook_name, exc)
         error.__cause__ = exc

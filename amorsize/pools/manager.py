@@ -232,6 +232,8 @@ class PoolManager:
         with self._lock:
             self._closed = True
             retired = [self._retire_locked(key, "shutdown") for key in list(self._pools)]
+        for _, pool, _ in retired:
+            pool.manager_shut_down = True
         self._close_all(retired, force=force)
         _managers.discard(self)
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from amorsize.errors import (
     ExecutorType,
     PoolClosedError,
+    PoolManagerClosedError,
 )
 from amorsize.pools import worker
 
@@ -42,6 +43,8 @@ class Pool:
         self.last_used = self.created_at
         self.startup_seconds = 0.0
         self.closed = False
+        # set by its PoolManager's shutdown(): the pool's end is the manager's, not its own
+        self.manager_shut_down = False
         self.board: Any = None
         self._pid = os.getpid()
         self._inflight = 0
@@ -168,7 +171,13 @@ class Pool:
             for f in pending:
                 f.cancel()
 
-    def _closed_error(self) -> PoolClosedError:
+    def _closed_error(self) -> PoolClosedError | PoolManagerClosedError:
+        if self.manager_shut_down:
+            return PoolManagerClosedError(
+                f"this {self.executor_type} pool was closed by its PoolManager's shutdown() "
+                "(amorsize.shutdown_global_pool_manager() for the global one) while in use; the "
+                "items not yet computed were not run: call again, after the shutdown, for a new "
+                "pool from a new manager")
         return PoolClosedError(
             f"this {self.executor_type} pool was shut down (idle timeout, release_pool, "
             "force_new, clear, a cancelled run or its manager's shutdown); ask the PoolManager "

@@ -31,6 +31,7 @@ from amorsize.pools.pool import FollowingFuture, Pool
 # as the default of ``max_memory_growth_mb``.
 MAX_MEMORY_GROWTH_MB = 300.0
 _KILL_SECONDS = 2.0
+_INIT_ERROR_BYTES = 16384
 
 
 class ProcessPool(Pool):
@@ -73,6 +74,8 @@ class ProcessPool(Pool):
         if start_method == "forkserver":
             _preload_forkserver(context)
         self.board = context.Array("d", worker.SLOT * n_jobs, lock=False)
+        # where a worker whose initializer raised sends the exception (see ``_initialize``)
+        self._init_errors = context.SimpleQueue() if initializer is not None else None
         self._claimed = context.Value("i", 0)
         ready = context.Value("i", 0)
         # a replacement worker may be started by any thread (the executor's, a caller's), whose
@@ -85,22 +88,41 @@ class ProcessPool(Pool):
             mp_context=cast(multiprocessing.context.BaseContext, _WithoutMainContext(context)),
             initializer=_initialize,
             initargs=(blas_threads, self.board, self._claimed, initializer, initargs, os.getpid(),
-                      on_main_thread, memory_limit_mb, ready),
+                      on_main_thread, memory_limit_mb, ready, self._init_errors),
             max_tasks_per_child=max_tasks_per_child,
         )
         try:
             if max_tasks_per_child is None or not _launch_without_tasks(self._executor, ready, n_jobs):
                 _start_all_workers(self._executor, n_jobs)
         except BrokenProcessPool as exc:
+            failure = self._initializer_failure()
             self.shutdown(force=True)
+            if failure is None:
+                raise WorkerCrashedError(
+                    f"a worker of a new {n_jobs}-worker {start_method} pool exited while "
+                    "starting (killed, a segfault or os._exit, in its initializer or before)"
+                ) from exc
             raise WorkerCrashedError(
-                f"a worker of a new {n_jobs}-worker {start_method} pool exited while starting; "
-                "if an initializer was given, its exception is logged above (stderr of the worker)"
-            ) from exc
+                f"the initializer raised {type(failure).__name__}: {failure} in a worker of a "
+                f"new {n_jobs}-worker {start_method} pool, which cannot start without it (the "
+                "initializer's traceback in the worker is shown above); fix the initializer"
+            ) from failure
         except BaseException:
             self.shutdown(force=True)
             raise
         self.startup_seconds = time.perf_counter() - start
+
+    def _initializer_failure(self) -> BaseException | None:
+        """The exception an initializer raised in a worker, chained from its traceback there,
+        or None. The worker sent it before exiting, so it is there once the pool is broken."""
+        errors = self._init_errors
+        if errors is None or errors.empty():
+            return None
+        try:
+            worker.unpack_outcome(errors.get())
+        except Exception as exc:  # noqa: BLE001 - what unpacking raises is the failure
+            return exc
+        return None
 
     def prepare(self, func: Callable) -> Any:
         return func if isinstance(func, worker.PickledFunction) else worker.PickledFunction(func)
@@ -161,6 +183,8 @@ class ProcessPool(Pool):
     def _stop_workers(self, wait: bool, force: bool) -> None:
         # taken before shutdown, which forgets it
         manager = getattr(self._executor, "_executor_manager_thread", None)
+        if self._init_errors is not None:
+            self._init_errors.close()  # its last reader: replacement workers may write to it
         if not force:
             self._executor.shutdown(wait=wait)
             _hold_while_running(self._executor, manager)
@@ -244,11 +268,19 @@ class _CrashAwareFuture(FollowingFuture):
 def _initialize(blas_threads: int | None, board: Any, claimed: Any,
                 initializer: Callable | None, initargs: tuple, parent: int | None = None,
                 forked_on_main_thread: bool = False, memory_limit_mb: float | None = None,
-                ready: Any = None) -> None:
+                ready: Any = None, init_errors: Any = None) -> None:
     worker.initialize(blas_threads, board, claimed, parent, forked_on_main_thread,
                       memory_limit_mb)
     if initializer is not None:
-        initializer(*initargs)
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            # sent to the parent, which raises it (the executor only sees the worker exit);
+            # bounded: a pipe holds so much, and nothing reads it until the worker has exited
+            if init_errors is not None:
+                with contextlib.suppress(Exception):
+                    init_errors.put(worker.pack_error(exc, max_bytes=_INIT_ERROR_BYTES))
+            raise
     if ready is not None:
         with ready.get_lock():
             ready.value += 1

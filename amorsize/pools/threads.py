@@ -55,8 +55,8 @@ class DaemonThreadExecutor(Executor):
     ``ThreadPoolExecutor`` joins its threads at interpreter exit, so a call abandoned by a
     cancelled run (a thread cannot be stopped) would hold the exit until it finished; daemon
     threads let the process go. Each thread gets its slot on ``board`` (see ``worker``). If the
-    initializer raises in a thread, the executor is broken: every call fails with
-    ``BrokenThreadPool`` instead of running in a thread that was not set up.
+    initializer raises in a thread, the executor does not start: its exception is raised here,
+    as the initializer raised it (as a serial pool's would be).
     """
 
     def __init__(self, n_jobs: int, board: list, initializer: Callable | None = None,
@@ -75,7 +75,7 @@ class DaemonThreadExecutor(Executor):
         self._ready.wait(60)
         if self.broken is not None:
             self.shutdown(wait=False, cancel_futures=True)
-            raise BrokenThreadPool(f"a thread initializer raised {self.broken!r}") from self.broken
+            raise self.broken  # the initializer's own exception: it ran in this process
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         if self._closed:

@@ -187,19 +187,27 @@ def call_by_value(call: ByValue) -> ByValue:
     try:
         result = fn(*args)
     except Exception as exc:
-        import traceback
-
-        text = "".join(traceback.format_exception(exc))
-        for error in (exc, _ErrorState(exc)):
-            try:
-                packed = ByValue((False, (error, text)))
-                packed.load()  # an exception whose __init__ takes other arguments won't load
-                return packed
-            except Exception:  # noqa: BLE001, S112 - try the next, plainer form
-                continue
-        stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        return ByValue((False, (stand_in, text)))
+        return pack_error(exc)
     return ByValue((True, result))
+
+
+def pack_error(exc: BaseException, max_bytes: int | None = None) -> ByValue:
+    """``exc`` and its traceback's text as ``call_by_value`` returns them, in the plainest form
+    that loads again; at most ``max_bytes`` (else a ``RuntimeError`` naming it stands in)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    for error in (exc, _ErrorState(exc)):
+        try:
+            packed = ByValue((False, (error, text)))
+            packed.load()  # an exception whose __init__ takes other arguments won't load
+        except Exception:  # noqa: BLE001, S112 - try the next, plainer form
+            continue
+        if max_bytes is None or len(packed.data) <= max_bytes:
+            return packed
+        break
+    stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"[:1000])
+    return ByValue((False, (stand_in, text if max_bytes is None else text[-max_bytes // 2:])))
 
 
 class _ErrorState:
