@@ -53,10 +53,14 @@ def measure(
     Errors in ``func`` propagate."""
     order = shuffled(indices)
     chosen = [items[i] for i in order]
-    if run_timed is None:
-        outs, walls, cpus, blocked = worker.run_timed(func, chosen, BUDGET_SECONDS)
-    else:
-        outs, walls, cpus, blocked = run_timed(func, chosen, order, BUDGET_SECONDS)
+    try:
+        if run_timed is None:
+            outs, walls, cpus, blocked = worker.run_timed(func, chosen, BUDGET_SECONDS)
+        else:
+            outs, walls, cpus, blocked = run_timed(func, chosen, order, BUDGET_SECONDS)
+    except Exception as exc:
+        worker.item_note(exc, lambda k: order[k] if k < len(order) else None)  # which item
+        raise
     results: dict[int, Any] = dict(zip(order, outs))
     probe = Probe("sampling")
     for wall, cpu, times, position in zip(walls, cpus, blocked, order):

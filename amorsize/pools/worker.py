@@ -12,6 +12,7 @@ value. Each worker keeps the last few unpickled functions so a chunk does not pa
 from __future__ import annotations
 
 import gc
+import operator
 import os
 import resource
 import sys
@@ -330,17 +331,27 @@ def run_chunk(func: Any, items: list, token: float = 0.0) -> tuple[list, float]:
     try:
         start = time.perf_counter()
         if not token:
-            results = [f(x) for x in items]
+            it = iter(items)
+            try:
+                results = [f(x) for x in it]
+            except Exception as exc:
+                # the failing item is the last one taken: where it is costs nothing until then
+                failed_at(exc, len(items) - operator.length_hint(it) - 1)
+                raise
         else:
             slot = _slot() if token > 0 else None
             results = []
+            k = 0
             try:
-                for k, x in enumerate(items):
+                for k, x in enumerate(items):  # noqa: B007 - k is read if f raises
                     if token in _STOPPED:
                         break
                     if slot is not None:
                         _mark(slot, token, k)
                     results.append(f(x))
+            except Exception as exc:
+                failed_at(exc, k)
+                raise
             finally:
                 if slot is not None:
                     _mark(slot, 0.0, 0)
@@ -372,7 +383,11 @@ def run_timed(
                 _mark(slot, token, k)
             w0 = waits()
             t0, c0 = now()
-            results.append(f(x))
+            try:
+                results.append(f(x))
+            except Exception as exc:
+                failed_at(exc, k)
+                raise
             t1, c1 = now()
             walls.append(t1 - t0)
             cpus.append(c1 - c0)
@@ -385,6 +400,47 @@ def run_timed(
         if slot is not None:
             _mark(slot, 0.0, 0)
         _leave()
+
+
+_FAILED_AT = "_amorsize_failed_at"
+
+
+def failed_at(exc: BaseException, k: int) -> None:
+    """Mark ``exc`` as raised by the ``k``-th item of the items a worker was given, and where
+    that ran; whoever knows the item's place in the input turns the mark into a note
+    (``item_note``). An exception marked already (by a nested call) keeps its first mark."""
+    if _FAILED_AT not in vars(exc):
+        setattr(exc, _FAILED_AT, (k, _where()))
+
+
+def item_note(exc: BaseException, index: Any, total: int | None = None) -> None:
+    """Add the note that names the failing item, ``index(k)`` being its input position (None:
+    unknown), e.g. "item 57 of 200, run on process worker 2 (pid 4242)", and remove the mark;
+    nothing for an exception ``failed_at`` did not mark."""
+    mark = vars(exc).pop(_FAILED_AT, None)
+    if mark is None:
+        return
+    k, where = mark
+    position = index(k)
+    item = "an item" if position is None else f"item {position}"
+    of = "" if total is None or position is None else f" of {total}"
+    exc.add_note(f"{item}{of}, run {where}")
+
+
+def note_item_here(exc: BaseException, index: int | None, total: int | None = None) -> None:
+    """``item_note`` for an item that ran in this thread, at input position ``index``."""
+    failed_at(exc, 0)
+    item_note(exc, lambda _: index, total)
+
+
+def _where() -> str:
+    """Which worker this is, as a note says it."""
+    if _IN_PROCESS_WORKER:
+        number = "" if _PROCESS_SLOT is None else f" {_PROCESS_SLOT[1] // SLOT + 1}"
+        return f"on process worker{number} (pid {os.getpid()})"
+    if getattr(_inside, "slot", None) is not None:
+        return f"on thread {threading.current_thread().name}"
+    return "in this process"
 
 
 def stop(tokens: list[float]) -> None:

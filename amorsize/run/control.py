@@ -104,6 +104,11 @@ class Run:
         self._inflight: dict[Future, tuple[float, Sequence[int] | None]] = {}
         # a chunk's pool, what to send again (func, items, token) and how often it was sent again
         self._resendable: dict[Future, tuple[Any, tuple[Any, list, float], int]] = {}
+        # items sent before each chunk, to name a failing item (``_note_item``); the front end
+        # may set ``position_of`` to turn the n-th item sent into its position in the input
+        self._sent = 0
+        self._first: dict[Future, int] = {}
+        self.position_of: Callable[[int], int] = _same
         self._lock = threading.Lock()
         self._started = time.perf_counter()
 
@@ -160,6 +165,8 @@ class Run:
         with self._lock:
             self._inflight[future] = (token, indices)
             self._resendable[future] = (pool, chunk, 0)
+            self._first[future] = self._sent
+            self._sent += len(items)
         return future
 
     def result(self, future: Future) -> Any:
@@ -173,10 +180,28 @@ class Run:
             if again is None:
                 raise
             return self.result(again)
+        except Exception as exc:
+            self._note_item(exc, future)
+            raise
         finally:
             with self._lock:
                 self._inflight.pop(future, None)
                 self._resendable.pop(future, None)
+                self._first.pop(future, None)
+
+    def _note_item(self, exc: Exception, future: Future) -> None:
+        """Name the item of the chunk ``future`` whose call raised ``exc`` (its position in
+        the input, and the worker it ran on) in a note on ``exc``, as joblib and mpire do."""
+        with self._lock:
+            indices = self._inflight.get(future, (0.0, None))[1]
+            first = self._first.get(future)
+
+        def position(k: int) -> int | None:
+            if indices is not None:
+                return indices[k] if k < len(indices) else None
+            return None if first is None else self.position_of(first + k)
+
+        worker.item_note(exc, position, self.plan.n_items)
 
     def _resend(self, future: Future) -> Future | None:
         with self._lock:
@@ -192,6 +217,8 @@ class Run:
         with self._lock:
             self._inflight[again] = where
             self._resendable[again] = (new_pool, chunk, resends + 1)
+            if future in self._first:
+                self._first[again] = self._first[future]
         return again
 
     def _wait(self, future: Future) -> Any:
@@ -378,6 +405,10 @@ class _RunFuture(FollowingFuture):
             self.set_exception(exc)
 
 
+def _same(n: int) -> int:
+    return n
+
+
 def _chunk_call(chunk: tuple[Any, list, float]) -> Callable[[Any], Future]:
     """A call that submits ``chunk`` (func, items, token) to the pool it is given."""
     def call(pool: Any) -> Future:
@@ -420,6 +451,11 @@ def call_watched(pool: Any, fn: Callable, args: tuple, indices: Sequence[int],
                 overrun = find_overrun(pool, {token: indices}, timeout)
                 if overrun is not None:
                     raise overrun from None
+    except Exception as exc:
+        worker.item_note(exc, lambda k: indices[k] if k < len(indices) else None)
+        if not future.cancel() and not future.done():
+            pool.terminate()
+        raise
     except BaseException:
         if not future.cancel() and not future.done():
             pool.terminate()

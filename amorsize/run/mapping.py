@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import operator
 import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sized
@@ -24,6 +25,7 @@ from amorsize.optimizer import optimize
 from amorsize.optimizer.learned import function_key
 from amorsize.options import MapOptions, complete
 from amorsize.plan import Plan
+from amorsize.pools import worker
 from amorsize.pools.worker import Star
 from amorsize.run.control import (
     PROGRESS_CHUNK_SECONDS,
@@ -148,6 +150,7 @@ def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool,
     run = Run(plan, timeout=timeout, progress=progress, description=_name(func),
               total=_expected_items(plan) if progress else None, done=len(plan.sampled_results),
               run_id=shown)
+    run.position_of = todo.position_of
     with run:
         if unordered and run.pool is not None:
             yield from _completed_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress),
@@ -194,6 +197,23 @@ class _Todo:
         self.it = iter(data)
         self.done = sorted(done)
         self.done_results = done
+        # what the input's iterator has left (-1: it does not tell), to find the item a
+        # serial call failed on without counting items as they go (``taken``)
+        self._size = operator.length_hint(self.it, -1)
+        self.sized = self._size >= 0
+
+    def taken(self) -> int:
+        """How many items were read from a sized input so far (the computed ones included)."""
+        return self._size - operator.length_hint(self.it)
+
+    def position_of(self, n: int) -> int:
+        """The input position of the ``n``-th item ``runs`` yields (counting from 0)."""
+        position = n
+        for index in self.done:
+            if index > position:
+                break
+            position += 1
+        return position
 
     def runs(self) -> Iterator[tuple[Iterator, int | None]]:
         """Yield (items of a run, index of the computed item that follows it or None)."""
@@ -246,16 +266,31 @@ def _chunk_sizes(plan: Plan, run: Run, lazy: bool, progress: bool) -> Iterator[i
 def _serial_blocks(func: Callable, todo: _Todo, run: Run, block: int) -> Iterator[list]:
     """Runs in blocks of at most ``block`` items, so ``imap`` over a generator reads only as
     far as its consumer has asked."""
+    start = 0  # the input position of the block's first item
     for items, follower in todo.runs():
         while True:
             t0 = time.perf_counter()
-            # a plain loop when the block is everything (islice costs a trivial call's time)
-            results = [func(x) for x in (items if block == sys.maxsize
-                                         else itertools.islice(items, block))]
+            # a plain loop when the block is everything (islice costs a trivial call's time);
+            # an input of unknown length is read a block ahead, so a failure's item is known
+            block_items: Iterator = items if block == sys.maxsize else itertools.islice(items, block)
+            read = 0
+            if not todo.sized and block != sys.maxsize:
+                listed = list(block_items)
+                read, block_items = len(listed), iter(listed)
+            try:
+                results = [func(x) for x in block_items]
+            except Exception as exc:
+                # the failing item is the last one read: from a sized input, or from this block
+                index = (todo.taken() - 1 if todo.sized else None if not read
+                         else start + read - operator.length_hint(block_items) - 1)
+                worker.note_item_here(exc, index, run.plan.n_items)
+                raise
+            start += len(results)
             run.record(len(results), time.perf_counter() - t0)
             if len(results) < block:
                 if follower is not None:
                     results.append(todo.done_results[follower])
+                    start += 1
                 yield results
                 break
             yield results
