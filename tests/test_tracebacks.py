@@ -19,6 +19,7 @@ import amorsize
 from amorsize.optimizer import probe, sampling
 from amorsize.options import complete
 from amorsize.pools import worker
+from amorsize.pools.manager import PoolManager
 
 ROOT = Path(__file__).resolve().parent.parent
 EXECUTORS = ["serial", "thread", "process"]
@@ -97,6 +98,16 @@ def test_a_measured_item_that_fails_is_named_too(executor):
         amorsize.map(functools.partial(fail_on, measured), range(N), executor=executor)
     (note,) = info.value.__notes__
     assert re.fullmatch(f"item {measured}, run {WHERE[executor]}", note), note
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_a_pools_own_map_names_the_failing_item(executor):
+    with PoolManager() as manager:
+        pool = manager.get_pool(2, executor)
+        with pytest.raises(ValueError) as info:
+            pool.map(check, range(N), chunksize=5)
+    (note,) = info.value.__notes__
+    assert re.fullmatch(f"item {FAILING}, run {WHERE[executor]}", note), note
 
 
 def test_the_note_leaves_no_mark_of_its_making_on_the_exception():

@@ -160,13 +160,16 @@ class Pool:
         prepared = self.prepare(func)
         limit = max_inflight or 4 * self.n_jobs
         pending: list[Future] = []
+        first = 0  # the input position of the first item of pending[0]
         try:
             for chunk in _chunked(iterable, chunksize):
                 pending.append(self.submit_chunk(prepared, chunk))
                 if len(pending) >= limit:
-                    yield pending.pop(0).result()
+                    yield (done := _named_failure(pending.pop(0), first))
+                    first += len(done[0])
             while pending:
-                yield pending.pop(0).result()
+                yield (done := _named_failure(pending.pop(0), first))
+                first += len(done[0])
         finally:
             for f in pending:
                 f.cancel()
@@ -301,6 +304,16 @@ class FollowingFuture(Future):
 
     def _failed(self, exc: BaseException) -> None:
         self.set_exception(exc)
+
+
+def _named_failure(future: Future, first: int) -> Any:
+    """A chunk's outcome; a failing item's exception is noted with its input position (the
+    chunk's ``first`` plus its place in the chunk) and the worker it ran on."""
+    try:
+        return future.result()
+    except Exception as exc:
+        worker.item_note(exc, lambda k: first + k)
+        raise
 
 
 def _check_chunksize(chunksize: object) -> None:
