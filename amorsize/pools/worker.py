@@ -11,6 +11,7 @@ value. Each worker keeps the last few unpickled functions so a chunk does not pa
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import operator
 import os
@@ -254,7 +255,11 @@ def pack_error(exc: BaseException, max_bytes: int | None = None) -> ByValue:
     that loads again; at most ``max_bytes`` (else a ``RuntimeError`` naming it stands in)."""
     import traceback
 
-    text = "".join(traceback.format_exception(exc))
+    # the worker's traceback from the user's code on: the frames of this module come first
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
     for error in (exc, _ErrorState(exc)):
         try:
             packed = ByValue((False, (error, text)))
@@ -265,6 +270,8 @@ def pack_error(exc: BaseException, max_bytes: int | None = None) -> ByValue:
             return packed
         break
     stand_in = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"[:1000])
+    if _FAILED_AT in vars(exc):  # the failing item is still named
+        vars(stand_in)[_FAILED_AT] = vars(exc)[_FAILED_AT]
     return ByValue((False, (stand_in, text if max_bytes is None else text[-max_bytes // 2:])))
 
 
@@ -410,7 +417,7 @@ def failed_at(exc: BaseException, k: int) -> None:
     that ran; whoever knows the item's place in the input turns the mark into a note
     (``item_note``). An exception marked already (by a nested call) keeps its first mark."""
     if _FAILED_AT not in vars(exc):
-        setattr(exc, _FAILED_AT, (k, _where()))
+        vars(exc)[_FAILED_AT] = (k, _where())
 
 
 def item_note(exc: BaseException, index: Any, total: int | None = None) -> None:
@@ -424,7 +431,8 @@ def item_note(exc: BaseException, index: Any, total: int | None = None) -> None:
     position = index(k)
     item = "an item" if position is None else f"item {position}"
     of = "" if total is None or position is None else f" of {total}"
-    exc.add_note(f"{item}{of}, run {where}")
+    with contextlib.suppress(TypeError):  # __notes__ set to something else: the error matters
+        exc.add_note(f"{item}{of}, run {where}")
 
 
 def note_item_here(exc: BaseException, index: int | None, total: int | None = None) -> None:
