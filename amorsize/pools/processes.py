@@ -74,7 +74,9 @@ class ProcessPool(Pool):
         if start_method == "forkserver":
             _preload_forkserver(context)
         self.board = context.Array("d", worker.SLOT * n_jobs, lock=False)
-        # where a worker whose initializer raised sends the exception (see ``_initialize``)
+        # where a worker whose initializer raised sends the exception (see ``_initialize``);
+        # never closed by hand: a replacement worker started while the executor shuts down
+        # gets it too (its pipe closes when the pool and the executor are let go)
         self._init_errors = context.SimpleQueue() if initializer is not None else None
         self._claimed = context.Value("i", 0)
         ready = context.Value("i", 0)
@@ -183,8 +185,6 @@ class ProcessPool(Pool):
     def _stop_workers(self, wait: bool, force: bool) -> None:
         # taken before shutdown, which forgets it
         manager = getattr(self._executor, "_executor_manager_thread", None)
-        if self._init_errors is not None:
-            self._init_errors.close()  # its last reader: replacement workers may write to it
         if not force:
             self._executor.shutdown(wait=wait)
             _hold_while_running(self._executor, manager)
