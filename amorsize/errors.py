@@ -44,7 +44,8 @@ class TimeoutError(AmorsizeError, builtins.TimeoutError):  # noqa: A001 - the bu
 
 
 class WorkerCrashedError(AmorsizeError, BrokenProcessPool):
-    """A worker process died (killed, segfault, os._exit) while running tasks.
+    """A worker process died (killed, segfault, os._exit) while running tasks, or could not
+    start (its initializer raised: that exception is the ``__cause__``).
 
     Subclasses BrokenProcessPool so code written for concurrent.futures keeps working. The pool
     that lost the worker is discarded; the next get_pool() returns a fresh one.
@@ -52,7 +53,9 @@ class WorkerCrashedError(AmorsizeError, BrokenProcessPool):
 
 
 class PluginError(AmorsizeError, RuntimeError):
-    """A plugin raised inside a hook that decides how a run happens; names the plugin and hook."""
+    """A third-party plugin raised inside a hook that decides how a run happens, or returned
+    what a run cannot use; names the plugin and hook. What comes through a built-in plugin
+    (amorsize's own errors, the user's initializer's) keeps its own type."""
 
     def __init__(self, plugin_name: str, hook_name: str, error: BaseException) -> None:
         self.plugin_name = plugin_name
