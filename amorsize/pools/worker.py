@@ -21,6 +21,7 @@ import threading
 import time
 import types
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, cast
 
 _BLAS_ENV_VARS = (
@@ -417,10 +418,11 @@ def failed_at(exc: BaseException, k: int) -> None:
     that ran; whoever knows the item's place in the input turns the mark into a note
     (``item_note``). An exception marked already (by a nested call) keeps its first mark."""
     if _FAILED_AT not in vars(exc):
-        vars(exc)[_FAILED_AT] = (k, _where())
+        vars(exc)[_FAILED_AT] = (k, where_running())
 
 
-def item_note(exc: BaseException, index: Any, total: int | None = None) -> None:
+def item_note(exc: BaseException, index: Callable[[int], int | None],
+              total: int | None = None) -> None:
     """Add the note that names the failing item, ``index(k)`` being its input position (None:
     unknown), e.g. "item 57 of 200, run on process worker 2 (pid 4242)", and remove the mark;
     nothing for an exception ``failed_at`` did not mark."""
@@ -441,8 +443,10 @@ def note_item_here(exc: BaseException, index: int | None, total: int | None = No
     item_note(exc, lambda _: index, total)
 
 
-def _where() -> str:
-    """Which worker this is, as a note says it."""
+def where_running() -> str:
+    """Where the caller runs, as a failing item's note says it: "on process worker 2 (pid
+    4242)", "on thread amorsize-1" or "in this process" (any front end may name a failing
+    task's worker with it)."""
     if _IN_PROCESS_WORKER:
         number = "" if _PROCESS_SLOT is None else f" {_PROCESS_SLOT[1] // SLOT + 1}"
         return f"on process worker{number} (pid {os.getpid()})"
