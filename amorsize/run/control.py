@@ -191,7 +191,7 @@ class Run:
 
     def _note_item(self, exc: Exception, future: Future) -> None:
         """Name the item of the chunk ``future`` whose call raised ``exc`` (its position in
-        the input, and the worker it ran on) in a note on ``exc``, as joblib and mpire do."""
+        the input, and the worker it ran on) in a note on ``exc``."""
         with self._lock:
             indices = self._inflight.get(future, (0.0, None))[1]
             first = self._first.get(future)
