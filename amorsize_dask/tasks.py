@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from amorsize.pools.worker import now
+from amorsize.pools.worker import now, where_running
 
 _state = threading.local()
 
@@ -29,11 +29,23 @@ def run_tasks(batch: list[tuple]) -> tuple[list, float, float]:
     _state.active = True
     wall, cpu = now()
     try:
-        results = batch_execute_tasks(batch)
+        results = batch_execute_tasks([(key, info, dumps, loads, get_id, _noting(key, pack))
+                                       for key, info, dumps, loads, get_id, pack in batch])
     finally:
         _state.active = outer
     wall_end, cpu_end = now()
     return results, wall_end - wall, cpu_end - cpu
+
+
+def _noting(key: Any, pack: Any) -> Any:
+    """Dask's ``pack_exception``, after a note on the exception naming the task that raised it
+    and where it ran (the key tells which of a graph's tasks it was)."""
+    def pack_exception(exc: BaseException, dumps: Any) -> Any:
+        if isinstance(exc, Exception):
+            exc.add_note(f"dask task {key!r}, run {where_running()}")
+        return pack(exc, dumps)
+
+    return pack_exception
 
 
 def in_task() -> bool:

@@ -49,7 +49,7 @@ from amorsize.optimizer.learned import function_key
 from amorsize.optimizer.probe import PAIR_TESTS, Probe, calls_per_thread, overlap_tests
 from amorsize.options import DEFAULTS, complete
 from amorsize.plan import Plan
-from amorsize.pools.worker import inside_worker, now, waits
+from amorsize.pools.worker import inside_worker, now, waits, where_running
 from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
 
@@ -90,13 +90,17 @@ def run_joblib_batch(batch: Any, inner_max_num_threads: int | None = None) -> tu
     ``__main__`` functions and exception classes work as with loky.
     """
     start, cpu0 = now()
-    if inner_max_num_threads is None:
-        results = batch()
-    else:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=inner_max_num_threads):
+    try:
+        if inner_max_num_threads is None:
             results = batch()
+        else:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=inner_max_num_threads):
+                results = batch()
+    except Exception as exc:
+        exc.add_note(f"a task of a joblib batch of {len(batch)}, run {where_running()}")
+        raise
     end, cpu1 = now()
     return results, end - start, cpu1 - cpu0
 

@@ -181,3 +181,29 @@ def test_a_source_only_linecache_holds_travels_with_the_code(monkeypatch):
         amorsize.map(namespace["cell"], range(N), executor="process", n_jobs=2)
     remote = str(info.value.__cause__)
     assert f'File "{name}", line 3, in cell\n    raise KeyError("cell item")\n' in remote
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_failing_dask_task_is_named_by_its_key_and_where_it_ran(executor):
+    bag = pytest.importorskip("dask.bag")
+    import amorsize_dask  # noqa: F401 - registers the scheduler
+
+    work = bag.from_sequence(range(40), npartitions=4).map(functools.partial(fail_on, 17))
+    with pytest.raises(ValueError) as caught:
+        work.compute(scheduler="amorsize", executor=executor)
+    note = caught.value.__notes__[-1]
+    assert note.startswith("dask task (") and ", 1), run " in note  # item 17: partition 1
+    assert ("process worker" in note) == (executor == "process")
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_failing_joblib_task_says_where_it_ran(executor):
+    joblib = pytest.importorskip("joblib")
+    import amorsize_joblib  # noqa: F401 - registers the backend
+
+    with pytest.raises(ValueError) as caught, \
+            joblib.parallel_config(backend="amorsize", executor=executor):
+        joblib.Parallel()(joblib.delayed(fail_on)(17, i) for i in range(40))
+    note = caught.value.__notes__[-1]
+    assert note.startswith("a task of a joblib batch of ")
+    assert ("process worker" in note) == (executor == "process")
