@@ -54,9 +54,9 @@ class PickledFunction:
     def __init__(self, func: Any) -> None:
         import hashlib
 
-        import cloudpickle
+        from amorsize.pools import shipping
 
-        self.payload = cloudpickle.dumps(func)
+        self.payload = shipping.dumps(func)
         self.digest = hashlib.blake2b(self.payload, digest_size=16).digest()
 
     def __getstate__(self) -> tuple[bytes, bytes]:
@@ -84,9 +84,9 @@ class ByValue:
     __slots__ = ("data",)
 
     def __init__(self, obj: Any) -> None:
-        import cloudpickle
+        from amorsize.pools import shipping
 
-        self.data = cloudpickle.dumps(obj, protocol=5)
+        self.data = shipping.dumps(obj, protocol=5)
 
     def __getstate__(self) -> bytes:
         return self.data
