@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -395,11 +396,9 @@ def test_shutdown_force_terminates_busy_workers():
     manager = PoolManager()
     pool = manager.get_pool(1, "process")
     pids = pool.worker_pids()
-    future = pool.submit(pool_helpers.sleep_then_return, 1, 60)
+    future = pool.submit(pool_helpers.sleep_then_return, 1, 3600)   # waiting would time out
     time.sleep(0.2)
-    start = time.monotonic()
     manager.shutdown(force=True)
-    assert time.monotonic() - start < 10
     assert future.done()
     assert pool_helpers.alive(pids) == set()
 
@@ -438,10 +437,8 @@ def test_under_each_start_method_a_killed_worker_raises_and_is_replaced(method_m
     pool = method_manager.get_pool(2, "process")
     replaced_before = method_manager.get_stats()["replacements"]
     kill_a_worker_during(pool)
-    start = time.monotonic()
-    with pytest.raises(WorkerCrashedError):
-        pool.map(pool_helpers.sleep_then_return, range(4))
-    assert time.monotonic() - start < 20
+    with pytest.raises(WorkerCrashedError):  # the tasks would sleep for an hour
+        pool.map(functools.partial(pool_helpers.sleep_then_return, seconds=3600), range(4))
     fresh = method_manager.get_pool(2, "process")
     assert fresh is not pool and not fresh.broken
     assert fresh.map(pool_helpers.square, range(3)) == [0, 1, 4]
