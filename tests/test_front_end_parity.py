@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 from core_helpers import burn, nap, square
-from plugin_helpers import registered
+from plugin_helpers import Measured, registered
 
 import amorsize
 from amorsize.optimizer.decision import _DECISIONS
-from amorsize.optimizer.learned import LEARNED, Learned
+from amorsize.optimizer.learned import LEARNED
 
 joblib = pytest.importorskip("joblib")
 dask = pytest.importorskip("dask")
@@ -45,17 +45,6 @@ def _blocks() -> list:
     import os
 
     return [os.urandom(2**20) for _ in range(64)]
-
-
-class Measured:
-    """Has every front end recall ``profile``, as if it had just measured it."""
-
-    def __init__(self, profile: amorsize.Profile) -> None:
-        self.profile = profile
-
-    @amorsize.hookimpl(tryfirst=True)
-    def amorsize_recall(self, key):
-        return Learned(self.profile)
 
 
 class Remembered:
@@ -134,7 +123,7 @@ blocks = [os.urandom(2**18) for _ in range(48)]
 def digest(block):
     return hashlib.sha256(block).hexdigest()
 
-from amorsize.optimizer.learned import LEARNED, Learned
+from amorsize.optimizer.learned import LEARNED
 
 def with_joblib(i):
     LEARNED.forget()  # every inner call measures, in whichever thread it runs
