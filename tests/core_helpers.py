@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -133,4 +134,20 @@ class FakeClock:
         monkeypatch.setattr(probe, "time", self)
         monkeypatch.setattr(worker, "time", self)
         monkeypatch.setattr(worker, "waits", self.waits)
+        monkeypatch.setattr(sys.modules[__name__], "_installed", self)
         return self
+
+
+_installed: FakeClock | None = None
+
+
+def waits_on_the_fake_clock(x: int, seconds: float = 0.003) -> int:
+    """``FakeClock.wait`` on the installed clock, as a module-level (picklable) function."""
+    assert _installed is not None, "install a FakeClock first"
+    return _installed.wait(x, seconds)
+
+
+def computes_on_the_fake_clock(x: int, seconds: float = 0.003) -> int:
+    """``FakeClock.compute`` on the installed clock, as a module-level (picklable) function."""
+    assert _installed is not None, "install a FakeClock first"
+    return _installed.compute(x, seconds)

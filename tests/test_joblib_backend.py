@@ -145,6 +145,8 @@ def test_prefer_threads_keeps_work_in_this_process():
 
 
 def test_n_jobs_none_in_parallel_config_runs_in_parallel():
+    LEARNED.remember(function_key(h.wait), amorsize.Profile(  # tasks that wait, as measured
+        per_item_seconds=0.003, cpu_ratio=0.0, thread_scaling=2.0, n_measured=8))
     backend = AmorsizeBackend()
     with parallel_config(backend=backend):
         parallel = Parallel()

@@ -11,10 +11,12 @@ import warnings
 
 import pytest
 from core_helpers import (
+    FakeClock,
     MarkOnce,
     Recorder,
     TwoPartError,
     burn,
+    computes_on_the_fake_clock,
     die_in_worker,
     fail_on_seven,
     fail_two_part_on_seven,
@@ -22,6 +24,7 @@ from core_helpers import (
     nested_map,
     pid_of,
     square,
+    waits_on_the_fake_clock,
 )
 
 import amorsize
@@ -149,17 +152,20 @@ def test_trivial_work_stays_serial():
     assert any("serial" in r for r in plan.reasons)
 
 
-def test_io_bound_work_gets_threads_sized_to_latency():
-    plan = amorsize.optimize(nap, list(range(300)))
+def test_io_bound_work_gets_threads_sized_to_latency(monkeypatch):
+    FakeClock().install(monkeypatch)   # 3 ms of waiting per call, however busy the machine
+    plan = amorsize.optimize(waits_on_the_fake_clock, list(range(300)))
     assert plan.executor_type == "thread"
     assert plan.n_jobs > os.cpu_count()
-    assert plan.profile.cpu_ratio < 0.5
+    assert plan.profile.cpu_ratio == 0.0
 
 
 @pytest.mark.timeout(120)
-def test_cpu_bound_python_work_goes_to_processes():
-    plan = amorsize.optimize(burn, list(range(150)))
-    assert plan.profile.cpu_ratio > 0.5
+def test_cpu_bound_python_work_goes_to_processes(monkeypatch):
+    FakeClock().install(monkeypatch)   # 20 ms of computing per call, holding the GIL
+    plan = amorsize.optimize(functools.partial(computes_on_the_fake_clock, seconds=0.02),
+                             list(range(150)))
+    assert plan.profile.cpu_ratio == 1.0 and plan.profile.thread_scaling == 1.0
     assert plan.executor_type == "process", plan.explain()
     assert plan.estimated_speedup > 1.2
 
