@@ -185,12 +185,14 @@ def test_idle_pools_are_evicted_even_when_the_request_is_a_warm_hit():
 
 
 def test_a_pool_running_tasks_is_never_idle_evicted():
+    release = threading.Event()
     with PoolManager(idle_timeout=0.05) as manager:
         pool = manager.get_pool(1, "thread")
-        future = pool.submit(time.sleep, 0.3)
-        time.sleep(0.15)
+        future = pool.submit(release.wait, 30)   # runs until the test has looked
+        time.sleep(0.1)   # past the idle timeout
         manager.get_pool(1, "serial")
         assert not pool.closed
+        release.set()
         future.result()
 
 
@@ -404,11 +406,12 @@ def test_shutdown_force_terminates_busy_workers():
 
 
 @pytest.mark.timeout(60)
-def test_shutdown_waits_for_running_tasks():
+def test_shutdown_waits_for_running_tasks(tmp_path):
     manager = PoolManager()
     pool = manager.get_pool(1, "process")
-    future = pool.submit(pool_helpers.sleep_then_return, "done", 0.5)
-    time.sleep(0.1)
+    started = str(tmp_path / "started")
+    future = pool.submit(pool_helpers.mark_started_then_sleep, started, "done", 0.5)
+    pool_helpers.wait_for_file(started)
     manager.shutdown()
     assert future.result(timeout=0) == "done"
     assert pool_helpers.alive(pool.worker_pids() or []) == set()
