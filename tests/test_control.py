@@ -91,7 +91,8 @@ def test_an_error_cancels_the_rest_of_a_thread_run():
         amorsize.map(fail_on_three, range(200), executor="thread", n_jobs=2, chunksize=1)
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled < 40   # nothing more is dispatched or run
+    # nothing more is dispatched or run (a thread past its stop check may make one call)
+    assert counter.calls <= settled + 2 and settled < 40
 
 
 def test_an_error_stops_this_runs_busy_process_workers_and_the_pool_is_replaced():
@@ -133,7 +134,7 @@ def test_breaking_out_of_imap_stops_the_run():
             break
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled
+    assert counter.calls <= settled + 2   # a thread past its stop check may start one more call
     assert settled < 400
 
 
@@ -144,7 +145,8 @@ def test_closing_an_imap_iterator_stops_the_run():
     results.close()
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled < 400
+    # a thread past its stop check may start one more call
+    assert counter.calls <= settled + 2 and settled < 400
 
 
 def test_dropping_an_imap_iterator_stops_the_run():
@@ -154,7 +156,8 @@ def test_dropping_an_imap_iterator_stops_the_run():
     del results
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled < 400
+    # a thread past its stop check may start one more call
+    assert counter.calls <= settled + 2 and settled < 400
 
 
 def test_imap_over_a_generator_streams_its_first_results_after_about_one_item():
