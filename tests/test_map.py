@@ -26,6 +26,7 @@ from core_helpers import (
     square,
     waits_on_the_fake_clock,
 )
+from plugin_helpers import Measured, registered
 
 import amorsize
 from amorsize.optimizer.decision import _DECISIONS
@@ -263,20 +264,18 @@ class _NoProcessPools:
 
 def test_when_no_process_pool_can_start_the_work_still_runs_without_processes():
     amorsize.shutdown_global_pool_manager()  # no warm process pool: one would have to start
-    blocker = _NoProcessPools()
-    amorsize.register_plugin(blocker)
-    try:
-        heavy = functools.partial(burn, loops=400_000)  # ~20 ms: processes win even cold
+    # 20 ms of pure-Python work a call, as measured: processes win even cold
+    heavy = amorsize.Profile(per_item_seconds=20e-3, cpu_ratio=1.0, thread_scaling=1.0,
+                             n_measured=8)
+    with registered(_NoProcessPools()), registered(Measured(heavy)):
         with pytest.warns(RuntimeWarning, match="could not start"):
-            plan = amorsize.optimize(heavy, list(range(60)))
+            plan = amorsize.optimize(square, list(range(60)))
         assert plan.executor_type != "process"
         assert any("no more processes allowed here" in r for r in plan.reasons)
         # the next call keeps that decision, or tries processes again and warns again
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "amorsize: processes excluded", RuntimeWarning)
-            assert amorsize.map(heavy, list(range(60))) == [heavy(x) for x in range(60)]
-    finally:
-        amorsize.unregister_plugin(blocker)
+            assert amorsize.map(square, list(range(60))) == [x * x for x in range(60)]
 
 
 @pytest.mark.timeout(120)
