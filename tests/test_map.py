@@ -264,8 +264,8 @@ class _NoProcessPools:
 
 def test_when_no_process_pool_can_start_the_work_still_runs_without_processes():
     amorsize.shutdown_global_pool_manager()  # no warm process pool: one would have to start
-    # 20 ms of pure-Python work a call, as measured: processes win even cold
-    heavy = amorsize.Profile(per_item_seconds=20e-3, cpu_ratio=1.0, thread_scaling=1.0,
+    # a second of pure-Python work a call, as measured: processes win however costly to start
+    heavy = amorsize.Profile(per_item_seconds=1.0, cpu_ratio=1.0, thread_scaling=1.0,
                              n_measured=8)
     with registered(_NoProcessPools()), registered(Measured(heavy)):
         with pytest.warns(RuntimeWarning, match="could not start"):

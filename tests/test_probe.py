@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from core_helpers import FakeClock, burn, nap
+from core_helpers import FakeClock, burn
 
 from amorsize.optimizer import probe
 from amorsize.pools import worker
@@ -96,14 +96,13 @@ def test_overlap_of_computing_work_needs_no_serial_baseline(pair_pool, monkeypat
     assert gil.thread_scaling == 1.0
 
 
-def test_overlap_on_a_real_pair_of_threads_tells_waiting_and_gil_work_apart(pair_pool):
-    """The same on the real clocks, asserting only what load cannot change: waits overlap
-    at least somewhat; calls that hold the GIL never look better than one at a time."""
-    waits = probe.Probe("test")
-    waits.overlap(pair_pool, [lambda: nap(0, 0.02), lambda: nap(1, 0.02)], 0.04)
+def test_on_real_threads_calls_that_hold_the_gil_never_look_overlapped(pair_pool):
+    """On the real clocks, only what load cannot change: the threads' CPU time, summed, never
+    exceeds their wall time by much while the GIL lets one run at a time (load can only hide
+    the overlap of waiting calls, so theirs is not judged here)."""
     gil = probe.Probe("test")
     gil.overlap(pair_pool, [lambda: burn(0, 200_000), lambda: burn(1, 200_000)], 0.04)
-    assert 1.0 <= waits.thread_scaling <= 2.0 and gil.thread_scaling < 1.3
+    assert gil.thread_scaling < 1.3
 
 
 def test_an_overlap_short_of_clear_is_measured_again_on_other_calls(pair_pool, monkeypatch):
