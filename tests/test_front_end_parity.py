@@ -63,9 +63,9 @@ class Remembered:
     (nap, lambda: list(range(200)),
      amorsize.Profile(per_item_seconds=3e-3, cpu_ratio=0.0, thread_scaling=2.0, n_measured=8),
      "thread"),
-    # 8 s of pure-Python work (as measured; the real calls are quick): processes win however
+    # 2 s of pure-Python work (as measured; the real calls are quick): processes win however
     # costly a cold pool is
-    (square, lambda: list(range(400)),
+    (square, lambda: list(range(100)),
      amorsize.Profile(per_item_seconds=20e-3, cpu_ratio=1.0, thread_scaling=1.0, arg_bytes=30,
                       result_bytes=30, pickle_seconds=1e-6, n_measured=8),
      "process"),
@@ -77,13 +77,14 @@ class Remembered:
 ], ids=["waiting", "computing", "c-code-releasing-the-gil"])
 def test_map_joblib_and_dask_choose_the_same_executor(func, make_items, measured, expected):
     items = make_items()
+    expected_results = [func(x) for x in items]
     decided = {}
     for front in ("map", "joblib", "dask"):
         LEARNED.forget()
         _DECISIONS.forget()
         with registered(Executors()) as spy, registered(Measured(measured), name="measured"):
             _run(front, func, items)
-            assert _run(front, func, items) == [func(x) for x in items]
+            assert _run(front, func, items) == expected_results
         decided[front] = spy.seen[-1]
     assert decided == {"map": expected, "joblib": expected, "dask": expected}
 
@@ -94,11 +95,12 @@ def test_map_joblib_and_dask_all_measure_with_the_probes_overlap_test():
     the Dask scheduler runs root tasks: all three make the overlap test (its figure is the
     machine's to lower, so only that it was made is checked)."""
     items = _blocks()
+    expected_results = [hash_block(x) for x in items]
     for front in ("map", "joblib", "dask"):
         LEARNED.forget()
         _DECISIONS.forget()
         with registered(Remembered(), name="remembered") as remembered:
-            assert _run(front, hash_block, items) == [hash_block(x) for x in items]
+            assert _run(front, hash_block, items) == expected_results
         profile = remembered.profiles[0]   # the measured one (corrected ones may follow)
         assert profile.thread_scaling is not None and 0.5 <= profile.thread_scaling <= 2.0, front
 
