@@ -7,10 +7,10 @@ import importlib.util
 import sys
 
 import cloudpickle
+from core_helpers import square
 
 import amorsize
 from amorsize.pools import shipping
-from tests.core_helpers import square
 
 MODULE_SOURCE = '''
 class Box:

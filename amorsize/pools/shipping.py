@@ -20,6 +20,8 @@ from typing import Any
 
 import cloudpickle
 
+from amorsize.pools import worker
+
 _lock = threading.Lock()
 # what every process worker started so far has on its sys.path (None: no worker started yet)
 _worker_path: list[str] | None = None
@@ -38,17 +40,24 @@ def workers_start_with(path: list[str]) -> None:
 
 
 def dumps(obj: Any, protocol: int | None = None) -> bytes:
-    """``cloudpickle.dumps``, sending modules the workers cannot import by value."""
+    """``cloudpickle.dumps``, sending modules the workers cannot import by value. In a process
+    worker (results on their way back) plain ``cloudpickle.dumps``: the caller has every module
+    its workers have, and the check would cost each result a call."""
+    if worker._IN_PROCESS_WORKER:
+        return cloudpickle.dumps(obj, protocol=protocol)
     with io.BytesIO() as file:
         _Pickler(file, protocol=protocol).dump(obj)
         return file.getvalue()
+
+
+_reduce = cloudpickle.Pickler.reducer_override
 
 
 class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (types.FunctionType, type)):
             _by_value_if_unimportable(getattr(obj, "__module__", None))
-        return super().reducer_override(obj)
+        return _reduce(self, obj)
 
 
 def _by_value_if_unimportable(name: object) -> None:
@@ -65,22 +74,24 @@ def _by_value_if_unimportable(name: object) -> None:
 def _importable(name: str) -> bool:
     """Whether a worker importing ``name`` gets the module this process has under that name."""
     top = name.partition(".")[0]
+    if top in sys.builtin_module_names or top in sys.stdlib_module_names:
+        return True
     module = sys.modules.get(top)
-    if module is None or top in sys.builtin_module_names or top in sys.stdlib_module_names:
-        return True   # not loaded here (cloudpickle sends it by value) or always importable
-    origin = getattr(getattr(module, "__spec__", None), "origin", None)
-    if origin is None or origin in ("built-in", "frozen"):
-        return True   # a namespace package or a module without a file: nothing to compare
+    if module is None:   # a submodule loaded without its package: only by its file
+        return name not in sys.modules
+    spec = getattr(module, "__spec__", None)
+    if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+        return True   # not a plain .py file (built-in, extension, zip, a custom importer's)
     path = sys.path if _worker_path is None else _worker_path
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
         if find_spec is None:
             continue
         try:
-            spec = (importlib.machinery.PathFinder.find_spec(top, path)
-                    if finder is importlib.machinery.PathFinder else find_spec(top, None))
+            found = (importlib.machinery.PathFinder.find_spec(top, path)
+                     if finder is importlib.machinery.PathFinder else find_spec(top, None))
         except Exception:
             continue
-        if spec is not None:
-            return spec.origin == origin
+        if found is not None:
+            return found.origin == spec.origin
     return False
