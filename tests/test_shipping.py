@@ -65,3 +65,18 @@ def test_a_module_on_a_path_added_after_the_workers_started_runs_on_them(tmp_pat
 def test_a_function_the_workers_can_import_still_travels_by_reference():
     assert shipping.dumps(square) == cloudpickle.dumps(square)
     assert len(shipping.dumps(square)) < 100
+
+
+def test_joblib_and_dask_run_such_a_function_on_processes_too(tmp_path, monkeypatch):
+    import dask
+    import joblib
+
+    import amorsize_dask  # noqa: F401 - registers the scheduler
+    from amorsize_joblib import AmorsizeBackend
+
+    module = _load_from_file(tmp_path, monkeypatch, "cubes_elsewhere.py", "loaded_by_path_joblib")
+    expected = [x ** 3 for x in range(12)]
+    assert joblib.Parallel(n_jobs=2, backend=AmorsizeBackend(executor="process"))(
+        joblib.delayed(module.cube)(x) for x in range(12)) == expected
+    assert list(dask.compute(*[dask.delayed(module.cube)(x) for x in range(12)],
+                             scheduler="amorsize", executor="process")) == expected
