@@ -18,6 +18,7 @@ from typing import Any
 from amorsize.optimizer.probe import PAIR_ITEMS, Probe, Sample
 from amorsize.pools.worker import now, waits
 from amorsize_dask.graph import GraphWork, dependency_values, spread
+from amorsize_dask.tasks import note_task
 
 MAX_SAMPLES = 4
 BUDGET_SHARE = 0.05
@@ -42,7 +43,11 @@ def measure(work: GraphWork, cache: dict | None,
         data = dependency_values(work.graph, node, cache)
         w0 = waits()
         t0, c0 = now()
-        value = node(data)
+        try:
+            value = node(data)
+        except Exception as exc:
+            note_task(exc, key)
+            raise
         t1, c1 = now()
         probe.observe(t1 - t0, c1 - c0, -1 if w0 < 0 else waits() - w0)
         probe.observe_shipping(None, [((node, data), value)])
@@ -59,7 +64,14 @@ def measure(work: GraphWork, cache: dict | None,
 
 
 def _run_nodes(work: GraphWork, keys: list, cache: dict | None) -> list:
-    return [work.graph[k](dependency_values(work.graph, work.graph[k], cache)) for k in keys]
+    results = []
+    for key in keys:
+        try:
+            results.append(work.graph[key](dependency_values(work.graph, work.graph[key], cache)))
+        except Exception as exc:
+            note_task(exc, key)
+            raise
+    return results
 
 
 def _worth_more(probe: Probe, n_tasks: int) -> bool:

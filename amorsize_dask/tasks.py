@@ -38,14 +38,19 @@ def run_tasks(batch: list[tuple]) -> tuple[list, float, float]:
 
 
 def _noting(key: Any, pack: Any) -> Any:
-    """Dask's ``pack_exception``, after a note on the exception naming the task that raised it
-    and where it ran (the key tells which of a graph's tasks it was)."""
+    """Dask's ``pack_exception``, after ``note_task``."""
     def pack_exception(exc: BaseException, dumps: Any) -> Any:
-        if isinstance(exc, Exception):
-            exc.add_note(f"dask task {key!r}, run {where_running()}")
+        note_task(exc, key)
         return pack(exc, dumps)
 
     return pack_exception
+
+
+def note_task(exc: BaseException, key: Any) -> None:
+    """Note on a task's exception which of the graph's tasks raised it (its key) and where it
+    ran."""
+    if isinstance(exc, Exception):
+        exc.add_note(f"dask task {key!r}, run {where_running()}")
 
 
 def in_task() -> bool:

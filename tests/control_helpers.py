@@ -29,6 +29,16 @@ def spin_on(x: int, slow: int = 5, seconds: float = 6.0, others: float = 0.02) -
     return x
 
 
+def block_on(x: int, release: threading.Event, slow: int = 5, others: float = 0.02) -> int:
+    """Blocks on item ``slow`` until ``release`` is set, sleeps ``others`` on the rest: a test
+    that sets ``release`` only at its end passes only if nothing waited for that item."""
+    if x == slow:
+        release.wait()
+    else:
+        time.sleep(others)
+    return x
+
+
 def fail_fast_then_sleep(x: int) -> int:
     if x == 0:
         raise ValueError("item 0 fails")

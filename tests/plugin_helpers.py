@@ -81,3 +81,17 @@ def registered(plugin: object, name: str | None = None) -> Iterator[object]:
         yield plugin
     finally:
         amorsize.unregister_plugin(plugin)
+
+
+class Measured:
+    """Has every front end recall ``profile`` for any function, as if it had just measured it:
+    a decision made from it is the cost model's alone, whatever the machine's load."""
+
+    def __init__(self, profile: amorsize.Profile) -> None:
+        self.profile = profile
+
+    @amorsize.hookimpl(tryfirst=True)
+    def amorsize_recall(self, key):
+        from amorsize.optimizer.learned import Learned
+
+        return Learned(self.profile)

@@ -22,6 +22,21 @@ def sleep_then_return(x: object, seconds: float = 30.0) -> object:
     return x
 
 
+def mark_started_then_sleep(started: str, x: object, seconds: float) -> object:
+    """Create the file ``started`` (the task is running: the caller may go on), then sleep."""
+    open(started, "w").close()
+    time.sleep(seconds)
+    return x
+
+
+def wait_for_file(path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not created within {timeout} s")
+        time.sleep(0.01)
+
+
 def exit_abruptly(x: int) -> int:
     """Kill the worker the way a segfault or a C library's exit() would: no exception, no cleanup."""
     if x == 3:

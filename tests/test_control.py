@@ -6,6 +6,7 @@ hanging the suite or killing it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import signal
 import threading
@@ -16,6 +17,7 @@ import pytest
 from control_helpers import (
     Counter,
     ProgressRecorder,
+    block_on,
     fail_fast_then_sleep,
     run_script,
     sleep_on,
@@ -42,14 +44,13 @@ kind = sys.argv[1]
 amorsize.map(spin_on, range(2), executor=kind, n_jobs=2)          # warm the pool
 print("ready", flush=True)
 try:
-    # every item but the first (measured) runs 4 s on the pool
-    amorsize.map(lambda x: spin_on(x, slow=-1, others=4.0), range(8), executor=kind, n_jobs=2,
-                 chunksize=1, sample_size=1)
+    # every item but the first (measured) computes for an hour on the pool
+    amorsize.map(lambda x: spin_on(x, slow=-1, others=3600.0), range(8), executor=kind,
+                 n_jobs=2, chunksize=1, sample_size=1)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
-    start = time.perf_counter()
     out = amorsize.map(spin_on, [0, 1, 2, 3], executor=kind, n_jobs=2)
-    print("next", out == [0, 1, 2, 3], round(time.perf_counter() - start, 2), flush=True)
+    print("next", out == [0, 1, 2, 3], flush=True)
     raise
 """
 
@@ -61,19 +62,18 @@ def test_ctrl_c_stops_the_call_and_the_process_exits_promptly_leaving_no_worker(
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     time.sleep(1.0)
     children = psutil.Process(proc.pid).children(recursive=True)
-    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
+    # the items run for an hour: waiting for any of them would outlast the test's timeout
     assert proc.stdout.readline().strip() == "interrupted"
-    interrupted = time.monotonic() - sent
     out = proc.stdout.readline().split()
     proc.wait(30)
-    exited = time.monotonic() - sent
-    assert out[:2] == ["next", "True"], out + [proc.stderr.read()]   # the next call works
-    assert interrupted < 1.5
-    # four 4 s items were running or queued: waiting for them would take 4-8 s more
-    assert exited - float(out[-1]) < 3.0
-    time.sleep(0.5)
-    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert out == ["next", "True"], out + [proc.stderr.read()]   # the next call works
+    deadline = time.monotonic() + 20
+    while True:
+        alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert alive == []
 
 
@@ -91,7 +91,8 @@ def test_an_error_cancels_the_rest_of_a_thread_run():
         amorsize.map(fail_on_three, range(200), executor="thread", n_jobs=2, chunksize=1)
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled < 40   # nothing more is dispatched or run
+    # nothing more is dispatched or run (a thread past its stop check may make one call)
+    assert counter.calls <= settled + 2 and settled < 40
 
 
 def test_an_error_stops_this_runs_busy_process_workers_and_the_pool_is_replaced():
@@ -133,7 +134,7 @@ def test_breaking_out_of_imap_stops_the_run():
             break
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled
+    assert counter.calls <= settled + 2   # a thread past its stop check may start one more call
     assert settled < 400
 
 
@@ -144,7 +145,8 @@ def test_closing_an_imap_iterator_stops_the_run():
     results.close()
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled < 400
+    # a thread past its stop check may start one more call
+    assert counter.calls <= settled + 2 and settled < 400
 
 
 def test_dropping_an_imap_iterator_stops_the_run():
@@ -154,18 +156,26 @@ def test_dropping_an_imap_iterator_stops_the_run():
     del results
     settled = counter.calls
     time.sleep(0.3)
-    assert counter.calls == settled < 400
+    # a thread past its stop check may start one more call
+    assert counter.calls <= settled + 2 and settled < 400
 
 
 def test_imap_over_a_generator_streams_its_first_results_after_about_one_item():
-    def items():
-        yield from range(40)
+    given_first_result = threading.Event()
 
-    start = time.perf_counter()
-    first = next(amorsize.imap(lambda x: sleep_on(x, slow=-1, others=0.1), items(), n_jobs=2))
-    # sampling runs a few items one by one, then the first chunk: not 10,000 assumed items
+    def items():
+        # sampling runs a few items one by one, then chunks that start at one item and grow
+        # (at most eight in flight): not chunks sized for 10,000 assumed items
+        yield from range(100)
+        if not given_first_result.wait(60):
+            raise AssertionError("imap read 100 items before giving its first result")
+        yield from range(100, 140)
+
+    results = amorsize.imap(lambda x: sleep_on(x, slow=-1, others=0.02), items(), n_jobs=2)
+    first = next(results)
+    given_first_result.set()
     assert first == 0
-    assert time.perf_counter() - start < 2.5
+    results.close()
 
 
 def test_imap_chunks_start_small_and_grow_for_an_iterator_of_unknown_length():
@@ -180,15 +190,20 @@ def test_imap_chunks_start_small_and_grow_for_an_iterator_of_unknown_length():
 
 # --- time limits --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("executor, func", [("thread", sleep_on), ("process", spin_on),
-                                             (None, sleep_on)])
-@pytest.mark.timeout(30)
-def test_timeout_raises_naming_the_item_well_before_it_would_finish(executor, func):
-    start = time.perf_counter()
-    with pytest.raises(TimeoutError, match="item 5 ran longer than timeout=1 s") as caught:
-        amorsize.map(func, range(12), executor=executor, n_jobs=2, timeout=1)
+@pytest.mark.parametrize("executor", ["thread", "process", None])
+@pytest.mark.timeout(60)
+def test_timeout_raises_naming_the_item_that_would_never_finish(executor):
+    release = threading.Event()
+    # item 5 computes for an hour in a process, or waits in a thread until the test ends (a
+    # function holding an Event cannot be pickled, so executor=None cannot choose processes)
+    func = (functools.partial(spin_on, seconds=3600.0) if executor == "process"
+            else functools.partial(block_on, release=release))
+    try:
+        with pytest.raises(TimeoutError, match="item 5 ran longer than timeout=1 s") as caught:
+            amorsize.map(func, range(12), executor=executor, n_jobs=2, timeout=1)
+    finally:
+        release.set()
     assert isinstance(caught.value, amorsize.TimeoutError) and caught.value.index == 5
-    assert time.perf_counter() - start < 4.0   # the item takes 6 s
 
 
 @pytest.mark.timeout(30)
@@ -373,13 +388,16 @@ def test_after_a_joblib_timeout_the_next_call_runs_at_normal_speed():
 
     import amorsize_joblib  # noqa: F401
 
-    with pytest.raises(JoblibTimeout):
-        joblib.Parallel(n_jobs=2, backend="amorsize", timeout=0.5)(
-            joblib.delayed(sleep_on)(i, slow=-1, others=5.0) for i in range(6))
-    start = time.perf_counter()
-    joblib.Parallel(n_jobs=2, backend="amorsize")(
-        joblib.delayed(spin_on)(i, slow=-1, others=0.01) for i in range(6))
-    assert time.perf_counter() - start < 3.0   # not the 5 s tasks left over
+    release = threading.Event()
+    try:
+        # the tasks wait until the test ends: the next call must not wait for the ones left over
+        with pytest.raises(JoblibTimeout):
+            joblib.Parallel(n_jobs=2, backend="amorsize", timeout=0.5)(
+                joblib.delayed(block_on)(i, release, slow=i, others=0) for i in range(6))
+        assert joblib.Parallel(n_jobs=2, backend="amorsize")(
+            joblib.delayed(spin_on)(i, slow=-1, others=0.01) for i in range(6)) == list(range(6))
+    finally:
+        release.set()
 
 
 def test_joblib_reports_progress_to_the_same_hook(progress):
@@ -430,13 +448,16 @@ def test_an_empty_input_with_a_timeout_starts_no_pool():
 
 @pytest.mark.timeout(30)
 def test_imap_unordered_times_out_while_other_chunks_keep_completing():
-    start = time.perf_counter()
-    with pytest.raises(amorsize.TimeoutError) as caught:
-        list(amorsize.imap_unordered(lambda x: sleep_on(x, slow=3, seconds=5, others=0.05),
-                                     range(80), executor="thread", n_jobs=2, chunksize=1,
-                                     timeout=0.5))
+    release = threading.Event()
+    # endless items, one of which never finishes: only the time limit can end this call
+    try:
+        with pytest.raises(amorsize.TimeoutError) as caught:
+            list(amorsize.imap_unordered(lambda x: block_on(x, release, slow=3, others=0.01),
+                                         itertools.count(), executor="thread", n_jobs=2,
+                                         chunksize=1, timeout=0.5))
+    finally:
+        release.set()
     assert caught.value.index == 3
-    assert time.perf_counter() - start < 3.0   # not after the other 79 items (4 s on 1 thread)
 
 
 def test_a_cancelled_process_run_leaves_no_stop_tokens_behind():

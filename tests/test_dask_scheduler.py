@@ -20,7 +20,7 @@ from dask.base import named_schedulers
 from dask.diagnostics import Profiler, ProgressBar
 from dask.utils_test import GetFunctionTestMixin, inc
 from dask_helpers import CustomError, die, fail, pid, raise_custom, spin, square
-from plugin_helpers import registered
+from plugin_helpers import Measured, registered
 
 import amorsize
 import amorsize_dask
@@ -188,17 +188,22 @@ def test_profiler_records_every_task_on_first_and_later_computes():
         assert len(prof.results) == len(reference.results)
 
 
-def test_cpu_bound_pure_python_graph_runs_on_processes(spy):
-    b = db.from_sequence(range(200), npartitions=200).map(partial(spin, seconds=0.004))
-    assert b.compute(scheduler="amorsize") == list(range(200))
+def test_a_graph_of_pure_python_cpu_work_runs_on_processes(spy):
+    cpu_work = amorsize.Profile(per_item_seconds=20e-3, cpu_ratio=1.0, thread_scaling=1.0,
+                                n_measured=8)
+    b = db.from_sequence(range(200), npartitions=200).map(square)
+    with registered(Measured(cpu_work), name="measured"):
+        assert b.compute(scheduler="amorsize") == [x * x for x in range(200)]
     plan, report = spy.runs[-1]
     assert plan.executor_type == "process", plan.explain()
 
 
 def test_many_tiny_tasks_run_serially(spy):
-    parts = [dask.delayed(square)(i) for i in range(2000)]
-    assert dask.delayed(sum)(parts).compute(scheduler="amorsize") == sum(
-        i * i for i in range(2000))
+    tiny = amorsize.Profile(per_item_seconds=1e-6, cpu_ratio=1.0, thread_scaling=1.0, n_measured=8)
+    parts = [dask.delayed(square)(i) for i in range(500)]
+    with registered(Measured(tiny), name="measured"):
+        assert dask.delayed(sum)(parts).compute(scheduler="amorsize") == sum(
+            i * i for i in range(500))
     plan, report = spy.runs[-1]
     assert plan.executor_type == "serial", plan.explain()
 

@@ -11,10 +11,12 @@ import warnings
 
 import pytest
 from core_helpers import (
+    FakeClock,
     MarkOnce,
     Recorder,
     TwoPartError,
     burn,
+    computes_on_the_fake_clock,
     die_in_worker,
     fail_on_seven,
     fail_two_part_on_seven,
@@ -22,7 +24,9 @@ from core_helpers import (
     nested_map,
     pid_of,
     square,
+    waits_on_the_fake_clock,
 )
+from plugin_helpers import Measured, registered
 
 import amorsize
 from amorsize.optimizer.decision import _DECISIONS
@@ -151,17 +155,20 @@ def test_trivial_work_stays_serial():
     assert any("serial" in r for r in plan.reasons)
 
 
-def test_io_bound_work_gets_threads_sized_to_latency():
-    plan = amorsize.optimize(nap, list(range(300)))
+def test_io_bound_work_gets_threads_sized_to_latency(monkeypatch):
+    FakeClock().install(monkeypatch)   # 3 ms of waiting per call, however busy the machine
+    plan = amorsize.optimize(waits_on_the_fake_clock, list(range(300)))
     assert plan.executor_type == "thread"
     assert plan.n_jobs > os.cpu_count()
-    assert plan.profile.cpu_ratio < 0.5
+    assert plan.profile.cpu_ratio == 0.0
 
 
 @pytest.mark.timeout(120)
-def test_cpu_bound_python_work_goes_to_processes():
-    plan = amorsize.optimize(burn, list(range(150)))
-    assert plan.profile.cpu_ratio > 0.5
+def test_cpu_bound_python_work_goes_to_processes(monkeypatch):
+    FakeClock().install(monkeypatch)   # 20 ms of computing per call, holding the GIL
+    plan = amorsize.optimize(functools.partial(computes_on_the_fake_clock, seconds=0.02),
+                             list(range(150)))
+    assert plan.profile.cpu_ratio == 1.0 and plan.profile.thread_scaling == 1.0
     assert plan.executor_type == "process", plan.explain()
     assert plan.estimated_speedup > 1.2
 
@@ -259,20 +266,18 @@ class _NoProcessPools:
 
 def test_when_no_process_pool_can_start_the_work_still_runs_without_processes():
     amorsize.shutdown_global_pool_manager()  # no warm process pool: one would have to start
-    blocker = _NoProcessPools()
-    amorsize.register_plugin(blocker)
-    try:
-        heavy = functools.partial(burn, loops=400_000)  # ~20 ms: processes win even cold
+    # a second of pure-Python work a call, as measured: processes win however costly to start
+    heavy = amorsize.Profile(per_item_seconds=1.0, cpu_ratio=1.0, thread_scaling=1.0,
+                             n_measured=8)
+    with registered(_NoProcessPools()), registered(Measured(heavy)):
         with pytest.warns(RuntimeWarning, match="could not start"):
-            plan = amorsize.optimize(heavy, list(range(60)))
+            plan = amorsize.optimize(square, list(range(60)))
         assert plan.executor_type != "process"
         assert any("no more processes allowed here" in r for r in plan.reasons)
         # the next call keeps that decision, or tries processes again and warns again
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "amorsize: processes excluded", RuntimeWarning)
-            assert amorsize.map(heavy, list(range(60))) == [heavy(x) for x in range(60)]
-    finally:
-        amorsize.unregister_plugin(blocker)
+            assert amorsize.map(square, list(range(60))) == [x * x for x in range(60)]
 
 
 @pytest.mark.timeout(120)

@@ -31,7 +31,8 @@ def test_a_chunk_on_busy_cores_is_measured_on_a_pool_with_a_worker_per_core(two_
     monkeypatch.setattr(system, "usable_cpus", lambda: 2)
     figures = overheads._process_figures(two_workers)
     idle = figures["process_per_chunk"]
-    assert 0 < idle < 0.05
+    assert idle > 0
+    # kept between the idle figure and ten times it, whatever a loaded machine measures
     assert idle <= figures["process_busy_per_chunk"] <= 10 * idle
 
 

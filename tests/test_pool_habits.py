@@ -4,7 +4,7 @@ initializers, by changing the import."""
 from __future__ import annotations
 
 import functools
-import time
+import threading
 
 import pytest
 from control_helpers import run_script
@@ -24,11 +24,6 @@ def read_tag(x: int) -> tuple:
     return STATE.get("tag"), x
 
 
-def slow_first(x: int) -> int:
-    time.sleep(0.4 if x == 0 else 0.01)
-    return x
-
-
 def test_starmap_unpacks_each_item_as_arguments():
     assert amorsize.starmap(pow, [(2, 3), (3, 2), (5, 0)]) == [8, 9, 1]
     assert list(amorsize.istarmap(max, iter([(1, 5), (7, 2)]))) == [5, 7]
@@ -45,11 +40,22 @@ def test_starmap_remembers_each_function_apart():
 
 
 def test_imap_unordered_yields_results_as_they_complete():
-    list(amorsize.imap_unordered(slow_first, range(1, 12), executor="thread", n_jobs=2))
-    out = list(amorsize.imap_unordered(slow_first, range(12), executor="thread", n_jobs=2,
-                                       chunksize=1))   # known now: nothing is measured first
+    two_others_out = threading.Event()
+
+    def first_waits(x: int) -> int:
+        if x == 0 and not two_others_out.wait(60):
+            raise AssertionError("item 0 waited for results that imap_unordered held back")
+        return x
+
+    list(amorsize.imap_unordered(first_waits, range(1, 12), executor="thread", n_jobs=2))
+    out = []
+    for x in amorsize.imap_unordered(first_waits, range(12), executor="thread", n_jobs=2,
+                                     chunksize=1):   # known now: nothing is measured first
+        out.append(x)
+        if len(out) == 2:
+            two_others_out.set()
     assert sorted(out) == list(range(12))
-    assert out.index(0) > 1        # item 0 took longest: others came first
+    assert out.index(0) > 1        # item 0 ended only after two others were given out
 
 
 def test_imap_unordered_with_index_pairs_each_result_with_its_position():

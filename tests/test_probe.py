@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from core_helpers import burn, nap
+from core_helpers import FakeClock, burn
 
 from amorsize.optimizer import probe
 from amorsize.pools import worker
@@ -75,19 +75,33 @@ def pair_pool():
     pool.shutdown()
 
 
-def test_overlap_tells_waiting_and_gil_work_apart(pair_pool):
+def test_overlap_tells_waiting_and_gil_work_apart(pair_pool, monkeypatch):
+    waiting = FakeClock().install(monkeypatch)
     waits = probe.Probe("test")
-    waits.overlap(pair_pool, [lambda: nap(0, 0.02), lambda: nap(1, 0.02)], 0.04)
+    waits.overlap(pair_pool, [lambda: waiting.wait(0, 0.02), lambda: waiting.wait(1, 0.02)], 0.04)
+    computing = FakeClock().install(monkeypatch)
+    gil = probe.Probe("test")
+    gil.overlap(pair_pool, [lambda: computing.compute(0, 0.02),
+                            lambda: computing.compute(1, 0.02)], 0.04)
+    assert waits.thread_scaling == 2.0
+    assert gil.thread_scaling == 1.0
+
+
+def test_overlap_of_computing_work_needs_no_serial_baseline(pair_pool, monkeypatch):
+    """A baseline measured under other load is wrong; the threads' CPU time is what counts."""
+    computing = FakeClock().install(monkeypatch)
+    gil = probe.Probe("test")
+    gil.overlap(pair_pool, [lambda: computing.compute(0, 0.02),
+                            lambda: computing.compute(1, 0.02)], 10.0)
+    assert gil.thread_scaling == 1.0
+
+
+def test_on_real_threads_calls_that_hold_the_gil_never_look_overlapped(pair_pool):
+    """On the real clocks, only what load cannot change: the threads' CPU time, summed, never
+    exceeds their wall time by much while the GIL lets one run at a time (load can only hide
+    the overlap of waiting calls, so theirs is not judged here)."""
     gil = probe.Probe("test")
     gil.overlap(pair_pool, [lambda: burn(0, 200_000), lambda: burn(1, 200_000)], 0.04)
-    assert waits.thread_scaling > 1.6
-    assert gil.thread_scaling < 1.3
-
-
-def test_overlap_of_computing_work_needs_no_serial_baseline(pair_pool):
-    """A baseline measured under other load is wrong; the threads' CPU time is what counts."""
-    gil = probe.Probe("test")
-    gil.overlap(pair_pool, [lambda: burn(0, 200_000), lambda: burn(1, 200_000)], 10.0)
     assert gil.thread_scaling < 1.3
 
 

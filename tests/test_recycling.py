@@ -92,11 +92,9 @@ def test_a_time_limit_still_works_on_a_replacement_worker():
     # n_jobs=1 would be a serial plan (run on a thread with a time limit)
     options = dict(executor="process", n_jobs=2, chunksize=1, sample_size=1, max_tasks_per_child=1)
     amorsize.map(nap, [0.0] * 6, **options)  # the pool's first workers have retired by now
-    start = time.monotonic()
-    with pytest.raises(amorsize.TimeoutError) as caught:
-        amorsize.map(nap, [0.0, 0.0, 0.0, 0.0, 5.0], timeout=0.5, resample=True, **options)
+    with pytest.raises(amorsize.TimeoutError) as caught:  # item 4 would sleep for an hour
+        amorsize.map(nap, [0.0, 0.0, 0.0, 0.0, 3600.0], timeout=0.5, resample=True, **options)
     assert caught.value.index == 4
-    assert time.monotonic() - start < 4
     [stats] = [s for s in manager.get_stats()["pools"].values() if s["max_tasks_per_child"] == 1
                and s["n_jobs"] == 2]
     assert stats["workers_replaced"] >= 4

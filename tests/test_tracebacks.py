@@ -18,7 +18,7 @@ import pytest
 import amorsize
 from amorsize.optimizer import probe, sampling
 from amorsize.options import complete
-from amorsize.pools import worker
+from amorsize.pools import shipping, worker
 from amorsize.pools.manager import PoolManager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +152,7 @@ def test_code_shipped_by_value_keeps_its_file_name_inner_code_included():
     namespace = {"__name__": "__main__"}
     exec(compile("def outer(x):\n    return [lambda: x for _ in range(1)]\n", "/src/job.py",
                  "exec"), namespace)
-    loaded = cloudpickle.loads(worker.dumps(namespace["outer"]))
+    loaded = cloudpickle.loads(shipping.dumps(namespace["outer"]))
     inner = loaded(1)[0]
     assert (loaded.__code__.co_filename, inner.__code__.co_filename) == ("/src/job.py",) * 2
 

@@ -12,6 +12,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.spawn
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from amorsize.errors import (
     WorkerCrashedError,
     check_max_tasks_per_child,
 )
-from amorsize.pools import worker
+from amorsize.pools import shipping, worker
 from amorsize.pools.pool import FollowingFuture, Pool
 
 # A process worker whose memory grew by more than this since its first task ended has its pool
@@ -37,7 +38,9 @@ _INIT_ERROR_BYTES = 16384
 class ProcessPool(Pool):
     """Processes: true parallelism for pure-Python CPU work, at the price of pickling.
 
-    Functions travel with cloudpickle, so lambdas, closures and ``__main__`` functions work. A
+    Functions travel with cloudpickle, so lambdas, closures and ``__main__`` functions work, and
+    so do those of modules the workers cannot import (``shipping``: loaded from a file under a
+    name of the caller's, or on a ``sys.path`` entry added after the workers started). A
     worker that dies marks the pool broken (``broken``); its running and queued calls raise
     ``WorkerCrashedError`` (a ``BrokenProcessPool``) instead of hanging, through ``map`` and
     through the futures of ``submit`` alike.
@@ -71,6 +74,7 @@ class ProcessPool(Pool):
         self._shut_down = False
         start = time.perf_counter()
         context = multiprocessing.get_context(start_method)
+        shipping.workers_start_with(sys.path)
         if start_method == "forkserver":
             _preload_forkserver(context)
         self.board = context.Array("d", worker.SLOT * n_jobs, lock=False)
@@ -355,7 +359,8 @@ def _preload_forkserver(context: Any) -> None:
         pid = str(os.getpid())
         if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
             os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
-        context.set_forkserver_preload(["amorsize.pools.worker", "cloudpickle", "amorsize.pools.orphans"])
+        context.set_forkserver_preload(["amorsize.pools.worker", "amorsize.pools.shipping",
+                                        "amorsize.pools.orphans"])
 
 
 _launch_lock = threading.Lock()

@@ -57,7 +57,9 @@ class PickledFunction:
     def __init__(self, func: Any) -> None:
         import hashlib
 
-        self.payload = dumps(func)
+        from amorsize.pools import shipping
+
+        self.payload = shipping.dumps(func)
         self.digest = hashlib.blake2b(self.payload, digest_size=16).digest()
 
     def __getstate__(self) -> tuple[bytes, bytes]:
@@ -78,67 +80,6 @@ class PickledFunction:
         return func
 
 
-def dumps(obj: Any, protocol: int | None = None) -> bytes:
-    """``cloudpickle.dumps``, except that code pickled by value keeps its file name, so a
-    traceback in a worker shows the user's file, line and source line (``_Pickler``)."""
-    import io
-
-    with io.BytesIO() as file:
-        _pickler()(file, protocol=protocol).dump(obj)
-        return file.getvalue()
-
-
-_PICKLER: Any = None
-_DYNAMIC_CODE = "<dynamic-code>"
-
-
-def _pickler() -> Any:
-    """The pickler class, made on first use: workers import this module without cloudpickle."""
-    global _PICKLER
-    if _PICKLER is None:
-        import cloudpickle
-
-        class _Pickler(cloudpickle.Pickler):
-            """cloudpickle's Pickler, keeping the ``co_filename`` of code it pickles by value.
-
-            cloudpickle names such code "<dynamic-code>" (its ``_code_reduce``), which
-            tracebacks in workers then show instead of the user's file. Here a code object is
-            pickled as cloudpickle pickles it, renamed on loading (``_named_code``): the
-            unchanged ``_code_reduce`` does the version-specific work, and the file name is
-            the code's own, so the payload stays deterministic for the same function. A source
-            linecache holds but no file does (a Jupyter cell, ``<stdin>``) travels with it."""
-
-            def reducer_override(self, obj: Any) -> Any:
-                if type(obj) is types.CodeType and obj.co_filename != _DYNAMIC_CODE:
-                    renamed = obj.replace(co_filename=_DYNAMIC_CODE)  # pickled by cloudpickle
-                    return _named_code, (renamed, obj.co_filename, _unfiled_source(obj))
-                return super().reducer_override(obj)
-
-        _PICKLER = _Pickler
-    return _PICKLER
-
-
-def _unfiled_source(code: types.CodeType) -> list[str] | None:
-    """The lines of ``code``'s source if only linecache has them (no file by that name)."""
-    import linecache
-
-    name = code.co_filename
-    if not (name.startswith("<") and name.endswith(">")):
-        return None
-    entry = linecache.cache.get(name)
-    return list(entry[2]) if entry is not None and len(entry) == 4 else None
-
-
-def _named_code(code: types.CodeType, filename: str, lines: list[str] | None) -> types.CodeType:
-    """``code`` under its own file name again; its source lines, if they came along, are put
-    where tracebacks look for them."""
-    if lines is not None:
-        import linecache
-
-        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
-    return code.replace(co_filename=filename)
-
-
 class ByValue:
     """An object pickled with cloudpickle, so ``__main__`` functions and classes in it travel by
     value; cloudpickle keeps class identity, so a ``__main__`` class sent back is the parent's."""
@@ -146,7 +87,9 @@ class ByValue:
     __slots__ = ("data",)
 
     def __init__(self, obj: Any) -> None:
-        self.data = dumps(obj, protocol=5)
+        from amorsize.pools import shipping
+
+        self.data = shipping.dumps(obj, protocol=5)
 
     def __getstate__(self) -> bytes:
         return self.data
