@@ -18,11 +18,12 @@ but an item that was killed mid-way runs again from the start.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -40,6 +41,48 @@ _RESENDS = 3
 
 _run_ids = itertools.count(1)
 _tokens = itertools.count(1)
+
+
+class RunGroup:
+    """The runs started inside ``with group.entered():`` (by that thread, whichever front end
+    starts them), so that another thread can cancel them all at once: ``amorsize.Pool.terminate``
+    stopping the calls running for its ``map_async``/``apply_async``. A run started in a group
+    already cancelled is cancelled as it starts."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._runs: set[Run] = set()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        token = _group.set(self)
+        try:
+            yield
+        finally:
+            _group.reset(token)
+
+    def cancel(self) -> None:
+        """Cancel every run of the group, now and to come (see ``Run.cancel``)."""
+        with self._lock:
+            self.cancelled = True
+            runs = list(self._runs)
+        for run in runs:
+            run.cancel()
+
+    def _join(self, run: Run) -> bool:
+        with self._lock:
+            if not self.cancelled:
+                self._runs.add(run)
+            return not self.cancelled
+
+    def _leave(self, run: Run) -> None:
+        with self._lock:
+            self._runs.discard(run)
+
+
+_group: contextvars.ContextVar[RunGroup | None] = contextvars.ContextVar("amorsize_run_group",
+                                                                           default=None)
 
 
 @dataclass(frozen=True)
@@ -102,6 +145,7 @@ class Run:
         self._resendable: dict[Future, tuple[Any, tuple[Any, list, float], int]] = {}
         self._lock = threading.Lock()
         self._started = time.perf_counter()
+        self._group = _group.get()
 
     def __enter__(self) -> Run:
         if self.executor_type != "serial":
@@ -110,6 +154,8 @@ class Run:
                 self.executor_type, n_jobs, self._start_method, *self._initializer,
                 max_tasks_per_child=self._max_tasks))
         self._announce("started")
+        if self._group is not None and not self._group._join(self):
+            self.cancel()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -119,6 +165,8 @@ class Run:
         finally:
             with self._lock:
                 self._closed = True
+            if self._group is not None:
+                self._group._leave(self)
             self._stack.close()
 
     def submit(self, fn: Callable, *args: Any) -> Future:
