@@ -197,11 +197,12 @@ class Pool:
         a cancelled run's are) and their results fail with ``RunCancelledError``, without
         callbacks. The shared pools stay, for every other amorsize call."""
         self._running = False
-        self._group.cancel()
+        # failed first: the runs' cancel fails their calls too, with the workers' deaths
         for result in list(self._outstanding):
             result._settle(RunCancelledError(
                 "the amorsize.Pool was terminated before this call finished"), failed=True,
                 callbacks=False)
+        self._group.cancel()
         self._threads.stop()
 
     def join(self) -> None:
