@@ -198,7 +198,7 @@ class Pool:
         callbacks. The shared pools stay, for every other amorsize call."""
         self._running = False
         # failed first: the runs' cancel fails their calls too, with the workers' deaths
-        for result in list(self._outstanding):
+        for result in self._outstanding.copy():
             result._settle(RunCancelledError(
                 "the amorsize.Pool was terminated before this call finished"), failed=True,
                 callbacks=False)
