@@ -231,6 +231,23 @@ def test_terminate_fails_the_calls_still_running_and_stops_their_worker(tmp_path
     pool.join()
 
 
+def test_terminate_stops_a_map_async_running_on_processes(tmp_path, monkeypatch):
+    learned, held = tmp_path / "learned", tmp_path / "held"
+    learned.mkdir()
+    held.mkdir()
+    pool = Pool(2)
+    monkeypatch.setitem(pool._options, "executor", "process")  # what amorsize would choose
+    open_gate(learned)
+    pool.starmap(gated, [(str(learned), x) for x in range(4)])  # measured: the next call is not
+    result = pool.starmap_async(gated, [(str(held), x) for x in range(4)], chunksize=1)
+    pid = started_pid(held, 0)
+    pool.terminate()
+    with pytest.raises(amorsize.RunCancelledError):
+        result.get(timeout=30)
+    assert stopped(pid)
+    pool.join()
+
+
 def test_terminate_does_not_wait_for_work_running_in_its_threads(tmp_path):
     release = threading.Event()
 

@@ -7,12 +7,13 @@ Front ends feed it work and results; they keep no bookkeeping of their own.
 
 Cancelling is the one way a run stops early, whatever the cause -- Ctrl-C in the caller, an
 error in the user's function, a time limit, an ``imap`` closed or dropped, a joblib abort, a
-failed Dask compute: nothing more is dispatched, queued chunks are cancelled, and if any of the
-run's chunks is still running, its pool is terminated (process workers killed, thread work
-abandoned) and the manager replaces it. A pool holding none of the run's work is left alone:
-pools are shared. Another run's chunks lost with such a pool (killed, or dropped from its queue)
-are sent again on a fresh pool, up to three times: one run's cancel does not fail another run,
-but an item that was killed mid-way runs again from the start.
+failed Dask compute, an ``amorsize.Pool`` terminated (its ``RunGroup``): nothing more is
+dispatched, queued chunks are cancelled, and if any of the run's chunks is still running, its
+pool is terminated (process workers killed, thread work abandoned) and the manager replaces it.
+A pool holding none of the run's work is left alone: pools are shared. Another run's chunks lost
+with such a pool (killed, or dropped from its queue) are sent again on a fresh pool, up to three
+times: one run's cancel does not fail another run, but an item that was killed mid-way runs
+again from the start.
 """
 
 from __future__ import annotations
