@@ -248,6 +248,31 @@ def test_terminate_stops_a_map_async_running_on_processes(tmp_path, monkeypatch)
     pool.join()
 
 
+def test_terminate_stops_a_map_running_in_another_thread(tmp_path, monkeypatch):
+    learned, held = tmp_path / "learned", tmp_path / "held"
+    learned.mkdir()
+    held.mkdir()
+    pool = Pool(2)
+    monkeypatch.setitem(pool._options, "executor", "process")  # what amorsize would choose
+    open_gate(learned)
+    pool.starmap(gated, [(str(learned), x) for x in range(4)])  # measured: the next call is not
+    outcome: list = []
+
+    def run_map() -> None:
+        try:
+            outcome.append(pool.starmap(gated, [(str(held), x) for x in range(4)], chunksize=1))
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcome.append(exc)
+
+    caller = threading.Thread(target=run_map)
+    caller.start()
+    pid = started_pid(held, 0)
+    pool.terminate()
+    caller.join()
+    assert isinstance(outcome[0], amorsize.RunCancelledError), outcome
+    assert stopped(pid)
+
+
 def test_terminate_does_not_wait_for_work_running_in_its_threads(tmp_path):
     release = threading.Event()
 

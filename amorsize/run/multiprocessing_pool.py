@@ -14,6 +14,7 @@ and fails their results, where ``multiprocessing`` would leave them pending fore
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import multiprocessing.context
@@ -24,6 +25,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Generic, NoReturn, TypeVar
 
 from amorsize import system
@@ -37,6 +39,7 @@ from amorsize.workload import Profile, Workload
 T = TypeVar("T")
 
 _NOT_RUNNING = "Pool not running: it was closed or terminated; make a new Pool"
+_TERMINATED = "the amorsize.Pool was terminated before this call finished"
 
 
 class AsyncResult(Generic[T]):
@@ -134,7 +137,7 @@ class Pool:
               kwds: dict[str, Any] | None = None) -> T:
         """``func(*args, **kwds)`` on a process worker; its exception is raised here."""
         call = self._one_call(func, args, kwds)
-        with self._group.entered():
+        with self._cancellable():
             return call()
 
     def apply_async(self, func: Callable[..., T], args: Iterable[Any] = (),
@@ -147,7 +150,7 @@ class Pool:
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any],
             chunksize: int | None = None) -> list[T]:
         options = self._checked()
-        with self._group.entered():
+        with self._cancellable():
             return mapping.map(func, iterable, chunksize=chunksize, **options)
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any],
@@ -165,7 +168,7 @@ class Pool:
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None) -> list[T]:
         options = self._checked()
-        with self._group.entered():
+        with self._cancellable():
             return mapping.starmap(func, iterable, chunksize=chunksize, **options)
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
@@ -195,13 +198,13 @@ class Pool:
     def terminate(self) -> None:
         """Stop now: the asynchronous calls not finished are cancelled (their workers stopped as
         a cancelled run's are) and their results fail with ``RunCancelledError``, without
-        callbacks. The shared pools stay, for every other amorsize call."""
+        callbacks; so are ``map``, ``starmap`` and ``apply`` running in other threads. An
+        ``imap`` iterator is stopped by closing it. The shared pools stay, for every other
+        amorsize call."""
         self._running = False
         # failed first: the runs' cancel fails their calls too, with the workers' deaths
         for result in self._outstanding.copy():
-            result._settle(RunCancelledError(
-                "the amorsize.Pool was terminated before this call finished"), failed=True,
-                callbacks=False)
+            result._settle(RunCancelledError(_TERMINATED), failed=True, callbacks=False)
         self._group.cancel()
         self._threads.stop()
 
@@ -222,6 +225,18 @@ class Pool:
     def __exit__(self, *exc: object) -> None:
         self.terminate()
 
+    @contextlib.contextmanager
+    def _cancellable(self) -> Iterator[None]:
+        """A call in this thread that ``terminate`` cancels; the workers it loses then are
+        reported as the termination they are, not as a crash."""
+        with self._group.entered():
+            try:
+                yield
+            except (BrokenProcessPool, futures.CancelledError, RunCancelledError) as exc:
+                if self._group.cancelled:
+                    raise RunCancelledError(_TERMINATED) from exc
+                raise
+
     def _checked(self) -> dict[str, Any]:
         if not self._running:
             raise ValueError(_NOT_RUNNING)
@@ -229,8 +244,8 @@ class Pool:
 
     def _one_call(self, func: Callable[..., T], args: Iterable[Any],
                   kwds: dict[str, Any] | None) -> Callable[[], T]:
-        """A blocking ``func(*args, **kwds)`` on a worker: a run of one call, without measuring,
-        on the process pool ``processes`` (else the usable CPUs) sizes; in the caller inside a
+        """A blocking ``func(*args, **kwds)``: a run of one call, not measured, on a warm
+        process pool of ``processes`` workers (else one per usable CPU); in place inside a
         worker, where amorsize starts no pools."""
         options = self._checked()
         if not callable(func):
