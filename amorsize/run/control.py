@@ -7,22 +7,24 @@ Front ends feed it work and results; they keep no bookkeeping of their own.
 
 Cancelling is the one way a run stops early, whatever the cause -- Ctrl-C in the caller, an
 error in the user's function, a time limit, an ``imap`` closed or dropped, a joblib abort, a
-failed Dask compute: nothing more is dispatched, queued chunks are cancelled, and if any of the
-run's chunks is still running, its pool is terminated (process workers killed, thread work
-abandoned) and the manager replaces it. A pool holding none of the run's work is left alone:
-pools are shared. Another run's chunks lost with such a pool (killed, or dropped from its queue)
-are sent again on a fresh pool, up to three times: one run's cancel does not fail another run,
-but an item that was killed mid-way runs again from the start.
+failed Dask compute, an ``amorsize.Pool`` terminated (its ``RunGroup``): nothing more is
+dispatched, queued chunks are cancelled, and if any of the run's chunks is still running, its
+pool is terminated (process workers killed, thread work abandoned) and the manager replaces it.
+A pool holding none of the run's work is left alone: pools are shared. Another run's chunks lost
+with such a pool (killed, or dropped from its queue) are sent again on a fresh pool, up to three
+times: one run's cancel does not fail another run, but an item that was killed mid-way runs
+again from the start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -41,6 +43,48 @@ _RESENDS = 3
 
 _run_ids = itertools.count(1)
 _tokens = itertools.count(1)
+
+
+class RunGroup:
+    """The runs started inside ``with group.entered():`` (by that thread, whichever front end
+    starts them), so that another thread can cancel them all at once: ``amorsize.Pool.terminate``
+    stopping the calls running for its ``map_async``/``apply_async``. A run started in a group
+    already cancelled is cancelled as it starts."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._runs: set[Run] = set()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        token = _group.set(self)
+        try:
+            yield
+        finally:
+            _group.reset(token)
+
+    def cancel(self) -> None:
+        """Cancel every run of the group, now and to come (see ``Run.cancel``)."""
+        with self._lock:
+            self.cancelled = True
+            runs = list(self._runs)
+        for run in runs:
+            run.cancel()
+
+    def _join(self, run: Run) -> bool:
+        with self._lock:
+            if not self.cancelled:
+                self._runs.add(run)
+            return not self.cancelled
+
+    def _leave(self, run: Run) -> None:
+        with self._lock:
+            self._runs.discard(run)
+
+
+_group: contextvars.ContextVar[RunGroup | None] = contextvars.ContextVar("amorsize_run_group",
+                                                                           default=None)
 
 
 @dataclass(frozen=True)
@@ -111,6 +155,7 @@ class Run:
         self.position_of: Callable[[int], int] = _same
         self._lock = threading.Lock()
         self._started = time.perf_counter()
+        self._group = _group.get()
 
     def __enter__(self) -> Run:
         if self.executor_type != "serial":
@@ -123,6 +168,8 @@ class Run:
             plugins.get_pool("serial", 1, True, None, *self._initializer)
         log.started(self.plan, self.description)
         self._announce("advanced" if self._shown else "started")
+        if self._group is not None and not self._group._join(self):
+            self.cancel()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -132,6 +179,8 @@ class Run:
         finally:
             with self._lock:
                 self._closed = True
+            if self._group is not None:
+                self._group._leave(self)
             self._stack.close()
 
     def submit(self, fn: Callable, *args: Any) -> Future:
