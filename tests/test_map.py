@@ -446,3 +446,21 @@ def test_imap_unordered_with_index_pairs_each_result_with_its_position(executor)
 def test_progress_must_be_true_or_false(entry):
     with pytest.raises(amorsize.InvalidArgumentTypeError, match="progress must be True or False"):
         entry(square, [1, 2], progress="yes")
+
+
+def _broken_input(n: int, bad: int):
+    for i in range(n):
+        if i == bad:
+            raise KeyError("the input broke")
+        yield i
+
+
+@pytest.mark.parametrize("executor", ["serial", "thread", "process"])
+@pytest.mark.parametrize("bad", [3, 50, 5000], ids=["while-measuring", "first-chunk", "later"])
+@pytest.mark.parametrize("entry", [amorsize.imap, amorsize.imap_unordered])
+def test_an_input_that_raises_gives_the_results_before_it_then_its_error(entry, bad, executor):
+    out = []
+    with pytest.raises(KeyError, match="the input broke"):
+        for result in entry(square, _broken_input(10_000, bad), executor=executor):
+            out.append(result)
+    assert sorted(out) == [i * i for i in range(bad)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Unpack
 
 import cloudpickle
@@ -112,10 +112,21 @@ def split_items(data: Iterable, sample_size: int) -> tuple[Sequence, int | None,
         items = list(data)
         return items, len(items), None
     it = iter(data)
-    head = list(itertools.islice(it, sample_size))
+    head: list = []
+    try:
+        head.extend(itertools.islice(it, sample_size))
+    except Exception as exc:  # noqa: BLE001 - the run raises it after the items before it
+        return head, None, _raising(exc)
     if len(head) < sample_size:
         return head, len(head), None
     return head, None, it
+
+
+def _raising(exc: Exception) -> Iterator:
+    """An input that raises ``exc`` where it is read: what is left of one that raised it while
+    the items before it were taken to measure."""
+    raise exc
+    yield  # a generator: raises when read, not when made
 
 
 def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,

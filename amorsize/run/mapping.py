@@ -162,6 +162,7 @@ def _run(func: Callable, plan: Plan, timeout: float | None, progress: bool,
             yield from _serial_blocks(func, todo, run, _serial_block(plan, lazy, progress))
         else:
             yield from _pool_blocks(run, func, todo, _chunk_sizes(plan, run, lazy, progress))
+        todo.raise_input_error()
         # imap's wall time includes its consumer's pauses: no verdict on the prediction
         run.finish(predicted_seconds=None if lazy else plan.predicted_seconds)
 
@@ -194,6 +195,9 @@ class _Todo:
     """The items not yet computed, as runs between the already-computed ones."""
 
     def __init__(self, data: Iterable, done: dict[int, Any]) -> None:
+        # an input that raises as it is read ends there: the results of the items before it
+        # come out first, then its error, as from the builtin map (``take``)
+        self.input_errors: list[Exception] = []
         self.it = iter(data)
         self.done = sorted(done)
         self.done_results = done
@@ -205,6 +209,23 @@ class _Todo:
     def taken(self) -> int:
         """How many items were read from a sized input so far (the computed ones included)."""
         return self._size - operator.length_hint(self.it)
+
+    def take(self, items: Iterator, n: int) -> list:
+        """Up to ``n`` of ``items``; where reading them raises, the items before it, and the
+        input's error kept for ``raise_input_error`` (nothing is read after it)."""
+        taken: list = []
+        if self.input_errors:
+            return taken
+        try:
+            taken.extend(itertools.islice(items, n))  # what was read stays, even if it raises
+        except Exception as exc:  # noqa: BLE001 - raised once the results before it are out
+            self.input_errors.append(exc)
+        return taken
+
+    def raise_input_error(self) -> None:
+        """Raise what the input raised, if it did (once every result before it is out)."""
+        if self.input_errors:
+            raise self.input_errors[0]
 
     def position_of(self, n: int) -> int:
         """The input position of the ``n``-th item ``runs`` yields (counting from 0)."""
@@ -271,11 +292,16 @@ def _serial_blocks(func: Callable, todo: _Todo, run: Run, block: int) -> Iterato
         while True:
             t0 = time.perf_counter()
             # a plain loop when the block is everything (islice costs a trivial call's time);
-            # an input of unknown length is read a block ahead, so a failure's item is known
-            block_items: Iterator = items if block == sys.maxsize else itertools.islice(items, block)
+            # an input of unknown length is read a block ahead, so a failure's item is known,
+            # and so is an error of the input's own
             read = 0
-            if not todo.sized and block != sys.maxsize:
-                listed = list(block_items)
+            block_items: Iterator
+            if block == sys.maxsize:
+                block_items = items
+            elif todo.sized:
+                block_items = itertools.islice(items, block)
+            else:
+                listed = todo.take(items, block)
                 read, block_items = len(listed), iter(listed)
             try:
                 results = [func(x) for x in block_items]
@@ -305,7 +331,7 @@ def _submitted(run: Run, func: Callable, todo: _Todo, sizes: Iterator[int],
     positions = todo.positions() if with_indices else None
     prepared = run.pool.prepare(func)
     for size in sizes:
-        chunk = list(itertools.islice(remaining, size))
+        chunk = todo.take(remaining, size)
         if not chunk:
             return
         indices = None if positions is None else list(itertools.islice(positions, len(chunk)))
