@@ -1,0 +1,432 @@
+"""Every entry point gives the builtin ``map``'s answer, on every executor and input shape.
+
+A wrong result is the worst bug amorsize can have, so the answer of each front end (the core
+functions, ``amorsize.Pool``, the joblib backend, the Dask scheduler) is compared with
+``builtins.map`` over the same items: equal, order included, for ordered APIs; equal as a
+multiset for unordered ones; and ``(index, result)`` pairs equal to ``enumerate`` of the
+builtin map. Each combination is called twice, so the second call runs on the plan recalled
+from the first, and, for the core, a third time with ``resample=True``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from differential_helpers import MANY, affine, input_cases, shapes, square, square_and_offset
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import amorsize
+
+joblib = pytest.importorskip("joblib")
+dask = pytest.importorskip("dask")
+dask_bag = pytest.importorskip("dask.bag")
+dask_array = pytest.importorskip("dask.array")
+import amorsize_dask  # noqa: E402,F401 - registers scheduler="amorsize"
+import amorsize_joblib  # noqa: E402,F401 - registers backend="amorsize"
+
+EXECUTORS = [None, "serial", "thread", "process"]
+CASES = input_cases()
+STAR_CASES = input_cases(star=True)
+
+Comparison = str  # "ordered", "multiset" or "indexed"
+
+
+def _map(f: Callable, data: Iterable, **options: Any) -> list:
+    return amorsize.map(f, data, **options)
+
+
+def _imap(f: Callable, data: Iterable, **options: Any) -> list:
+    return list(amorsize.imap(f, data, **options))
+
+
+def _imap_unordered(f: Callable, data: Iterable, **options: Any) -> list:
+    return list(amorsize.imap_unordered(f, data, **options))
+
+
+def _imap_unordered_indexed(f: Callable, data: Iterable, **options: Any) -> list:
+    return list(amorsize.imap_unordered(f, data, with_index=True, **options))
+
+
+def _starmap(f: Callable, data: Iterable, **options: Any) -> list:
+    return amorsize.starmap(f, data, **options)
+
+
+def _istarmap(f: Callable, data: Iterable, **options: Any) -> list:
+    return list(amorsize.istarmap(f, data, **options))
+
+
+# name: (call, takes argument tuples, how its answer compares with the builtin map's)
+CORE: dict[str, tuple[Callable[..., list], bool, Comparison]] = {
+    "map": (_map, False, "ordered"),
+    "imap": (_imap, False, "ordered"),
+    "imap_unordered": (_imap_unordered, False, "multiset"),
+    "imap_unordered-with_index": (_imap_unordered_indexed, False, "indexed"),
+    "starmap": (_starmap, True, "ordered"),
+    "istarmap": (_istarmap, True, "ordered"),
+}
+
+
+def _expected(f: Callable, data: Iterable, star: bool) -> list:
+    return list(itertools.starmap(f, data) if star else builtins.map(f, data))
+
+
+def assert_same_answer(got: list, expected: list, comparison: Comparison) -> None:
+    """``got`` is the builtin map's ``expected`` answer, as ``comparison`` says to compare."""
+    if comparison == "ordered":
+        assert len(got) == len(expected)
+        assert got == expected
+    elif comparison == "multiset":
+        assert sorted(got) == sorted(expected)
+    else:
+        assert sorted(got) == list(enumerate(expected))
+
+
+def check_core(entry: str, make: Callable[[], Iterable], f: Callable | None = None,
+               **options: Any) -> None:
+    call, star, comparison = CORE[entry]
+    f = f if f is not None else (affine if star else square)
+    assert_same_answer(call(f, make(), **options), _expected(f, make(), star), comparison)
+
+
+def _cases_for(entry: str) -> dict[str, Callable[[], Iterable]]:
+    return STAR_CASES if CORE[entry][1] else CASES
+
+
+def _entry_and_case() -> list:
+    return [pytest.param(entry, name, id=f"{entry}-{name}")
+            for entry in CORE for name in _cases_for(entry)]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize(("entry", "case"), _entry_and_case())
+def test_core_entry_points_give_the_builtin_maps_answer_first_later_and_resampled(
+        entry, case, executor):
+    make = _cases_for(entry)[case]
+    check_core(entry, make, executor=executor)  # measured
+    check_core(entry, make, executor=executor)  # recalled
+    check_core(entry, make, executor=executor, resample=True)
+
+
+def test_imap_unordered_with_index_pairs_each_result_with_its_items_index_on_serial_plans():
+    """Regression: serial plans lost one index per block, so from the second block on each
+    result came with a later item's index."""
+    values = [3 * i + 1 for i in range(MANY)]  # values unlike their indices
+    for data in (values, iter(values)):
+        pairs = list(amorsize.imap_unordered(square, data, with_index=True, executor="serial"))
+        assert sorted(index for index, _ in pairs) == list(range(MANY))
+        assert all(result == square(values[index]) for index, result in pairs)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("entry", CORE)
+def test_lambdas_closures_and_callable_objects_give_the_builtin_maps_answer(entry, executor):
+    offset = 5
+
+    def closure(*args):
+        return affine(*args) + offset if len(args) == 2 else square(args[0]) + offset
+
+    make = _cases_for(entry)["list"]
+    check_core(entry, make, closure, executor=executor)
+    if CORE[entry][1]:
+        check_core(entry, make, lambda a, b: a - 2 * b, executor=executor)
+    else:
+        check_core(entry, make, lambda x: x - 2, executor=executor)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("chunksize", [1, 7, MANY + 1])
+@pytest.mark.parametrize("entry", CORE)
+def test_a_forced_chunksize_gives_the_builtin_maps_answer(entry, chunksize, executor):
+    cases = _cases_for(entry)
+    for case in ("list", "generator", "one-item", "empty-list", "uneven-cost"):
+        check_core(entry, cases[case], executor=executor, chunksize=chunksize)
+    if chunksize != 1:  # a thousand chunks of one item teach nothing more
+        check_core(entry, cases["many-generator"], executor=executor, chunksize=chunksize)
+
+
+@pytest.mark.parametrize("executor", [None, "thread", "process"], ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("n_jobs", [1, 2, -1])
+@pytest.mark.parametrize("entry", CORE)
+def test_every_n_jobs_gives_the_builtin_maps_answer(entry, n_jobs, executor):
+    cases = _cases_for(entry)
+    for case in ("list", "many-generator", "uneven-cost"):
+        check_core(entry, cases[case], executor=executor, n_jobs=n_jobs)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("entry", CORE)
+def test_a_time_limit_watches_chunks_and_gives_the_builtin_maps_answer(entry, executor):
+    cases = _cases_for(entry)
+    for case in ("list", "empty-list", "one-item", "many-generator", "uneven-cost"):
+        check_core(entry, cases[case], executor=executor, timeout=60)
+        check_core(entry, cases[case], executor=executor, timeout=60)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("entry", CORE)
+def test_a_progress_bar_gives_the_builtin_maps_answer(entry, executor):
+    cases = _cases_for(entry)
+    for case in ("list", "empty-list", "many-generator", "uneven-cost"):
+        check_core(entry, cases[case], executor=executor, progress=True)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("entry", ["imap", "imap_unordered", "imap_unordered-with_index",
+                                   "istarmap"])
+@pytest.mark.parametrize("case", ["list", "many-generator", "uneven-cost"])
+def test_an_iterator_closed_part_way_gave_only_right_results_and_closes_quietly(
+        entry, case, executor):
+    star = CORE[entry][1]
+    f = affine if star else square
+    make = _cases_for(entry)[case]
+    expected = _expected(f, make(), star)
+    lazy = {
+        "imap": amorsize.imap, "istarmap": amorsize.istarmap,
+        "imap_unordered": amorsize.imap_unordered,
+        "imap_unordered-with_index": lambda *a, **k: amorsize.imap_unordered(
+            *a, with_index=True, **k),
+    }[entry]
+    for _ in range(2):  # measured, then recalled
+        results: Iterator = lazy(f, make(), executor=executor)
+        taken = list(itertools.islice(results, 5))
+        results.close()
+        assert list(results) == []
+        if CORE[entry][2] == "ordered":
+            assert taken == expected[:5]
+        elif CORE[entry][2] == "indexed":
+            assert len({index for index, _ in taken}) == 5
+            assert all(result == expected[index] for index, result in taken)
+        else:
+            assert len(taken) == 5
+            remaining = list(expected)
+            for result in taken:
+                remaining.remove(result)
+
+
+_RESULT_SIZES = st.sampled_from([0, 1, 2, 7, 8, 9, 4095, 4096, 4097, 8192, 8193, MANY])
+
+
+@st.composite
+def _values(draw: st.DrawFn) -> list:
+    """Lists of ints: arbitrary short ones, and long ones of lengths around block boundaries."""
+    if draw(st.booleans()):
+        return draw(st.lists(st.integers(), max_size=40))
+    n, seed = draw(_RESULT_SIZES), draw(st.integers(1, 10**6))
+    return [(i * seed) % 2003 - 1001 for i in range(n)]
+
+
+def _check_drawn(data: st.DataObject, executors: list, **options: Any) -> None:
+    values = data.draw(_values(), label="values")
+    entry = data.draw(st.sampled_from(list(CORE)), label="entry")
+    if CORE[entry][1]:
+        values = values[:500]  # argument tuples: enough for boundaries of chunks, not blocks
+    made = shapes(values, star=CORE[entry][1])
+    container = data.draw(st.sampled_from(sorted(made)), label="container")
+    executor = data.draw(st.sampled_from(executors), label="executor")
+    check_core(entry, made[container], executor=executor, **options)
+    check_core(entry, made[container], executor=executor, **options)
+
+
+_HYPOTHESIS = settings(max_examples=25, deadline=None, database=None,
+                       suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                              HealthCheck.too_slow])
+
+
+@_HYPOTHESIS
+@given(data=st.data())
+def test_drawn_inputs_give_the_builtin_maps_answer_on_every_entry_point(data):
+    _check_drawn(data, EXECUTORS)
+
+
+@_HYPOTHESIS
+@given(data=st.data(), chunksize=st.integers(1, 20))
+def test_drawn_inputs_around_chunk_boundaries_give_the_builtin_maps_answer(data, chunksize):
+    _check_drawn(data, ["thread", "process"], chunksize=chunksize)
+
+
+# amorsize.Pool: the methods multiprocessing.Pool offers, as many as exist here
+def _pool_calls() -> dict[str, tuple[Callable[..., list], bool, Comparison]]:
+    calls: dict[str, tuple[Callable[..., list], bool, Comparison]] = {
+        "map": (lambda pool, f, d, **k: pool.map(f, d, **k), False, "ordered"),
+        "imap": (lambda pool, f, d, **k: list(pool.imap(f, d, **k)), False, "ordered"),
+        "imap_unordered": (lambda pool, f, d, **k: list(pool.imap_unordered(f, d, **k)),
+                           False, "multiset"),
+        "starmap": (lambda pool, f, d, **k: pool.starmap(f, d, **k), True, "ordered"),
+        "map_async": (lambda pool, f, d, **k: pool.map_async(f, d, **k).get(timeout=60),
+                      False, "ordered"),
+        "starmap_async": (lambda pool, f, d, **k: pool.starmap_async(f, d, **k).get(timeout=60),
+                          True, "ordered"),
+        "apply": (lambda pool, f, d, **k: [pool.apply(f, (x,)) for x in d], False, "ordered"),
+        "apply_async": (lambda pool, f, d, **k: [r.get(timeout=60) for r in
+                                                 [pool.apply_async(f, (x,)) for x in d]],
+                        False, "ordered"),
+    }
+    return {name: call for name, call in calls.items() if hasattr(amorsize.Pool, name)}
+
+
+POOL_CALLS = _pool_calls()
+_PER_ITEM_METHODS = {"apply", "apply_async"}
+
+
+def _pool_method_and_case() -> list:
+    params = []
+    for method, (_, star, _) in POOL_CALLS.items():
+        cases = STAR_CASES if star else CASES
+        for name in cases:
+            if method in _PER_ITEM_METHODS and name.startswith("many"):
+                continue  # a call per item: many items say nothing more than fifty
+            params.append(pytest.param(method, name, id=f"{method}-{name}"))
+    return params
+
+
+@pytest.mark.parametrize("processes", [None, 2], ids=lambda p: f"processes={p}")
+@pytest.mark.parametrize(("method", "case"), _pool_method_and_case())
+def test_pool_methods_give_the_builtin_maps_answer(method, case, processes):
+    call, star, comparison = POOL_CALLS[method]
+    make = (STAR_CASES if star else CASES)[case]
+    f = affine if star else square
+    with amorsize.Pool(processes) as pool:
+        for _ in range(2):  # measured, then recalled
+            assert_same_answer(call(pool, f, make()), _expected(f, make(), star), comparison)
+
+
+@pytest.mark.parametrize("chunksize", [1, 7, MANY + 1])
+@pytest.mark.parametrize("method", [m for m in POOL_CALLS if m not in _PER_ITEM_METHODS])
+def test_pool_methods_with_a_chunksize_give_the_builtin_maps_answer(method, chunksize):
+    call, star, comparison = POOL_CALLS[method]
+    cases = STAR_CASES if star else CASES
+    f = affine if star else square
+    with amorsize.Pool(2) as pool:
+        for case in ("list", "generator", "many-generator", "uneven-cost"):
+            got = call(pool, f, cases[case](), chunksize=chunksize)
+            assert_same_answer(got, _expected(f, cases[case](), star), comparison)
+
+
+# joblib: Parallel under parallel_config(backend="amorsize", executor=...). joblib sees a
+# generator of delayed calls whatever holds the items, so containers matter less than sizes:
+# "many" is past the backend's first serial batch of 4,096 tasks.
+RETURN_AS = {"list": "ordered", "generator": "ordered", "generator_unordered": "multiset"}
+JOBLIB_MANY = 4_500
+JOBLIB_CASES = {
+    "list": CASES["list"], "numpy": CASES["numpy"], "empty": CASES["empty-list"],
+    "one-item": CASES["one-item"], "many": lambda: iter(range(JOBLIB_MANY)),
+    "uneven-cost": CASES["uneven-cost"],
+}
+
+
+def _joblib(f: Callable, data: Iterable, executor: str | None, return_as: str,
+            n_jobs: int | None = -1) -> list:
+    config = {} if executor is None else {"executor": executor}
+    with joblib.parallel_config(backend="amorsize", **config):
+        out = joblib.Parallel(n_jobs=n_jobs, return_as=return_as)(
+            joblib.delayed(f)(x) for x in data)
+        return list(out)
+
+
+def check_joblib(make: Callable[[], Iterable], executor: str | None, return_as: str,
+                 n_jobs: int | None = -1) -> None:
+    assert_same_answer(_joblib(square, make(), executor, return_as, n_jobs),
+                       _expected(square, make(), False), RETURN_AS[return_as])
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("case", list(JOBLIB_CASES))
+@pytest.mark.parametrize("return_as", list(RETURN_AS))
+def test_joblib_parallel_gives_the_builtin_maps_answer(return_as, case, executor):
+    check_joblib(JOBLIB_CASES[case], executor, return_as)  # measured
+    check_joblib(JOBLIB_CASES[case], executor, return_as)  # recalled
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("n_jobs", [1, 2, -1, None])
+def test_joblib_parallel_with_every_n_jobs_gives_the_builtin_maps_answer(n_jobs, executor):
+    for return_as in RETURN_AS:
+        for case in ("list", "uneven-cost"):
+            check_joblib(JOBLIB_CASES[case], executor, return_as, n_jobs)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+def test_joblib_parallel_with_more_tasks_than_the_last_call_gives_the_builtin_maps_answer(
+        executor):
+    """The plan recalled expects as many tasks as the last call had (joblib's generator has no
+    length): the tasks past that count must still all run, once each, in order."""
+    check_joblib(JOBLIB_CASES["list"], executor, "list")
+    for return_as in RETURN_AS:
+        check_joblib(JOBLIB_CASES["many"], executor, return_as)
+
+
+def test_joblib_parallel_runs_lambdas_and_closures_on_processes():
+    offset = 5
+    for f in (lambda x: x - 2, lambda x: square(x) + offset):
+        for return_as, comparison in RETURN_AS.items():
+            assert_same_answer(_joblib(f, range(50), "process", return_as),
+                               [f(x) for x in range(50)], comparison)
+
+
+# Dask: bag, delayed and array computed with scheduler="amorsize"
+def _dask_options(executor: str | None) -> dict:
+    return {"scheduler": "amorsize"} | ({} if executor is None else {"executor": executor})
+
+
+DASK_VALUES = {
+    "empty": [], "one-item": [7], "fifty": list(range(50)), "many": list(range(MANY)),
+    "uneven-cost": None,
+}
+
+
+def _dask_values(name: str) -> list:
+    from differential_helpers import uneven_values
+
+    values = DASK_VALUES[name]
+    return uneven_values() if values is None else values
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("npartitions", [1, 7, 64])
+@pytest.mark.parametrize("values", list(DASK_VALUES))
+def test_dask_bag_map_gives_the_builtin_maps_answer(values, npartitions, executor):
+    items = _dask_values(values)
+    for _ in range(2):  # measured, then recalled
+        bag = dask_bag.from_sequence(items, npartitions=max(1, min(npartitions, len(items))))
+        assert bag.map(square).compute(**_dask_options(executor)) == _expected(
+            square, items, False)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("values", [v for v in DASK_VALUES if v != "many"])
+def test_dask_delayed_gives_the_builtin_maps_answer(values, executor):
+    items = _dask_values(values)
+    for _ in range(2):  # measured, then recalled
+        tasks = [dask.delayed(square)(x) for x in items]
+        got = list(dask.compute(*tasks, **_dask_options(executor)))
+        assert got == _expected(square, items, False)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("chunks", [1, 7, 1000, MANY + 1])
+@pytest.mark.parametrize("values", [v for v in DASK_VALUES if v != "uneven-cost"])
+def test_dask_array_map_blocks_gives_the_builtin_maps_answer(values, chunks, executor):
+    items = np.array(_dask_values(values), dtype=np.int64)
+    if chunks < 1000 and len(items) == MANY:
+        pytest.skip("thousands of tiny blocks: Dask's own cost per task, nothing more to see")
+    expected = np.array([square(x) + 1 for x in items], dtype=np.int64)
+    for _ in range(2):  # measured, then recalled
+        array = dask_array.from_array(items, chunks=chunks).map_blocks(square_and_offset)
+        got = array.compute(**_dask_options(executor))
+        assert got.dtype == expected.dtype
+        assert got.tolist() == expected.tolist()
+
+
+def test_dask_runs_lambdas_and_closures_on_processes():
+    offset = 5
+    for f in (lambda x: x - 2, lambda x: square(x) + offset):
+        bag = dask_bag.from_sequence(range(50), npartitions=5).map(f)
+        assert bag.compute(**_dask_options("process")) == [f(x) for x in range(50)]
+        tasks = [dask.delayed(f)(x) for x in range(20)]
+        assert list(dask.compute(*tasks, **_dask_options("process"))) == [f(x) for x in range(20)]
