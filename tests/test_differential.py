@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import builtins
 import itertools
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from differential_helpers import MANY, affine, input_cases, shapes, square, square_and_offset
+from differential_helpers import (
+    MANY,
+    Point,
+    affine,
+    injective,
+    input_cases,
+    kind,
+    mixed_values,
+    plus_offset,
+    set_offset,
+    shapes,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,15 +94,26 @@ def assert_same_answer(got: list, expected: list, comparison: Comparison) -> Non
         assert len(got) == len(expected)
         assert got == expected
     elif comparison == "multiset":
-        assert sorted(got) == sorted(expected)
+        assert _sorted_by_repr(got) == _sorted_by_repr(expected)
     else:
-        assert sorted(got) == list(enumerate(expected))
+        assert sorted(got, key=lambda pair: pair[0]) == list(enumerate(expected))
+
+
+def _sorted_by_repr(values: list) -> list:
+    """Values of any type in one order, equal ones next to each other (their reprs are equal:
+    the ints of ``uneven_values`` are longer than repr allows by default)."""
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        return sorted(values, key=repr)
+    finally:
+        sys.set_int_max_str_digits(limit)
 
 
 def check_core(entry: str, make: Callable[[], Iterable], f: Callable | None = None,
                **options: Any) -> None:
     call, star, comparison = CORE[entry]
-    f = f if f is not None else (affine if star else square)
+    f = f if f is not None else (affine if star else injective)
     assert_same_answer(call(f, make(), **options), _expected(f, make(), star), comparison)
 
 
@@ -118,9 +141,9 @@ def test_imap_unordered_with_index_pairs_each_result_with_its_items_index_on_ser
     result came with a later item's index."""
     values = [3 * i + 1 for i in range(MANY)]  # values unlike their indices
     for data in (values, iter(values)):
-        pairs = list(amorsize.imap_unordered(square, data, with_index=True, executor="serial"))
+        pairs = list(amorsize.imap_unordered(injective, data, with_index=True, executor="serial"))
         assert sorted(index for index, _ in pairs) == list(range(MANY))
-        assert all(result == square(values[index]) for index, result in pairs)
+        assert all(result == injective(values[index]) for index, result in pairs)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
@@ -129,7 +152,7 @@ def test_lambdas_closures_and_callable_objects_give_the_builtin_maps_answer(entr
     offset = 5
 
     def closure(*args):
-        return affine(*args) + offset if len(args) == 2 else square(args[0]) + offset
+        return affine(*args) + offset if len(args) == 2 else injective(args[0]) + offset
 
     make = _cases_for(entry)["list"]
     check_core(entry, make, closure, executor=executor)
@@ -137,6 +160,86 @@ def test_lambdas_closures_and_callable_objects_give_the_builtin_maps_answer(entr
         check_core(entry, make, lambda a, b: a - 2 * b, executor=executor)
     else:
         check_core(entry, make, lambda x: x - 2, executor=executor)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("entry", [e for e in CORE if not CORE[e][1]])
+def test_items_of_every_type_come_back_whole_and_in_place(entry, executor):
+    values = mixed_values()
+    for make in (lambda: list(values), lambda: iter(values)):
+        check_core(entry, make, kind, executor=executor)
+        check_core(entry, make, kind, executor=executor)
+    returned = CORE[entry][0](kind, [Point(1, 2)], executor=executor)[0]
+    _, (_, point) = returned if CORE[entry][2] == "indexed" else (0, returned)
+    assert type(point) is Point
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("sample_size", [1, 2, 49, 50, 51, 500])
+@pytest.mark.parametrize("entry", CORE)
+def test_every_sample_size_gives_the_builtin_maps_answer(entry, sample_size, executor):
+    """Items measured while planning keep their results, which go back in their places:
+    however many there are, up to all of the input (50 items here) and beyond."""
+    cases = _cases_for(entry)
+    for case in ("list", "generator", "set"):
+        check_core(entry, cases[case], executor=executor, sample_size=sample_size,
+                   resample=True)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+def test_lazy_calls_consumed_in_turns_each_get_their_own_answer(executor):
+    """Runs share the warm pools: two iterators read in turns, and a map between their reads,
+    must not see each other's results."""
+    first = amorsize.imap(injective, (x for x in range(3_000)), executor=executor, chunksize=7)
+    second = amorsize.imap_unordered(kind, (-x for x in range(2_000)), with_index=True,
+                                     executor=executor, chunksize=5)
+    got_first: list = []
+    got_second: list = []
+    for step in itertools.count():
+        taken_first = list(itertools.islice(first, 97))
+        taken_second = list(itertools.islice(second, 89))
+        got_first += taken_first
+        got_second += taken_second
+        if step % 5 == 0:
+            assert amorsize.map(plus_offset, range(300), executor=executor) == [
+                plus_offset(x) for x in range(300)]
+        if not taken_first and not taken_second:
+            break
+    assert got_first == [injective(x) for x in range(3_000)]
+    assert sorted(got_second) == [(x, kind(-x)) for x in range(2_000)]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+def test_maps_from_several_threads_at_once_each_get_their_own_answer(executor):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(k: int) -> bool:
+        data = range(k * 1_000, k * 1_000 + 500 + k)
+        ordered = amorsize.map(injective, data, executor=executor)
+        indexed = amorsize.imap_unordered(injective, iter(data), with_index=True,
+                                          executor=executor)
+        expected = [injective(x) for x in data]
+        return ordered == expected and sorted(indexed) == list(enumerate(expected))
+
+    with ThreadPoolExecutor(6) as callers:
+        assert all(callers.map(call, range(12)))
+
+
+@pytest.mark.parametrize("entry", ["map", "imap_unordered-with_index", "istarmap"])
+def test_recycled_process_workers_give_the_builtin_maps_answer(entry):
+    cases = _cases_for(entry)
+    for case in ("list", "uneven-cost"):
+        check_core(entry, cases[case], executor="process", chunksize=13, max_tasks_per_child=4)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("entry", [e for e in CORE if not CORE[e][1]])
+def test_an_initializer_runs_before_every_item_it_prepares(entry, executor):
+    call, _, comparison = CORE[entry]
+    for data in (list(range(200)), range(MANY)):
+        got = call(plus_offset, data, executor=executor, initializer=set_offset,
+                   initargs=(1_000,))
+        assert_same_answer(got, [x + 1_000 for x in data], comparison)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
@@ -183,7 +286,7 @@ def test_a_progress_bar_gives_the_builtin_maps_answer(entry, executor):
 def test_an_iterator_closed_part_way_gave_only_right_results_and_closes_quietly(
         entry, case, executor):
     star = CORE[entry][1]
-    f = affine if star else square
+    f = affine if star else injective
     make = _cases_for(entry)[case]
     expected = _expected(f, make(), star)
     lazy = {
@@ -290,7 +393,7 @@ def _pool_method_and_case() -> list:
 def test_pool_methods_give_the_builtin_maps_answer(method, case, processes):
     call, star, comparison = POOL_CALLS[method]
     make = (STAR_CASES if star else CASES)[case]
-    f = affine if star else square
+    f = affine if star else injective
     with amorsize.Pool(processes) as pool:
         for _ in range(2):  # measured, then recalled
             assert_same_answer(call(pool, f, make()), _expected(f, make(), star), comparison)
@@ -301,7 +404,7 @@ def test_pool_methods_give_the_builtin_maps_answer(method, case, processes):
 def test_pool_methods_with_a_chunksize_give_the_builtin_maps_answer(method, chunksize):
     call, star, comparison = POOL_CALLS[method]
     cases = STAR_CASES if star else CASES
-    f = affine if star else square
+    f = affine if star else injective
     with amorsize.Pool(2) as pool:
         for case in ("list", "generator", "many-generator", "uneven-cost"):
             got = call(pool, f, cases[case](), chunksize=chunksize)
@@ -331,8 +434,8 @@ def _joblib(f: Callable, data: Iterable, executor: str | None, return_as: str,
 
 def check_joblib(make: Callable[[], Iterable], executor: str | None, return_as: str,
                  n_jobs: int | None = -1) -> None:
-    assert_same_answer(_joblib(square, make(), executor, return_as, n_jobs),
-                       _expected(square, make(), False), RETURN_AS[return_as])
+    assert_same_answer(_joblib(injective, make(), executor, return_as, n_jobs),
+                       _expected(injective, make(), False), RETURN_AS[return_as])
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
@@ -363,7 +466,7 @@ def test_joblib_parallel_with_more_tasks_than_the_last_call_gives_the_builtin_ma
 
 def test_joblib_parallel_runs_lambdas_and_closures_on_processes():
     offset = 5
-    for f in (lambda x: x - 2, lambda x: square(x) + offset):
+    for f in (lambda x: x - 2, lambda x: injective(x) + offset):
         for return_as, comparison in RETURN_AS.items():
             assert_same_answer(_joblib(f, range(50), "process", return_as),
                                [f(x) for x in range(50)], comparison)
@@ -394,8 +497,8 @@ def test_dask_bag_map_gives_the_builtin_maps_answer(values, npartitions, executo
     items = _dask_values(values)
     for _ in range(2):  # measured, then recalled
         bag = dask_bag.from_sequence(items, npartitions=max(1, min(npartitions, len(items))))
-        assert bag.map(square).compute(**_dask_options(executor)) == _expected(
-            square, items, False)
+        assert bag.map(injective).compute(**_dask_options(executor)) == _expected(
+            injective, items, False)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
@@ -403,9 +506,9 @@ def test_dask_bag_map_gives_the_builtin_maps_answer(values, npartitions, executo
 def test_dask_delayed_gives_the_builtin_maps_answer(values, executor):
     items = _dask_values(values)
     for _ in range(2):  # measured, then recalled
-        tasks = [dask.delayed(square)(x) for x in items]
+        tasks = [dask.delayed(injective)(x) for x in items]
         got = list(dask.compute(*tasks, **_dask_options(executor)))
-        assert got == _expected(square, items, False)
+        assert got == _expected(injective, items, False)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
@@ -415,9 +518,9 @@ def test_dask_array_map_blocks_gives_the_builtin_maps_answer(values, chunks, exe
     items = np.array(_dask_values(values), dtype=np.int64)
     if chunks < 1000 and len(items) == MANY:
         pytest.skip("thousands of tiny blocks: Dask's own cost per task, nothing more to see")
-    expected = np.array([square(x) + 1 for x in items], dtype=np.int64)
+    expected = np.array([injective(x) for x in items], dtype=np.int64)
     for _ in range(2):  # measured, then recalled
-        array = dask_array.from_array(items, chunks=chunks).map_blocks(square_and_offset)
+        array = dask_array.from_array(items, chunks=chunks).map_blocks(injective)
         got = array.compute(**_dask_options(executor))
         assert got.dtype == expected.dtype
         assert got.tolist() == expected.tolist()
@@ -425,7 +528,7 @@ def test_dask_array_map_blocks_gives_the_builtin_maps_answer(values, chunks, exe
 
 def test_dask_runs_lambdas_and_closures_on_processes():
     offset = 5
-    for f in (lambda x: x - 2, lambda x: square(x) + offset):
+    for f in (lambda x: x - 2, lambda x: injective(x) + offset):
         bag = dask_bag.from_sequence(range(50), npartitions=5).map(f)
         assert bag.compute(**_dask_options("process")) == [f(x) for x in range(50)]
         tasks = [dask.delayed(f)(x) for x in range(20)]
