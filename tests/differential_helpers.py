@@ -47,6 +47,19 @@ def kind(x: Any) -> tuple[str, Any]:
     return type(x).__name__, x
 
 
+def mod_seven(x: int) -> int:
+    return x % 7
+
+
+def add_injective(total: int, x: int) -> int:
+    return total + injective(x)
+
+
+def repr_of_kind(x: Any) -> str:
+    """``kind`` as text: equal for equal numpy rows, which ``==`` compares elementwise."""
+    return repr(kind(x))
+
+
 class Point:
     """A user-defined class: its instances travel to process workers by reference to it."""
 

@@ -10,23 +10,31 @@ from the first, and, for the core, a third time with ``resample=True``.
 
 from __future__ import annotations
 
+import array
 import builtins
+import collections
 import itertools
+import operator
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from differential_helpers import (
+    FIFTY,
     MANY,
     Point,
+    add_injective,
     affine,
     injective,
     input_cases,
     kind,
     mixed_values,
+    mod_seven,
     plus_offset,
+    repr_of_kind,
     set_offset,
     shapes,
 )
@@ -73,6 +81,11 @@ def _istarmap(f: Callable, data: Iterable, **options: Any) -> list:
     return list(amorsize.istarmap(f, data, **options))
 
 
+def _optimize_then_run_plan(f: Callable, data: Iterable, **options: Any) -> list:
+    how_to_run = {name: options.pop(name) for name in ("timeout", "progress") if name in options}
+    return amorsize.run_plan(f, amorsize.optimize(f, data, **options), **how_to_run)
+
+
 # name: (call, takes argument tuples, how its answer compares with the builtin map's)
 CORE: dict[str, tuple[Callable[..., list], bool, Comparison]] = {
     "map": (_map, False, "ordered"),
@@ -81,6 +94,7 @@ CORE: dict[str, tuple[Callable[..., list], bool, Comparison]] = {
     "imap_unordered-with_index": (_imap_unordered_indexed, False, "indexed"),
     "starmap": (_starmap, True, "ordered"),
     "istarmap": (_istarmap, True, "ordered"),
+    "optimize-run_plan": (_optimize_then_run_plan, False, "ordered"),
 }
 
 
@@ -174,6 +188,47 @@ def test_items_of_every_type_come_back_whole_and_in_place(entry, executor):
     assert type(point) is Point
 
 
+def _iterables() -> dict[str, Callable[[], Iterable]]:
+    """Iterables whose items are not what indexing them gives, or that have no order of their
+    own: the builtin map iterates them, so amorsize must take the same items in the same order."""
+    made: dict[str, Callable[[], Iterable]] = {
+        "str": lambda: "amorsize" * 7,
+        "bytes": lambda: bytes(range(60)),
+        "bytearray": lambda: bytearray(range(60)),
+        "memoryview": lambda: memoryview(bytes(range(60))),
+        "array.array": lambda: array.array("q", FIFTY),
+        "frozenset": lambda: frozenset(FIFTY),
+        "dict-values": lambda: {x: x * 3 for x in FIFTY}.values(),
+        "dict-items": lambda: {x: x * 3 for x in FIFTY}.items(),
+        "UserList": lambda: collections.UserList(FIFTY),
+        "map-object": lambda: builtins.map(abs, FIFTY),
+        "numpy-rows": lambda: np.arange(120).reshape(60, 2),
+        "numpy-strings": lambda: np.array(["a", "bb", "ccc"] * 20),
+        "numpy-floats": lambda: np.linspace(-1, 1, 60),
+    }
+    try:
+        import pandas as pd
+    except ImportError:
+        return made
+    made["pandas-series-index-not-positions"] = lambda: pd.Series(FIFTY, index=range(49, -1, -1))
+    made["pandas-series-labels"] = lambda: pd.Series(FIFTY, index=[f"k{x}" for x in FIFTY])
+    return made
+
+
+ITERABLES = _iterables()
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("iterable", list(ITERABLES))
+@pytest.mark.parametrize("entry", [e for e in CORE if not CORE[e][1]])
+def test_every_kind_of_iterable_gives_the_builtin_maps_answer(entry, iterable, executor):
+    call, _, comparison = CORE[entry]
+    for _ in range(2):  # measured, then recalled
+        got = call(repr_of_kind, ITERABLES[iterable](), executor=executor)
+        assert_same_answer(got, _expected(repr_of_kind, ITERABLES[iterable](), False),
+                           comparison)
+
+
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
 @pytest.mark.parametrize("sample_size", [1, 2, 49, 50, 51, 500])
 @pytest.mark.parametrize("entry", CORE)
@@ -233,7 +288,7 @@ def test_recycled_process_workers_give_the_builtin_maps_answer(entry):
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
-@pytest.mark.parametrize("entry", [e for e in CORE if not CORE[e][1]])
+@pytest.mark.parametrize("entry", [e for e in CORE if not CORE[e][1] and e != "optimize-run_plan"])
 def test_an_initializer_runs_before_every_item_it_prepares(entry, executor):
     call, _, comparison = CORE[entry]
     for data in (list(range(200)), range(MANY)):
@@ -249,7 +304,7 @@ def test_a_forced_chunksize_gives_the_builtin_maps_answer(entry, chunksize, exec
     cases = _cases_for(entry)
     for case in ("list", "generator", "one-item", "empty-list", "uneven-cost"):
         check_core(entry, cases[case], executor=executor, chunksize=chunksize)
-    if chunksize != 1:  # a thousand chunks of one item teach nothing more
+    if chunksize > MANY:  # smaller chunks of many items: the drawn inputs below cover them
         check_core(entry, cases["many-generator"], executor=executor, chunksize=chunksize)
 
 
@@ -464,6 +519,26 @@ def test_joblib_parallel_with_more_tasks_than_the_last_call_gives_the_builtin_ma
         check_joblib(JOBLIB_CASES["many"], executor, return_as)
 
 
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_a_joblib_generator_closed_part_way_gave_only_right_results(return_as, executor):
+    expected = _expected(injective, range(JOBLIB_MANY), False)
+    config = {} if executor is None else {"executor": executor}
+    for _ in range(2):  # measured, then recalled
+        with joblib.parallel_config(backend="amorsize", **config), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # joblib: "tasks ... not used"
+            results = joblib.Parallel(n_jobs=-1, return_as=return_as)(
+                joblib.delayed(injective)(x) for x in range(JOBLIB_MANY))
+            taken = list(itertools.islice(results, 5))
+            results.close()
+        if return_as == "generator":
+            assert taken == expected[:5]
+        else:
+            assert len(set(taken)) == 5
+            assert set(taken) <= set(expected)
+    check_joblib(JOBLIB_CASES["list"], executor, return_as)  # the next call is unharmed
+
+
 def test_joblib_parallel_runs_lambdas_and_closures_on_processes():
     offset = 5
     for f in (lambda x: x - 2, lambda x: injective(x) + offset):
@@ -524,6 +599,50 @@ def test_dask_array_map_blocks_gives_the_builtin_maps_answer(values, chunks, exe
         got = array.compute(**_dask_options(executor))
         assert got.dtype == expected.dtype
         assert got.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+@pytest.mark.parametrize("chunksize", [None, 1, 3, 50])
+@pytest.mark.parametrize("num_workers", [None, 1, 2])
+def test_dask_with_forced_batches_and_workers_gives_the_builtin_maps_answer(
+        num_workers, chunksize, executor):
+    options = _dask_options(executor) | {"num_workers": num_workers, "chunksize": chunksize}
+    items = list(FIFTY)
+    bag = dask_bag.from_sequence(items, npartitions=17).map(injective)
+    assert bag.compute(**options) == _expected(injective, items, False)
+    tasks = [dask.delayed(injective)(x) for x in items[:20]]
+    assert list(dask.compute(*tasks, **options)) == _expected(injective, items[:20], False)
+
+
+def _tree_sum(leaves: list) -> Any:
+    while len(leaves) > 1:
+        pairs = itertools.zip_longest(leaves[::2], leaves[1::2])
+        leaves = [left if right is None else dask.delayed(operator.add)(left, right)
+                  for left, right in pairs]
+    return leaves[0]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+def test_dask_graphs_whose_tasks_depend_on_others_give_the_plain_answer(executor):
+    """Not only maps: results of tasks feed later tasks (trees, shuffles, reductions,
+    a matrix product), and every one must reach the right task."""
+    options = _dask_options(executor)
+    items = list(range(-150, 150, 7))
+    for _ in range(2):  # measured, then recalled
+        tree = _tree_sum([dask.delayed(injective)(x) for x in items])
+        assert dask.compute(tree, **options)[0] == sum(builtins.map(injective, items))
+        bag = dask_bag.from_sequence(items, npartitions=7)
+        grouped = bag.foldby(mod_seven, add_injective, 0, operator.add, 0)
+        expected: dict = {}
+        for x in items:
+            expected[x % 7] = expected.get(x % 7, 0) + injective(x)
+        assert dict(grouped.compute(**options)) == expected
+        matrix = np.arange(-64, 80, dtype=np.int64).reshape(12, 12)
+        chunked = dask_array.from_array(matrix, chunks=5)
+        product, total = dask.compute((chunked + chunked.T) @ chunked,
+                                      injective(chunked).sum(axis=0), **options)
+        assert product.tolist() == ((matrix + matrix.T) @ matrix).tolist()
+        assert total.tolist() == injective(matrix).sum(axis=0).tolist()
 
 
 def test_dask_runs_lambdas_and_closures_on_processes():
