@@ -47,6 +47,16 @@ def kind(x: Any) -> tuple[str, Any]:
     return type(x).__name__, x
 
 
+class Scaled:
+    """A callable object: its state travels with it to the workers."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, *args: Any) -> Any:
+        return sum(args) * self.factor + len(args)
+
+
 def mod_seven(x: int) -> int:
     return x % 7
 

@@ -6,6 +6,11 @@ functions, ``amorsize.Pool``, the joblib backend, the Dask scheduler) is compare
 multiset for unordered ones; and ``(index, result)`` pairs equal to ``enumerate`` of the
 builtin map. Each combination is called twice, so the second call runs on the plan recalled
 from the first, and, for the core, a third time with ``resample=True``.
+
+The function mapped, ``7x² + x``, gives no two ints the same result, and the inputs are neither
+sorted nor in the order a set iterates them: a result paired with the wrong item cannot pass.
+A combination found wrong is marked ``xfail(strict=True, reason="bug: ...")`` until fixed,
+never skipped.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import array
 import builtins
 import collections
+import functools
 import itertools
 import operator
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -26,6 +32,7 @@ from differential_helpers import (
     FIFTY,
     MANY,
     Point,
+    Scaled,
     add_injective,
     affine,
     injective,
@@ -54,7 +61,7 @@ EXECUTORS = [None, "serial", "thread", "process"]
 CASES = input_cases()
 STAR_CASES = input_cases(star=True)
 
-Comparison = str  # "ordered", "multiset" or "indexed"
+Comparison = Literal["ordered", "multiset", "indexed"]
 
 
 def _map(f: Callable, data: Iterable, **options: Any) -> list:
@@ -170,10 +177,13 @@ def test_lambdas_closures_and_callable_objects_give_the_builtin_maps_answer(entr
 
     make = _cases_for(entry)["list"]
     check_core(entry, make, closure, executor=executor)
+    check_core(entry, make, Scaled(3), executor=executor)
     if CORE[entry][1]:
         check_core(entry, make, lambda a, b: a - 2 * b, executor=executor)
+        check_core(entry, make, functools.partial(Scaled(2), 4), executor=executor)
     else:
         check_core(entry, make, lambda x: x - 2, executor=executor)
+        check_core(entry, make, functools.partial(affine, b=4), executor=executor)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
@@ -362,9 +372,7 @@ def test_an_iterator_closed_part_way_gave_only_right_results_and_closes_quietly(
             assert all(result == expected[index] for index, result in taken)
         else:
             assert len(taken) == 5
-            remaining = list(expected)
-            for result in taken:
-                remaining.remove(result)
+            assert not collections.Counter(taken) - collections.Counter(expected)
 
 
 _RESULT_SIZES = st.sampled_from([0, 1, 2, 7, 8, 9, 4095, 4096, 4097, 8192, 8193, MANY])
@@ -494,11 +502,20 @@ def check_joblib(make: Callable[[], Iterable], executor: str | None, return_as: 
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
-@pytest.mark.parametrize("case", list(JOBLIB_CASES))
+@pytest.mark.parametrize("case", [case for case in JOBLIB_CASES if case != "many"])
 @pytest.mark.parametrize("return_as", list(RETURN_AS))
 def test_joblib_parallel_gives_the_builtin_maps_answer(return_as, case, executor):
     check_joblib(JOBLIB_CASES[case], executor, return_as)  # measured
     check_joblib(JOBLIB_CASES[case], executor, return_as)  # recalled
+
+
+@pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
+def test_joblib_parallel_over_many_tasks_gives_the_builtin_maps_answer(executor):
+    """Measured in one mode, recalled in each: a forced pool's first call runs one task per
+    chunk, and thousands of those are slow enough to pay for once."""
+    check_joblib(JOBLIB_CASES["many"], executor, "list")
+    for return_as in RETURN_AS:
+        check_joblib(JOBLIB_CASES["many"], executor, return_as)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
@@ -586,13 +603,16 @@ def test_dask_delayed_gives_the_builtin_maps_answer(values, executor):
         assert got == _expected(injective, items, False)
 
 
+# thousands of one- or seven-item blocks would measure Dask's cost per task, nothing more
+_ARRAY_CASES = [pytest.param(values, chunks, id=f"{values}-chunks={chunks}")
+                for values in DASK_VALUES if values != "uneven-cost"
+                for chunks in (1, 7, 1000, MANY + 1) if values != "many" or chunks >= 1000]
+
+
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
-@pytest.mark.parametrize("chunks", [1, 7, 1000, MANY + 1])
-@pytest.mark.parametrize("values", [v for v in DASK_VALUES if v != "uneven-cost"])
+@pytest.mark.parametrize(("values", "chunks"), _ARRAY_CASES)
 def test_dask_array_map_blocks_gives_the_builtin_maps_answer(values, chunks, executor):
     items = np.array(_dask_values(values), dtype=np.int64)
-    if chunks < 1000 and len(items) == MANY:
-        pytest.skip("thousands of tiny blocks: Dask's own cost per task, nothing more to see")
     expected = np.array([injective(x) for x in items], dtype=np.int64)
     for _ in range(2):  # measured, then recalled
         array = dask_array.from_array(items, chunks=chunks).map_blocks(injective)
