@@ -152,6 +152,5 @@ def input_cases(star: bool = False) -> dict[str, Callable[[], Iterable]]:
     cases["one-item"] = shapes([7], star)["list"]
     cases["many-list"] = shapes(list(range(MANY)), star)["list"]
     cases["many-generator"] = shapes(list(range(MANY)), star)["generator"]
-    cases["many-numpy"] = shapes(list(range(MANY)), star)["numpy"]
     cases["uneven-cost"] = shapes(uneven_values(), star)["list"]
     return cases

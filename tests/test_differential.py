@@ -233,7 +233,7 @@ ITERABLES = _iterables()
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
 @pytest.mark.parametrize("iterable", list(ITERABLES))
-@pytest.mark.parametrize("entry", [e for e in CORE if not CORE[e][1]])
+@pytest.mark.parametrize("entry", ["map", "imap"])  # reading all at once, and lazily
 def test_every_kind_of_iterable_gives_the_builtin_maps_answer(entry, iterable, executor):
     call, _, comparison = CORE[entry]
     for _ in range(2):  # measured, then recalled
@@ -265,7 +265,7 @@ def test_items_that_reading_the_next_one_invalidates_give_the_builtin_maps_answe
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, ids=lambda e: f"executor={e}")
-@pytest.mark.parametrize("sample_size", [1, 2, 49, 50, 51, 500])
+@pytest.mark.parametrize("sample_size", [1, 49, 50, 51, 500])
 @pytest.mark.parametrize("entry", CORE)
 def test_every_sample_size_gives_the_builtin_maps_answer(entry, sample_size, executor):
     """Items measured while planning keep their results, which go back in their places:
@@ -463,13 +463,15 @@ def _pool_calls() -> dict[str, tuple[Callable[..., list], bool, Comparison]]:
 
 POOL_CALLS = _pool_calls()
 _PER_ITEM_METHODS = {"apply", "apply_async"}
+# the Pool hands its input to the core functions, which every shape above already goes through
+_POOL_CASES = ("list", "generator", "numpy", "empty-list", "one-item", "many-generator",
+               "uneven-cost")
 
 
 def _pool_method_and_case() -> list:
     params = []
-    for method, (_, star, _) in POOL_CALLS.items():
-        cases = STAR_CASES if star else CASES
-        for name in cases:
+    for method in POOL_CALLS:
+        for name in _POOL_CASES:
             if method in _PER_ITEM_METHODS and name.startswith("many"):
                 continue  # a call per item: many items say nothing more than fifty
             params.append(pytest.param(method, name, id=f"{method}-{name}"))
