@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -61,18 +61,6 @@ def key_and_size(group: tuple[Any, Iterable]) -> tuple[Any, int]:
     """For ``itertools.groupby``: a group's items can be read only before the next group."""
     key, items = group
     return key, sum(1 for _ in items)
-
-
-def reused_buffer(n: int) -> Iterator[list[int]]:
-    """One list, changed and yielded again for each item, as readers that reuse a buffer do."""
-    buffer = [0]
-    for i in range(n):
-        buffer[0] = i
-        yield buffer
-
-
-def first_item(items: list) -> Any:
-    return items[0]
 
 
 def mod_seven(x: int) -> int:

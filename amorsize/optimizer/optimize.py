@@ -62,11 +62,19 @@ def check_arguments(func: Any, data: Any, given: MapOptions) -> None:
         )
     if data is None:
         raise InvalidArgumentTypeError("data must be an iterable of items, got None")
-    if not isinstance(data, _PLAIN_SEQUENCES) and not isinstance(data, Iterable):
-        raise InvalidArgumentTypeError(
-            f"data must be an iterable of items (list, range, generator...), "
-            f"got {type(data).__name__}"
-        )
+    if not isinstance(data, _PLAIN_SEQUENCES):
+        if not isinstance(data, Iterable):
+            raise InvalidArgumentTypeError(
+                f"data must be an iterable of items (list, range, generator...), "
+                f"got {type(data).__name__}"
+            )
+        if isinstance(data, itertools.groupby):
+            # items are read ahead of the calls (to measure them, to fill chunks), and reading
+            # the next group empties the one before: every group would look empty
+            raise InvalidArgumentTypeError(
+                "data is an itertools.groupby, whose groups are emptied as the next one is read, "
+                "and amorsize reads items ahead of the calls; pass independent items, e.g. "
+                "[(key, list(group)) for key, group in itertools.groupby(...)]")
     start_method = given["start_method"]
     if start_method is None:
         start_method = system.default_start_method()  # checks AMORSIZE_START_METHOD
