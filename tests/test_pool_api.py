@@ -231,14 +231,21 @@ def test_terminate_fails_the_calls_still_running_and_stops_their_worker(tmp_path
     pool.join()
 
 
-def test_terminate_stops_a_map_async_running_on_processes(tmp_path, monkeypatch):
+def _pool_on_processes_that_knows_gated(tmp_path, monkeypatch) -> tuple[Pool, Path]:
+    """A Pool that runs on processes (what amorsize would choose) and has measured ``gated``
+    already, so its next call measures nothing in the Pool's thread; and a gate, held shut."""
     learned, held = tmp_path / "learned", tmp_path / "held"
     learned.mkdir()
     held.mkdir()
     pool = Pool(2)
-    monkeypatch.setitem(pool._options, "executor", "process")  # what amorsize would choose
+    monkeypatch.setitem(pool._options, "executor", "process")
     open_gate(learned)
-    pool.starmap(gated, [(str(learned), x) for x in range(4)])  # measured: the next call is not
+    pool.starmap(gated, [(str(learned), x) for x in range(4)])
+    return pool, held
+
+
+def test_terminate_stops_a_map_async_running_on_processes(tmp_path, monkeypatch):
+    pool, held = _pool_on_processes_that_knows_gated(tmp_path, monkeypatch)
     result = pool.starmap_async(gated, [(str(held), x) for x in range(4)], chunksize=1)
     pid = started_pid(held, 0)
     pool.terminate()
@@ -249,13 +256,7 @@ def test_terminate_stops_a_map_async_running_on_processes(tmp_path, monkeypatch)
 
 
 def test_terminate_stops_a_map_running_in_another_thread(tmp_path, monkeypatch):
-    learned, held = tmp_path / "learned", tmp_path / "held"
-    learned.mkdir()
-    held.mkdir()
-    pool = Pool(2)
-    monkeypatch.setitem(pool._options, "executor", "process")  # what amorsize would choose
-    open_gate(learned)
-    pool.starmap(gated, [(str(learned), x) for x in range(4)])  # measured: the next call is not
+    pool, held = _pool_on_processes_that_knows_gated(tmp_path, monkeypatch)
     outcome: list = []
 
     def run_map() -> None:
