@@ -10,6 +10,7 @@ import cloudpickle
 import joblib
 import joblib_helpers as h
 import pytest
+from core_helpers import FakeClock
 from joblib import Parallel, delayed, parallel_config
 
 import amorsize
@@ -181,10 +182,11 @@ def test_second_call_reuses_the_warm_pool():
     assert set(pids) <= worker_pids
 
 
-def test_trivial_tasks_get_large_batches_and_the_size_is_remembered():
+def test_trivial_tasks_get_large_batches_and_the_size_is_remembered(monkeypatch):
     def triple(x):
         return 3 * x
 
+    FakeClock().install(monkeypatch)  # measured as costing nothing, however busy the machine
     LEARNED.forget(function_key(triple))
     first = AmorsizeBackend()
     assert Parallel(n_jobs=2, backend=first)(delayed(triple)(i) for i in range(20_000)) == [
