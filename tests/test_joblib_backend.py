@@ -258,9 +258,10 @@ def test_verbose_prints_no_stray_finished_lines_while_measuring(capsys):
 
 
 @pytest.mark.parametrize("calls", [1, 2])  # measuring, then recalled
-def test_a_serial_call_says_once_that_it_is_done(capsys, calls):
+def test_a_serial_call_says_once_that_it_is_done(capsys, calls, monkeypatch):
     """Its batches run in the calling thread inside joblib's first dispatch, where joblib takes
     each completion for the end: 20 "finished" lines for 1,000 tasks, 4 on the next call."""
+    FakeClock().install(monkeypatch)  # measured as costing nothing: serial, however busy
     with parallel_config(backend="amorsize"):
         for _ in range(calls):
             capsys.readouterr()
