@@ -12,7 +12,9 @@ import pytest
 
 import amorsize
 from amorsize import InvalidArgumentError, InvalidArgumentTypeError, PoolManager
+from amorsize.errors import PoolClosedError, WorkerCrashedError
 from amorsize.pools import worker
+from amorsize.pools.processes import ProcessPool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,6 +162,47 @@ def test_calls_from_several_threads_never_fail_while_workers_retire(manager, eve
     assert "broken" not in [event for event, _, _ in events]
     assert all(handed is pool for handed in handed_out)
     assert pool.workers_replaced >= 140
+
+
+@needs_forkserver
+@pytest.mark.parametrize("asks_first", [2000, 3000, 4000])
+def test_terminating_a_pool_whose_workers_retire_fails_the_calls_in_flight_never_hangs(
+        asks_first):
+    """A call submitted while the pool's workers are being killed fails with WorkerCrashedError:
+    it used to be registered after the pool failed its open calls, and left to the executor,
+    whose thread may already have died replacing a retired worker of a pool shut down."""
+    pool = ProcessPool(2, "forkserver", max_tasks_per_child=1)
+    outcomes: list[str] = []
+
+    def ask_then_terminate() -> None:
+        for _ in range(asks_first):  # asking whether it is broken keeps the interpreter busy
+            pool.broken  # noqa: B018 - asked for its work
+        pool.terminate()
+
+    def call(start: int) -> None:
+        for x in range(start, start + 500):
+            try:
+                future = pool.submit(pool_helpers.square, x)
+            except PoolClosedError:
+                outcomes.append("refused")
+                return
+            try:
+                future.result(timeout=10)
+            except WorkerCrashedError:
+                outcomes.append("crashed")
+                return
+            except TimeoutError:
+                outcomes.append("never settled")
+                return
+        outcomes.append("all done")
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in (0, 500, 1000)]
+    threads.append(threading.Thread(target=ask_then_terminate))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "never settled" not in outcomes, outcomes
 
 
 def test_a_time_limit_still_works_on_a_replacement_worker():

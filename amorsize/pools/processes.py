@@ -71,6 +71,7 @@ class ProcessPool(Pool):
         self.max_tasks_per_child = max_tasks_per_child
         self._broken_seen = False
         self._outer: set[_CrashAwareFuture] = set()
+        self._workers_killed = False  # by a forced shutdown: futures still open fail at once
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         start = time.perf_counter()
@@ -142,8 +143,13 @@ class ProcessPool(Pool):
             raise self._crashed() from exc
         outer = _CrashAwareFuture(inner, self)
         with self._inflight_lock:
-            self._outer.add(outer)
-        outer.add_done_callback(self._outer.discard)
+            killed = self._workers_killed
+            if not killed:
+                self._outer.add(outer)
+        if killed:  # submitted while the workers were killed: the executor may never settle it
+            outer.fail_crashed()
+        else:
+            outer.add_done_callback(self._outer.discard)
         return outer
 
     def _crashed(self) -> WorkerCrashedError:
@@ -210,6 +216,7 @@ class ProcessPool(Pool):
             if not alive or time.monotonic() > deadline:
                 break
         with self._inflight_lock:
+            self._workers_killed = True
             unsettled = list(self._outer)
         for future in unsettled:
             future.fail_crashed()
