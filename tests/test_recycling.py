@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
 import time
 
 import pool_helpers
@@ -10,7 +12,9 @@ import pytest
 
 import amorsize
 from amorsize import InvalidArgumentError, InvalidArgumentTypeError, PoolManager
+from amorsize.errors import PoolClosedError, WorkerCrashedError
 from amorsize.pools import worker
+from amorsize.pools.processes import ProcessPool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,6 +89,120 @@ def test_a_replacement_worker_takes_the_free_slot_of_the_one_it_replaces(manager
     assert int(pool.board[worker.OWNER]) not in pids  # held by the worker now waiting
     [stats] = manager.get_stats()["pools"].values()
     assert stats["max_tasks_per_child"] == 1 and stats["workers_replaced"] == 3
+
+
+needs_forkserver = pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(),
+    reason="the fork server sends each worker's exit status through a pipe, read once")
+RECYCLING_FORKSERVER = dict(start_method="forkserver", max_tasks_per_child=1)
+
+
+@needs_forkserver
+def test_a_retired_worker_exits_cleanly_however_many_threads_wait_for_it(manager, tmp_path):
+    """A fork-server worker's exit status is read once from a pipe: of several threads waiting
+    for the worker (the executor joining it, anyone asking whether the pool is broken), all
+    but one used to read end-of-file, taken for exit code 255 -- a crash (CPython gh-130895)."""
+    pool = manager.get_pool(1, "process", **RECYCLING_FORKSERVER)
+    [retiring] = [p for p in multiprocessing.active_children() if p.pid in pool.worker_pids()]
+    go = tmp_path / "go"
+    task = pool.submit(pool_helpers.wait_for_file, str(go))  # its only task: then it retires
+    judged_broken = []
+
+    def ask_whether_broken() -> None:
+        while retiring.pid in pool.worker_pids():
+            judged_broken.append(pool.broken)
+            time.sleep(0.001)
+
+    waiters = [threading.Thread(target=retiring.join) for _ in range(3)]
+    waiters.append(threading.Thread(target=ask_whether_broken))
+    for waiter in waiters:
+        waiter.start()
+    go.touch()
+    assert task.result(timeout=30) is None
+    for waiter in waiters:
+        waiter.join(timeout=30)
+    assert retiring.exitcode == 0
+    assert not any(judged_broken) and not pool.broken
+    assert manager.get_pool(1, "process", **RECYCLING_FORKSERVER) is pool
+    assert pool.submit(pool_helpers.square, 3).result(timeout=30) == 9
+
+
+@needs_forkserver
+def test_calls_from_several_threads_never_fail_while_workers_retire(manager, events):
+    """The issue as callers saw it: each request for the pool checks whether its workers died,
+    while the executor joins those that retired; a retirement taken for a crash broke the pool
+    and failed the other threads' calls with WorkerCrashedError."""
+    pool = manager.get_pool(2, "process", **RECYCLING_FORKSERVER)
+    calls_done = threading.Event()
+    handed_out = []
+
+    def ask_for_the_pool() -> None:
+        while not calls_done.is_set():
+            handed_out.append(manager.get_pool(2, "process", **RECYCLING_FORKSERVER))
+            time.sleep(0)  # let the callers and the executor run meanwhile
+
+    def call(start: int) -> list[int]:
+        return [pool.submit(pool_helpers.square, x).result(timeout=30)
+                for x in range(start, start + 50)]
+
+    results: dict[int, list[int]] = {}
+    asker = threading.Thread(target=ask_for_the_pool)
+    callers = [threading.Thread(target=lambda s=s: results.update({s: call(s)}))
+               for s in (0, 50, 100)]
+    asker.start()
+    try:
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+    finally:
+        calls_done.set()
+        asker.join()
+    assert [x for s in (0, 50, 100) for x in results.get(s, [])] == [x * x for x in range(150)]
+    assert "broken" not in [event for event, _, _ in events]
+    assert all(handed is pool for handed in handed_out)
+    assert pool.workers_replaced >= 140
+
+
+@needs_forkserver
+@pytest.mark.parametrize("asks_first", [2000, 3000, 4000])
+def test_terminating_a_pool_whose_workers_retire_fails_the_calls_in_flight_never_hangs(
+        asks_first):
+    """A call submitted while the pool's workers are being killed fails with WorkerCrashedError:
+    it used to be registered after the pool failed its open calls, and left to the executor,
+    whose thread may already have died replacing a retired worker of a pool shut down."""
+    pool = ProcessPool(2, "forkserver", max_tasks_per_child=1)
+    outcomes: list[str] = []
+
+    def ask_then_terminate() -> None:
+        for _ in range(asks_first):  # asking whether it is broken keeps the interpreter busy
+            pool.broken  # noqa: B018 - asked for its work
+        pool.terminate()
+
+    def call(start: int) -> None:
+        for x in range(start, start + 500):
+            try:
+                future = pool.submit(pool_helpers.square, x)
+            except PoolClosedError:
+                outcomes.append("refused")
+                return
+            try:
+                future.result(timeout=10)
+            except WorkerCrashedError:
+                outcomes.append("crashed")
+                return
+            except TimeoutError:
+                outcomes.append("never settled")
+                return
+        outcomes.append("all done")
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in (0, 500, 1000)]
+    threads.append(threading.Thread(target=ask_then_terminate))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert "never settled" not in outcomes, outcomes
 
 
 def test_a_time_limit_still_works_on_a_replacement_worker():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.spawn
 import os
 import sys
@@ -70,6 +71,7 @@ class ProcessPool(Pool):
         self.max_tasks_per_child = max_tasks_per_child
         self._broken_seen = False
         self._outer: set[_CrashAwareFuture] = set()
+        self._workers_killed = False  # by a forced shutdown: futures still open fail at once
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
         start = time.perf_counter()
@@ -141,8 +143,13 @@ class ProcessPool(Pool):
             raise self._crashed() from exc
         outer = _CrashAwareFuture(inner, self)
         with self._inflight_lock:
-            self._outer.add(outer)
-        outer.add_done_callback(self._outer.discard)
+            killed = self._workers_killed
+            if not killed:
+                self._outer.add(outer)
+        if killed:  # submitted while the workers were killed: the executor may never settle it
+            outer.fail_crashed()
+        else:
+            outer.add_done_callback(self._outer.discard)
         return outer
 
     def _crashed(self) -> WorkerCrashedError:
@@ -209,6 +216,7 @@ class ProcessPool(Pool):
             if not alive or time.monotonic() > deadline:
                 break
         with self._inflight_lock:
+            self._workers_killed = True
             unsettled = list(self._outer)
         for future in unsettled:
             future.fail_crashed()
@@ -381,8 +389,31 @@ class _SpawnProcess(_WithoutMainStart, multiprocessing.context.SpawnProcess):
 
 
 if hasattr(multiprocessing.context, "ForkServerProcess"):
+    from multiprocessing import popen_forkserver
+
+    class _ForkServerPopen(popen_forkserver.Popen):
+        """A fork-server worker whose exit status is read by one thread at a time.
+
+        The status comes through a pipe, once: of two threads reading it at once (the
+        executor joining a retired worker, a caller asking whether the pool is ``broken``),
+        one gets it and the other end-of-file, taken for exit code 255 -- a crash -- and kept
+        (CPython gh-130895, unfixed up to 3.14). The wait for the worker to exit stays outside
+        the lock: a thread joining a live worker never blocks a thread that only asks."""
+
+        def __init__(self, process_obj: Any) -> None:
+            self._poll_lock = threading.Lock()
+            super().__init__(process_obj)
+
+        def poll(self, flag: int = os.WNOHANG) -> int | None:
+            if self.returncode is None and flag != os.WNOHANG:
+                multiprocessing.connection.wait([self.sentinel])
+            with self._poll_lock:
+                return super().poll(os.WNOHANG)
+
     class _ForkServerProcess(_WithoutMainStart, multiprocessing.context.ForkServerProcess):
-        pass
+        @staticmethod
+        def _Popen(process_obj: Any) -> _ForkServerPopen:
+            return _ForkServerPopen(process_obj)
 
 
 class _WithoutMainContext:
