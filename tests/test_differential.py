@@ -421,7 +421,7 @@ def test_drawn_inputs_give_the_builtin_maps_answer_on_every_entry_point(data):
     _check_drawn(data, EXECUTORS)
 
 
-@_HYPOTHESIS
+@settings(_HYPOTHESIS, max_examples=12)
 @given(data=st.data(), chunksize=st.integers(1, 20))
 def test_drawn_inputs_around_chunk_boundaries_give_the_builtin_maps_answer(data, chunksize):
     _check_drawn(data, ["thread", "process"], chunksize=chunksize)
