@@ -141,6 +141,11 @@ class ProcessPool(Pool):
         except BrokenProcessPool as exc:
             self._broken_seen = True
             raise self._crashed() from exc
+        except RuntimeError as exc:  # after BrokenProcessPool, one of them
+            if not self.closed:
+                raise
+            # closed between the caller's check and the executor's: the same answer as before
+            raise self._closed_error() from exc
         outer = _CrashAwareFuture(inner, self)
         with self._inflight_lock:
             killed = self._workers_killed
