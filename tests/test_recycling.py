@@ -188,6 +188,9 @@ def call(start):
         except PoolClosedError:
             outcomes.append("refused")
             return
+        except WorkerCrashedError:  # the pool was found broken as the call was handed over
+            outcomes.append("crashed")
+            return
         try:
             future.result(timeout=10)
         except WorkerCrashedError:
