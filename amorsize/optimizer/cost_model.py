@@ -23,8 +23,8 @@ _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
 PREFER_THREADS_WITHIN = 1.1
 _MIN_CPU_SHARE = 0.25
 _PROCESSES_PER_CPU = 2
-# the fewest workers predicted within 3% of the fastest are chosen: 4 processes on 2 cores,
-# predicted 0.1% faster than 2 (a smaller tail), ran 10% slower, and hold more memory
+# the fewest workers predicted within 3% of the fastest are chosen: more processes than cores
+# are predicted a hair faster (a smaller tail) but pay for switching and hold more memory
 FEWER_WORKERS_WITHIN = 1.03
 _CHANCE_TREND = 0.9  # 7 random costs reach a rank correlation this high 1 time in 140
 
@@ -107,8 +107,8 @@ def process_seconds(
     waves = math.ceil(n_chunks / workers) * chunksize * t
     start = 0.0 if warm else workers * ovh.process_start * startup_share
     # no worker starts before its first chunk is pickled and sent, and the last chunk's
-    # results come back after it ends: one chunk's shipping is not overlapped (4 chunks of 119
-    # JSON documents ran 15% slower than 32 of 16)
+    # results come back after it ends: one chunk's shipping is not overlapped, which makes
+    # big chunks of heavy items dearer than their count alone says
     fill = min(chunksize, n) * (profile.pickle_seconds
                                 + (profile.arg_bytes + profile.result_bytes) * ovh.process_per_byte)
     return start + ovh.process_latency + fill + max(compute, parent, waves) + tail_seconds(

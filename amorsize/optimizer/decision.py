@@ -69,7 +69,8 @@ class _Decisions:
         was = made.profile
         serial = made.plan.executor_type == "serial"
         # A serial plan has no chunk sizes cut for the items left (the call that measured left
-        # 8 fewer than the calls after it: within 10% more items is the same decision), and
+        # its sampled items out, so later calls see a few more: within ``_SAME`` more items is
+        # the same decision), and
         # only gets more right as calls get cheaper or serial runs faster than predicted:
         # parallel plans pay fixed costs per chunk. It is decided again as pools' start-up is
         # charged less, if a warm pool would have won.
@@ -276,10 +277,10 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
 
     Its chunk size becomes the best of ``chunk_sizes`` when the last plan was cut for another
     number of items (``same_items`` False: the call that measured cut chunks for the items it
-    had left, and 12 for 48 of 64 made a third wave on 2 threads), else only if that is
+    had left, which can leave a last, short wave for the full input), else only if that is
     ``STAY_WITHIN`` faster. The caller holds the kept plan to the ``min_speedup`` margin less
-    ``STAY_WITHIN``: threads 1.2-1.4x faster than serial went serial after one slow run, and
-    only a parallel run could have shown they were right."""
+    ``STAY_WITHIN``: a modest parallel win would otherwise go serial after one slow run, and
+    only a parallel run could show it was right."""
     if last.executor_type == "serial":
         return None
 

@@ -136,11 +136,11 @@ def _busy_per_chunk(pool: Any, idle: float, items: int = 8,
                     cpu_seconds: float = 0.5e-3) -> float | None:
     """What a chunk costs the cores while every worker computes: the same work sent as single
     items and as one chunk per worker; the difference, spread over the cores, per extra chunk.
-    On 2 busy cores a chunk cost 300-500 µs here, 3-4 times what it costs idle workers
-    (``idle``): 2 workers ran a heavy-tailed workload 5-10% slower in chunks of 4 than of 16,
-    where the idle figure predicted them equal. None for a pool too small to keep every core
-    busy (its figure would be the idle one: 1 worker on 2 cores measured 40 µs); the figure is
-    kept between the idle one and ten times it, whatever one noisy run measured."""
+    When every core computes, handling a chunk takes time from the work itself, several times
+    what it costs idle workers (``idle``), so small chunks cost more than the idle figure
+    predicts (docs/benchmarks.md has the figures). None for a pool too small to keep every core
+    busy (its figure would be the idle one); the figure is kept between the idle one and ten
+    times it, whatever one noisy run measured."""
     n = pool.n_jobs
     if n < system.usable_cpus():
         return None

@@ -333,8 +333,9 @@ def typical_seconds(walls: list[float]) -> float:
 
 @functools.cache
 def timing_overhead() -> float:
-    """Seconds the timing around one call adds (two clocks read twice, a call): about 0.3 µs,
-    which would make a 40 ns function look ten times dearer than it is, and parallel worth it."""
+    """Seconds the timing around one call adds (two clocks read twice, a call): left in, it
+    would make a function of a few tens of nanoseconds look many times dearer than it is, and
+    parallel worth it."""
     def nothing(x: Any) -> Any:
         return x
 
