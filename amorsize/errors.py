@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import math
 import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
 from typing import Literal, get_args
@@ -180,3 +181,16 @@ def check_initializer(initializer: object, initargs: object) -> None:
         raise InvalidArgumentTypeError(
             "initargs must be hashable (a tuple of numbers, strings, tuples...) because it is "
             f"part of the pool's key; got {initargs!r}") from None
+
+
+def check_timeout(timeout: object) -> None:
+    """A time limit is seconds > 0, or None for none."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidArgumentTypeError(
+            f"timeout must be a number of seconds > 0 (or None for no limit), "
+            f"got {type(timeout).__name__} {timeout!r}")
+    if not timeout > 0 or math.isinf(timeout):
+        raise InvalidArgumentError(
+            f"timeout must be a number of seconds > 0 (or None for no limit), got {timeout!r}")

@@ -69,3 +69,18 @@ def test_the_worker_side_imports_nothing_of_the_caller_side():
         imported = {m for m, _ in _imports(ROOT / "amorsize" / "pools" / f"{name}.py")}
         ours = {m for m in imported if m.split(".")[0] == "amorsize"}
         assert ours <= {"amorsize.pools", "amorsize.pools.orphans", "amorsize.errors"}, ours
+
+
+# the layers below the run: each imports nothing of a layer above it
+_BELOW_THE_RUN = {"amorsize.optimizer": ("amorsize.run",),
+                  "amorsize.pools": ("amorsize.run", "amorsize.optimizer", "amorsize.plugins")}
+
+
+@pytest.mark.parametrize(("module", "path"),
+                         [(m, p) for m, p in MODULES if m.startswith(tuple(_BELOW_THE_RUN))],
+                         ids=[m for m, _ in MODULES if m.startswith(tuple(_BELOW_THE_RUN))])
+def test_the_optimizer_and_the_pools_import_nothing_of_the_layers_above(module, path):
+    """The run imports the optimizer and the pools; an import back would be a cycle."""
+    above = next(v for k, v in _BELOW_THE_RUN.items() if module.startswith(k))
+    for imported, _ in _imports(path):
+        assert not imported.startswith(above), f"{module} imports {imported}, a layer above it"

@@ -22,6 +22,7 @@ from amorsize.errors import (
     check_min_speedup,
     check_positive_int,
     check_start_method,
+    check_timeout,
     resolve_n_jobs,
 )
 from amorsize.optimizer import probe, sampling
@@ -29,7 +30,7 @@ from amorsize.optimizer.learned import function_key
 from amorsize.options import DEFAULTS, DecideOptions, MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools import worker
-from amorsize.run.control import call_watched, check_timeout
+from amorsize.pools.watch import call_watched
 from amorsize.workload import Profile, Workload
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,15 +33,14 @@ from amorsize import errors, plugins
 from amorsize.plan import Plan
 from amorsize.pools import worker
 from amorsize.pools.pool import FollowingFuture
+from amorsize.pools.watch import WATCH_SECONDS, find_overrun, next_token
 from amorsize.run import log
 from amorsize.run.report import RunReport
 
 PROGRESS_CHUNK_SECONDS = 0.5
-WATCH_SECONDS = 0.1
 _RESENDS = 3
 
 _run_ids = itertools.count(1)
-_tokens = itertools.count(1)
 
 
 class RunGroup:
@@ -121,7 +119,7 @@ class Run:
         done: int = 0,
         run_id: int | None = None,
     ) -> None:
-        check_timeout(timeout)
+        errors.check_timeout(timeout)
         self.plan = plan
         self._shown = run_id is not None
         self.id = next(_run_ids) if run_id is None else run_id
@@ -197,9 +195,9 @@ class Run:
             self._check_not_cancelled()
         # positive: items watched for the time limit; negative: only stoppable between items
         if self.timeout is not None:
-            token = float(next(_tokens))
+            token = next_token()
         elif self.executor_type == "thread":
-            token = -float(next(_tokens))
+            token = -next_token()
         else:
             token = 0.0
         # the pool's own future, collected by ``result``: no relaying future and no callbacks
@@ -465,60 +463,3 @@ def _chunk_call(chunk: tuple[Any, list, float]) -> Callable[[Any], Future]:
         return submitted
 
     return call
-
-
-def find_overrun(pool: Any, watched: dict[float, Sequence[int] | None],
-                 timeout: float | None) -> errors.TimeoutError | None:
-    """The error for the first item of ``watched`` chunks that has run past ``timeout``."""
-    if timeout is None or not watched:
-        return None
-    now = time.monotonic()
-    for token, k, started in pool.running_items(watched):
-        if now - started > timeout:
-            indices = watched[token]
-            index = indices[k] if indices is not None and k < len(indices) else None
-            where = "an item" if index is None else f"item {index}"
-            return errors.TimeoutError(
-                f"{where} ran longer than timeout={timeout:g} s ({now - started:.1f} s so far); "
-                "the call was cancelled", index)
-    return None
-
-
-def call_watched(pool: Any, fn: Callable, args: tuple, indices: Sequence[int],
-                 timeout: float | None) -> Any:
-    """``fn(*args, token)`` on ``pool``, waited for with ``timeout`` per item (``indices`` name
-    the items); on any way out but a result, its work is stopped as a cancelled run's is."""
-    token = float(next(_tokens)) if timeout is not None else 0.0
-    future = pool.submit(fn, *args, token)
-    try:
-        while True:
-            try:
-                return future.result(timeout=None if timeout is None else WATCH_SECONDS)
-            except TimeoutError:
-                if future.done():
-                    raise
-                overrun = find_overrun(pool, {token: indices}, timeout)
-                if overrun is not None:
-                    raise overrun from None
-    except Exception as exc:
-        worker.item_note(exc, lambda k: indices[k] if k < len(indices) else None)
-        if not future.cancel() and not future.done():
-            pool.terminate()
-        raise
-    except BaseException:
-        if not future.cancel() and not future.done():
-            pool.terminate()
-        raise
-
-
-def check_timeout(timeout: object) -> None:
-    """A time limit is seconds > 0, or None for none."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise errors.InvalidArgumentTypeError(
-            f"timeout must be a number of seconds > 0 (or None for no limit), "
-            f"got {type(timeout).__name__} {timeout!r}")
-    if not timeout > 0 or math.isinf(timeout):
-        raise errors.InvalidArgumentError(
-            f"timeout must be a number of seconds > 0 (or None for no limit), got {timeout!r}")

@@ -27,9 +27,9 @@ from amorsize.options import MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools import worker
 from amorsize.pools.worker import Star
+from amorsize.pools.watch import WATCH_SECONDS
 from amorsize.run.control import (
     PROGRESS_CHUNK_SECONDS,
-    WATCH_SECONDS,
     Run,
     announce_cancelled,
     announce_planning,
