@@ -15,6 +15,7 @@ import contextlib
 import gc
 import operator
 import os
+import pickle
 import resource
 import sys
 import threading
@@ -132,16 +133,31 @@ def initialize_by_value(call: ByValue) -> None:
     """Run a user's worker initializer that came by value (a lambda or ``__main__`` function
     works); its exception propagates, so a worker whose set-up failed never takes tasks.
 
-    The globals it sets are kept from then on: a ``__main__`` function that comes later by
-    value brings the parent's values of its globals, which would otherwise overwrite them (the
-    ``conn = connect()`` of an initializer, replaced by the parent's ``conn = None``)."""
+    The globals it sets or changes are kept from then on: a ``__main__`` function that comes
+    later by value brings the parent's values of its globals, which would otherwise overwrite
+    them (the ``conn = connect()`` of an initializer, replaced by the parent's ``conn = None``;
+    the ``CACHE`` dict it filled, replaced by the parent's empty one). The globals it only
+    reads keep following the parent's values, as the calls' own globals do."""
     fn, args = call.load()
     fn = _into_main(fn)
     namespace = getattr(fn, "__globals__", None)
     before = dict(namespace) if namespace is not None else {}
+    as_sent = {k: _pickled(v) for k, v in before.items() if not k.startswith("__")}
     fn(*args)
     if namespace is not None:
-        _INITIALIZED.update(k for k, v in namespace.items() if k not in before or before[k] is not v)
+        _INITIALIZED.update(k for k, v in namespace.items() if k not in before or before[k] is not v
+                            or (k in as_sent and (as_sent[k] is None or _pickled(v) != as_sent[k])))
+
+
+def _pickled(value: Any) -> bytes | None:
+    """``value``'s pickle, to tell whether an initializer changed it in place; None when it
+    cannot be pickled (then it is taken as changed: the worker's own is kept)."""
+    if isinstance(value, types.ModuleType | types.FunctionType | type):
+        return b""  # a module, function or class is not worker state an initializer fills
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - any pickling failure means "cannot tell"
+        return None
 
 
 def _into_main(obj: Any) -> Any:
@@ -150,8 +166,7 @@ def _into_main(obj: Any) -> Any:
     an initializer sets (``conn = connect()``) is what a task reads. Later arrivals refresh the
     parent's values, except the names the initializer set."""
     global _MAIN_GLOBALS
-    if not (_IN_PROCESS_WORKER and isinstance(obj, types.FunctionType)
-            and obj.__module__ == "__main__"):
+    if not _in_main(obj):
         return obj
     if _MAIN_GLOBALS is None:
         _MAIN_GLOBALS = obj.__globals__
@@ -165,6 +180,12 @@ def _into_main(obj: Any) -> Any:
                 value = _rebound(value)
             _MAIN_GLOBALS[name] = value
     return _rebound(obj)
+
+
+def _in_main(obj: Any) -> bool:
+    """A parent's ``__main__`` function, arrived by value in a process worker."""
+    return (_IN_PROCESS_WORKER and isinstance(obj, types.FunctionType)
+            and obj.__module__ == "__main__")
 
 
 def _rebound(func: types.FunctionType) -> types.FunctionType:
