@@ -110,3 +110,52 @@ def test_thread_workers_each_run_the_initializer_before_their_first_item():
 
     assert amorsize.map(check, range(50), executor="thread", n_jobs=2, initializer=init,
                         resample=True) == list(range(50))
+
+
+STATE_SCRIPT = textwrap.dedent('''
+    import json
+    import amorsize
+
+    RESOURCE = {}
+    SCALE = 1
+
+    def open_resource(name):
+        RESOURCE["name"] = name          # filled in place, not rebound
+        RESOURCE["scale_at_start"] = SCALE
+
+    def use(x):
+        return [RESOURCE.get("name"), x * SCALE]
+
+    first = amorsize.map(use, range(4), executor="process", n_jobs=2,
+                         initializer=open_resource, initargs=("db",))
+    SCALE = 10                           # read by the initializer, changed here between calls
+    second = amorsize.map(use, range(4), executor="process", n_jobs=2,
+                          initializer=open_resource, initargs=("db",))
+    print(json.dumps({"first": first, "second": second, "caller": RESOURCE}))
+''')
+
+
+@pytest.mark.timeout(200)
+def test_what_an_initializer_fills_in_place_is_what_the_calls_read(tmp_path):
+    """A global dict the initializer filled stays filled in the worker: the parent's (empty)
+    one, which every later call brings by value, does not replace it; a global it only read
+    still follows the parent, as the calls' own globals do."""
+    script = tmp_path / "state.py"
+    script.write_text(STATE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["first"] == [["db", x] for x in range(4)]
+    assert out["second"] == [["db", x * 10] for x in range(4)]
+    assert out["caller"] == {}
+
+
+def test_when_every_item_ran_while_measuring_the_initializer_does_not_run_here():
+    """Four items, all measured on a process worker: the plan has nothing left to run, so
+    nothing of it runs here, the initializer included."""
+    before = _state["inits"]
+    assert amorsize.map(_read, range(4), executor="process", n_jobs=2, initializer=_count_init,
+                        resample=True) == [1, 1, 1, 1]   # the worker's own count
+    assert _state["inits"] == before
+    assert "nothing is left to run" in amorsize.last_plan().reasons[-1]

@@ -191,7 +191,10 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
     workload = asked(previous_runs=learned.runs if learned else 0, already_done=len(results),
                      recalled=recalled)
     plan = plugins.make_plan(func, profile, workload)
-    if initializer is not None and plan.executor_type == "serial":
+    if n is not None and len(results) >= n:
+        plan.reasons = [*plan.reasons, f"every item ran while measuring ({n} of {n}): "
+                        "nothing is left to run"]
+    elif initializer is not None and plan.executor_type == "serial":
         plan.reasons = [*plan.reasons, "the initializer runs in this process: a serial plan runs "
                         "the items here (on a parallel plan it runs only in the workers)"]
     plan.data = data

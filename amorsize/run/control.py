@@ -161,7 +161,7 @@ class Run:
             self.pool = self._stack.enter_context(plugins.leased_pool(
                 self.executor_type, n_jobs, self._start_method, *self._initializer,
                 max_tasks_per_child=self._max_tasks))
-        elif self._initializer[0] is not None:
+        elif self._initializer[0] is not None and self._items_left():
             # the items run here: so does the initializer, once (the serial pool is kept)
             plugins.get_pool("serial", 1, True, None, *self._initializer)
         log.started(self.plan, self.description)
@@ -169,6 +169,11 @@ class Run:
         if self._group is not None and not self._group._join(self):
             self.cancel()
         return self
+
+    def _items_left(self) -> bool:
+        """False when every item ran while the plan was made (measured): none runs here."""
+        n = self.plan.n_items
+        return n is None or n > self.plan.workload.already_done
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
