@@ -26,8 +26,8 @@ from amorsize.optimizer.learned import function_key
 from amorsize.options import MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools import worker
-from amorsize.pools.worker import Star
 from amorsize.pools.watch import WATCH_SECONDS
+from amorsize.pools.worker import Star
 from amorsize.run.control import (
     PROGRESS_CHUNK_SECONDS,
     Run,
