@@ -57,7 +57,8 @@ def run_demo(repeat: int, explain: bool) -> int:
         second, again = _timed(_amorsize_map(w.func, data), w.repeat)
         ok = ok and got == expected and again == expected
         plan = amorsize.optimize(w.func, data)
-        shape = f"{plan.executor_type} x{plan.n_jobs}, chunks of {plan.chunksize}"
+        shape = ("serial (a plain loop)" if plan.executor_type == "serial"
+                 else f"{plan.executor_type} x{plan.n_jobs}, chunks of {plan.chunksize}")
         print(f"{w.name:<14} {shape:<27} {loop:>7.3f}s {first:>8.3f}s {second:>8.3f}s "
               f"{loop / second:>7.2f}x  {plan.reasons[-1]}")
         if explain:

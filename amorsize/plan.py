@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ class Machine:
     start_method: str
 
 
-@dataclass
+@dataclass(repr=False)
 class Plan:
     """How to run ``func`` over ``data``: executor, workers, chunk size, and the reasons.
 
@@ -57,31 +56,75 @@ class Plan:
         see ``amorsize.workload.copy_with``."""
         return copy_with(self, changes)
 
+    def __repr__(self) -> str:
+        """One short line: the choice, not every figure (``explain()`` has those)."""
+        n = "?" if self.n_items is None else f"{self.n_items:,}"
+        return (f"Plan({self.executor_type}, n_jobs={self.n_jobs}, chunksize={self.chunksize}, "
+                f"speedup {self.estimated_speedup:.2f}x, {n} items)")
+
+    def summary(self) -> str:
+        """The choice in one sentence a newcomer reads: what an item costs, where the items
+        run, and the time that buys against a plain loop."""
+        p = self.profile
+        n = self.n_items
+        if n == 0:
+            return "The input is empty: there is nothing to run."
+        what = _each_item(p)
+        done = self.workload.already_done
+        if n is not None and done >= n:
+            return f"{what}; every item already ran while measuring, so nothing is left to run."
+        left = None if n is None else n - done
+        items = ("the items" if left is None
+                 else f"the {left:,} item{'s' if left != 1 else ''}"
+                 + (" left after measuring" if done else ""))
+        serial = self.predictions.get("serial")
+        mine = self.predicted_seconds
+        if self.executor_type == "serial":
+            others = {k: v for k, v in self.predictions.items() if k != "serial"}
+            if serial is None or not others:
+                return f"{what}; {items} run here, one after another."
+            kind, best = min(others.items(), key=lambda kv: kv[1])
+            return (f"{what}; {items} run here, one after another, in about "
+                    f"{format_seconds(serial)}: handing them to {kind} workers would take "
+                    f"{format_seconds(best)}.")
+        workers = f"{self.n_jobs} {'processes' if self.executor_type == 'process' else 'threads'}"
+        batch = f" ({self.chunksize} items at a time)" if self.chunksize > 1 else ""
+        if mine is None or serial is None:
+            return f"{what}; {workers} run {items}{batch}."
+        return (f"{what}; {workers} should finish {items}{batch} in about {format_seconds(mine)} "
+                f"instead of {format_seconds(serial)} one after another "
+                f"({self.estimated_speedup:.2f}x as fast).")
+
     def explain(self) -> str:
-        """A readable report of the choice and the measured figures behind it."""
+        """The choice in plain words, then the measured figures behind it, with their units,
+        then the reasons in the order they were weighed."""
         p = self.profile
         n = "unknown" if self.n_items is None else f"{self.n_items:,}"
+        per_item = [f"{format_seconds(p.per_item_seconds)}", _spread(p.per_item_spread),
+                    f"CPU {p.cpu_ratio:.0%} of wall time"]
+        if p.cost_trend:
+            per_item.append(f"cost trend along the input {p.cost_trend:+.2f} "
+                            "(rank correlation: 0 none, +1 later items dearer)")
+        if p.thread_scaling is not None:
+            per_item.append(f"two at once on two threads: {p.thread_scaling:.2f}x the work of one "
+                            "(2.00: they overlap fully; 1.00 or less: not at all)")
         lines = [
-            f"amorsize plan: {self.executor_type}, n_jobs={self.n_jobs}, "
-            f"chunksize={self.chunksize}, estimated speedup {self.estimated_speedup:.2f}x "
-            f"(decided by {self.decided_by})",
+            self.summary(),
+            f"  plan: {self.executor_type}, n_jobs={self.n_jobs}, chunksize={self.chunksize}, "
+            f"estimated speedup {self.estimated_speedup:.2f}x (decided by {self.decided_by})",
             f"  items: {n}; {measured_how(p, self.workload)}",
-            f"  per item: {format_seconds(p.per_item_seconds)} "
-            f"(spread {p.per_item_spread:.0%}, trend along the input {p.cost_trend:+.2f}), "
-            f"CPU/wall {p.cpu_ratio:.2f}"
-            + ("" if p.thread_scaling is None else f", 2 threads ran {p.thread_scaling:.2f}x"),
+            "  per item: " + "; ".join(per_item),
             f"  pickled: item {format_bytes(p.arg_bytes)}, result {format_bytes(p.result_bytes)}, "
-            f"{format_seconds(p.pickle_seconds)} per item"
+            f"{format_seconds(p.pickle_seconds)} per item to pickle both"
             + ("" if p.picklable else f"; not picklable: {p.unpicklable_reason}"),
         ]
         if self.machine is not None:
-            facts = dataclasses.asdict(self.machine)
-            lines.append("  machine: " + ", ".join(f"{k}={v}" for k, v in sorted(facts.items())))
+            lines.append(f"  machine: {self.machine.usable_cpus} usable CPUs, start method "
+                         f"{self.machine.start_method}")
         if self.overheads:
-            lines.append(
-                "  overheads: "
-                + ", ".join(f"{k}={_format_overhead(k, v)}" for k, v in sorted(self.overheads.items()))
-            )
+            lines.append("  pool costs: " + ", ".join(
+                f"{_OVERHEAD_NAMES.get(k, k)} {_format_overhead(k, v)}"
+                for k, v in sorted(self.overheads.items(), key=_overhead_order)))
         if self.predictions:
             lines.append(
                 "  predicted wall time: "
@@ -90,6 +133,37 @@ class Plan:
         lines.append("  why:")
         lines.extend(f"    - {r}" for r in self.reasons)
         return "\n".join(lines)
+
+
+_OVERHEAD_NAMES = {
+    "process_start": "process pool start",
+    "process_latency": "process round trip",
+    "process_per_chunk": "process per chunk",
+    "process_busy_per_chunk": "process per chunk while every core computes",
+    "process_per_byte": "process per byte sent",
+    "thread_start": "thread pool start",
+    "thread_per_chunk": "thread per chunk",
+}
+
+
+def _overhead_order(item: tuple[str, float]) -> tuple[int, str]:
+    names = list(_OVERHEAD_NAMES)
+    return (names.index(item[0]) if item[0] in names else len(names), item[0])
+
+
+def _each_item(p: Profile) -> str:
+    took = format_seconds(p.per_item_seconds)
+    if p.cpu_ratio >= 0.8:
+        return f"Each item takes about {took} of computing"
+    if p.cpu_ratio < 0.3:
+        return f"Each item takes about {took}, mostly waiting ({p.cpu_ratio:.0%} of it computing)"
+    return f"Each item takes about {took} ({p.cpu_ratio:.0%} of it computing)"
+
+
+def _spread(spread: float) -> str:
+    if spread >= 10:
+        return f"item times vary widely (standard deviation {spread:.0f}x the mean)"
+    return f"item times vary by {spread:.0%} (standard deviation over the mean)"
 
 
 def measured_how(profile: Profile, workload: Workload) -> str:

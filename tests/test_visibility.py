@@ -40,7 +40,8 @@ def test_each_run_logs_its_decision_at_info_and_its_reasons_at_debug(caplog):
     messages = [r.getMessage() for r in caplog.records if r.name == "amorsize"]
     decided = [m for m in messages if m.startswith("map(double) over 50 items: 2 threads")]
     assert len(decided) == 1 and "predicted" in decided[0]
-    assert any(m.startswith("amorsize plan: thread, n_jobs=2") and "why:" in m for m in messages)
+    assert any(m.startswith("Each item takes about") and "  plan: thread, n_jobs=2" in m
+               and "why:" in m for m in messages)
     assert any(m.startswith("map(double) over 50 items finished: 50 items") for m in messages)
 
 
@@ -65,7 +66,8 @@ def test_amorsize_log_debug_prints_the_decision_and_its_reasons_to_stderr(tmp_pa
                           timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert "amorsize INFO: map(square) over 100 items: serial" in done.stderr
-    assert "amorsize DEBUG: amorsize plan: serial" in done.stderr
+    assert "amorsize DEBUG: Each item takes about" in done.stderr
+    assert "  plan: serial, n_jobs=1" in done.stderr
     assert "why:" in done.stderr and "serial: predicted" in done.stderr
 
 
