@@ -2,7 +2,7 @@
 
 Run by hand (the machine is shared and noisy; nothing here is asserted):
 
-    python3 benchmarks/bench_core.py [--repeat 100] [--rounds 3] [--only NAME ...]
+    python3 benchmarks/bench_core.py [--repeat 100] [--rounds 3] [--only NAME ...] [--chart F.svg]
 
 Every tool must return exactly the loop's results. Each cell is the best of ``--rounds`` runs
 (one run when a run takes over 2 s); "amorsize 1st" is the very first call in this process,
@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="workload names to run")
     parser.add_argument("--skip-tools", nargs="*", default=[], help="tool names to leave out")
+    parser.add_argument("--chart", help="also draw the speedups to this .svg/.png (needs the "
+                                        "bench extra: matplotlib)")
     args = parser.parse_args()
 
     import amorsize
@@ -127,6 +129,7 @@ def main() -> None:
     cols = ["amorsize 1st", *tools]
     print("| workload | " + " | ".join(cols) + " | amorsize plan | amorsize / best |")
     print("|---" * (len(cols) + 3) + "|")
+    charted: dict[str, dict[str, float]] = {}
     for w in workloads(args.repeat):
         if args.only and w.name not in args.only:
             continue
@@ -146,6 +149,13 @@ def main() -> None:
         shape = f"{plan.executor_type} x{plan.n_jobs} c{plan.chunksize}"
         print(f"| {w.name} | " + " | ".join(cells) + f" | {shape} | "
               f"{times['amorsize'] / best:.2f} |", flush=True)
+        charted[w.name] = times
+    if args.chart:
+        from charts import speedup_chart
+
+        drawn = speedup_chart("amorsize.map against the usual tools", charted, "serial",
+                              args.chart, system.describe())
+        print(f"\nchart: {drawn}")
 
     seen = workloads(1)[0]
     amorsize.optimize(seen.func, seen.make_data())

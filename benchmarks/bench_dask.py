@@ -78,6 +78,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--computes", type=int, default=100)
+    parser.add_argument("--chart", help="also draw the speedups to this .svg/.png (needs the "
+                                        "bench extra: matplotlib)")
     args = parser.parse_args()
     rows = []
     for name, collection, per_run in workloads():
@@ -98,6 +100,11 @@ def main() -> None:
         print(_row(name, times, first), flush=True)
     print()
     print(_table(rows, args))
+    if args.chart:
+        from charts import speedup_chart
+
+        charted = {name: dict(times) for name, times, _ in rows}
+        print(f"\nchart: {speedup_chart('Dask schedulers', charted, 'sync', args.chart)}")
 
 
 def _row(name: str, times: dict[str, float], first: float | None) -> str:
