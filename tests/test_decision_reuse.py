@@ -12,7 +12,15 @@ from core_helpers import nap, square
 
 import amorsize
 from amorsize.optimizer import cost_model, decision
-from amorsize.optimizer.learned import LEARNED
+from amorsize.optimizer.learned import LEARNED, function_key
+from amorsize.plugins.default_optimizer import POOLS
+
+
+def _decide(profile: amorsize.Profile, workload: amorsize.Workload) -> amorsize.Plan:
+    """``square``'s plan, decided as the built-in plugin decides it: the pools it may look at
+    and what was learned about ``square`` are handed in."""
+    return decision.decide(square, profile, workload, pools=POOLS,
+                           learned=LEARNED.recall(function_key(square)))
 
 
 @pytest.fixture
@@ -53,10 +61,10 @@ def test_a_profile_that_moved_is_decided_again(model_calls):
     amorsize.optimize(square, data)
     plan = amorsize.optimize(square, data)
     before = len(model_calls)
-    decision.decide(square, plan.profile, plan.workload)
+    _decide(plan.profile, plan.workload)
     assert len(model_calls) == before
     slower = dataclasses.replace(plan.profile, per_item_seconds=plan.profile.per_item_seconds * 2)
-    decision.decide(square, slower, plan.workload)
+    _decide(slower, plan.workload)
     assert len(model_calls) > before
 
 
@@ -75,10 +83,10 @@ def test_on_a_free_threaded_interpreter_computing_calls_run_on_threads(monkeypat
 
     profile = amorsize.Profile(per_item_seconds=2e-3, cpu_ratio=1.0)
     workload = amorsize.Workload(400, executors=("serial", "thread"))
-    with_gil = decision.decide(square, profile, workload)
+    with_gil = _decide(profile, workload)
     monkeypatch.setattr(system, "gil_enabled", lambda: False)
     decision._DECISIONS.forget()
-    without = decision.decide(square, profile, workload)
+    without = _decide(profile, workload)
     assert with_gil.executor_type == "serial"
     assert without.executor_type == "thread" and without.estimated_speedup > 1.5
     assert without.profile.thread_scaling is None   # the plan shows what was measured
@@ -150,7 +158,7 @@ def test_a_parallel_plan_is_kept_until_another_is_predicted_clearly_faster(monke
 
     def decide(per_item: float, thread: cost_model.Candidate) -> amorsize.Plan:
         best["thread"] = thread
-        return decision.decide(square, amorsize.Profile(per_item, cpu_ratio=0.0), workload)
+        return _decide(amorsize.Profile(per_item, cpu_ratio=0.0), workload)
 
     first = decide(1e-3, cost_model.Candidate("thread", 4, 25, 1.0))
     assert (first.executor_type, first.n_jobs, first.chunksize) == ("thread", 4, 25)
@@ -176,7 +184,7 @@ def test_a_parallel_plan_goes_serial_only_once_clearly_below_the_margin(monkeypa
 
     def decide(per_item: float, serial_seconds: float) -> amorsize.Plan:
         best["serial"], best["thread"] = cost_model.Candidate("serial", 1, 400, serial_seconds), thread
-        return decision.decide(square, amorsize.Profile(per_item, cpu_ratio=0.0), workload)
+        return _decide(amorsize.Profile(per_item, cpu_ratio=0.0), workload)
 
     assert decide(1e-3, 1.5).executor_type == "thread"      # 1.5x: parallel
     slow_run = decide(2e-3, 1.15)                             # 1.15x: under 1.2, over 1.09
@@ -224,12 +232,12 @@ def test_a_serial_plan_is_reused_when_calls_got_cheaper_but_not_dearer(model_cal
     learning that a trivial function is cheaper than sampled costs no new decision."""
     profile = amorsize.Profile(per_item_seconds=1e-7, cpu_ratio=1.0, thread_scaling=1.0)
     workload = amorsize.Workload(10_000)
-    first = decision.decide(square, profile, workload)
+    first = _decide(profile, workload)
     assert first.executor_type == "serial"
     before = len(model_calls)
-    cheaper = decision.decide(square, dataclasses.replace(profile, per_item_seconds=4e-8), workload)
+    cheaper = _decide(dataclasses.replace(profile, per_item_seconds=4e-8), workload)
     assert cheaper.executor_type == "serial" and len(model_calls) == before
-    decision.decide(square, dataclasses.replace(profile, per_item_seconds=2e-7), workload)
+    _decide(dataclasses.replace(profile, per_item_seconds=2e-7), workload)
     assert len(model_calls) > before
 
 
@@ -239,9 +247,8 @@ def test_a_reused_plan_is_judged_against_a_prediction_for_this_call(model_calls)
     the wrong error (and, while the plan is reused, never recovers)."""
     profile = amorsize.Profile(per_item_seconds=1e-7, cpu_ratio=1.0, thread_scaling=1.0)
     workload = amorsize.Workload(10_000)
-    first = decision.decide(square, profile, workload)
-    cheaper = decision.decide(square, dataclasses.replace(profile, per_item_seconds=4e-8),
-                              workload)
+    first = _decide(profile, workload)
+    cheaper = _decide(dataclasses.replace(profile, per_item_seconds=4e-8), workload)
     assert cheaper.executor_type == first.executor_type == "serial"
     assert cheaper.predicted_seconds == pytest.approx(10_000 * 4e-8)
     assert first.predicted_seconds == pytest.approx(10_000 * 1e-7)

@@ -3,6 +3,9 @@
 The arithmetic lives in ``cost_model`` (pure); this module gathers what it needs -- usable CPUs,
 pool overheads (measured on a real pool the first time processes look worth it), which pools are
 already warm, what past runs of the function taught -- and writes down why it chose what it did.
+The pools and what was learned are handed to ``decide`` by its caller (the built-in plugin, which
+asks through the hooks), so the decision calls nothing above the optimizer and a plugin that
+provides pools or recalls profiles is the one the decision sees.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from amorsize import plugins, system
+from amorsize import system
 from amorsize.errors import ExecutorType
 from amorsize.optimizer import cost_model, overheads
-from amorsize.optimizer.learned import LEARNED, function_key
+from amorsize.optimizer.learned import LEARNED, Learned, function_key
 from amorsize.plan import Machine, Plan, format_bytes, format_seconds, measured_how
 from amorsize.workload import Profile, Workload
 
@@ -117,8 +121,19 @@ def _near(a: float, b: float) -> bool:
 
 
 
-def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
-    """The plan amorsize recommends for ``func`` on this workload.
+class Pools(Protocol):
+    """The pools a decision may look at: which are warm, and a lease on one to measure."""
+
+    def is_warm(self, executor: ExecutorType, n_jobs: int, start_method: str) -> bool: ...
+
+    def lease(self, executor: ExecutorType, n_jobs: int,
+              start_method: str) -> AbstractContextManager[Any]: ...
+
+
+def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools,
+           learned: Learned | None) -> Plan:
+    """The plan amorsize recommends for ``func`` on this workload; ``pools`` are the pools it
+    may look at and ``learned`` what past runs of the function taught (None: nothing yet).
 
     A function seen before gets its last plan again while nothing that decided it moved by more
     than the noise between runs (``_DECISIONS``): same size and constraints, a profile and
@@ -126,7 +141,6 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     cpus = system.usable_cpus()
     start_method = workload.start_method or system.default_start_method()
     key = function_key(func) if workload.key is None else workload.key
-    learned = LEARNED.recall(key)
     n = workload.n_items
     if n is None:
         n = (learned.last_n_items if learned and learned.last_n_items
@@ -139,8 +153,8 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
     made = _DECISIONS.get(situation)
     if made is not None and (known := _DECISIONS.reusable(
             made, profile, corrections, remaining, share)) is not None and (
-            known.executor_type == "serial" or plugins.get_pool(
-                known.executor_type, known.n_jobs, False, start_method) is not None):
+            known.executor_type == "serial" or pools.is_warm(
+                known.executor_type, known.n_jobs, start_method)):
         # the prediction the run will be judged against is for this call's items, profile and
         # corrections: a stale one would teach the next correction the wrong error
         predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
@@ -158,15 +172,16 @@ def decide(func: Callable, profile: Profile, workload: Workload) -> Plan:
             reasons = told.reasons
         return known.replace(workload=workload, profile=profile, predictions=predictions,
                              reasons=reasons)
-    plan, startup_matters = _decide(func, profile, workload, cpus, start_method, remaining,
-                                    corrections, share, None if made is None else made.plan)
+    plan, startup_matters = _decide(func, profile, workload, pools, cpus, start_method,
+                                    remaining, corrections, share,
+                                    None if made is None else made.plan)
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
                                          startup_matters, plan))
     return plan
 
 
-def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, start_method: str,
-            remaining: int, corrections: dict[str, float], share: float,
+def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, cpus: int,
+            start_method: str, remaining: int, corrections: dict[str, float], share: float,
             last: Plan | None) -> tuple[Plan, bool]:
     """The plan, and whether it is serial only because no pool is warm yet."""
     executors = set(workload.executors)
@@ -182,7 +197,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
     @functools.cache
     def is_warm(executor: ExecutorType, n_jobs: int) -> bool:
         """Asked once per (executor, n_jobs) in this decision, however often it is re-evaluated."""
-        return plugins.get_pool(executor, n_jobs, False, start_method) is not None
+        return pools.is_warm(executor, n_jobs, start_method)
 
     ovh = overheads.current(start_method)
 
@@ -195,7 +210,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
     candidates = evaluate()
     chosen = cost_model.choose(candidates, workload.min_speedup)
     if chosen.executor_type == "thread" and "thread" not in ovh.measured:
-        with plugins.leased_pool("thread", chosen.n_jobs, start_method) as pool:
+        with pools.lease("thread", chosen.n_jobs, start_method) as pool:
             ovh = overheads.measure_threads(pool, start_method)
         is_warm.cache_clear()
         candidates = evaluate()
@@ -205,7 +220,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, cpus: int, sta
         # Start (and, the first time, measure) the pool now; a warm, measured one needs nothing,
         # and fetching it here would count a use the run itself will count again.
         try:
-            with plugins.leased_pool("process", chosen.n_jobs, start_method) as pool:
+            with pools.lease("process", chosen.n_jobs, start_method) as pool:
                 first_time = "process" not in ovh.measured
                 if first_time:
                     ovh = overheads.measure_processes(pool, start_method)

@@ -3,16 +3,35 @@ and learns from finished runs."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
+from amorsize.errors import ExecutorType
 from amorsize.optimizer import decision
-from amorsize.optimizer.learned import LEARNED
+from amorsize.optimizer.learned import LEARNED, function_key
+from amorsize.plugins import relay
 from amorsize.plugins.hookspecs import hookimpl
+
+
+class HookedPools:
+    """The pools the decision may look at, asked for through ``amorsize_get_pool``: a plugin
+    that provides pools provides the ones the decision measures and finds warm."""
+
+    def is_warm(self, executor: ExecutorType, n_jobs: int, start_method: str) -> bool:
+        return relay.get_pool(executor, n_jobs, False, start_method) is not None
+
+    def lease(self, executor: ExecutorType, n_jobs: int,
+              start_method: str) -> AbstractContextManager[Any]:
+        return relay.leased_pool(executor, n_jobs, start_method)
+
+
+POOLS = HookedPools()
 
 
 @hookimpl(trylast=True)
 def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
-    return decision.decide(func, sample, workload)
+    key = function_key(func) if workload.key is None else workload.key
+    return decision.decide(func, sample, workload, pools=POOLS, learned=relay.recall(key))
 
 
 @hookimpl
