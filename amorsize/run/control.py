@@ -262,10 +262,10 @@ class Run:
         if entry is None or where is None:
             return None
         pool, chunk, resends = entry
-        if not self.lost_to_another_run(pool) or resends >= _RESENDS:
+        sent = self.send_again(pool, _chunk_call(chunk), resends)
+        if sent is None:
             return None
-        self._replace_pool(pool)
-        new_pool, again = self._on_pool(_chunk_call(chunk))
+        new_pool, again = sent
         with self._lock:
             self._inflight[again] = where
             self._resendable[again] = (new_pool, chunk, resends + 1)
@@ -332,6 +332,16 @@ class Run:
         log.finished(plan, self.description, report, self.n_done)
         plugins.run_finished(plan, report)
         return report
+
+    def send_again(self, pool: Any, call: Callable[[Any], Future],
+                   resends: int) -> tuple[Any, Future] | None:
+        """The one way work is sent again: ``call`` on a fresh pool, as ``(pool, future)``, if
+        another run's cancel lost it with ``pool`` and it was sent again fewer than
+        ``_RESENDS`` times; else None (its failure is its outcome)."""
+        if not self.lost_to_another_run(pool) or resends >= _RESENDS:
+            return None
+        self._replace_pool(pool)
+        return self._on_pool(call)
 
     def _on_pool(self, call: Callable[[Any], Future]) -> tuple[Any, Future]:
         """``call(pool)`` on the run's pool, moving to a fresh pool if another run's cancel
@@ -444,17 +454,21 @@ class _RunFuture(FollowingFuture):
         lost = inner.cancelled() or isinstance(inner.exception(), BrokenProcessPool)
         if lost and self._run.lost_to_another_run(self._pool) and self._resends < _RESENDS:
             # Not from this thread: it may be the dead pool's own, which its shutdown joins.
-            self._resends += 1
-            threading.Thread(target=self._resend, daemon=True).start()
+            threading.Thread(target=self._resend, args=(inner,), daemon=True).start()
         else:
             super()._copy(inner)
 
-    def _resend(self) -> None:
+    def _resend(self, inner: Future) -> None:
         try:
-            self._run._replace_pool(self._pool)
-            self._attach(*self._run._on_pool(self._call))
+            sent = self._run.send_again(self._pool, self._call, self._resends)
         except BaseException as exc:  # noqa: BLE001 - delivered through the future
             self.set_exception(exc)
+            return
+        if sent is None:  # the run was cancelled meanwhile: the loss is the outcome
+            super()._copy(inner)
+            return
+        self._resends += 1
+        self._attach(*sent)
 
 
 def _same(n: int) -> int:
