@@ -361,6 +361,30 @@ def test_another_runs_cancel_does_not_fail_a_run_on_the_same_pool():
     assert outcome["out"] == list(range(40))
 
 
+def test_another_runs_cancel_does_not_fail_an_adapters_batches_on_the_same_pool():
+    """The joblib backend's batches are futures that send themselves again (``_RunFuture``),
+    where ``map`` collects its chunks and sends them again itself: both take one way."""
+    joblib = pytest.importorskip("joblib")
+    import amorsize_joblib  # noqa: F401
+
+    amorsize.map(sleep_on, range(2), executor="process", n_jobs=2)
+    outcome: dict = {}
+
+    def steady():
+        with joblib.parallel_config(backend="amorsize", executor="process"):
+            outcome["out"] = joblib.Parallel(n_jobs=2, batch_size=1)(
+                joblib.delayed(sleep_on)(x, slow=-1, others=0.05) for x in range(40))
+
+    thread = threading.Thread(target=steady)
+    thread.start()
+    time.sleep(0.3)
+    with pytest.raises(ValueError):
+        amorsize.map(fail_fast_then_sleep, [1, 2, 3, 0, 4, 5] * 4, executor="process", n_jobs=2,
+                     chunksize=1, sample_size=1)
+    thread.join(30)
+    assert outcome["out"] == list(range(40))
+
+
 # --- forced executors while measuring -----------------------------------------------------
 
 @pytest.mark.timeout(60)
