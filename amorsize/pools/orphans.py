@@ -88,6 +88,21 @@ def _alive(pid: int, started: str | None) -> bool:
     return stat is not None and stat[0] not in ("Z", "X") and stat[1] == started
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: not gone, not a zombie, and not another user's (which
+    took the pid of ours)."""
+    if _WINDOWS:  # where os.kill(pid, 0) would terminate it
+        import psutil
+
+        return psutil.pid_exists(pid)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    stat = _stat(pid)
+    return stat is None or stat[0] not in ("Z", "X")
+
+
 def _stat(pid: int) -> tuple[str, str] | None:
     """A process's state and start time from /proc (Linux), or None."""
     try:

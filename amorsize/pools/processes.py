@@ -372,7 +372,8 @@ def _preload_forkserver(context: Any) -> None:
         pid = str(os.getpid())
         if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
             os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
-        context.set_forkserver_preload(["amorsize.pools.worker", "amorsize.pools.shipping",
+        context.set_forkserver_preload(["amorsize.pools.worker", "amorsize.pools.payloads",
+                                        "amorsize.pools.shipping",
                                         "amorsize.pools.orphans"])
 
 
