@@ -3,7 +3,7 @@
 Nothing else in amorsize touches them (``tests/test_layout.py`` checks it). Each item says why it
 is needed, the CPython issue where there is one, and which Python makes it unnecessary; a new
 CPython release is checked against this module, and the tests that prove each item needed
-(named below) fail when one of them stops working. Left as they are by CPython 3.11-3.13:
+(named below) fail when one of them stops working. Checked on CPython 3.11.7, 3.12.1, 3.13.0:
 
 1. ``ProcessPoolExecutor._processes``, ``._broken``: the worker processes and whether the
    executor found one dead. No public API lists an executor's workers (``worker_pids``, killing
@@ -11,11 +11,14 @@ CPython release is checked against this module, and the tests that prove each it
    ``terminate_workers`` covers the killing (used where present).
 2. ``ProcessPoolExecutor._adjust_process_count`` overridden (``ReplacingExecutor``): the
    executor skips replacing a worker retired by ``max_tasks_per_child`` when its idle-worker
-   semaphore holds a stale token, and queued calls then wait forever (gh-115634; fixed in 3.15).
-   Also, a retirement seen after ``shutdown(wait=False)`` makes the executor's thread raise
+   semaphore holds a stale token, and queued calls then wait forever (gh-115634). Also, a
+   retirement seen after ``shutdown(wait=False)`` makes the executor's thread raise
    ``TypeError`` (``len(None)``) or leave calls waiting with no worker, and the interpreter's
-   exit then joins that thread forever; the override makes that thread fail those calls instead.
-   Tests: test_recycling's queued-tasks and terminate-while-retiring tests.
+   exit then joins that thread forever (gh-119592); the override makes that thread fail those
+   calls instead. CPython fixed the first in July 2026 in 3.13 and 3.14 bugfix releases and
+   3.15, the second in 3.14's and 3.15: its thread then replaces workers without calling this
+   method, and 3.14's ``terminate_workers`` stops the replacing. Tests: test_recycling's
+   queued-tasks, retiring-once-replacing-stopped and terminate-while-retiring tests.
 3. ``ProcessPoolExecutor._launch_processes``, ``._start_executor_manager_thread``,
    ``._shutdown_lock``: start every worker of a ``max_tasks_per_child`` pool without giving it
    a task, which would count against its quota. No public way; every Python.
@@ -24,8 +27,8 @@ CPython release is checked against this module, and the tests that prove each it
    shutdown, and the executor kept referenced while it runs, because collecting an executor on
    its own thread hangs the interpreter at exit (gh-125451: 3.12.0-3.12.7, 3.13.0).
 5. ``multiprocessing.spawn.get_preparation_data`` swapped while a worker starts: workers start
-   without the parent's ``__main__`` (as loky's do; loky swaps the same function). No public
-   way; every Python.
+   without the parent's ``__main__`` (as loky's do: its own copy of that function leaves it
+   out). No public way; every Python.
 6. ``multiprocessing.popen_forkserver.Popen`` subclassed: a fork-server worker's exit status is
    read by one thread at a time (gh-130895: a second reader sees exit code 255; unfixed in 3.14).
 7. ``multiprocessing.forkserver._forkserver``'s state reset in a forked child, which would
