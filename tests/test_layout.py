@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ BEHIND_THE_RELAY = ("amorsize.optimizer.decision", "amorsize.pools.manager", "am
                     "amorsize.plugins.progress_bar")
 # private modules of the frameworks with no public name for what is used from them
 PRIVATE_ALLOWED = {("dask._task_spec", "convert_legacy_graph")}
+# libraries whose private parts only amorsize/pools/compat.py may touch
+LIBRARIES = ("concurrent", "multiprocessing", "joblib", "dask", "distributed")
+COMPAT = "amorsize.pools.compat"
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -64,11 +68,116 @@ def test_imports_follow_the_architecture(module, path):
 
 
 def test_the_worker_side_imports_nothing_of_the_caller_side():
-    """Every process worker loads ``pools.worker`` and ``pools.orphans``: they stay light."""
-    for name in ("worker", "orphans"):
+    """Every process worker loads these modules: they stay light."""
+    worker_side = ("worker", "payloads", "board", "environment", "orphans")
+    for name in worker_side:
         imported = {m for m, _ in _imports(ROOT / "amorsize" / "pools" / f"{name}.py")}
         ours = {m for m in imported if m.split(".")[0] == "amorsize"}
-        assert ours <= {"amorsize.pools", "amorsize.pools.orphans", "amorsize.errors"}, ours
+        allowed = {"amorsize.pools", "amorsize.errors", "amorsize.pools.shipping"}
+        allowed |= {f"amorsize.pools.{other}" for other in worker_side}
+        assert ours <= allowed, ours
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _root(node: ast.expr) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _stdlib_private_names() -> set[str]:
+    """The private names ``concurrent.futures`` and ``multiprocessing`` define (their
+    functions, classes, module globals and ``self._x`` attributes)."""
+    names: set[str] = set()
+    for package in ("concurrent.futures", "multiprocessing"):
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.origin is not None
+        for path in Path(spec.origin).parent.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                        and node.value.id == "self":
+                    names.add(node.attr)
+                elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    names.add(node.name)
+                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    names.add(node.id)
+    return {name for name in names if _private(name)}
+
+
+def _own_private_names() -> set[str]:
+    """The private names amorsize's packages define themselves (``self._lock`` and so on):
+    an access to one of them on an object of unknown type is taken for ours."""
+    names: set[str] = set()
+    for module, path in MODULES:
+        if module == COMPAT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
+                    and _root(node) in ("self", "cls"):
+                names.add(node.attr)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return {name for name in names if _private(name)}
+
+
+STDLIB_PRIVATE = _stdlib_private_names()
+THEIRS_ONLY = STDLIB_PRIVATE - _own_private_names()
+
+
+def _private_uses(path: Path) -> list[str]:
+    """Where a module touches a private part of ``LIBRARIES``: a name reached from an import of
+    one of them (``forkserver._forkserver``), ``getattr`` of a private name they define, a
+    private method or attribute of theirs used (not set there) or overridden in a subclass of
+    one of their classes, or an attribute only they define reached on any object."""
+    tree = ast.parse(path.read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {(a.asname or a.name).split(".")[0] for a in node.names
+                         if a.name.split(".")[0] in LIBRARIES}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level \
+                and node.module.split(".")[0] in LIBRARIES:
+            imported |= {a.asname or a.name for a in node.names}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(b, ast.Name) and b.id in imported or
+                isinstance(b, ast.Attribute) and _root(b) in imported for b in node.bases):
+            own = {a.attr for a in ast.walk(node) if isinstance(a, ast.Attribute)
+                   and isinstance(a.ctx, ast.Store) and _root(a) == "self"}
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.FunctionDef) and inner.name in STDLIB_PRIVATE:
+                    found.append(f"line {inner.lineno}: overrides {inner.name}")
+                elif isinstance(inner, ast.Attribute) and _root(inner) == "self" \
+                        and inner.attr in STDLIB_PRIVATE and inner.attr not in own:
+                    found.append(f"line {inner.lineno}: self.{inner.attr}")
+        elif isinstance(node, ast.Attribute) and _private(node.attr) and (
+                _root(node) in imported or node.attr in THEIRS_ONLY):
+            found.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in ("getattr", "hasattr", "setattr", "delattr") \
+                and len(node.args) > 1 and isinstance(node.args[1], ast.Constant) \
+                and isinstance(node.args[1].value, str) and _private(node.args[1].value) \
+                and (node.args[1].value in STDLIB_PRIVATE or _root(node.args[0]) in imported):
+            found.append(f"line {node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
+    return found
+
+
+@pytest.mark.parametrize(("module", "path"), MODULES, ids=[m for m, _ in MODULES])
+def test_private_parts_of_the_libraries_are_touched_only_in_the_compat_module(module, path):
+    """Each CPython or framework release can change them: one module holds them all, and says
+    why each is there (``amorsize/pools/compat.py``)."""
+    if module != COMPAT:
+        assert _private_uses(path) == [], f"{module} touches private parts of {LIBRARIES}"
+
+
+def test_the_check_finds_private_uses():
+    assert _private_uses(ROOT / "amorsize" / "pools" / "compat.py")
 
 
 # the layers below the run: each imports nothing of a layer above it. The decision is handed the

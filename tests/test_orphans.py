@@ -135,3 +135,30 @@ def test_a_zombie_or_a_new_process_with_the_same_pid_is_not_alive():
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+ARMED_PROGRAM = """
+import multiprocessing, os
+import psutil
+from amorsize.pools.processes import ProcessPool
+
+def catches_sigalrm(pid):
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(line for line in f if line.startswith("SigCgt")).split()[1]
+    return bool(int(caught, 16) >> 13 & 1)  # bit 13: SIGALRM
+
+pool = ProcessPool(1, "forkserver")
+[server] = [c.pid for c in psutil.Process().children()
+            if c.pid not in pool.worker_pids() and "forkserver" in " ".join(c.cmdline())]
+print(catches_sigalrm(server), catches_sigalrm(pool.worker_pids()[0]), flush=True)
+pool.shutdown()
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status")
+def test_the_fork_server_arms_its_exit_and_its_workers_drop_it():
+    """The fork server, and it alone, imports ``amorsize.pools.fork_server``, which arms the
+    SIGALRM handler that exits it once the user's process is gone."""
+    out, _ = _run(ARMED_PROGRAM).communicate(timeout=50)
+    assert out.split() == ["True", "False"]

@@ -18,6 +18,7 @@ import pytest
 from control_helpers import run_script
 
 from amorsize import WorkerCrashedError
+from amorsize.pools import compat
 from amorsize.pools.pool import SerialPool
 from amorsize.pools.processes import ProcessPool
 from amorsize.pools.threads import ThreadPool
@@ -144,7 +145,7 @@ def test_map_on_an_already_broken_pool_raises_worker_crashed_not_a_bare_broken_p
     try:
         os.kill(pool.worker_pids()[0], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while not getattr(pool._executor, "_broken", False) and time.monotonic() < deadline:
+        while not compat.found_broken(pool._executor) and time.monotonic() < deadline:
             time.sleep(0.02)
         with pytest.raises(WorkerCrashedError) as info:
             pool.map(pool_helpers.square, range(3))
@@ -219,8 +220,8 @@ def test_an_executor_collected_on_its_own_manager_thread_does_not_hang_the_inter
 
         pool = ProcessPool(1, default_start_method())
         assert pool.map(pool_helpers.square, [2]) == [4]
-        manager = pool._executor._executor_manager_thread
-        queue = pool._executor._call_queue
+        manager = pool._executor.manager
+        queue = pool._executor._call_queue  # the fault is made inside the executor
         join_queue = queue.join_thread
 
         def collect_then_join():  # runs on the manager thread, holding the shutdown lock
@@ -253,7 +254,7 @@ def test_a_pool_shut_down_without_waiting_lets_go_of_its_initializer_arguments()
     watch = weakref.ref(marker)
     pool = ProcessPool(1, default_start_method(), initializer=pool_helpers.set_marker,
                        initargs=(marker,))
-    manager = pool._executor._executor_manager_thread
+    manager = pool._executor.manager
     pool.shutdown(wait=False)
     del pool, marker
     manager.join(20)

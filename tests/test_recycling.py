@@ -17,6 +17,7 @@ import pytest
 import amorsize
 from amorsize import InvalidArgumentError, InvalidArgumentTypeError, PoolManager
 from amorsize.pools import worker
+from amorsize.system import default_start_method
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -208,7 +209,6 @@ for thread in threads:
 for thread in threads:
     thread.join()
 print(json.dumps(outcomes), flush=True)
-os._exit(0)  # the executor's own thread may wait forever at exit: see the test's docstring
 """
 
 
@@ -219,15 +219,50 @@ def test_terminating_a_pool_whose_workers_retire_fails_the_calls_in_flight_never
     """A call submitted while the pool's workers are being killed fails with WorkerCrashedError
     (or is refused with PoolClosedError): it used to be registered after the pool failed its
     open calls, and left to the executor, whose thread may already have died replacing a
-    retired worker of a pool shut down. Run in a subprocess with a hard timeout, which leaves
-    by ``os._exit``: the executor's manager thread can still be left waiting for the killed
-    workers' calls, and the interpreter's exit joins it (not fixed yet)."""
+    retired worker of a pool shut down. And the interpreter then exits: a worker retiring as
+    the pool was killed used to make the executor's thread raise TypeError, or wait forever with
+    calls and no worker, and the interpreter's exit joins that thread. Run in a subprocess with
+    a hard timeout."""
     done = subprocess.run(
         [sys.executable, "-c", _TERMINATE_WHILE_RETIRING, str(asks_first),
          str(Path(__file__).parent)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     outcomes = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(outcomes) == 3 and "never settled" not in outcomes, outcomes
+
+
+@pytest.mark.parametrize("stop", ["stop_replacing", "shutdown_without_waiting"])
+def test_a_worker_retiring_once_replacing_stopped_fails_the_queued_calls_and_ends_the_thread(
+        tmp_path, stop):
+    """Left without a worker, queued calls used to wait forever, and so did the interpreter's
+    exit, which joins the executor's thread (or that thread raised TypeError, replacing a
+    worker of an executor shut down): now the retirement breaks the pool, as a death would."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from amorsize.pools import compat
+
+    executor = compat.ReplacingExecutor(
+        max_workers=1, max_tasks_per_child=1,
+        mp_context=multiprocessing.get_context(default_start_method()))
+    go = tmp_path / "go"
+    try:
+        running = executor.submit(pool_helpers.wait_for_file, str(go))
+        queued = executor.submit(pool_helpers.square, 3)
+        manager = executor.manager
+        if stop == "stop_replacing":
+            executor.stop_replacing()
+        else:
+            executor.shutdown(wait=False)
+        go.touch()
+        assert running.result(timeout=30) is None
+        with pytest.raises(BrokenProcessPool):
+            queued.result(timeout=30)
+        assert manager is not None
+        manager.join(30)
+        assert not manager.is_alive()
+    finally:
+        executor.shutdown(wait=True)
 
 
 def test_a_time_limit_still_works_on_a_replacement_worker():

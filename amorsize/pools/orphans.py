@@ -13,8 +13,8 @@ worker it forked holds too. So:
 - the fork server gets no thread, since it must stay single-threaded to fork safely: a SIGALRM
   handler exits it once its parent is gone, raised by the parent-death signal on Linux (checked,
   as a thread of the user's process may have ended instead) and by an interval timer elsewhere.
-  The user's process names itself in ``FORKSERVER_PARENT_ENV``; the server, which preloads this
-  module, arms the handler at import.
+  The user's process names itself in ``FORKSERVER_PARENT_ENV``; the server preloads
+  ``amorsize.pools.fork_server``, which arms the handler at import.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import signal
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable
 
 FORKSERVER_PARENT_ENV = "AMORSIZE_FORKSERVER_PARENT"
@@ -88,6 +87,21 @@ def _alive(pid: int, started: str | None) -> bool:
     return stat is not None and stat[0] not in ("Z", "X") and stat[1] == started
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: not gone, not a zombie, and not another user's (which
+    took the pid of ours)."""
+    if _WINDOWS:  # where os.kill(pid, 0) would terminate it
+        import psutil
+
+        return psutil.pid_exists(pid)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    stat = _stat(pid)
+    return stat is None or stat[0] not in ("Z", "X")
+
+
 def _stat(pid: int) -> tuple[str, str] | None:
     """A process's state and start time from /proc (Linux), or None."""
     try:
@@ -113,8 +127,9 @@ def _parent_death_signal(signum: int) -> bool:
         return False
 
 
-def _arm_server(parent: int) -> None:
-    """In the fork server: exit once ``parent`` is gone (see the module's docstring)."""
+def arm_server(parent: int) -> None:
+    """In the fork server: exit once ``parent`` is gone (see the module's docstring). Called
+    by ``amorsize.pools.fork_server``, which only the fork server imports."""
     global _server
     _server = (os.getpid(), parent)
     signal.signal(signal.SIGALRM, _on_alarm)
@@ -137,22 +152,3 @@ def _disarm_server() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         _server = None
-
-
-def _preloaded_by_fork_server() -> int | None:
-    """The user's pid if this import is the preload of a fork server it started: the variable
-    names our parent, and multiprocessing's fork server code is importing us."""
-    parent = os.environ.get(FORKSERVER_PARENT_ENV)
-    server = sys.modules.get("multiprocessing.forkserver")
-    if server is None or parent != str(os.getppid()):
-        return None
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_filename == server.__file__:
-            return int(parent)
-        frame = frame.f_back
-    return None
-
-
-if (_parent := _preloaded_by_fork_server()) is not None:
-    _arm_server(_parent)

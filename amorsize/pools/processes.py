@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import multiprocessing.connection
-import multiprocessing.spawn
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, cast
@@ -25,7 +23,7 @@ from amorsize.errors import (
     WorkerCrashedError,
     check_max_tasks_per_child,
 )
-from amorsize.pools import shipping, worker
+from amorsize.pools import compat, shipping, worker
 from amorsize.pools.pool import FollowingFuture, Pool
 
 # A process worker whose memory grew by more than this since its first task ended has its pool
@@ -90,10 +88,10 @@ class ProcessPool(Pool):
         # end would fire a spawn worker's parent-death signal: those rely on the watch alone
         on_main_thread = (threading.current_thread() is threading.main_thread()
                           and max_tasks_per_child is None)
-        self._executor = _Executor(
+        self._executor = compat.ReplacingExecutor(
             max_workers=n_jobs,
-            # duck-typed: a context whose Process starts without __main__
-            mp_context=cast(multiprocessing.context.BaseContext, _WithoutMainContext(context)),
+            mp_context=cast(multiprocessing.context.BaseContext,
+                            compat.WithoutMainContext(context)),
             initializer=_initialize,
             initargs=(blas_threads, self.board, self._claimed, initializer, initargs, os.getpid(),
                       on_main_thread, memory_limit_mb, ready, self._init_errors),
@@ -166,13 +164,12 @@ class ProcessPool(Pool):
 
     @property
     def broken(self) -> bool:
-        if self._terminated or self._broken_seen or getattr(self._executor, "_broken", False):
+        if self._terminated or self._broken_seen or compat.found_broken(self._executor):
             return True
-        processes = getattr(self._executor, "_processes", None) or {}
         # with max_tasks_per_child, a worker exits (code 0) after its last task, until its
         # executor replaces it; a crash still breaks the executor
         finished = (None,) if self.max_tasks_per_child is None else (None, 0)
-        return any(p.exitcode not in finished for p in list(processes.values()))
+        return any(p.exitcode not in finished for p in compat.processes(self._executor))
 
     @property
     def recycle_due(self) -> bool:
@@ -184,7 +181,7 @@ class ProcessPool(Pool):
         return max(0, self._claimed.value - self.n_jobs)
 
     def worker_pids(self) -> list[int]:
-        return list((getattr(self._executor, "_processes", None) or {}).keys())
+        return [p.pid for p in compat.processes(self._executor) if p.pid is not None]
 
     def shutdown(self, wait: bool = True, force: bool = False) -> None:
         """Stop the workers; ``force`` terminates them even mid-task (their futures fail) and
@@ -199,18 +196,23 @@ class ProcessPool(Pool):
                 self._shut_down = True
 
     def _stop_workers(self, wait: bool, force: bool) -> None:
-        # taken before shutdown, which forgets it
-        manager = getattr(self._executor, "_executor_manager_thread", None)
+        executor = self._executor
         if not force:
-            self._executor.shutdown(wait=wait)
-            _hold_while_running(self._executor, manager)
+            if wait:
+                executor.shutdown(wait=True)
+            else:
+                # waited for on a thread of its own: a shutdown without waiting would leave the
+                # executor unable to replace a worker that retires meanwhile (max_tasks_per_child),
+                # and its calls still queued without a worker
+                threading.Thread(target=executor.shutdown, name="amorsize-executor-shutdown",
+                                 daemon=True).start()
             return
+        executor.stop_replacing()
+        compat.terminate_workers(executor)
         deadline = time.monotonic() + _KILL_SECONDS
         while True:
-            # again until none is left: the executor may start a replacement meanwhile
-            # (max_tasks_per_child), which its shutdown would then wait for
-            alive = [p for p in list((getattr(self._executor, "_processes", None) or {}).values())
-                     if p.exitcode is None]
+            # again until none is left: a worker being started as the replacing stopped
+            alive = [p for p in list(executor.workers.values()) if p.exitcode is None]
             for p in alive:
                 p.terminate()
             for p in alive:
@@ -225,10 +227,11 @@ class ProcessPool(Pool):
             unsettled = list(self._outer)
         for future in unsettled:
             future.fail_crashed()
-        self._executor.shutdown(wait=False)
+        executor.shutdown(wait=False)
+        manager = executor.manager
         if manager is not None and manager is not threading.current_thread():
             manager.join(_KILL_SECONDS)  # never wait longer for the executor's bookkeeping
-        _hold_while_running(self._executor, manager)
+        _hold_while_running(executor, manager)
 
 
 def _hold_while_running(executor: ProcessPoolExecutor, manager: threading.Thread | None) -> None:
@@ -303,42 +306,17 @@ def _initialize(blas_threads: int | None, board: Any, claimed: Any,
             ready.value += 1
 
 
-class _Executor(ProcessPoolExecutor):
-    """``ProcessPoolExecutor`` that always replaces a worker retired by ``max_tasks_per_child``.
-
-    Up to Python 3.15 (gh-115634) the executor skips the replacement when its idle-worker
-    semaphore holds a stale token, and queued tasks then wait forever once every worker has
-    retired. The executor's own thread replaces exited workers here; ``submit`` is unchanged.
-    """
-
-    # private attributes of ProcessPoolExecutor that typeshed does not declare
-    _max_workers: int
-    _spawn_process: Callable[[], None]
-
-    def _adjust_process_count(self) -> None:
-        if threading.current_thread() is self._executor_manager_thread:
-            if len(self._processes) < self._max_workers:
-                self._spawn_process()
-            return
-        super()._adjust_process_count()
-
-
 def _launch_without_tasks(executor: ProcessPoolExecutor, ready: Any, n_jobs: int,
                           timeout: float = 60.0) -> bool:
     """Start every worker without giving it a task, and wait until each has run its
     initializer: with ``max_tasks_per_child`` a start-up task would count against each worker's
-    quota. False where this Python's executor lacks the (private) methods used."""
-    launch = getattr(executor, "_launch_processes", None)
-    start_thread = getattr(executor, "_start_executor_manager_thread", None)
-    if launch is None or start_thread is None:
+    quota. False where this Python's executor cannot start workers without a task."""
+    if not compat.launch_workers(executor):
         return False
-    with executor._shutdown_lock:
-        launch()
-        start_thread()
     deadline = time.monotonic() + timeout
     while ready.value < n_jobs:
-        processes = list((executor._processes or {}).values())
-        if executor._broken or any(p.exitcode is not None for p in processes):
+        if compat.found_broken(executor) or any(p.exitcode is not None
+                                                 for p in compat.processes(executor)):
             raise BrokenProcessPool("a worker exited while starting")
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {ready.value} of {n_jobs} workers started within "
@@ -372,122 +350,14 @@ def _preload_forkserver(context: Any) -> None:
         pid = str(os.getpid())
         if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
             os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
-        context.set_forkserver_preload(["amorsize.pools.worker", "amorsize.pools.shipping",
-                                        "amorsize.pools.orphans"])
-
-
-_launch_lock = threading.Lock()
-_GET_PREPARATION_DATA = multiprocessing.spawn.get_preparation_data
-
-
-class _WithoutMainStart:
-    """A process that starts without the parent's ``__main__`` (``_without_main_module``),
-    whenever it starts: at the pool's start, or later to replace a retired worker."""
-
-    def start(self) -> None:
-        with _without_main_module():
-            super().start()  # type: ignore[misc]
-
-
-class _SpawnProcess(_WithoutMainStart, multiprocessing.context.SpawnProcess):
-    pass
-
-
-if hasattr(multiprocessing.context, "ForkServerProcess"):
-    from multiprocessing import popen_forkserver
-
-    class _ForkServerPopen(popen_forkserver.Popen):
-        """A fork-server worker whose exit status is read by one thread at a time.
-
-        The status comes through a pipe, once: of two threads reading it at once (the
-        executor joining a retired worker, a caller asking whether the pool is ``broken``),
-        one gets it and the other end-of-file, taken for exit code 255 -- a crash -- and kept
-        (CPython gh-130895, unfixed up to 3.14). The wait for the worker to exit stays outside
-        the lock: a thread joining a live worker never blocks a thread that only asks."""
-
-        def __init__(self, process_obj: Any) -> None:
-            self._poll_lock = threading.Lock()
-            super().__init__(process_obj)
-
-        def poll(self, flag: int = os.WNOHANG) -> int | None:
-            if self.returncode is None and flag != os.WNOHANG:
-                multiprocessing.connection.wait([self.sentinel])
-            with self._poll_lock:
-                return super().poll(os.WNOHANG)
-
-    class _ForkServerProcess(_WithoutMainStart, multiprocessing.context.ForkServerProcess):
-        @staticmethod
-        def _Popen(process_obj: Any) -> _ForkServerPopen:
-            return _ForkServerPopen(process_obj)
-
-
-class _WithoutMainContext:
-    """A multiprocessing context whose processes start without ``__main__`` (fork copies the
-    parent instead of importing anything: its processes are left as they are)."""
-
-    def __init__(self, context: Any) -> None:
-        self._context = context
-        self.Process: type[multiprocessing.process.BaseProcess]
-        method = context.get_start_method()
-        if method == "spawn":
-            self.Process = _SpawnProcess
-        elif method == "forkserver":
-            self.Process = _ForkServerProcess
-        else:
-            self.Process = context.Process
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
-
-
-@contextlib.contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Start workers that do not import the parent's ``__main__``.
-
-    ``multiprocessing`` makes forkserver and spawn children re-run the parent's main script
-    (as ``__mp_main__``), which runs an unguarded script's top level again in every worker.
-    amorsize sends everything by value (``worker.ByValue``), so its workers need no ``__main__``:
-    the preparation data of the processes started here leaves it out, as loky's does.
-    """
-    from multiprocessing import spawn
-
-    with _launch_lock:
-        def without_main(name: str) -> dict:
-            data = _GET_PREPARATION_DATA(name)
-            data.pop("init_main_from_path", None)
-            data.pop("init_main_from_name", None)
-            return data
-
-        spawn.get_preparation_data = without_main
-        try:
-            yield
-        finally:
-            spawn.get_preparation_data = _GET_PREPARATION_DATA
+        context.set_forkserver_preload(["amorsize.pools.worker", "amorsize.pools.payloads",
+                                        "amorsize.pools.shipping",
+                                        "amorsize.pools.orphans", "amorsize.pools.fork_server"])
 
 
 def after_fork_in_child() -> None:
-    """Make a forked child able to start process pools of its own.
-
-    The child inherits the parent's locks (possibly held by a thread that does not exist in the
-    child) and the parent's fork-server handle, whose liveness check (``waitpid`` on a process
-    that is not the child's) fails; both are reset so the child starts its own fork server.
-    """
-    global _preload_lock, _launch_lock
+    """Make a forked child able to start process pools of its own (see
+    ``compat.after_fork_in_child``)."""
+    global _preload_lock
     _preload_lock = threading.Lock()
-    _launch_lock = threading.Lock()
-    multiprocessing.spawn.get_preparation_data = _GET_PREPARATION_DATA
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    if server is None or getattr(server, "_forkserver_pid", None) is None:
-        return
-    server._lock = threading.Lock()
-    alive_fd = server._forkserver_alive_fd
-    server._forkserver_pid = None
-    server._forkserver_address = None
-    server._forkserver_alive_fd = None
-    if alive_fd is not None:
-        try:
-            os.close(alive_fd)
-        except OSError:
-            pass
+    compat.after_fork_in_child()

@@ -29,7 +29,7 @@ from typing import Any
 
 import cloudpickle
 
-from amorsize.pools import worker
+from amorsize.pools import environment
 
 _lock = threading.Lock()
 # what every process worker started so far has on its sys.path (None: no worker started yet)
@@ -54,7 +54,7 @@ def dumps(obj: Any, protocol: int | None = None) -> bytes:
     the caller has every module its workers have, and the check would cost each result a call."""
     with io.BytesIO() as file:
         pickler = _Pickler(file, protocol=protocol)
-        pickler.judge_modules = not worker._IN_PROCESS_WORKER
+        pickler.judge_modules = not environment.in_process_worker()
         pickler.dump(obj)
         return file.getvalue()
 
