@@ -504,6 +504,22 @@ def test_an_error_of_amorsize_let_through_by_a_wrapper_keeps_its_type(register):
         plugins.get_pool("thread", 2, initializer=os.getpid, initargs=([],))
 
 
+def test_of_two_plugins_of_one_class_the_one_that_raised_is_named(register):
+    class Picky:
+        def __init__(self, refuses: bool) -> None:
+            self.refuses = refuses
+
+        @amorsize.hookimpl(tryfirst=True)
+        def amorsize_recall(self, key):
+            if self.refuses:
+                raise LookupError("no memory here")
+
+    register(Picky(refuses=False), name="accepts")
+    register(Picky(refuses=True), name="refuses")
+    with pytest.raises(amorsize.PluginError, match="'refuses' raised LookupError"):
+        plugins.recall("some key")
+
+
 def test_a_raising_pool_provider_fails_the_run_naming_the_plugin(register):
     class NoPools:
         @amorsize.hookimpl(tryfirst=True)

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from amorsize.errors import EXECUTOR_TYPES, PluginError
+from amorsize.errors import PluginError
 from amorsize.plan import Plan
 from amorsize.plugins import default_optimizer, relay
 from amorsize.plugins.hookspecs import hookimpl
 from amorsize.plugins.registry import pm
-from amorsize.workload import Workload
 
 # a plan made with ``amorsize.Plan(...)`` says this unless its maker said otherwise
 UNSIGNED = Plan.__dataclass_fields__["decided_by"].default
@@ -29,7 +28,7 @@ def amorsize_make_plan(workload: Any) -> Generator[None, Any, Plan]:
     if plan is None:
         raise PluginError("<none>", "amorsize_make_plan", RuntimeError(
             "no plugin made a plan (was amorsize.plugins.default_optimizer unregistered?)"))
-    check_plan(plan, "amorsize_make_plan", "implementations")
+    relay.check_plan(plan, "amorsize_make_plan", "implementations")
     signed = plan.decided_by != UNSIGNED or default_optimizer.made(plan)
     plan = plan.replace() if signed else plan.replace(
         decided_by=relay.answered_by("amorsize_make_plan", "implementations"))
@@ -51,7 +50,7 @@ def amorsize_make_plan(workload: Any) -> Generator[None, Any, Plan]:
 def _credited(before: Plan, after: Plan, by: str) -> Plan:
     """An adjuster's plan, checked, with its change of executor, workers or chunks in its
     reasons, so ``plan.explain()`` says who changed what."""
-    check_plan(after, "amorsize_adjust_plan", by=by)
+    relay.check_plan(after, "amorsize_adjust_plan", by=by)
     changed = [f"{field} {getattr(before, field)!r} -> {getattr(after, field)!r}"
                for field in ("executor_type", "n_jobs", "chunksize")
                if getattr(before, field) != getattr(after, field)]
@@ -59,25 +58,3 @@ def _credited(before: Plan, after: Plan, by: str) -> Plan:
         return after
     return after.replace(
         reasons=[*after.reasons, f"adjusted by plugin {by!r}: " + ", ".join(changed)])
-
-
-def check_plan(plan: Any, hook_name: str, which: str = "all", by: str | None = None) -> None:
-    """A plan a caller can run, or ``PluginError`` naming the plugin that returned it (``by``,
-    else the third-party ``which`` implementations of the hook that could have)."""
-    problem: Exception | None = None
-    if not isinstance(plan, Plan):
-        problem = TypeError(f"returned {type(plan).__name__} {plan!r:.80}, not an amorsize.Plan")
-    elif plan.executor_type not in EXECUTOR_TYPES:
-        problem = ValueError(f"returned a plan with executor_type {plan.executor_type!r}; "
-                             f"it must be one of {', '.join(map(repr, EXECUTOR_TYPES))}")
-    elif not isinstance(plan.workload, Workload):
-        problem = TypeError(f"returned a plan whose workload is {type(plan.workload).__name__}, "
-                            "not an amorsize.Workload (pass on the workload the hook received)")
-    else:
-        for field in ("n_jobs", "chunksize"):
-            value = getattr(plan, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problem = ValueError(f"returned a plan with {field}={value!r}; it must be an int >= 1")
-                break
-    if problem is not None:
-        raise PluginError(by or relay.answered_by(hook_name, which), hook_name, problem)

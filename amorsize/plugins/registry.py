@@ -108,9 +108,9 @@ def _entry_point_failed(name: str, value: str, exc: Exception) -> None:
     seen = _broken.get(name) == (value, error)
     _broken[name] = (value, error)
     if not seen:
-        warn_at_caller(f"amorsize plugin entry point {name!r} ({value}) failed to load and is skipped: "
-              f"{error} (fix or uninstall the distribution that provides it, or set "
-              f"{DISABLE_ENV}={name} to skip it silently)")
+        warn_at_caller(f"amorsize plugin entry point {name!r} ({value}) failed to load and is "
+                       f"skipped: {error} (fix or uninstall the distribution that provides it, or "
+                       f"set {DISABLE_ENV}={name} to skip it silently)")
 
 
 def warn_at_caller(message: str, category: type[Warning] = PluginWarning) -> None:
@@ -134,9 +134,10 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register a plugin object or module from user code; returns the name it got.
 
     Raises ``pluggy.PluginValidationError`` for an implementation that no hook specification
-    knows (a misspelt name), that asks for an argument the hook does not have, or that gives a
-    hook argument a default value; ``ValueError`` if the plugin or its name is already
-    registered, or the name is blocked.
+    knows (a misspelt name), that asks for an argument the hook does not have, that gives a hook
+    argument a default value or that wraps ``amorsize_adjust_plan``, and for a plugin that is
+    not hashable; ``ValueError`` if the plugin or its name is already registered, or the name
+    is blocked.
     """
     load_plugins()
     registered = pm.register(plugin, name=name or _default_name(plugin))
@@ -172,13 +173,15 @@ def _validate(plugin: object) -> None:
                             "plugin needs eq=False or frozen=True)")
         for caller in pm.get_hookcallers(plugin) or []:
             for impl in [i for i in caller.get_hookimpls() if i.plugin is plugin]:
-                defaulted = sorted(set(caller.spec.argnames if caller.spec else ()) & set(impl.kwargnames))
+                spec_args = caller.spec.argnames if caller.spec else ()
+                defaulted = sorted(set(spec_args) & set(impl.kwargnames))
                 if defaulted:
                     problems.append(f"{caller.name} gives {', '.join(defaulted)} a default value: "
                                     "pluggy before 1.7 never passes such an argument; remove it")
                 if caller.name == "amorsize_adjust_plan" and (impl.wrapper or impl.hookwrapper):
-                    problems.append("amorsize_adjust_plan is not wrapped: wrap amorsize_make_plan "
-                                    "(wrapper=True), which sees the plan every adjuster left")
+                    problems.append("amorsize_adjust_plan cannot be a wrapper: wrap "
+                                    "amorsize_make_plan (wrapper=True) instead, which sees the "
+                                    "plan every adjuster left")
         if problems:
             raise pluggy.PluginValidationError(plugin, "; ".join(problems))
     except pluggy.PluginValidationError as exc:

@@ -15,13 +15,21 @@ from typing import Any, Literal, cast, overload
 
 import pluggy
 
-from amorsize.errors import ExecutorType, PluginError, PoolClosedError, PoolManagerClosedError
+from amorsize.errors import (
+    EXECUTOR_TYPES,
+    ExecutorType,
+    PluginError,
+    PoolClosedError,
+    PoolManagerClosedError,
+)
 from amorsize.plan import Plan
 from amorsize.plugins.registry import BUILTIN_NAMES, load_plugins, pm, warn_at_caller
 from amorsize.pools.contract import PoolLike, missing_pool_members
 from amorsize.pools.pool import Pool
+from amorsize.workload import Workload
 
 _LEASE_ATTEMPTS = 5
+Which = Literal["implementations", "wrappers", "all"]
 
 
 def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
@@ -29,8 +37,6 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
     wrappers around it (``plan_chain``); always a new object, which callers attach data to."""
     load_plugins()
     plan = _decide("amorsize_make_plan", func=func, sample=sample, workload=workload)
-    from amorsize.plugins.plan_chain import check_plan
-
     check_plan(plan, "amorsize_make_plan", "wrappers")  # a plugin's wrapper may have replaced it
     return cast(Plan, plan)
 
@@ -151,8 +157,8 @@ def _observe(hook_name: str, kwargs: dict[str, Any]) -> None:
         except Exception as exc:
             impl = _culprit(caller, exc)
             name = "<unknown>" if impl is None else impl.plugin_name
-            warn_at_caller(f"amorsize plugin {name!r} raised {type(exc).__name__} in {hook_name}: {exc}; "
-                  "the run's results are kept")
+            warn_at_caller(f"amorsize plugin {name!r} raised {type(exc).__name__} in "
+                           f"{hook_name}: {exc}; the run's results are kept")
             if impl is None or impl.wrapper or impl.hookwrapper:
                 return
             impls = caller.get_hookimpls()  # pluggy calls them from the last to the first
@@ -178,11 +184,32 @@ def _culprit(caller: pluggy.HookCaller, exc: BaseException) -> pluggy.HookImpl |
     return found
 
 
-def answered_by(hook_name: str, which: str = "all") -> str:
+def answered_by(hook_name: str, which: Which = "all") -> str:
     """The third-party plugin that answered a hook: pluggy does not say which implementation gave
-    a result, so when several could have (``which``: "implementations", "wrappers" or "all" of
-    the hook's), the name lists them all."""
+    a result, so when several of the hook's (``which`` of them) could have, it names them all."""
     names = [i.plugin_name for i in getattr(pm.hook, hook_name).get_hookimpls()
              if i.plugin_name not in BUILTIN_NAMES
-             and which != ("implementations" if i.wrapper or i.hookwrapper else "wrappers")]
+             and (which == "all" or (which == "wrappers") == (i.wrapper or i.hookwrapper))]
     return " or ".join(dict.fromkeys(names)) or "<none>"
+
+
+def check_plan(plan: Any, hook_name: str, which: Which = "all", by: str | None = None) -> None:
+    """A plan a caller can run, or ``PluginError`` naming the plugin that returned it (``by``,
+    else the third-party ``which`` implementations of the hook that could have)."""
+    problem: Exception | None = None
+    if not isinstance(plan, Plan):
+        problem = TypeError(f"returned {type(plan).__name__} {plan!r:.80}, not an amorsize.Plan")
+    elif plan.executor_type not in EXECUTOR_TYPES:
+        problem = ValueError(f"returned a plan with executor_type {plan.executor_type!r}; "
+                             f"it must be one of {', '.join(map(repr, EXECUTOR_TYPES))}")
+    elif not isinstance(plan.workload, Workload):
+        problem = TypeError(f"returned a plan whose workload is {type(plan.workload).__name__}, "
+                            "not an amorsize.Workload (pass on the workload the hook received)")
+    else:
+        for field in ("n_jobs", "chunksize"):
+            value = getattr(plan, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problem = ValueError(f"returned a plan with {field}={value!r}; it must be an int >= 1")
+                break
+    if problem is not None:
+        raise PluginError(by or answered_by(hook_name, which), hook_name, problem)
