@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import subprocess
 import sys
@@ -14,11 +13,10 @@ import pytest
 
 import amorsize
 from amorsize import cli
-from amorsize.plugins import relay as plugins
+from amorsize.plugins import registry as plugins
 
 ROOT = Path(__file__).resolve().parents[1]
-MISSING = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz:plugin",
-                                        group=plugins.ENTRY_POINT_GROUP)
+MISSING = ("broken", "no_such_module_xyz:plugin")
 
 _COUNTING_PLUGIN = """
     import amorsize
@@ -33,25 +31,26 @@ _COUNTING_PLUGIN = """
 
 @pytest.fixture
 def entry_points(monkeypatch, tmp_path):
-    """Serves the given entry points to a fresh load of the plugins (the manager is global):
-    afterwards whatever the load registered is unregistered and the loaded state restored, so
-    later tests see the built-ins and nothing else."""
-    plugins._load_plugins()
+    """Installs a distribution with the given entry points (name, value) in ``tmp_path``, on
+    ``sys.path``, for a fresh load of the plugins (the manager is global): afterwards whatever
+    the load registered is unregistered and the loaded state restored, so later tests see the
+    built-ins and nothing else."""
+    plugins.load_plugins()
     registered_before = {name for name, _ in plugins.pm.list_name_plugin()}
     broken_before = dict(plugins._broken)
     modules_before = set(sys.modules)
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    def serve(*eps: importlib.metadata.EntryPoint) -> None:
-        def fake(**params):
-            found = importlib.metadata.EntryPoints(eps)
-            return found.select(**params) if params else found
-
-        monkeypatch.setattr(plugins.importlib.metadata, "entry_points", fake)
+    def install(*eps: tuple[str, str]) -> None:
+        info = tmp_path / "ep_test_dist-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-test-dist\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(
+            f"[{plugins.ENTRY_POINT_GROUP}]\n" + "".join(f"{n} = {v}\n" for n, v in eps))
         monkeypatch.setattr(plugins, "_loaded", False)
         plugins._broken.clear()
 
-    yield serve
+    yield install
     for name, plugin in plugins.pm.list_name_plugin():
         if name not in registered_before and plugin is not None:
             plugins.pm.unregister(name=name)
@@ -63,10 +62,10 @@ def entry_points(monkeypatch, tmp_path):
     assert all(plugins.pm.get_plugin(name) is not None for name in plugins.BUILTIN_NAMES)
 
 
-def _module(tmp_path: Path, name: str, source: str) -> importlib.metadata.EntryPoint:
+def _module(tmp_path: Path, name: str, source: str) -> tuple[str, str]:
     """A module in ``tmp_path`` (on ``sys.path``) and an entry point naming it."""
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-    return importlib.metadata.EntryPoint(name=name, value=name, group=plugins.ENTRY_POINT_GROUP)
+    return name, name
 
 
 def test_a_missing_module_is_warned_about_once_and_skipped_and_the_rest_loads(entry_points, tmp_path):
@@ -110,11 +109,11 @@ def test_a_module_raising_on_import_and_a_refused_plugin_are_both_broken(entry_p
 def test_loading_again_does_not_warn_again(entry_points, monkeypatch):
     entry_points(MISSING)
     with pytest.warns(amorsize.PluginWarning):
-        plugins._load_plugins()
+        plugins.load_plugins()
     monkeypatch.setattr(plugins, "_loaded", False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", amorsize.PluginWarning)
-        plugins._load_plugins()
+        plugins.load_plugins()
     assert [name for name, _, _ in plugins.broken_entry_points()] == ["broken"]
 
 

@@ -63,13 +63,13 @@ def _wrapper(tag: str, log: list, old_style: bool = False, tryfirst: bool = Fals
     class Wrapper:
         if old_style:
             @amorsize.hookimpl(hookwrapper=True, tryfirst=tryfirst)
-            def amorsize_adjust_plan(self, plan):
+            def amorsize_make_plan(self):
                 log.append(f"{tag}>")
                 yield
                 log.append(f"<{tag}")
         else:
             @amorsize.hookimpl(wrapper=True, tryfirst=tryfirst)
-            def amorsize_adjust_plan(self, plan):
+            def amorsize_make_plan(self):
                 log.append(f"{tag}>")
                 result = yield
                 log.append(f"<{tag}")
@@ -173,7 +173,7 @@ def test_adjusting_applies_to_the_optimizers_own_plans(register):
     assert "to-serial" in plan.reasons
 
 
-def test_adjusters_are_chained_in_pluggys_order(register):
+def test_adjusters_are_chained_in_pluggys_order_inside_the_wrappers_of_make_plan(register):
     log: list[str] = []
     register(_adjuster("a", log))
     register(_adjuster("first", log, tryfirst=True))
@@ -185,18 +185,19 @@ def test_adjusters_are_chained_in_pluggys_order(register):
     plugins.pm.hook.amorsize_adjust_plan(plan=plan_for(workload, "serial", 1), workload=workload)
     pluggy_order, log[:] = list(log), []
     plan = plugins.make_plan(double, amorsize.Profile(0.0), workload)
-    assert log == pluggy_order == ["old>", "w>", "first", "b", "a", "last", "<w", "<old"]
-    assert plan.reasons[-4:] == ["first", "b", "a", "last"]
+    assert pluggy_order == ["first", "b", "a", "last"]
+    assert log == ["old>", "w>", *pluggy_order, "<w", "<old"]
+    assert plan.reasons[-4:] == pluggy_order
 
 
-def test_a_wrapper_sees_the_final_plan_and_may_replace_it(register):
+def test_a_wrapper_of_make_plan_sees_the_adjusted_plan_and_may_replace_it(register):
     seen = []
 
     class Finisher:
         @amorsize.hookimpl(wrapper=True)
-        def amorsize_adjust_plan(self, plan):
+        def amorsize_make_plan(self):
             final = yield
-            seen.append((plan.chunksize, final.chunksize))
+            seen.append(final.chunksize)
             return final.replace(chunksize=7)
 
     class Halve:
@@ -208,20 +209,53 @@ def test_a_wrapper_sees_the_final_plan_and_may_replace_it(register):
     register(Finisher())
     register(Halve())
     plan = amorsize.optimize(double, range(10))
-    assert seen == [(20, 10)]
+    assert seen == [10]
     assert plan.chunksize == 7
+
+
+def test_wrappers_of_make_plan_are_adjusters_applied_in_pluggys_order(register):
+    class Cap:
+        def __init__(self, n_jobs: int) -> None:
+            self.n_jobs = n_jobs
+
+        @amorsize.hookimpl(wrapper=True)
+        def amorsize_make_plan(self):
+            plan = yield
+            return plan.replace(n_jobs=min(plan.n_jobs, self.n_jobs),
+                                reasons=[*plan.reasons, f"capped at {self.n_jobs}"])
+
+    register(ForcePlan("thread", 8))
+    register(Cap(4), name="cap-4")
+    register(Cap(2), name="cap-2")  # registered last: the outermost wrapper, applied last
+    recorder = register(Recorder())
+    assert amorsize.map(double, range(30)) == [2 * x for x in range(30)]
+    plan, report = recorder.runs[-1]
+    assert plan.reasons[-2:] == ["capped at 4", "capped at 2"]
+    assert (report.executor_type, report.n_jobs) == ("thread", 2)
 
 
 def test_an_old_style_hookwrapper_may_force_the_final_plan(register):
     class Force:
         @amorsize.hookimpl(hookwrapper=True)
-        def amorsize_adjust_plan(self):
+        def amorsize_make_plan(self):
             outcome = yield
             outcome.force_result(outcome.get_result().replace(n_jobs=3))
 
     register(ForcePlan("thread", 2))
     register(Force())
     assert amorsize.optimize(double, range(10)).n_jobs == 3
+
+
+def test_a_wrapper_of_adjust_plan_is_refused_with_the_hook_to_wrap_instead():
+    class Around:
+        @amorsize.hookimpl(wrapper=True)
+        def amorsize_adjust_plan(self):
+            return (yield)
+
+    plugin = Around()
+    with pytest.raises(pluggy.PluginValidationError, match="wrap amorsize_make_plan"):
+        amorsize.register_plugin(plugin)
+    assert not plugins.pm.is_registered(plugin)
 
 
 def test_wrappers_around_make_plan_and_observers_run_around_them(register):
@@ -427,7 +461,7 @@ def test_a_raising_adjuster_is_named_and_wrappers_see_the_error(register):
 
     class Watch:
         @amorsize.hookimpl(wrapper=True)
-        def amorsize_adjust_plan(self):
+        def amorsize_make_plan(self):
             try:
                 return (yield)
             except amorsize.PluginError as exc:
@@ -445,6 +479,45 @@ def test_a_raising_adjuster_is_named_and_wrappers_see_the_error(register):
         amorsize.map(double, range(10))
     assert info.value.hook_name == "amorsize_adjust_plan"
     assert seen == ["broken-adjuster"]
+
+
+def test_a_raising_wrapper_of_make_plan_is_named(register):
+    class Broken:
+        @amorsize.hookimpl(wrapper=True)
+        def amorsize_make_plan(self):
+            plan = yield
+            return plan.replace(n_jobs=plan.n_jobs // 0)
+
+    register(Broken(), name="broken-wrapper")
+    with pytest.raises(amorsize.PluginError, match="'broken-wrapper' raised ZeroDivisionError"):
+        amorsize.optimize(double, range(10))
+
+
+def test_an_error_of_amorsize_let_through_by_a_wrapper_keeps_its_type(register):
+    class PassThrough:
+        @amorsize.hookimpl(wrapper=True)
+        def amorsize_get_pool(self):
+            return (yield)
+
+    register(PassThrough(), name="pass-through")
+    with pytest.raises(amorsize.InvalidArgumentTypeError):
+        plugins.get_pool("thread", 2, initializer=os.getpid, initargs=([],))
+
+
+def test_of_two_plugins_of_one_class_the_one_that_raised_is_named(register):
+    class Picky:
+        def __init__(self, refuses: bool) -> None:
+            self.refuses = refuses
+
+        @amorsize.hookimpl(tryfirst=True)
+        def amorsize_recall(self, key):
+            if self.refuses:
+                raise LookupError("no memory here")
+
+    register(Picky(refuses=False), name="accepts")
+    register(Picky(refuses=True), name="refuses")
+    with pytest.raises(amorsize.PluginError, match="'refuses' raised LookupError"):
+        plugins.recall("some key")
 
 
 def test_a_raising_pool_provider_fails_the_run_naming_the_plugin(register):
@@ -507,7 +580,7 @@ def test_a_pool_missing_part_of_the_contract_fails_naming_what_is_missing(regist
     assert "imap_chunks()" not in str(info.value) and "map()," not in str(info.value)
 
 
-def test_a_raising_run_observer_warns_and_keeps_the_results(register):
+def test_a_raising_run_observer_is_one_warning_and_the_other_observers_still_run(register):
     recorder = register(Recorder())
 
     class Broken:
@@ -516,9 +589,12 @@ def test_a_raising_run_observer_warns_and_keeps_the_results(register):
             raise RuntimeError("log server down")
 
     register(Broken(), name="bad-observer")
-    with pytest.warns(amorsize.PluginWarning, match="'bad-observer' raised RuntimeError in "
-                      "amorsize_run_finished: log server down"):
+    with pytest.warns(amorsize.PluginWarning) as caught:
         assert amorsize.map(double, range(10)) == [2 * x for x in range(10)]
+    assert [str(w.message) for w in caught] == [
+        "amorsize plugin 'bad-observer' raised RuntimeError in amorsize_run_finished: "
+        "log server down; the run's results are kept"]
+    assert caught[0].filename == __file__  # at the call site
     assert len(recorder.runs) == 1
 
 
@@ -711,15 +787,59 @@ def test_a_plugin_can_keep_what_was_measured_and_optimize_recalls_it_from_there(
         amorsize.unregister_plugin(own)
 
 
-def test_pluggy_tracing_sees_the_deciding_hooks_of_a_map_call():
-    seen: list[str] = []
-    undo = plugins.pm.add_hookcall_monitoring(
-        lambda hook_name, impls, kwargs: seen.append(hook_name), lambda *a: None)
+def test_pluggys_tracing_prints_every_hook_call_of_a_map(register, fresh_pools):
+    from amorsize.optimizer.learned import LEARNED, function_key
+
+    register(_adjuster("traced", []), name="adjuster")
+    register(ForcePlan("thread", 2))
+    LEARNED.forget(function_key(double))
+    lines: list[str] = []
+    plugins.pm.trace.root.setwriter(lines.append)
+    undo = plugins.pm.enable_tracing()
     try:
-        amorsize.map(double, range(20))
+        amorsize.map(double, range(20), progress=True)
     finally:
         undo()
-    assert {"amorsize_make_plan", "amorsize_recall", "amorsize_remember"} <= set(seen)
+        plugins.pm.trace.root.setwriter(None)
+    called = {line.split()[0] for line in lines if line.lstrip().startswith("amorsize_")}
+    assert called == set(HOOKS)
+
+
+def test_a_plan_the_optimizer_made_is_its_own_though_another_maker_declined(register):
+    class Declines:
+        @amorsize.hookimpl(tryfirst=True)
+        def amorsize_make_plan(self):
+            return None
+
+    register(Declines(), name="declines")
+    assert amorsize.optimize(double, range(20)).decided_by == "amorsize.optimizer"
+
+
+def test_a_plan_maker_may_name_itself_in_its_plan(register):
+    class Signed:
+        @amorsize.hookimpl(tryfirst=True)
+        def amorsize_make_plan(self, workload):
+            return plan_for(workload, "serial", 1).replace(decided_by="site policy")
+
+    register(Signed(), name="signed")
+    assert amorsize.optimize(double, range(20)).decided_by == "site policy"
+
+
+def test_an_unhashable_plugin_is_refused_at_registration():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Unhashable:
+        n_jobs: int = 2
+
+        @amorsize.hookimpl
+        def amorsize_adjust_plan(self, plan):
+            return None
+
+    plugin = Unhashable()
+    with pytest.raises(pluggy.PluginValidationError, match="eq=False or frozen=True"):
+        amorsize.register_plugin(plugin)
+    assert not plugins.pm.is_registered(plugin)
 
 
 def test_a_plugin_registered_without_a_name_is_named_after_its_class(register):

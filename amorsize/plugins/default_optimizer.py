@@ -3,6 +3,7 @@ and learns from finished runs."""
 
 from __future__ import annotations
 
+import threading
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -11,6 +12,8 @@ from amorsize.optimizer import decision
 from amorsize.optimizer.learned import LEARNED, function_key
 from amorsize.plugins import relay
 from amorsize.plugins.hookspecs import hookimpl
+
+_last = threading.local()
 
 
 class HookedPools:
@@ -31,7 +34,15 @@ POOLS = HookedPools()
 @hookimpl(trylast=True)
 def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
     key = function_key(func) if workload.key is None else workload.key
-    return decision.decide(func, sample, workload, pools=POOLS, learned=relay.recall(key))
+    plan = _last.plan = decision.decide(func, sample, workload, pools=POOLS,
+                                        learned=relay.recall(key))
+    return plan
+
+
+def made(plan: Any) -> bool:
+    """Whether ``plan`` is the one the optimizer just made in this thread: its ``decided_by``
+    cannot say, a plugin's ``amorsize.Plan(...)`` has the same default."""
+    return _last.__dict__.pop("plan", None) is plan
 
 
 @hookimpl

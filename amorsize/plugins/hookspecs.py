@@ -16,12 +16,14 @@ or a return value that is not what the hook promises -- stops the run before its
 dispatched (only the few items measured while sampling have been computed) and reaches the caller
 as ``amorsize.PluginError`` naming the plugin and the hook, chained from the original exception.
 The observers ``amorsize_pool_event``, ``amorsize_run_progress`` and ``amorsize_run_finished``
-only watch: an exception there becomes an ``amorsize.PluginWarning``, the other observers are
-still called and the run's results are kept.
+only watch: an exception there becomes one ``amorsize.PluginWarning`` at the caller's line, the
+observers not yet called are still called (the wrappers are not called again) and the run's
+results are kept.
 
-Order: implementations run in pluggy's order -- ``tryfirst`` ones first, ``trylast`` ones last,
-otherwise the most recently registered first -- with wrappers (``wrapper=True`` or the old-style
-``hookwrapper=True``) around all of them.
+Order: every hook is called through ``pm.hook`` (``amorsize.plugins.pm``), so pluggy's tracing
+and ``add_hookcall_monitoring`` see each call. Implementations run in pluggy's order --
+``tryfirst`` ones first, ``trylast`` ones last, otherwise the most recently registered first --
+with wrappers (``wrapper=True`` or the old-style ``hookwrapper=True``) around all of them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,15 @@ def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
 
     The plan must have an ``executor_type`` of "serial", "thread" or "process" and ``n_jobs`` and
     ``chunksize`` ints >= 1; the caller runs exactly that. A plan whose ``decided_by`` was left at
-    its default is labelled with the name of the plugin that returned it.
+    its default is labelled with the name of the plugin that returned it (pluggy does not say
+    which implementation answered: if several plugins implement this hook, the label names them
+    all; set ``decided_by`` to be exact).
+
+    To change every plan, whoever made it, wrap this hook (``wrapper=True``): ``plan = yield``
+    gives the plan made and adjusted (``amorsize_adjust_plan``), and what the wrapper returns is
+    the plan that runs. Wrappers apply from the innermost out: the most recently registered one
+    last, a ``tryfirst`` one after all others. An exception of a maker or an adjuster is thrown
+    into the wrapper at its ``yield``.
     """
 
 
@@ -60,15 +70,16 @@ def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
 def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
     """Change a plan after it is made: return a new ``Plan`` (e.g. ``plan.replace(n_jobs=1)``) or None.
 
-    Called right after ``amorsize_make_plan``, for every plan, whoever made it. Every
-    implementation is called, in order, each receiving the plan as left by the one before, so
-    adjustments compose: cap workers on a shared host, force threads for a service, forbid
-    processes under a debugger. A change of executor, workers or chunk size is added to the
-    plan's ``reasons`` with the plugin's name. The predictions in the plan are those of the plan
-    as made; a plugin that changes the plan may update them.
+    Called right after ``amorsize_make_plan``, for every plan, whoever made it, inside amorsize's
+    own wrapper of ``amorsize_make_plan`` (``amorsize.plugins.plan_chain``). Every implementation
+    is called through ``pm.hook``, one at a time in pluggy's order, each receiving the plan as
+    left by the one before, so adjustments compose: cap workers on a shared host, force threads
+    for a service, forbid processes under a debugger. A change of executor, workers or chunk size
+    is added to the plan's ``reasons`` with the plugin's name. The predictions in the plan are
+    those of the plan as made; a plugin that changes the plan may update them.
 
-    A wrapper (``wrapper=True``) sees the plan as it enters the chain and receives the final
-    plan from its ``yield``; what it returns is the plan that runs (None keeps it).
+    An implementation cannot be a wrapper (it is refused when registered): wrap
+    ``amorsize_make_plan`` instead, which sees the plan every adjuster left.
     """
 
 

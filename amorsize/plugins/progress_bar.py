@@ -5,9 +5,9 @@ page -- stands beside it; unregister this one to replace it."""
 from __future__ import annotations
 
 import threading
-import warnings
 from typing import Any
 
+from amorsize.plugins import registry
 from amorsize.plugins.hookspecs import hookimpl
 
 # what a run counts, by its source: joblib and Dask both call their work "tasks"
@@ -57,6 +57,6 @@ def _warn_once() -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn("progress=True shows a bar with tqdm, which is not installed: "
-                      "pip install 'amorsize[progress]' (or register another "
-                      "amorsize_run_progress plugin)", RuntimeWarning, stacklevel=6)
+        registry.warn_at_caller("progress=True shows a bar with tqdm, which is not installed: "
+                                "pip install 'amorsize[progress]' (or register another "
+                                "amorsize_run_progress plugin)", RuntimeWarning)
