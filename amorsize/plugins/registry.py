@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import inspect
 import os
 import sys
 import threading
@@ -116,7 +117,11 @@ def _entry_point_failed(name: str, value: str, exc: Exception) -> None:
 def warn_at_caller(message: str, category: type[Warning] = PluginWarning) -> None:
     """Warn at the first frame outside amorsize and pluggy: the user's call (or, for an event
     raised in one of amorsize's threads, the thread's start)."""
-    frame: types.FrameType | None = sys._getframe(1)
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, category, skip_file_prefixes=_OWN_DIRS)
+        return
+    frame: types.FrameType | None = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS):
         frame, level = frame.f_back, level + 1
