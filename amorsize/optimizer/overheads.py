@@ -80,12 +80,19 @@ def measure_processes(pool: Any, start_method: str) -> Overheads:
 
 def _measure_once(start_method: str, kind: str,
                   figures: Callable[[], dict[str, float]]) -> Overheads:
-    """``kind``'s figures, measured on the first call for this start method and cached."""
+    """``kind``'s figures, measured on the first call for this start method and cached.
+
+    Measured outside the lock: a measurement waits for a pool's workers, and a worker of that
+    pool may itself be deciding (a nested call) and waiting for the lock. Two threads that
+    measure at once both measure; the first figures kept are the ones used."""
+    if kind in current(start_method).measured:
+        return current(start_method)
+    measured = figures()
     with _lock:
         base = current(start_method)
         if kind in base.measured:
             return base
-        found = dataclasses.replace(base, **figures(), measured=(*base.measured, kind))
+        found = dataclasses.replace(base, **measured, measured=(*base.measured, kind))
         _cache[start_method] = found
         return found
 
