@@ -445,6 +445,10 @@ class AmorsizeBackend(ParallelBackendBase):
             return None
         return plan.predicted_seconds
 
+    def _record(self, n_tasks: int, seconds: float) -> None:
+        if self._run is not None:
+            self._run.record(n_tasks, seconds)
+
     def _close_run(self) -> None:
         self._run = None
         self._pool_batches = None
@@ -497,8 +501,7 @@ class AmorsizeBackend(ParallelBackendBase):
                 self._measure(batch, future)
                 return
             results, wall, _ = run_joblib_batch(batch, self.inner_max_num_threads)
-            if self._run is not None:
-                self._run.record(len(results), wall)
+            self._record(len(results), wall)
         except BaseException as exc:  # noqa: BLE001 - delivered to joblib through the future
             settle(future, exception=exc)
             return
@@ -551,7 +554,10 @@ class AmorsizeBackend(ParallelBackendBase):
         if self._pool_batches is not None:
             self._pool_batches.send(rest, future, prefix=prefix, leading=measured.pending)
             return
-        more = [] if rest is None else run_joblib_batch(rest, self.inner_max_num_threads)[0]
+        more: list = []
+        if rest is not None:
+            more, wall, _ = run_joblib_batch(rest, self.inner_max_num_threads)
+            self._record(len(more), wall)
         settle(future, result=prefix + more)
 
 
