@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from amorsize.optimizer.probe import PAIR_TESTS, Probe, calls_per_thread
+from amorsize.optimizer.probe import CLEAR_OVERLAP, PAIR_TESTS, Probe, calls_per_thread
 from amorsize.pools import worker
 
 PROBE_MAX_TASKS = 8
@@ -55,6 +55,7 @@ class Measurement:
         self.probe = Probe("joblib")
         self.measuring_thread = measuring_thread
         self.thread_pair = thread_pair
+        self.overlap_tests = 0
 
     def __len__(self) -> int:
         """Tasks measured: one at a time, or two at once."""
@@ -70,7 +71,7 @@ class Measurement:
         or too slow to run unwatched), or was given up on."""
         probe = self.probe
         n, spent = len(probe), probe.seconds
-        if (self.thread_pair is None or probe.thread_scaling is not None
+        if (self.thread_pair is None or self._overlap_known()
                 or not (n >= PROBE_MIN_TASKS or spent >= PROBE_MAX_SECONDS)
                 or n >= GIVE_UP_TASKS or spent >= GIVE_UP_SECONDS):
             return 0
@@ -84,6 +85,13 @@ class Measurement:
         timed = (n >= PROBE_MAX_TASKS or (n >= PROBE_MIN_TASKS and spent >= PROBE_ENOUGH_SECONDS)
                  or spent >= PROBE_MAX_SECONDS)
         return timed and not self.test_size()
+
+    def _overlap_known(self) -> bool:
+        """A test showed a clear overlap, or ``PAIR_TESTS`` were made (as ``Probe.overlap``
+        decides for ``amorsize.map``; here the tests may come from several batches)."""
+        scaling = self.probe.thread_scaling
+        return scaling is not None and (scaling >= CLEAR_OVERLAP
+                                        or self.overlap_tests >= PAIR_TESTS)
 
     def profile(self) -> Any:
         return self.probe.profile() if len(self.probe) else None
@@ -134,13 +142,19 @@ class Measurement:
         return outs[0], None
 
     def _overlap(self, tasks: list, run_tasks: Callable[[list], list]) -> list:
-        """The overlap test on the first of ``tasks``: the results of the tasks it ran."""
+        """The overlap tests that the first of ``tasks`` make: the results of the tasks they
+        ran. The largest overlap of all tests made so far is kept: outside load only ever
+        makes overlap look smaller."""
         assert self.thread_pair is not None
+        size, before = self.test_size(), self.probe.thread_scaling
 
         def run(keys: list) -> list:
             return run_tasks([tasks[k] for k in keys])
 
         made = self.probe.overlap_results(range(len(tasks)), run, self.thread_pair)
+        if made:
+            self.overlap_tests += len(made) // size
+            self.probe.thread_scaling = max(before or 0.0, self.probe.thread_scaling or 0.0)
         return [made[k] for k in range(len(made))]
 
 

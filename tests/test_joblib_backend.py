@@ -298,7 +298,21 @@ def test_slow_single_tasks_still_get_the_overlap_test():
         measurement.probe.observe(0.02, 0.02)
     assert measurement.test_size() == 2
     assert not measurement.enough()
-    measurement.probe.thread_scaling = 1.9  # the test made
+    measurement.probe.thread_scaling = 1.9  # the test made, a clear overlap
+    measurement.overlap_tests = 1
+    assert measurement.test_size() == 0 and measurement.enough()
+
+
+def test_the_overlap_test_is_made_again_on_later_batches_until_it_is_clear():
+    """joblib's first batches hold one task each: a test that showed no clear overlap is made
+    again on the next batches (the machine's other work makes overlap look smaller), up to
+    the probe's number of tests."""
+    measurement = Measurement(None, thread_pair=lambda: None)  # type: ignore[arg-type,return-value]
+    for _ in range(2):
+        measurement.probe.observe(0.02, 0.02)
+    measurement.probe.thread_scaling, measurement.overlap_tests = 1.2, 1
+    assert measurement.test_size() == 2
+    measurement.overlap_tests = 3
     assert measurement.test_size() == 0 and measurement.enough()
 
 
