@@ -503,9 +503,15 @@ class AmorsizeBackend(ParallelBackendBase):
             results, wall, _ = run_joblib_batch(batch, self.inner_max_num_threads)
             self._record(len(results), wall)
         except BaseException as exc:  # noqa: BLE001 - delivered to joblib through the future
-            settle(future, exception=exc)
+            self._fail(future, exc)
             return
         settle(future, result=results)
+
+    def _fail(self, future: Future, error: BaseException) -> None:
+        """A task failed: joblib stops at the first error, so the batches still waiting for
+        the calling thread are dropped rather than run."""
+        settle(future, exception=error)
+        self._aborting = True
 
     def _measure(self, batch: Any, future: Future) -> None:
         """Measure the batch's tasks (and, for an overlap test due, those of the batches
@@ -526,7 +532,7 @@ class AmorsizeBackend(ParallelBackendBase):
         try:
             measured = self._measurement.run(tasks, run_tasks, self._decide_from_probe)
         except BaseException as exc:  # noqa: BLE001 - delivered to joblib through the future
-            settle(future, exception=exc)
+            self._fail(future, exc)
             for _, f in group[1:]:
                 f.cancel()
             return

@@ -338,3 +338,19 @@ def test_verbose_is_never_rewritten_during_a_call():
     parallel = Parallel(n_jobs=2, verbose=10, backend="amorsize", require="sharedmem")
     seen = parallel(delayed(lambda _: parallel.verbose)(i) for i in range(40))
     assert set(seen) == {10}
+
+
+def test_a_task_error_in_the_calling_thread_stops_the_batches_waiting_there(monkeypatch):
+    ran: list[int] = []
+
+    def note_or_fail(x):
+        ran.append(x)
+        if x == 2:
+            raise h.TaskError(f"item {x} is bad")
+        return x
+
+    FakeClock().install(monkeypatch)  # measured as costing nothing: run in the calling thread
+    with pytest.raises(h.TaskError):
+        Parallel(n_jobs=2, backend=AmorsizeBackend(), require="sharedmem")(
+            delayed(note_or_fail)(i) for i in range(4))
+    assert ran == [0, 1, 2]
