@@ -20,6 +20,8 @@ import random
 import statistics
 import time
 
+from amorsize.demo_workloads import cpu_func
+
 
 def square(x):
     return x * x
@@ -31,22 +33,6 @@ def total(a):
 
 def wait_2ms(x):
     time.sleep(0.002)
-    return x
-
-
-def _spin(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-def cpu_2ms(x):
-    _spin(0.002)
-    return x
-
-
-def cpu_40us(x):
-    _spin(40e-6)
     return x
 
 
@@ -78,8 +64,10 @@ def workloads():
         ("100k trivial calls (x*x)", square, list(range(100_000)), 1),
         ("200 × 1 MB numpy arrays, sum", total, arrays, 1),
         ("1k calls waiting 2 ms (I/O)", wait_2ms, list(range(1000)), 1),
-        ("400 × 2 ms CPU", cpu_2ms, list(range(400)), 1),
-        ("same call 100× on 500 × 40 µs", cpu_40us, list(range(500)), 100),
+        # a fixed count of pure-Python operations, not a spin on the clock (threads would
+        # finish such spins together on a busy machine)
+        ("400 × 2 ms CPU", cpu_func(0.002), list(range(400)), 1),
+        ("same call 100× on 500 × 40 µs", cpu_func(40e-6), list(range(500)), 100),
         ("sha256 of 16 × 8 MB (C, releases the GIL)", sha256_hex,
          [random.Random(1).randbytes(8 << 20) for _ in range(16)], 1),
         ("difflib ratio of 300 pairs of 100 chars", similarity, _pairs(300), 1),
