@@ -375,6 +375,7 @@ class AmorsizeBackend(ParallelBackendBase):
     def _decide_from_probe(self) -> bool:
         """Make the plan from what was measured; True if it runs on a pool."""
         profile = self._measurement.profile()
+        assert profile is not None  # decided only after a task was timed
         plugins.remember(self._key, profile)
         learned = plugins.recall(self._key)
         self._decide(profile, learned.runs if learned is not None else 0)

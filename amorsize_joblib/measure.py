@@ -20,6 +20,7 @@ from typing import Any
 
 from amorsize.optimizer.probe import CLEAR_OVERLAP, PAIR_TESTS, Probe, calls_per_thread
 from amorsize.pools import worker
+from amorsize.workload import Profile
 
 PROBE_MAX_TASKS = 8
 PROBE_MIN_TASKS = 3
@@ -93,7 +94,7 @@ class Measurement:
         return scaling is not None and (scaling >= CLEAR_OVERLAP
                                         or self.overlap_tests >= PAIR_TESTS)
 
-    def profile(self) -> Any:
+    def profile(self) -> Profile | None:
         return self.probe.profile() if len(self.probe) else None
 
     def run(self, tasks: list, run_tasks: Callable[[list], list],
