@@ -373,7 +373,11 @@ class AmorsizeBackend(ParallelBackendBase):
         self._open_run(plan)
 
     def _decide_from_probe(self) -> bool:
-        """Make the plan from what was measured; True if it runs on a pool."""
+        """Make the plan from what was measured; True if it runs on a pool. Nothing after an
+        abort: a task measured on the measuring thread can end after its call was given up
+        (a timeout), and must not open a run nobody will close."""
+        if self._aborting:
+            return False
         profile = self._measurement.profile()
         assert profile is not None  # decided only after a task was timed
         plugins.remember(self._key, profile)
@@ -535,6 +539,10 @@ class AmorsizeBackend(ParallelBackendBase):
         except BaseException as exc:  # noqa: BLE001 - delivered to joblib through the future
             self._fail(future, exc)
             for _, f in group[1:]:
+                f.cancel()
+            return
+        if self._aborting:
+            for _, f in group:
                 f.cancel()
             return
         done, offset, not_reached = len(measured.results), 0, []
