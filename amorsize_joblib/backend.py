@@ -417,8 +417,9 @@ class AmorsizeBackend(ParallelBackendBase):
         """With ``verbose``, tell what runs the call: joblib's "concurrent workers" line is
         printed before any plan exists, so it shows the CPU count, not the plan's workers."""
         if self._call.verbose:
+            workers = {"thread": "threads", "process": "processes"}.get(plan.executor_type, "")
             where = "the calling thread" if plan.executor_type == "serial" else (
-                f"{plan.n_jobs} {plan.executor_type}{'s' if plan.n_jobs > 1 else ''}, "
+                f"{plan.n_jobs} {workers if plan.n_jobs > 1 else plan.executor_type}, "
                 f"chunks of {plan.chunksize}")
             print(f"[{self._call.name}]: amorsize runs it on {where} (estimated speedup "
                   f"{plan.estimated_speedup:.2f}x; plan.explain() says why)", file=sys.stderr)
