@@ -17,6 +17,7 @@ import amorsize
 import amorsize_joblib
 from amorsize.optimizer.learned import LEARNED, function_key
 from amorsize_joblib import AmorsizeBackend
+from amorsize_joblib.measure import Measurement
 
 cloudpickle.register_pickle_by_value(h)
 
@@ -277,3 +278,79 @@ def test_a_call_that_ends_while_measuring_says_once_that_it_is_done(capsys):
         assert Parallel(n_jobs=2, verbose=10)(delayed(h.square)(i) for i in range(3)) == [0, 1, 4]
     err = capsys.readouterr().err
     assert err.count("finished") == 1 and "Done   3 out of   3" in err
+
+
+def test_the_task_count_of_a_call_over_a_generator_is_remembered(monkeypatch):
+    def quadruple(x):
+        return 4 * x
+
+    FakeClock().install(monkeypatch)  # measured as costing nothing: a serial plan mid-call
+    LEARNED.forget(function_key(quadruple))
+    Parallel(n_jobs=2, backend=AmorsizeBackend())(delayed(quadruple)(i) for i in range(3000))
+    assert LEARNED.recall(function_key(quadruple)).last_n_items == 3000
+
+
+def test_slow_single_tasks_still_get_the_overlap_test():
+    """Two tasks of 20 ms spend the measuring budget: the test of two at once on two threads
+    is still due (without it, C code that releases the GIL was taken for GIL-bound)."""
+    measurement = Measurement(None, thread_pair=lambda: None)  # type: ignore[arg-type,return-value]
+    for _ in range(2):
+        measurement.probe.observe(0.02, 0.02)
+    assert measurement.test_size() == 2
+    assert not measurement.enough()
+    measurement.probe.thread_scaling = 1.9  # the test made, a clear overlap
+    measurement.overlap_tests = 1
+    assert measurement.test_size() == 0 and measurement.enough()
+
+
+def test_the_overlap_test_is_made_again_on_later_batches_until_it_is_clear():
+    """joblib's first batches hold one task each: a test that showed no clear overlap is made
+    again on the next batches (the machine's other work makes overlap look smaller), up to
+    the probe's number of tests."""
+    measurement = Measurement(None, thread_pair=lambda: None)  # type: ignore[arg-type,return-value]
+    for _ in range(2):
+        measurement.probe.observe(0.02, 0.02)
+    measurement.probe.thread_scaling, measurement.overlap_tests = 1.2, 1
+    assert measurement.test_size() == 2
+    measurement.overlap_tests = 3
+    assert measurement.test_size() == 0 and measurement.enough()
+
+
+def test_no_overlap_test_without_threads():
+    measurement = Measurement(None, thread_pair=None)
+    for _ in range(3):
+        measurement.probe.observe(0.002, 0.002)
+    assert measurement.test_size() == 0 and measurement.batch_size() == 1
+    assert measurement.enough()
+
+
+def test_parallel_inside_an_amorsize_thread_runs_as_a_plain_loop():
+    def backend_name(_):
+        parallel = Parallel(n_jobs=2, backend="amorsize")
+        assert parallel(delayed(h.square)(i) for i in range(4)) == [0, 1, 4, 9]
+        return type(parallel._backend).__name__
+
+    names = amorsize.map(backend_name, range(4), executor="thread", n_jobs=2)
+    assert set(names) == {"SequentialBackend"}
+
+
+def test_verbose_is_never_rewritten_during_a_call():
+    parallel = Parallel(n_jobs=2, verbose=10, backend="amorsize", require="sharedmem")
+    seen = parallel(delayed(lambda _: parallel.verbose)(i) for i in range(40))
+    assert set(seen) == {10}
+
+
+def test_a_task_error_in_the_calling_thread_stops_the_batches_waiting_there(monkeypatch):
+    ran: list[int] = []
+
+    def note_or_fail(x):
+        ran.append(x)
+        if x == 2:
+            raise h.TaskError(f"item {x} is bad")
+        return x
+
+    FakeClock().install(monkeypatch)  # measured as costing nothing: run in the calling thread
+    with pytest.raises(h.TaskError):
+        Parallel(n_jobs=2, backend=AmorsizeBackend(), require="sharedmem")(
+            delayed(note_or_fail)(i) for i in range(4))
+    assert ran == [0, 1, 2]
