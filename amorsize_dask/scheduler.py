@@ -89,7 +89,9 @@ def get(
     if cache is None:
         cache = config.get("cache", None)
     work = needed_work(graph, keys, cache)
-    if tasks.in_task() or not work.tasks:
+    if tasks.in_task() or inside_worker() or not work.tasks:
+        # nested in a task or an amorsize worker: the pool that would run it may be the one
+        # waiting here, as amorsize.map and the joblib backend also run a plain loop there
         executor = "serial"
     shape = shape_key(work)
     learned = plugins.recall(shape)

@@ -263,3 +263,25 @@ def test_the_overlap_test_runs_only_where_threads_can_be_chosen(monkeypatch, exe
     options = {} if executor is None else {"executor": executor}
     assert dask.compute(*values, scheduler="amorsize", **options) == tuple(range(200))
     assert (("thread", 2) in leases) is tested
+
+
+class _DaskPlans:
+    def __init__(self) -> None:
+        self.executors: list[str] = []
+
+    @amorsize.hookimpl
+    def amorsize_run_finished(self, plan, report):
+        if plan.workload.source == "dask":
+            self.executors.append(plan.executor_type)
+
+
+def test_a_compute_inside_an_amorsize_worker_runs_as_a_plain_loop():
+    """The pool that would run it may be the one whose thread waits for it (as for map and
+    the joblib backend there)."""
+    def nested(i):
+        total = dask.delayed(sum)([dask.delayed(square)(x) for x in range(20)])
+        return total.compute(scheduler="amorsize")
+
+    with registered(_DaskPlans()) as seen:
+        assert amorsize.map(nested, range(4), executor="thread", n_jobs=2) == [2470] * 4
+    assert seen.executors and set(seen.executors) == {"serial"}
