@@ -18,6 +18,34 @@ class Machine:
     start_method: str
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """The facts about a ``dask.distributed`` cluster a plan was decided on (``amorsize_dask``).
+
+    ``threads`` maps each worker's address to its threads; ``task_seconds`` is what one more
+    task costs the cluster when it is busy (measured on a burst of empty tasks),
+    ``round_trip_seconds`` what one task costs alone (submit to result).
+    """
+
+    address: str
+    threads: dict[str, int]
+    task_seconds: float
+    round_trip_seconds: float
+
+    @property
+    def n_threads(self) -> int:
+        return max(1, sum(self.threads.values()))
+
+    def describe(self) -> str:
+        """"2 workers × 1 thread", or "3 workers, 5 threads" when they differ."""
+        per_worker = set(self.threads.values())
+        workers = f"{len(self.threads)} worker{'s' if len(self.threads) != 1 else ''}"
+        if len(per_worker) == 1:
+            (n,) = per_worker
+            return f"{workers} × {n} thread{'s' if n != 1 else ''}"
+        return f"{workers}, {self.n_threads} threads"
+
+
 @dataclass
 class Plan:
     """How to run ``func`` over ``data``: executor, workers, chunk size, and the reasons.
@@ -27,6 +55,9 @@ class Plan:
     so ``amorsize.map`` never calls the function on an item twice; ``sampled_seconds`` is how long
     each of those calls took, where it was timed alone. ``predictions`` is the
     predicted wall time of the best configuration of each executor type considered.
+    ``cluster`` is set on a plan for a ``dask.distributed`` cluster (``amorsize_dask.map``): the
+    items run in batches of at most ``chunksize``, each batch one loop on a worker thread
+    (``executor_type`` "serial"), on the cluster's ``n_jobs`` threads.
     """
 
     executor_type: ExecutorType
@@ -43,6 +74,7 @@ class Plan:
     sampled_results: dict[int, Any] = field(default_factory=dict, repr=False)
     sampled_seconds: dict[int, float] = field(default_factory=dict, repr=False)
     decided_by: str = "amorsize.optimizer"
+    cluster: Cluster | None = None
 
     @property
     def n_items(self) -> int | None:
@@ -61,9 +93,11 @@ class Plan:
         """A readable report of the choice and the measured figures behind it."""
         p = self.profile
         n = "unknown" if self.n_items is None else f"{self.n_items:,}"
+        how = (f"{self.executor_type}, n_jobs={self.n_jobs}, chunksize={self.chunksize}"
+               if self.cluster is None else
+               f"dask.distributed, {self.n_jobs} threads, batches of up to {self.chunksize}")
         lines = [
-            f"amorsize plan: {self.executor_type}, n_jobs={self.n_jobs}, "
-            f"chunksize={self.chunksize}, estimated speedup {self.estimated_speedup:.2f}x "
+            f"amorsize plan: {how}, estimated speedup {self.estimated_speedup:.2f}x "
             f"(decided by {self.decided_by})",
             f"  items: {n}; {measured_how(p, self.workload)}",
             f"  per item: {format_seconds(p.per_item_seconds)} "
@@ -77,6 +111,11 @@ class Plan:
         if self.machine is not None:
             facts = dataclasses.asdict(self.machine)
             lines.append("  machine: " + ", ".join(f"{k}={v}" for k, v in sorted(facts.items())))
+        if self.cluster is not None:
+            c = self.cluster
+            lines.append(f"  cluster: {c.describe()} at {c.address}; a task costs "
+                         f"{format_seconds(c.task_seconds)} when the cluster is busy, "
+                         f"{format_seconds(c.round_trip_seconds)} alone")
         if self.overheads:
             lines.append(
                 "  overheads: "
