@@ -21,6 +21,8 @@ OVERHEAD_SHARE = 0.05
 WAVES = 4
 BATCH_BYTES = 8 * 2**20
 SCATTER_BYTES = 2**20
+IN_FLIGHT_PER_THREAD = 2
+MAX_IN_FLIGHT_PER_THREAD = 8
 
 
 def batch_count(n_items: int, per_item_seconds: float, threads: int, task_seconds: float) -> int:
@@ -89,6 +91,16 @@ def sizes_for(n_items: int | None, per_item_seconds: float, threads: int, task_s
     size = streaming_batch(per_item_seconds, threads, task_seconds, arg_bytes)
     while True:
         yield size
+
+
+def batches_in_flight(threads: int, batch_seconds: float, round_trip_seconds: float) -> int:
+    """How many batches may be sent and not yet handed out: per thread, the one it runs and
+    enough queued behind it to cover a round trip (a batch's completion reaching the caller
+    and the next batch reaching the worker), at least ``IN_FLIGHT_PER_THREAD`` and at most
+    ``MAX_IN_FLIGHT_PER_THREAD``: the input is read only that far ahead."""
+    behind = math.ceil(round_trip_seconds / max(batch_seconds, 1e-9))
+    per_thread = min(MAX_IN_FLIGHT_PER_THREAD, max(IN_FLIGHT_PER_THREAD, 1 + behind))
+    return max(1, threads) * per_thread
 
 
 def predicted_seconds(n_items: int, per_item_seconds: float, threads: int, task_seconds: float,

@@ -16,8 +16,6 @@ from amorsize.errors import TimeoutError
 from amorsize_dask.cluster_plan import SCATTER_BYTES
 from amorsize_dask.cluster_worker import run_batch
 
-IN_FLIGHT_PER_THREAD = 2
-
 
 class BatchRun:
     """One call's batches on ``client``: ``results()`` yields ``(first_index, results)`` per

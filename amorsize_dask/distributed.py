@@ -32,8 +32,8 @@ from amorsize_dask.cluster_client import (
     default_client,
 )
 from amorsize_dask.cluster_measure import SAMPLE_ITEMS, cluster_facts, measure_on_worker
-from amorsize_dask.cluster_plan import batch_sizes, cluster_plan
-from amorsize_dask.cluster_run import IN_FLIGHT_PER_THREAD, BatchRun, numbered_batches
+from amorsize_dask.cluster_plan import batch_sizes, batches_in_flight, cluster_plan
+from amorsize_dask.cluster_run import BatchRun, numbered_batches
 
 SOURCE = "dask.distributed"
 
@@ -127,7 +127,10 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
                                                      n_done, n_items))
 
             profile = plan.profile
-            run = BatchRun(cluster_client, func, in_flight=IN_FLIGHT_PER_THREAD * plan.n_jobs,
+            in_flight = batches_in_flight(
+                plan.n_jobs, plan.chunksize * profile.per_item_seconds,
+                plan.cluster.round_trip_seconds if plan.cluster else 0.0)
+            run = BatchRun(cluster_client, func, in_flight=in_flight,
                            retries=retries, timeout=timeout, arg_bytes=profile.arg_bytes,
                            func_bytes=profile.func_bytes, on_batch=advanced)
             batches = numbered_batches(itertools.chain(head, items),

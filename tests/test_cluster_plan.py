@@ -10,6 +10,7 @@ from amorsize_dask.cluster_plan import (
     WAVES,
     batch_count,
     batch_sizes,
+    batches_in_flight,
     predicted_seconds,
     streaming_batch,
 )
@@ -73,3 +74,12 @@ def test_an_input_of_unknown_length_goes_in_batches_that_pay_for_their_task():
 
 def test_the_prediction_counts_the_slowest_thread_and_every_task():
     assert predicted_seconds(4, 1.0, 2, 0.1, 0.5, [2, 1, 1]) == pytest.approx(0.5 + 2.0 + 0.3)
+
+
+def test_batches_queue_behind_each_thread_to_cover_a_round_trip():
+    assert batches_in_flight(2, batch_seconds=0.1, round_trip_seconds=0.001) == 2 * 2
+    assert batches_in_flight(2, batch_seconds=0.01, round_trip_seconds=0.03) == 2 * 4
+
+
+def test_the_input_is_read_a_bounded_way_ahead_however_short_the_batches():
+    assert batches_in_flight(2, batch_seconds=1e-6, round_trip_seconds=1.0) == 2 * 8

@@ -35,7 +35,7 @@ from plugin_helpers import Measured, registered
 
 import amorsize
 import amorsize_dask
-from amorsize_dask import ClientBypassedWarning, cluster_run
+from amorsize_dask import ClientBypassedWarning, cluster_plan, cluster_run
 from amorsize_dask.cluster_measure import SAMPLE_ITEMS
 
 pytestmark = pytest.mark.timeout(120)
@@ -202,7 +202,7 @@ def test_an_endless_input_is_read_only_a_bounded_way_ahead(busy_cluster):
         while True:
             yield next(pulled)
 
-    bound = (cluster_run.IN_FLIGHT_PER_THREAD * 2 + 1) * 5 + SAMPLE_ITEMS
+    bound = (cluster_plan.MAX_IN_FLIGHT_PER_THREAD * 2 + 1) * 5 + SAMPLE_ITEMS
     results = amorsize_dask.imap(square, endless(), client=busy_cluster, batch=5)
     for i, result in zip(range(200), results):
         assert result == i * i
