@@ -3,6 +3,7 @@ worker (whose hardware, and whose reach to the data, may differ from the caller'
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -22,19 +23,42 @@ SAMPLE_BUDGET_SECONDS = 0.1
 MEASURED_BY = "a cluster worker"
 
 _known: weakref.WeakKeyDictionary[Any, Cluster] = weakref.WeakKeyDictionary()
+_burst: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
 
 def cluster_facts(client: Any) -> Cluster:
     """The cluster's workers and threads, and what a task costs it, measured once per Client
-    and again whenever its workers or their threads change."""
+    and again whenever its workers or their threads change; corrected by every run in between
+    (``learn_from_run``)."""
     threads = dict(client.nthreads())
     known = _known.get(client)
     if known is not None and known.threads == threads:
         return known
     round_trip, task = task_costs(client, max(1, sum(threads.values())))
+    _burst[client] = task
     facts = _known[client] = Cluster(address=str(client.scheduler.address), threads=threads,
                                      task_seconds=task, round_trip_seconds=round_trip)
     return facts
+
+
+def learn_from_run(client: Any, facts: Cluster, wall_seconds: float, compute_seconds: float,
+                   n_batches: int) -> None:
+    """Fold what a task cost in a finished run into what the next plan uses: the run's wall
+    time past a round trip and its threads' share of the work, per batch (workers computing
+    answer the scheduler more slowly than idle ones in the burst), halfway from the figure
+    before, and never below half the burst's. Runs of fewer batches than threads say little."""
+    if n_batches < facts.n_threads or _known.get(client) is not facts:
+        return
+    spent = wall_seconds - facts.round_trip_seconds - compute_seconds / facts.n_threads
+    observed = max(spent, 0.0) / n_batches
+    burst = _burst.get(client, facts.task_seconds)
+    task = max(0.5 * burst, facts.task_seconds + 0.5 * (observed - facts.task_seconds))
+    _known[client] = dataclasses.replace(facts, task_seconds=task)
+
+
+def burst_seconds(client: Any) -> float | None:
+    """What a task cost in the burst of empty tasks, before any run corrected it."""
+    return _burst.get(client)
 
 
 def task_costs(client: Any, threads: int) -> tuple[float, float]:

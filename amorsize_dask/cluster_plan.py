@@ -122,10 +122,13 @@ def _split(n: int, parts: int) -> list[int]:
 
 
 def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: list[int] | None,
-                 forced: int | None = None, correction: float = 1.0, runs: int = 0) -> Plan:
+                 forced: int | None = None, correction: float = 1.0, runs: int = 0,
+                 burst_seconds: float | None = None) -> Plan:
     """The ``amorsize.Plan`` of a run on ``cluster``: ``sizes`` are its batches when the input's
     length is known (None: streamed in batches of ``chunksize``); ``correction`` is the ratio of
-    wall time to prediction learned from ``runs`` earlier runs on the cluster."""
+    wall time to prediction learned from ``runs`` earlier runs on the cluster;
+    ``burst_seconds`` what a task cost in the burst of empty tasks, when runs since corrected
+    the cluster's figure."""
     threads = cluster.n_threads
     per_item = profile.per_item_seconds
     n = workload.n_items
@@ -136,6 +139,10 @@ def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: 
         if workload.recalled and profile.measured_by == "runs" else
         f"recalled: measured on {profile.n_measured} items on a cluster worker in an earlier call"
         if workload.recalled else f"measured on {profile.n_measured} items on a cluster worker")]
+    if burst_seconds is not None and abs(burst_seconds - cluster.task_seconds) > 1e-12:
+        reasons.append(f"a task cost the cluster {format_seconds(cluster.task_seconds)} in the "
+                       f"runs so far on it ({format_seconds(burst_seconds)} in the burst of "
+                       "empty tasks, with its workers idle)")
     if forced is not None:
         chunksize = forced
         reasons.append(f"batches of {forced} items, as asked (batch={forced})")

@@ -31,7 +31,13 @@ from amorsize_dask.cluster_client import (
     current_client,
     default_client,
 )
-from amorsize_dask.cluster_measure import SAMPLE_ITEMS, cluster_facts, measure_on_worker
+from amorsize_dask.cluster_measure import (
+    SAMPLE_ITEMS,
+    burst_seconds,
+    cluster_facts,
+    learn_from_run,
+    measure_on_worker,
+)
 from amorsize_dask.cluster_plan import batch_sizes, batches_in_flight, cluster_plan
 from amorsize_dask.cluster_run import BatchRun, numbered_batches
 
@@ -63,8 +69,9 @@ def map(func: Callable, data: Iterable, client: Any = None, *, batch: int | None
     on first use and kept. ``batch`` forces the items per task; ``progress=True`` reports items
     done to the ``amorsize_run_progress`` hook; ``retries`` is passed to ``client.submit``
     (a batch whose worker died is re-run by the cluster in any case); ``timeout`` limits the
-    whole call, in seconds (``amorsize.TimeoutError``). Errors raised by ``func`` reach the
-    caller with their original type, and every batch still queued or running is cancelled.
+    batches, from the first sent to the last result, in seconds (``amorsize.TimeoutError``).
+    Errors raised by ``func`` reach the caller with their original type, and every batch still
+    queued or running is cancelled.
     """
     return list(imap(func, data, client, batch=batch, progress=progress, retries=retries,
                      timeout=timeout))
@@ -140,6 +147,9 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
                 for _, results in completed:
                     yield from results
             finished = True
+            if plan.cluster is not None:
+                learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
+                               run.compute_seconds, run.n_batches)
             _report(plan, run)
             log.finished(plan, description, _as_report(plan, run), n_done)
     finally:
@@ -183,7 +193,7 @@ def _plan(client: Any, func: Callable, items: Iterator, n_items: int | None,
     sizes = None if todo is None or batch is not None else batch_sizes(
         todo, profile.per_item_seconds, facts.n_threads, facts.task_seconds, profile.arg_bytes)
     plan = cluster_plan(profile, workload, facts, sizes, forced=batch, correction=correction,
-                        runs=runs)
+                        runs=runs, burst_seconds=burst_seconds(client))
     return plan, sizes or [], measured, head
 
 

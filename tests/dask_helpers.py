@@ -71,6 +71,7 @@ def injected_cluster(client, task_seconds: float = 1e-4, round_trip_seconds: flo
     facts = Cluster(address=client.scheduler.address, threads=dict(client.nthreads()),
                     task_seconds=task_seconds, round_trip_seconds=round_trip_seconds)
     cluster_measure._known[client] = facts
+    cluster_measure._burst[client] = task_seconds
     return facts
 
 

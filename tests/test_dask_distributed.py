@@ -376,3 +376,17 @@ def test_map_on_a_cluster_starts_no_local_pool(client):
     before = manager.get_stats()["creations"]
     assert amorsize_dask.map(partial(spin, seconds=0.002), range(200), client=client)[:2] == [0, 1]
     assert manager.get_stats()["creations"] == before
+
+
+def test_what_a_task_cost_in_a_run_corrects_the_next_plans_figure(busy_cluster):
+    from amorsize_dask import cluster_measure
+
+    facts = cluster_measure.cluster_facts(busy_cluster)
+    cluster_measure.learn_from_run(busy_cluster, facts, wall_seconds=1.0 + facts.round_trip_seconds,
+                                   compute_seconds=1.0, n_batches=10)
+    # 0.5 s of the 1 s spent past the threads' work, over 10 batches: halfway to 50 ms a task
+    assert cluster_measure.cluster_facts(busy_cluster).task_seconds == pytest.approx(
+        facts.task_seconds + 0.5 * (0.05 - facts.task_seconds))
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=busy_cluster)
+    assert "in the runs so far on it" in amorsize.last_plan().explain()
