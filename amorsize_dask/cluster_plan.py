@@ -19,8 +19,11 @@ from amorsize.workload import Profile, Workload
 
 OVERHEAD_SHARE = 0.05
 WAVES = 4
+# below dask's "Sending large graph" warning (distributed.admin.large-graph-warning-threshold,
+# 10 MB): a batch up to this size travels inside its task, one over it (a single larger item)
+# as data of its own
 BATCH_BYTES = 8 * 2**20
-SCATTER_BYTES = 2**20
+SCATTER_BYTES = BATCH_BYTES
 IN_FLIGHT_PER_THREAD = 2
 MAX_IN_FLIGHT_PER_THREAD = 8
 
@@ -172,6 +175,10 @@ def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: 
     if profile.arg_bytes * chunksize > SCATTER_BYTES:
         reasons.append(f"an item pickles to {format_bytes(profile.arg_bytes)}: each batch goes "
                        "to the cluster as data of its own (client.scatter), not inside its task")
+    elif profile.arg_bytes * chunksize > SCATTER_BYTES / 8:
+        reasons.append(f"an item pickles to {format_bytes(profile.arg_bytes)}: at most "
+                       f"{largest_batch(profile.arg_bytes)} items a batch, so no task carries "
+                       f"more than {format_bytes(BATCH_BYTES)}")
     predictions: dict[str, float] = {}
     speedup = 1.0
     if todo is not None:

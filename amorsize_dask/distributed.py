@@ -150,8 +150,10 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
             if plan.cluster is not None:
                 learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
                                run.compute_seconds, run.n_batches)
-            _report(plan, run)
-            log.finished(plan, description, _as_report(plan, run), n_done)
+            report = _as_report(plan, run)
+            # amorsize's optimizer folds it into what the next call on the cluster starts from
+            plugins.run_finished(plan, report)
+            log.finished(plan, description, report, n_done)
     finally:
         if run_id is not None:
             plugins.run_progress(RunProgress(run_id, SOURCE, description,
@@ -163,8 +165,8 @@ def _plan(client: Any, func: Callable, items: Iterator, n_items: int | None,
           batch: int | None, retries: int | None) -> tuple[Plan, list[int], list, list]:
     """The plan for this call, its batch sizes (for an input of known length; the plan's
     ``chunksize`` follows them), the results of the items measured for it (the first ones),
-    and the items read ahead but not yet run. A function run on the cluster before is planned from
-    what its runs there taught (``amorsize_recall``), not measured again."""
+    and the items read ahead but not yet run. A function run on the cluster before is planned
+    from what its runs there taught (``amorsize_recall``), not measured again."""
     facts = cluster_facts(client)
     key = (SOURCE, function_key(func))
     learned = plugins.recall(key)
@@ -198,18 +200,12 @@ def _plan(client: Any, func: Callable, items: Iterator, n_items: int | None,
 
 
 def _as_report(plan: Plan, run: BatchRun) -> RunReport:
+    """What the run took, its batches' times summed as measured on the workers."""
     predicted = plan.predicted_seconds
     return RunReport(source=SOURCE, executor_type="serial", n_jobs=plan.n_jobs,
                      chunksize=plan.chunksize, n_items=run.n_items, n_chunks=run.n_batches,
                      wall_seconds=run.wall_seconds, compute_seconds=run.compute_seconds,
                      predicted_seconds=predicted, predicted_speedup=plan.estimated_speedup)
-
-
-def _report(plan: Plan, run: BatchRun) -> None:
-    """What the run took, with its per-batch times summed as measured on the workers, to the
-    ``amorsize_run_finished`` observers: amorsize's optimizer folds it into what the next call
-    on the cluster is planned from."""
-    plugins.run_finished(plan, _as_report(plan, run))
 
 
 def batch_size(per_item_seconds: float, n_items: int, n_threads: int,

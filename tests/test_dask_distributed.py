@@ -211,7 +211,7 @@ def test_an_endless_input_is_read_only_a_bounded_way_ahead(busy_cluster):
     assert read <= 200 + bound
 
 
-def test_large_items_travel_as_their_own_data(busy_cluster, monkeypatch):
+def test_items_too_large_for_a_task_travel_as_their_own_data(busy_cluster, monkeypatch):
     scattered = []
     scatter = busy_cluster.scatter
 
@@ -220,11 +220,20 @@ def test_large_items_travel_as_their_own_data(busy_cluster, monkeypatch):
         return scatter(data, *args, **kwargs)
 
     monkeypatch.setattr(busy_cluster, "scatter", recording)
-    items = [bytes(2**20) for _ in range(20)]
+    items = [bytes(cluster_plan.BATCH_BYTES + 1) for _ in range(3)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
-        assert amorsize_dask.map(size_of, items, client=busy_cluster) == [2**20] * 20
+        assert amorsize_dask.map(size_of, items, client=busy_cluster) == [len(items[0])] * 3
     assert scattered
+
+
+def test_large_items_go_in_batches_below_dasks_large_graph_warning(busy_cluster, monkeypatch):
+    sent = record_batches(monkeypatch)
+    items = [bytes(2**20) for _ in range(40)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert amorsize_dask.map(size_of, items, client=busy_cluster) == [2**20] * 40
+    assert max(sent) * 2**20 <= cluster_plan.BATCH_BYTES
 
 
 def test_progress_counts_items(busy_cluster):
