@@ -17,6 +17,34 @@ class Machine:
     start_method: str
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """The facts about a ``dask.distributed`` cluster a plan was decided on (``amorsize_dask``).
+
+    ``threads`` maps each worker's address to its threads; ``task_seconds`` is what one more
+    task costs the cluster when it is busy (measured on a burst of empty tasks),
+    ``round_trip_seconds`` what one task costs alone (submit to result).
+    """
+
+    address: str
+    threads: dict[str, int]
+    task_seconds: float
+    round_trip_seconds: float
+
+    @property
+    def n_threads(self) -> int:
+        return max(1, sum(self.threads.values()))
+
+    def describe(self) -> str:
+        """"2 workers × 1 thread", or "3 workers, 5 threads" when they differ."""
+        per_worker = set(self.threads.values())
+        workers = f"{len(self.threads)} worker{'s' if len(self.threads) != 1 else ''}"
+        if len(per_worker) == 1:
+            (n,) = per_worker
+            return f"{workers} × {n} thread{'s' if n != 1 else ''}"
+        return f"{workers}, {self.n_threads} threads"
+
+
 @dataclass(repr=False)
 class Plan:
     """How to run ``func`` over ``data``: executor, workers, chunk size, and the reasons.
@@ -26,6 +54,9 @@ class Plan:
     so ``amorsize.map`` never calls the function on an item twice; ``sampled_seconds`` is how long
     each of those calls took, where it was timed alone. ``predictions`` is the
     predicted wall time of the best configuration of each executor type considered.
+    ``cluster`` is set on a plan for a ``dask.distributed`` cluster (``amorsize_dask.map``): the
+    items run in batches of at most ``chunksize``, each batch one loop on a worker thread
+    (``executor_type`` "serial"), on the cluster's ``n_jobs`` threads.
     """
 
     executor_type: ExecutorType
@@ -42,6 +73,7 @@ class Plan:
     sampled_results: dict[int, Any] = field(default_factory=dict, repr=False)
     sampled_seconds: dict[int, float] = field(default_factory=dict, repr=False)
     decided_by: str = "amorsize.optimizer"
+    cluster: Cluster | None = None
 
     @property
     def n_items(self) -> int | None:
@@ -79,6 +111,15 @@ class Plan:
                  + (" left after measuring" if done else ""))
         serial = self.predictions.get("serial")
         mine = self.predicted_seconds
+        if self.cluster is not None:  # batches on a cluster's threads; predicted as "serial"
+            where = f"the cluster's {self.cluster.describe()}"
+            batches = f" (batches of up to {self.chunksize})" if self.chunksize > 1 else ""
+            if mine is None or left is None:
+                return f"{what}; {where} run {items}{batches}."
+            return (f"{what}; {where} should finish {items}{batches} in about "
+                    f"{format_seconds(mine)} instead of "
+                    f"{format_seconds(left * p.per_item_seconds)} one after another "
+                    f"({self.estimated_speedup:.2f}x as fast).")
         if self.executor_type == "serial":
             others = {k: v for k, v in self.predictions.items() if k != "serial"}
             if serial is None or not others:
@@ -108,10 +149,13 @@ class Plan:
         if p.thread_scaling is not None:
             per_item.append(f"two at once on two threads: {p.thread_scaling:.2f}x the work of one "
                             "(2.00: they overlap fully; 1.00 or less: not at all)")
+        how = (f"{self.executor_type}, n_jobs={self.n_jobs}, chunksize={self.chunksize}"
+               if self.cluster is None else
+               f"dask.distributed, {self.n_jobs} threads, batches of up to {self.chunksize}")
         lines = [
             self.summary(),
-            f"  plan: {self.executor_type}, n_jobs={self.n_jobs}, chunksize={self.chunksize}, "
-            f"estimated speedup {self.estimated_speedup:.2f}x (decided by {self.decided_by})",
+            f"  plan: {how}, estimated speedup {self.estimated_speedup:.2f}x "
+            f"(decided by {self.decided_by})",
             f"  items: {n}; {measured_how(p, self.workload)}",
             "  per item: " + "; ".join(per_item),
             f"  pickled: item {format_bytes(p.arg_bytes)}, result {format_bytes(p.result_bytes)}, "
@@ -121,6 +165,11 @@ class Plan:
         if self.machine is not None:
             lines.append(f"  machine: {self.machine.usable_cpus} usable CPUs, start method "
                          f"{self.machine.start_method}")
+        if self.cluster is not None:
+            c = self.cluster
+            lines.append(f"  cluster: {c.describe()} at {c.address}; a task costs "
+                         f"{format_seconds(c.task_seconds)} when the cluster is busy, "
+                         f"{format_seconds(c.round_trip_seconds)} alone")
         if self.overheads:
             lines.append("  pool costs: " + ", ".join(
                 f"{_OVERHEAD_NAMES.get(k, k)} {_format_overhead(k, v)}"

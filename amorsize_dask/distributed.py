@@ -1,119 +1,224 @@
 """Beyond one machine: work sized by amorsize, run by ``dask.distributed``.
 
-amorsize does not re-invent a cluster. It measures the function on a few items (as
-``amorsize.optimize`` does everywhere), measures what one task costs on the given ``Client``,
-and from those two numbers decides how many items travel per task; ``dask.distributed`` does
-the rest. Moving from one machine to a cluster is passing a ``Client`` (or its scheduler's
-address).
+amorsize does not re-invent a cluster. It measures the function on a worker of the cluster, and
+what a task costs there, decides how many items travel per task for the cluster's threads, and
+streams the batches through ``dask.distributed``; every run's batch timings correct the next
+call's plan. Moving from one machine to a cluster is passing a ``Client`` (or its scheduler's
+address). The parts: ``cluster_client`` (which Client), ``cluster_measure`` (measuring on the
+cluster), ``cluster_plan`` (the sizing rules and the plan), ``cluster_run`` (the batches in
+flight).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import math
-import statistics
-import threading
-import time
-import weakref
+import itertools
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 from typing import Any
 
-from amorsize.errors import InvalidArgumentError, InvalidArgumentTypeError, check_positive_int
+from amorsize import plugins
+from amorsize.errors import check_positive_int, check_timeout
+from amorsize.optimizer.learned import function_key
+from amorsize.plan import Plan
+from amorsize.run import log
+from amorsize.run.control import RunProgress, announce_planning
+from amorsize.run.report import RunReport
+from amorsize.workload import Workload
+from amorsize_dask.cluster_client import (
+    check_client,
+    close_local_cluster,
+    connected,
+    current_client,
+    default_client,
+)
+from amorsize_dask.cluster_measure import (
+    SAMPLE_ITEMS,
+    burst_seconds,
+    cluster_facts,
+    learn_from_run,
+    measure_on_worker,
+)
+from amorsize_dask.cluster_plan import batch_sizes, batches_in_flight, cluster_plan
+from amorsize_dask.cluster_run import BatchRun, numbered_batches
 
-OVERHEAD_SHARE = 0.05
-BATCHES_PER_WORKER = 4
-_ROUND_TRIPS = 5
+SOURCE = "dask.distributed"
 
-_local: dict[str, Any] = {}
-_local_lock = threading.Lock()
-_overheads: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-
-
-def batch_size(
-    per_item_seconds: float,
-    n_items: int,
-    n_workers: int,
-    task_overhead: float,
-    overhead_share: float = OVERHEAD_SHARE,
-    batches_per_worker: int = BATCHES_PER_WORKER,
-) -> int:
-    """Items per task: enough that a task's overhead is at most ``overhead_share`` of its work,
-    and otherwise small enough for ``batches_per_worker`` tasks per worker (so a slow worker or
-    an uneven item does not leave the others idle at the end)."""
-    if n_items <= 1:
-        return 1
-    per_item = max(per_item_seconds, 1e-9)
-    amortized = math.ceil(task_overhead / (overhead_share * per_item))
-    balanced = math.ceil(n_items / (max(1, n_workers) * batches_per_worker))
-    return max(1, min(n_items, max(amortized, balanced)))
-
-
-def task_overhead(client: Any) -> float:
-    """Seconds one task costs on this cluster with nothing to do (median of a few round trips),
-    measured once per client."""
-    known = _overheads.get(client)
-    if known is None:
-        times = []
-        for i in range(_ROUND_TRIPS):
-            start = time.perf_counter()
-            client.submit(_noop, i, pure=False).result()
-            times.append(time.perf_counter() - start)
-        known = _overheads[client] = statistics.median(times)
-    return known
+__all__ = [
+    "batch_size",
+    "bag",
+    "check_client",
+    "close_local_cluster",
+    "connected",
+    "current_client",
+    "default_client",
+    "imap",
+    "imap_unordered",
+    "map",
+]
 
 
-def n_workers(client: Any) -> int:
-    """Threads the cluster runs tasks on, over all its workers."""
-    return max(1, sum(client.nthreads().values()))
+def map(func: Callable, data: Iterable, client: Any = None, *, batch: int | None = None,
+        progress: bool = False, retries: int | None = None,
+        timeout: float | None = None) -> list:
+    """``[func(x) for x in data]`` on a ``dask.distributed`` cluster, in batches amorsize sizes
+    for it (``imap``, collected).
 
-
-def map(
-    func: Callable,
-    data: Iterable,
-    client: Any = None,
-    *,
-    batch: int | None = None,
-) -> list:
-    """``[func(x) for x in data]`` on a ``dask.distributed`` cluster, in batches amorsize sizes.
-
-    ``client`` is the cluster to use: a ``Client``, or its scheduler's address (such as
-    ``"tcp://10.0.0.5:8786"``), connected for this call and closed after it; without one, the
-    default Client if there is one, else a ``LocalCluster`` started on first use and kept for the
-    next calls. ``batch`` forces the number of items per task. The options are checked on every
-    call, before anything runs. The items measured to size the batches are not computed again.
-    Errors raised by ``func`` reach the caller with their original type.
+    ``client`` is the cluster: a ``Client``; its scheduler's address (such as
+    ``"tcp://10.0.0.5:8786"``), connected for this call and closed after it; or None: the
+    active Client (``distributed.get_client()``), else a ``LocalCluster`` on 127.0.0.1 started
+    on first use and kept. ``batch`` forces the items per task; ``progress=True`` reports items
+    done to the ``amorsize_run_progress`` hook; ``retries`` is passed to ``client.submit``
+    (a batch whose worker died is re-run by the cluster in any case); ``timeout`` limits the
+    batches, from the first sent to the last result, in seconds (``amorsize.TimeoutError``).
+    Errors raised by ``func`` reach the caller with their original type, and every batch still
+    queued or running is cancelled.
     """
-    import amorsize
+    return list(imap(func, data, client, batch=batch, progress=progress, retries=retries,
+                     timeout=timeout))
+
+
+def imap(func: Callable, data: Iterable, client: Any = None, *, batch: int | None = None,
+         progress: bool = False, retries: int | None = None,
+         timeout: float | None = None) -> Iterator:
+    """``map``'s results one by one, in input order, as the batches complete; ``data`` is read
+    lazily, with a bounded number of batches in flight, so an input of any length runs in
+    bounded memory. Stopping early (``close()``, ``break``) cancels the batches in flight."""
+    _check(client, batch, progress, retries, timeout)
+    return _results(func, data, client, True, batch, progress, retries, timeout)
+
+
+def imap_unordered(func: Callable, data: Iterable, client: Any = None, *,
+                   batch: int | None = None, progress: bool = False, retries: int | None = None,
+                   timeout: float | None = None) -> Iterator:
+    """``imap``, but each batch's results as soon as it completes, whatever its place."""
+    _check(client, batch, progress, retries, timeout)
+    return _results(func, data, client, False, batch, progress, retries, timeout)
+
+
+def _check(client: Any, batch: Any, progress: Any, retries: Any, timeout: Any) -> None:
+    """Every option, on every call, before anything is measured or connected."""
+    from amorsize.errors import InvalidArgumentError, InvalidArgumentTypeError
 
     check_client(client)
     check_positive_int("batch", batch, allow_none=True)
-    # Measure only: a serial plan starts no local pool, which the cluster would not use.
-    plan = amorsize.optimize(func, data, executor="serial")
-    items = list(plan.data)
-    done = dict(plan.sampled_results)
-    todo = [i for i in range(len(items)) if i not in done]
-    with connected(client) as client:
-        size = batch or batch_size(
-            plan.profile.per_item_seconds, len(todo), n_workers(client), task_overhead(client)
-        )
-        chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-        futures = client.map(
-            partial(_apply, func), [[items[i] for i in chunk] for chunk in chunks], pure=False
-        )
-        try:
-            for chunk, results in zip(chunks, client.gather(futures)):
-                done.update(zip(chunk, results))
-        finally:
-            client.cancel(futures)
-    return [done[i] for i in range(len(items))]
+    if not isinstance(progress, bool):
+        raise InvalidArgumentTypeError(f"progress must be True or False, got {progress!r}")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
+        raise InvalidArgumentTypeError(f"retries must be an int >= 0 or None, got {retries!r}")
+    if retries is not None and retries < 0:
+        raise InvalidArgumentError(f"retries must be an int >= 0 or None, got {retries!r}")
+    check_timeout(timeout)
+
+
+def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: int | None,
+             progress: bool, retries: int | None, timeout: float | None) -> Iterator:
+    n_items = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+    items = iter(data)
+    description = getattr(func, "__qualname__", type(func).__name__)
+    run_id = announce_planning(SOURCE, description, n_items) if progress else None
+    finished = False
+    n_done = 0
+    try:
+        with connected(client) as cluster_client:
+            plan, sizes, measured, head = _plan(cluster_client, func, items, n_items, batch,
+                                                retries)
+            log.started(plan, description)
+            n_done = len(measured)
+            yield from measured
+
+            def advanced(n: int) -> None:
+                nonlocal n_done
+                n_done += n
+                if run_id is not None:
+                    plugins.run_progress(RunProgress(run_id, SOURCE, description, "advanced",
+                                                     n_done, n_items))
+
+            profile = plan.profile
+            in_flight = batches_in_flight(
+                plan.n_jobs, plan.chunksize * profile.per_item_seconds,
+                plan.cluster.round_trip_seconds if plan.cluster else 0.0)
+            run = BatchRun(cluster_client, func, in_flight=in_flight,
+                           retries=retries, timeout=timeout, arg_bytes=profile.arg_bytes,
+                           func_bytes=profile.func_bytes, on_batch=advanced)
+            batches = numbered_batches(itertools.chain(head, items),
+                                       itertools.chain(sizes, itertools.repeat(plan.chunksize)),
+                                       start=len(measured))
+            with contextlib.closing(run.results(batches, ordered)) as completed:
+                for _, results in completed:
+                    yield from results
+            finished = True
+            if plan.cluster is not None:
+                learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
+                               run.compute_seconds, run.n_batches)
+            report = _as_report(plan, run)
+            # amorsize's optimizer folds it into what the next call on the cluster starts from
+            plugins.run_finished(plan, report)
+            log.finished(plan, description, report, n_done)
+    finally:
+        if run_id is not None:
+            plugins.run_progress(RunProgress(run_id, SOURCE, description,
+                                             "finished" if finished else "cancelled", n_done,
+                                             n_done if finished else n_items))
+
+
+def _plan(client: Any, func: Callable, items: Iterator, n_items: int | None,
+          batch: int | None, retries: int | None) -> tuple[Plan, list[int], list, list]:
+    """The plan for this call, its batch sizes (for an input of known length; the plan's
+    ``chunksize`` follows them), the results of the items measured for it (the first ones),
+    and the items read ahead but not yet run. A function run on the cluster before is planned
+    from what its runs there taught (``amorsize_recall``), not measured again."""
+    facts = cluster_facts(client)
+    key = (SOURCE, function_key(func))
+    learned = plugins.recall(key)
+    recalled = learned is not None
+    measured: list = []
+    head: list = []
+    if learned is None:
+        head = list(itertools.islice(items, SAMPLE_ITEMS))
+        sample = measure_on_worker(client, func, head, retries) if head else None
+        if sample is not None:
+            plugins.remember(key, sample.profile)
+            measured = [sample.results[i] for i in range(len(sample.results))]
+            head = head[len(measured):]
+            learned = plugins.recall(key)
+    if learned is None:  # nothing to measure: an empty input, or a plugin that keeps nothing
+        from amorsize.workload import Profile
+
+        profile, runs, correction = Profile(per_item_seconds=1e-3), 0, 1.0
+    else:
+        profile, runs = learned.profile, learned.runs
+        correction = learned.corrections.get("serial", 1.0)
+    workload = Workload(n_items=n_items, source=SOURCE, executors=("serial",), key=key,
+                        already_done=len(measured), recalled=recalled,
+                        previous_runs=runs, chunksize=batch)
+    todo = None if n_items is None else n_items - len(measured)
+    sizes = None if todo is None or batch is not None else batch_sizes(
+        todo, profile.per_item_seconds, facts.n_threads, facts.task_seconds, profile.arg_bytes)
+    plan = cluster_plan(profile, workload, facts, sizes, forced=batch, correction=correction,
+                        runs=runs, burst_seconds=burst_seconds(client))
+    return plan, sizes or [], measured, head
+
+
+def _as_report(plan: Plan, run: BatchRun) -> RunReport:
+    """What the run took, its batches' times summed as measured on the workers."""
+    predicted = plan.predicted_seconds
+    return RunReport(source=SOURCE, executor_type="serial", n_jobs=plan.n_jobs,
+                     chunksize=plan.chunksize, n_items=run.n_items, n_chunks=run.n_batches,
+                     wall_seconds=run.wall_seconds, compute_seconds=run.compute_seconds,
+                     predicted_seconds=predicted, predicted_speedup=plan.estimated_speedup)
+
+
+def batch_size(per_item_seconds: float, n_items: int, n_threads: int,
+               task_seconds: float) -> int:
+    """The largest batch a run of ``n_items`` sends (``cluster_plan.batch_sizes``); for an
+    input of unknown length (``n_items`` < 0 is not allowed) see ``streaming_batch``."""
+    return max(batch_sizes(n_items, per_item_seconds, n_threads, task_seconds), default=1)
 
 
 def bag(func: Callable, data: Iterable, client: Any = None) -> Any:
     """A ``dask.bag`` of ``func(x)`` over ``data``, partitioned so each partition is one
     well-sized task on ``client`` (a ``Client`` or a scheduler's address, connected only to
-    measure it), or without one on the default Client, else on this machine's CPUs.
+    measure it), or without one on the active Client, else on this machine's CPUs.
 
     Use it to go on with bag operations (``.filter``, ``.fold``, ...) under any scheduler.
     The few items measured to size the partitions are computed again inside the bag.
@@ -124,104 +229,17 @@ def bag(func: Callable, data: Iterable, client: Any = None) -> Any:
 
     check_client(client)
     items = list(data)
-    plan = amorsize.optimize(func, items, executor="serial")
     if client is None:
         client = current_client()
     if client is None:
-        workers, overhead = amorsize.system.usable_cpus(), plan.overheads.get(
-            "process_per_chunk", 1e-3)
+        plan = amorsize.optimize(func, items, executor="serial")
+        size = batch_size(plan.profile.per_item_seconds, len(items), amorsize.system.usable_cpus(),
+                          plan.overheads.get("process_per_chunk", 1e-3))
     else:
         with connected(client) as client:
-            workers, overhead = n_workers(client), task_overhead(client)
-    size = batch_size(plan.profile.per_item_seconds, len(items), workers, overhead)
-    return db.from_sequence(items, partition_size=size).map(func)
-
-
-_CLIENT_FORMS = ("a distributed.Client, its scheduler's address (such as "
-                 "'tcp://127.0.0.1:8786'), or None for the default Client")
-
-
-def check_client(client: object) -> None:
-    """Refuse what cannot name a cluster, before any work: the message names ``client`` and
-    what it may be."""
-    if client is None:
-        return
-    if isinstance(client, str):
-        if not client.strip():
-            raise InvalidArgumentError(f"client must be {_CLIENT_FORMS}, got an empty address")
-        return
-    wrong = InvalidArgumentTypeError(
-        f"client must be {_CLIENT_FORMS}, got {type(client).__name__} {client!r}")
-    try:
-        from distributed import Client
-    except ImportError:  # then nothing but an address can name a cluster
-        raise wrong from None
-    if not isinstance(client, Client):
-        raise wrong
-
-
-@contextlib.contextmanager
-def connected(client: Any) -> Iterator[Any]:
-    """The Client a call runs on: ``client`` itself; for an address, a Client connected to it
-    for the call and closed after it (not made the default, so it redirects no ``.compute()``
-    meanwhile); for None, ``default_client()``."""
-    if isinstance(client, str):
-        from distributed import Client
-
-        with Client(client, set_as_default=False) as own:
-            yield own
-    else:
-        yield default_client() if client is None else client
-
-
-def current_client() -> Any:
-    """The default ``dask.distributed`` Client if one is set, else None."""
-    try:
-        from distributed import default_client as _default
-    except ImportError:
-        return None
-    try:
-        return _default()
-    except ValueError:
-        return None
-
-
-def default_client() -> Any:
-    """The default Client, or one on a ``LocalCluster`` started once and kept until exit.
-
-    The local one is not made the default (``set_as_default=False``), so starting it does not
-    redirect the user's ``.compute()`` calls to it; its scheduler listens on 127.0.0.1 only and
-    it starts no dashboard.
-    """
-    client = current_client()
-    if client is not None:
-        return client
-    with _local_lock:
-        client = _local.get("client")
-        if client is None or client.status in ("closed", "closing"):
-            from distributed import Client, LocalCluster
-
-            # Loopback only and no dashboard: nothing reachable from other machines.
-            cluster = LocalCluster(host="127.0.0.1", dashboard_address=None)
-            client = Client(cluster, set_as_default=False)
-            _local.update(client=client, cluster=cluster)
-            atexit.register(close_local_cluster)
-        return client
-
-
-def close_local_cluster() -> None:
-    """Close the LocalCluster ``map`` started, if any."""
-    with _local_lock:
-        client, cluster = _local.pop("client", None), _local.pop("cluster", None)
-    if client is not None:
-        client.close()
-    if cluster is not None:
-        cluster.close()
-
-
-def _apply(func: Callable, items: list) -> list:
-    return [func(x) for x in items]
-
-
-def _noop(i: int) -> int:
-    return i
+            facts = cluster_facts(client)
+            sample = measure_on_worker(client, func, items, None)
+            plugins.remember((SOURCE, function_key(func)), sample.profile)
+            size = batch_size(sample.profile.per_item_seconds, len(items), facts.n_threads,
+                              facts.task_seconds)
+    return db.from_sequence(items, partition_size=max(1, size)).map(func)

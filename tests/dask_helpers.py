@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 
@@ -36,3 +37,44 @@ class CustomError(Exception):
 
 def raise_custom(x: int) -> int:
     raise CustomError(f"custom {x}")
+
+
+def where(_: object = None) -> str:
+    """The address of the cluster worker running the call."""
+    import distributed
+
+    return distributed.get_worker().address
+
+
+def nap(x: int, seconds: float = 0.002) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def fail_at(x: int, bad: int = 50, seconds: float = 0.0) -> int:
+    time.sleep(seconds)
+    if x == bad:
+        raise CustomError(f"custom {x}")
+    return x
+
+
+def size_of(data: bytes) -> int:
+    return len(data)
+
+
+def injected_cluster(client, task_seconds: float = 1e-4, round_trip_seconds: float = 1e-3):
+    """Have ``amorsize_dask`` plan for ``client`` from these made-up task costs, not measured
+    ones (which depend on the machine's load)."""
+    from amorsize.plan import Cluster
+    from amorsize_dask import cluster_measure
+
+    facts = Cluster(address=client.scheduler.address, threads=dict(client.nthreads()),
+                    task_seconds=task_seconds, round_trip_seconds=round_trip_seconds)
+    cluster_measure._known[client] = facts
+    cluster_measure._burst[client] = task_seconds
+    return facts
+
+
+GATE = threading.Event()
+GATE.set()
+"""What ``held_after`` waits on: the tests' cluster runs its workers in the test's process."""

@@ -198,7 +198,7 @@ class _FakeCluster:
 def fake_cluster(monkeypatch):
     import distributed
 
-    module = amorsize_dask.distributed
+    module = amorsize_dask.cluster_client
     _FakeClient.made, _FakeCluster.made = [], []
     monkeypatch.setattr(distributed, "LocalCluster", _FakeCluster)
     monkeypatch.setattr(distributed, "Client", _FakeClient)
@@ -219,8 +219,17 @@ def test_the_local_cluster_listens_on_loopback_and_starts_no_dashboard(fake_clus
     assert len(fake_cluster) == 1
 
 
-def test_map_without_a_client_starts_that_cluster(fake_cluster):
-    assert amorsize_dask.map(square, range(40)) == [x * x for x in range(40)]
+def test_map_without_a_client_starts_that_cluster(fake_cluster, monkeypatch):
+    class Planned(Exception):
+        """Raised where map plans for the client it got (the fake one cannot run batches)."""
+
+    def planning(client, *args):
+        raise Planned(client)
+
+    monkeypatch.setattr(amorsize_dask.distributed, "_plan", planning)
+    with pytest.raises(Planned) as planned:
+        amorsize_dask.map(square, range(40))
+    assert planned.value.args[0] is _FakeClient.made[0]
     assert len(fake_cluster) == 1
     assert fake_cluster[0].kwargs.get("host") == "127.0.0.1"
     assert fake_cluster[0].kwargs.get("dashboard_address", ":8787") is None

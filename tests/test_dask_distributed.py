@@ -1,26 +1,51 @@
-"""The scale-out path: amorsize sizes the batches, dask.distributed runs them."""
+"""The scale-out path: amorsize sizes the batches for the cluster, dask.distributed runs them.
+
+One in-process cluster of two single-thread workers serves every test here; decisions are
+checked from injected figures (``injected_cluster``, ``Measured``), never from timings.
+"""
 
 from __future__ import annotations
 
+import gc
+import itertools
+import time
+import warnings
+from collections import Counter
 from functools import partial
 
 import dask
 import dask.bag as db
 import pytest
+from control_helpers import ProgressRecorder
 from dask.base import get_scheduler
-from dask_helpers import CustomError, raise_custom, spin, square
+from dask_helpers import (
+    GATE,
+    CustomError,
+    fail_at,
+    injected_cluster,
+    nap,
+    raise_custom,
+    size_of,
+    spin,
+    square,
+    where,
+)
 from distributed import Client, LocalCluster
+from plugin_helpers import Measured, registered
 
+import amorsize
 import amorsize_dask
-from amorsize_dask import ClientBypassedWarning, batch_size
+from amorsize_dask import ClientBypassedWarning, cluster_plan, cluster_run
+from amorsize_dask.cluster_measure import SAMPLE_ITEMS
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=":0") as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster:
         yield cluster
 
 
@@ -30,17 +55,43 @@ def client(cluster):
         yield client
 
 
-def test_batch_of_tiny_items_amortises_the_task_overhead():
-    assert batch_size(1e-6, 100_000, n_workers=4, task_overhead=1e-3) == 20_000
+@pytest.fixture
+def busy_cluster(client):
+    """The cluster as planned from made-up task costs: 0.1 ms a task when busy, 1 ms alone."""
+    injected_cluster(client)
+    yield client
+    injected_cluster(client)  # other tests too plan from these, not from a burst on a busy machine
 
 
-def test_batch_of_slow_items_leaves_several_tasks_per_worker():
-    assert batch_size(0.1, 1_000, n_workers=4, task_overhead=1e-3) == 63
+@pytest.fixture
+def gate(client):
+    """``GATE`` closed for the test (functions wait on it on the in-process workers), opened
+    however the test ends, and the workers' threads free again before the next test (a
+    cancelled batch runs on to its end on its thread)."""
+    GATE.clear()
+    yield GATE
+    GATE.set()
+    deadline = time.monotonic() + 30
+    while any(client.run(lambda dask_worker: dask_worker.state.executing_count).values()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
-def test_batch_is_never_larger_than_the_data():
-    assert batch_size(1e-9, 10, n_workers=2, task_overhead=1.0) == 10
-    assert batch_size(1.0, 0, n_workers=2, task_overhead=1.0) == 1
+def costing(seconds: float, **more) -> Measured:
+    """Every function recalled as costing ``seconds`` per item."""
+    return Measured(amorsize.Profile(per_item_seconds=seconds, n_measured=8,
+                                     measured_by="a cluster worker", **more))
+
+
+class Finished:
+    """Records every ``amorsize_run_finished`` call."""
+
+    def __init__(self) -> None:
+        self.runs: list = []
+
+    @amorsize.hookimpl
+    def amorsize_run_finished(self, plan, report):
+        self.runs.append((plan, report))
 
 
 def test_map_on_a_cluster_returns_results_in_order(client):
@@ -53,17 +104,8 @@ def test_map_ships_lambdas_and_closures(client):
         x + 5 for x in range(50)]
 
 
-def test_map_sends_few_large_batches_of_tiny_items(client, monkeypatch):
-    sent = []
-    original = client.map
-
-    def counting_map(func, batches, **kwargs):
-        sent.extend(batches)
-        return original(func, batches, **kwargs)
-
-    monkeypatch.setattr(client, "map", counting_map)
-    assert amorsize_dask.map(square, range(20_000), client=client)[-1] == 19_999**2
-    assert 1 <= len(sent) <= 4 * amorsize_dask.distributed.n_workers(client)
+def test_map_of_an_empty_input_is_empty(client):
+    assert amorsize_dask.map(square, [], client=client) == []
 
 
 def test_map_errors_reach_the_caller_with_their_type(client):
@@ -71,22 +113,255 @@ def test_map_errors_reach_the_caller_with_their_type(client):
         amorsize_dask.map(raise_custom, range(10), client=client)
 
 
-def test_map_forced_batch_is_respected(client):
-    assert amorsize_dask.map(square, range(10), client=client, batch=3) == [
-        x * x for x in range(10)]
+def test_map_forced_batch_is_respected(busy_cluster, monkeypatch):
+    sent = record_batches(monkeypatch)
+    assert amorsize_dask.map(square, range(40), client=busy_cluster, batch=3) == [
+        x * x for x in range(40)]
+    assert set(sent[:-1]) == {3}
 
 
-def test_map_without_client_uses_the_default_client(cluster):
+# --- the plan -------------------------------------------------------------------------------
+
+def record_batches(monkeypatch) -> list[int]:
+    """The number of items of each batch sent, in order."""
+    sent: list[int] = []
+    submit = cluster_run.BatchRun._submit
+
+    def recording(self, items):
+        sent.append(len(items))
+        return submit(self, items)
+
+    monkeypatch.setattr(cluster_run.BatchRun, "_submit", recording)
+    return sent
+
+
+def test_thousands_of_tiny_items_still_use_every_thread(busy_cluster, monkeypatch):
+    sent = record_batches(monkeypatch)
+    with registered(costing(50e-6)):
+        amorsize_dask.map(square, range(20_000), client=busy_cluster)
+    assert len(sent) >= 2
+    assert max(sent) <= 10_000
+
+
+def test_the_plan_says_which_cluster_it_was_made_for(busy_cluster):
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=busy_cluster)
+    plan = amorsize.last_plan()
+    assert plan.cluster is not None and plan.n_jobs == 2
+    text = plan.explain()
+    assert "cluster: 2 workers × 1 thread" in text
+    assert "a task costs 100.0 µs when the cluster is busy" in text
+
+
+def test_batches_shrink_toward_the_end_of_the_run(busy_cluster, monkeypatch):
+    sent = record_batches(monkeypatch)
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=busy_cluster)
+    assert sent == sorted(sent, reverse=True)
+    assert sent[-1] < sent[0]
+
+
+def test_equal_workers_share_the_items_evenly(busy_cluster):
+    with registered(costing(2e-3)):
+        ran_on = amorsize_dask.map(partial(where_after, seconds=2e-3), range(200),
+                                   client=busy_cluster)
+    shares = Counter(ran_on)
+    assert len(shares) == 2
+    assert max(shares.values()) <= 0.6 * 200
+
+
+def where_after(_: int, seconds: float) -> str:
+    nap(0, seconds)
+    return where()
+
+
+def test_the_function_is_measured_on_a_worker_not_in_the_caller(client):
+    amorsize_dask.map(where, range(20), client=client)
+    assert amorsize.last_plan().profile.measured_by == "a cluster worker"
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+def test_imap_yields_in_input_order_from_a_generator(busy_cluster):
+    with registered(costing(1e-3)):
+        assert list(amorsize_dask.imap(nap, (x for x in range(100)), client=busy_cluster,
+                                       batch=7)) == list(range(100))
+
+
+def test_imap_unordered_yields_every_result_once(busy_cluster):
+    with registered(costing(1e-3)):
+        out = list(amorsize_dask.imap_unordered(nap, iter(range(100)), client=busy_cluster,
+                                                batch=7))
+    assert sorted(out) == list(range(100))
+
+
+def test_an_endless_input_is_read_only_a_bounded_way_ahead(busy_cluster):
+    pulled = itertools.count()
+
+    def endless():
+        while True:
+            yield next(pulled)
+
+    bound = (cluster_plan.MAX_IN_FLIGHT_PER_THREAD * 2 + 1) * 5 + SAMPLE_ITEMS
+    results = amorsize_dask.imap(square, endless(), client=busy_cluster, batch=5)
+    for i, result in zip(range(200), results):
+        assert result == i * i
+    read = next(pulled)
+    results.close()
+    assert read <= 200 + bound
+
+
+def test_items_too_large_for_a_task_travel_as_their_own_data(busy_cluster, monkeypatch):
+    scattered = []
+    scatter = busy_cluster.scatter
+
+    def recording(data, *args, **kwargs):
+        scattered.append(data)
+        return scatter(data, *args, **kwargs)
+
+    monkeypatch.setattr(busy_cluster, "scatter", recording)
+    items = [bytes(cluster_plan.BATCH_BYTES + 1) for _ in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
+        assert amorsize_dask.map(size_of, items, client=busy_cluster) == [len(items[0])] * 3
+    assert scattered
+
+
+def test_large_items_go_in_batches_below_dasks_large_graph_warning(busy_cluster, monkeypatch):
+    sent = record_batches(monkeypatch)
+    items = [bytes(2**20) for _ in range(40)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert amorsize_dask.map(size_of, items, client=busy_cluster) == [2**20] * 40
+    assert max(sent) * 2**20 <= cluster_plan.BATCH_BYTES
+
+
+def test_progress_counts_items(busy_cluster):
+    with registered(ProgressRecorder()) as seen, registered(costing(1e-3)):
+        amorsize_dask.map(square, range(50), client=busy_cluster, batch=10, progress=True)
+    assert seen.states()[0] == "started" and seen.states()[-1] == "finished"
+    assert seen.last().n_done == seen.last().n_total == 50
+    assert "advanced" in seen.states()
+
+
+# --- failures and stopping ------------------------------------------------------------------
+
+def test_an_error_cancels_every_batch_still_queued_or_running(busy_cluster, monkeypatch, gate):
+    cancelled = []
+    cancel = busy_cluster.cancel
+
+    def recording(futures, *args, **kwargs):
+        cancelled.extend(futures)
+        return cancel(futures, *args, **kwargs)
+
+    monkeypatch.setattr(busy_cluster, "cancel", recording)
+    with registered(costing(5e-3)), pytest.raises(CustomError):
+        amorsize_dask.map(partial(held_after, first=4, bad=3), range(200), client=busy_cluster,
+                          batch=4)
+    assert len(cancelled) == 4  # the failed batch, and the three held on their workers
+
+
+def held_after(x: int, first: int, bad: int | None = None) -> int:
+    if x == bad:
+        raise CustomError(f"custom {x}")
+    if x >= first:
+        GATE.wait(30)
+    return x
+
+
+def test_an_error_leaves_nothing_on_stderr(busy_cluster, capfd):
+    with registered(costing(5e-3)), pytest.raises(CustomError):
+        amorsize_dask.map(partial(fail_at, bad=3, seconds=0.005), range(200),
+                          client=busy_cluster, batch=4)
+    gc.collect()
+    assert capfd.readouterr().err == ""
+
+
+def test_retries_are_passed_to_the_cluster(busy_cluster, monkeypatch):
+    asked = []
+    submit = busy_cluster.submit
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("retries"))
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(busy_cluster, "submit", recording)
+    with registered(costing(1e-3)):
+        amorsize_dask.map(square, range(20), client=busy_cluster, batch=5, retries=2)
+    assert asked and set(asked) == {2}
+
+
+def test_a_call_past_its_timeout_raises_and_cancels(busy_cluster, gate):
+    with registered(costing(1.0)), pytest.raises(amorsize.TimeoutError, match="timeout=0.3"):
+        amorsize_dask.map(partial(held_after, first=0), range(4), client=busy_cluster, batch=1,
+                          timeout=0.3)
+
+
+def test_stopping_early_cancels_the_batches_in_flight(busy_cluster, monkeypatch, gate):
+    cancelled = []
+    cancel = busy_cluster.cancel
+    monkeypatch.setattr(busy_cluster, "cancel",
+                        lambda futures, *a, **k: (cancelled.extend(futures), cancel(futures, *a,
+                                                                                       **k)))
+    with registered(costing(1e-3)):
+        results = amorsize_dask.imap(partial(held_after, first=10), range(1000),
+                                     client=busy_cluster, batch=10)
+        assert next(results) == 0
+        results.close()
+    assert len(cancelled) == 3  # the other batches in flight, held on their workers
+
+
+# --- learning -------------------------------------------------------------------------------
+
+def test_a_finished_run_reports_its_cluster_figures(busy_cluster):
+    with registered(Finished()) as finished:
+        amorsize_dask.map(square, range(300), client=busy_cluster)
+    ((plan, report),) = finished.runs
+    assert plan.cluster is not None
+    assert report.source == "dask.distributed"
+    assert report.n_items + plan.workload.already_done == 300
+    assert report.compute_seconds > 0
+
+
+def test_the_second_call_is_planned_from_the_first_calls_cluster_timings(busy_cluster):
+    func = partial(nap, seconds=1e-3)
+    amorsize_dask.map(func, range(100), client=busy_cluster)
+    first = amorsize.last_plan()
+    amorsize_dask.map(func, range(100), client=busy_cluster)
+    second = amorsize.last_plan()
+    assert first.profile.measured_by == "a cluster worker"
+    assert second.profile.measured_by == "runs"
+    assert "from the batch timings of 1 earlier run on the cluster" in second.explain()
+    assert second.workload.already_done == 0  # nothing measured again
+
+
+def test_cluster_runs_are_learned_apart_from_local_runs(busy_cluster):
+    amorsize.map(square, range(100))
+    amorsize_dask.map(square, range(100), client=busy_cluster)
+    assert amorsize.last_plan().profile.measured_by == "a cluster worker"
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+def test_map_without_client_uses_the_active_client(cluster):
     with Client(cluster) as default:
         assert amorsize_dask.distributed.default_client() is default
         assert amorsize_dask.map(square, range(20)) == [x * x for x in range(20)]
 
 
-def test_bag_partitions_are_sized_for_the_client(client):
-    b = amorsize_dask.bag(partial(spin, seconds=0.02), range(20), client=client)
+def test_an_address_with_no_scheduler_fails_naming_it(monkeypatch):
+    from amorsize_dask import cluster_client
+
+    monkeypatch.setattr(cluster_client, "CONNECT_SECONDS", 1.0)
+    with pytest.raises(amorsize.InvalidArgumentError, match="tcp://127.0.0.1:9"):
+        amorsize_dask.map(square, range(10), client="tcp://127.0.0.1:9")
+
+
+def test_bag_partitions_are_sized_for_the_client(busy_cluster):
+    b = amorsize_dask.bag(partial(spin, seconds=0.02), range(20), client=busy_cluster)
     assert isinstance(b, db.Bag)
     assert 1 < b.npartitions <= 20
-    assert b.compute(scheduler=client) == list(range(20))
+    assert b.compute(scheduler=busy_cluster) == list(range(20))
 
 
 def test_a_client_created_after_a_global_amorsize_setting_wins(cluster):
@@ -105,20 +380,22 @@ def test_amorsize_chosen_while_a_client_is_default_runs_locally_and_warns_once(c
             assert dask.delayed(square)(4).compute() == 16
 
 
-def test_map_without_any_client_starts_a_local_cluster_once():
-    try:
-        first = amorsize_dask.map(square, range(10))
-        client = amorsize_dask.distributed.default_client()
-        assert amorsize_dask.map(square, range(10)) == first == [x * x for x in range(10)]
-        assert amorsize_dask.distributed.default_client() is client
-    finally:
-        amorsize_dask.close_local_cluster()
-
-
 def test_map_on_a_cluster_starts_no_local_pool(client):
-    import amorsize
-
     manager = amorsize.get_global_pool_manager()
     before = manager.get_stats()["creations"]
     assert amorsize_dask.map(partial(spin, seconds=0.002), range(200), client=client)[:2] == [0, 1]
     assert manager.get_stats()["creations"] == before
+
+
+def test_what_a_task_cost_in_a_run_corrects_the_next_plans_figure(busy_cluster):
+    from amorsize_dask import cluster_measure
+
+    facts = cluster_measure.cluster_facts(busy_cluster)
+    cluster_measure.learn_from_run(busy_cluster, facts, wall_seconds=1.0 + facts.round_trip_seconds,
+                                   compute_seconds=1.0, n_batches=10)
+    # 0.5 s of the 1 s spent past the threads' work, over 10 batches: halfway to 50 ms a task
+    assert cluster_measure.cluster_facts(busy_cluster).task_seconds == pytest.approx(
+        facts.task_seconds + 0.5 * (0.05 - facts.task_seconds))
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=busy_cluster)
+    assert "in the runs so far on it" in amorsize.last_plan().explain()

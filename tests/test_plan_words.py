@@ -57,3 +57,16 @@ def test_the_figures_after_the_sentence_carry_their_units_and_names():
 def test_the_repr_is_one_short_line():
     plan = _plan("process", 2, 25, {"serial": 0.8, "process": 0.42})
     assert repr(plan) == "Plan(process, n_jobs=2, chunksize=25, speedup 1.90x, 400 items)"
+
+
+def test_a_cluster_plan_says_the_cluster_runs_the_batches():
+    from amorsize.plan import Cluster
+
+    plan = _plan("serial", 2, 125, {"serial": 0.5}, n=1000)
+    plan.cluster = Cluster("tcp://127.0.0.1:8786", {"a": 1, "b": 1}, 1e-3, 2e-3)
+    plan.estimated_speedup = 4.0
+    assert plan.summary() == (
+        "Each item takes about 2.00 ms of computing; the cluster's 2 workers × 1 thread should "
+        "finish the 1,000 items (batches of up to 125) in about 500.00 ms instead of 2.00 s one "
+        "after another (4.00x as fast).")
+    assert "  plan: dask.distributed, 2 threads, batches of up to 125" in plan.explain()

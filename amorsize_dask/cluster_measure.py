@@ -1,0 +1,99 @@
+"""Measuring on the cluster itself: what a task costs it, and what the function costs on a
+worker (whose hardware, and whose reach to the data, may differ from the caller's)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from amorsize.optimizer.probe import Probe, Sample
+from amorsize.plan import Cluster
+from amorsize_dask.cluster_plan import SCATTER_BYTES
+from amorsize_dask.cluster_worker import nothing, timed_calls
+
+BURST_PER_THREAD = 8
+BURST_MIN, BURST_MAX = 16, 128
+SAMPLE_ITEMS = 8
+SAMPLE_BUDGET_SECONDS = 0.1
+MEASURED_BY = "a cluster worker"
+
+_known: weakref.WeakKeyDictionary[Any, Cluster] = weakref.WeakKeyDictionary()
+_burst: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def cluster_facts(client: Any) -> Cluster:
+    """The cluster's workers and threads, and what a task costs it, measured once per Client
+    and again whenever its workers or their threads change; corrected by every run in between
+    (``learn_from_run``)."""
+    threads = dict(client.nthreads())
+    known = _known.get(client)
+    if known is not None and known.threads == threads:
+        return known
+    round_trip, task = task_costs(client, max(1, sum(threads.values())))
+    _burst[client] = task
+    facts = _known[client] = Cluster(address=str(client.scheduler.address), threads=threads,
+                                     task_seconds=task, round_trip_seconds=round_trip)
+    return facts
+
+
+def learn_from_run(client: Any, facts: Cluster, wall_seconds: float, compute_seconds: float,
+                   n_batches: int) -> None:
+    """Fold what a task cost in a finished run into what the next plan uses: the run's wall
+    time past a round trip and its threads' share of the work, per batch (workers computing
+    answer the scheduler more slowly than idle ones in the burst), halfway from the figure
+    before, and never below half the burst's. Runs of fewer batches than threads say little."""
+    if n_batches < facts.n_threads or _known.get(client) is not facts:
+        return
+    spent = wall_seconds - facts.round_trip_seconds - compute_seconds / facts.n_threads
+    observed = max(spent, 0.0) / n_batches
+    burst = _burst.get(client, facts.task_seconds)
+    task = max(0.5 * burst, facts.task_seconds + 0.5 * (observed - facts.task_seconds))
+    _known[client] = dataclasses.replace(facts, task_seconds=task)
+
+
+def burst_seconds(client: Any) -> float | None:
+    """What a task cost in the burst of empty tasks, before any run corrected it."""
+    return _burst.get(client)
+
+
+def task_costs(client: Any, threads: int) -> tuple[float, float]:
+    """(one task alone, one more task in a burst): an empty task submitted and waited for, the
+    best of two; then a burst of empty tasks at once, the time past one round trip shared
+    among them -- what a task costs when the cluster is busy, which is what a run pays."""
+    round_trip = min(_timed_round_trip(client) for _ in range(2))
+    n = min(BURST_MAX, max(BURST_MIN, BURST_PER_THREAD * threads))
+    start = time.perf_counter()
+    client.gather(client.map(nothing, range(n), pure=False))
+    elapsed = time.perf_counter() - start
+    return round_trip, max((elapsed - round_trip) / n, elapsed / n / 10)
+
+
+def _timed_round_trip(client: Any) -> float:
+    start = time.perf_counter()
+    client.submit(nothing, 0, pure=False).result()
+    return time.perf_counter() - start
+
+
+def measure_on_worker(client: Any, func: Callable, items: Sequence, retries: int | None) -> Sample:
+    """Run the first of ``items`` on one worker, timed there (wall and the thread's CPU time),
+    until ``SAMPLE_BUDGET_SECONDS`` are spent; the profile comes from the one probe, with the
+    pickled sizes measured here. ``Sample.results`` maps each measured item's index to its
+    result, which is never computed again."""
+    first = len(cloudpickle.dumps(items[0])) if len(items) else 0
+    sample = list(items[:max(1, min(SAMPLE_ITEMS, SCATTER_BYTES // max(1, first)))])
+    # large items travel as data of their own, never inside the task
+    payload = client.scatter([sample], hash=False)[0] if first * len(sample) > SCATTER_BYTES / 2 \
+        else sample
+    calls = client.submit(timed_calls, func, payload, SAMPLE_BUDGET_SECONDS,
+                          pure=False, retries=retries).result()
+    probe = Probe(MEASURED_BY)
+    for wall, cpu, _ in calls:
+        probe.observe(wall, cpu)
+    probe.observe_shipping(func, [(items[i], result) for i, (_, _, result) in enumerate(calls)])
+    return Sample(probe.profile(), {i: result for i, (_, _, result) in enumerate(calls)},
+                  {i: wall for i, (wall, _, _) in enumerate(calls)})

@@ -1,0 +1,137 @@
+"""Running batches on a cluster: the input read lazily, a bounded number of batches in flight,
+results as batches complete (``distributed.as_completed``), every batch timed on its worker,
+and everything still queued or running cancelled when the caller stops, fails or runs out of
+time.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any
+
+from amorsize.errors import TimeoutError
+from amorsize_dask.cluster_plan import SCATTER_BYTES
+from amorsize_dask.cluster_worker import run_batch
+
+
+class BatchRun:
+    """One call's batches on ``client``: ``results()`` yields ``(first_index, results)`` per
+    batch; the figures of the batches that completed are kept for the report
+    (``n_items``, ``n_batches``, ``compute_seconds`` summed over workers, ``wall_seconds``).
+
+    At most ``in_flight`` batches are sent and not yet handed out, so an input of any length
+    runs in bounded memory. A batch whose items pickle to more than ``SCATTER_BYTES`` goes to
+    the cluster as data of its own (``client.scatter``), as does a large function, once per
+    call: no task carries them inside the graph.
+    """
+
+    def __init__(self, client: Any, func: Callable, *, in_flight: int, retries: int | None,
+                 timeout: float | None, arg_bytes: float, func_bytes: float,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.client = client
+        self.func = func
+        self.in_flight = max(1, in_flight)
+        self.retries = retries
+        self.timeout = timeout
+        self.arg_bytes = arg_bytes
+        self.func_bytes = func_bytes
+        self.on_batch = on_batch
+        self.n_items = 0
+        self.n_batches = 0
+        self.compute_seconds = 0.0
+        self.batch_seconds: list[tuple[int, float]] = []
+        self.started = time.perf_counter()
+        self.finished: float | None = None
+        self._shipped_func: Any = None
+
+    @property
+    def wall_seconds(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    def results(self, batches: Iterable[tuple[int, list]], ordered: bool
+                ) -> Generator[tuple[int, list], None, None]:
+        """Send ``batches`` (each ``(first_index, items)``) and yield their results, in input
+        order when ``ordered``, else as they complete. Leaving early -- the caller stops
+        reading, a batch fails, the time limit passes, Ctrl-C -- cancels every batch sent and
+        not yet handed out, queued or running."""
+        from distributed import as_completed
+
+        source = iter(batches)
+        sent: dict[Any, tuple[int, int]] = {}  # future -> (its position among batches, first index)
+        early: dict[int, tuple[int, list]] = {}  # completed out of order, by position
+        positions = itertools.count()
+        next_out = 0
+        exhausted = False
+        # results fetched by the event loop: waiting for one is then no ``sync()`` call, which
+        # Ctrl-C at the wrong moment turns into a NameError logged by tornado (distributed 2026.8)
+        completed = as_completed(loop=self.client.loop, timeout=self.timeout, with_results=True)
+        try:
+            while True:
+                while not exhausted and len(sent) + len(early) < self.in_flight:
+                    batch = next(source, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    future = self._submit(batch[1])
+                    sent[future] = (next(positions), batch[0])
+                    completed.add(future)
+                if ordered and next_out in early:
+                    yield early.pop(next_out)
+                    next_out += 1
+                    continue
+                if not sent:
+                    break
+                try:
+                    future, (items, seconds) = next(completed)
+                except StopIteration:
+                    break
+                except builtins.TimeoutError as exc:
+                    raise TimeoutError(
+                        f"the call ran past its timeout={self.timeout} s; its batches were "
+                        "cancelled") from exc
+                position, first = sent.pop(future)
+                self._note(len(items), seconds)
+                if ordered:
+                    early[position] = (first, items)
+                else:
+                    yield first, items
+            self.finished = time.perf_counter()
+        finally:
+            if sent:
+                self.client.cancel(list(sent), force=True)
+            completed.clear()
+
+    def _submit(self, items: list) -> Any:
+        client = self.client
+        func = self.func
+        if self.func_bytes > SCATTER_BYTES:
+            if self._shipped_func is None:
+                self._shipped_func = client.scatter(func, hash=False)
+            func = self._shipped_func
+        data: Any = items
+        if self.arg_bytes * len(items) > SCATTER_BYTES:
+            data = client.scatter([items], hash=False)[0]
+        return client.submit(run_batch, func, data, pure=False, retries=self.retries)
+
+    def _note(self, n_items: int, seconds: float) -> None:
+        self.n_items += n_items
+        self.n_batches += 1
+        self.compute_seconds += seconds
+        self.batch_seconds.append((n_items, seconds))
+        if self.on_batch is not None:
+            self.on_batch(n_items)
+
+
+def numbered_batches(items: Iterator, sizes: Iterator[int], start: int = 0
+                     ) -> Iterator[tuple[int, list]]:
+    """``(first_index, items)`` batches of ``items``, of the ``sizes`` in turn, read lazily."""
+    index = start
+    for size in sizes:
+        batch = list(itertools.islice(items, size))
+        if not batch:
+            return
+        yield index, batch
+        index += len(batch)

@@ -1,0 +1,85 @@
+"""The sizing rules of the cluster path, checked with made-up figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from amorsize_dask.cluster_plan import (
+    BATCH_BYTES,
+    OVERHEAD_SHARE,
+    WAVES,
+    batch_count,
+    batch_sizes,
+    batches_in_flight,
+    predicted_seconds,
+    streaming_batch,
+)
+
+CASES = [  # (items, per item, threads, task cost)
+    (20_000, 50e-6, 2, 1e-3),
+    (400, 2e-3, 2, 1e-3),
+    (100, 50e-3, 2, 1e-3),
+    (100_000, 1e-6, 8, 2e-4),
+    (1_000, 0.1, 64, 5e-3),
+    (10, 1.0, 4, 1e-3),
+]
+
+
+@pytest.mark.parametrize(("n", "per_item", "threads", "task"), CASES)
+def test_batches_cover_every_item_once(n, per_item, threads, task):
+    assert sum(batch_sizes(n, per_item, threads, task)) == n
+
+
+@pytest.mark.parametrize(("n", "per_item", "threads", "task"), CASES)
+def test_batches_never_grow_along_the_run(n, per_item, threads, task):
+    sizes = batch_sizes(n, per_item, threads, task)
+    assert sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize(("n", "per_item", "threads", "task"), CASES)
+def test_the_tasks_cost_at_most_the_overhead_share_of_the_work_once_every_thread_has_one(
+        n, per_item, threads, task):
+    sizes = batch_sizes(n, per_item, threads, task)
+    if len(sizes) > threads:
+        assert len(sizes) * task <= OVERHEAD_SHARE * n * per_item + 1e-12
+
+
+def test_the_thread_count_changes_the_batches():
+    assert len(batch_sizes(20_000, 50e-6, 8, 1e-4)) > len(batch_sizes(20_000, 50e-6, 2, 1e-4))
+
+
+def test_tiny_items_on_two_threads_still_go_in_at_least_two_batches():
+    assert len(batch_sizes(20_000, 50e-6, 2, 1e-3)) >= 2
+
+
+def test_work_with_room_gets_several_waves_and_a_halved_last_wave():
+    sizes = batch_sizes(400, 2e-3, 2, 1e-4)
+    assert len(sizes) == (WAVES - 1) * 2 + 2 * 2
+    assert sizes[-1] * 2 == pytest.approx(sizes[0], abs=1)
+
+
+def test_work_too_small_for_every_thread_goes_in_fewer_batches():
+    assert batch_count(100, 1e-6, 8, 1e-3) == 1
+
+
+def test_no_batch_carries_more_than_its_byte_limit():
+    sizes = batch_sizes(100, 1e-6, 2, 1e-3, arg_bytes=2**20)
+    assert max(sizes) * 2**20 <= BATCH_BYTES
+
+
+def test_an_input_of_unknown_length_goes_in_batches_that_pay_for_their_task():
+    size = streaming_batch(50e-6, 2, 1e-3)
+    assert 2 * 1e-3 <= OVERHEAD_SHARE * size * 50e-6 * 1.01
+
+
+def test_the_prediction_counts_the_slowest_thread_and_every_task():
+    assert predicted_seconds(4, 1.0, 2, 0.1, 0.5, [2, 1, 1]) == pytest.approx(0.5 + 2.0 + 0.3)
+
+
+def test_batches_queue_behind_each_thread_to_cover_a_round_trip():
+    assert batches_in_flight(2, batch_seconds=0.1, round_trip_seconds=0.001) == 2 * 2
+    assert batches_in_flight(2, batch_seconds=0.01, round_trip_seconds=0.03) == 2 * 4
+
+
+def test_the_input_is_read_a_bounded_way_ahead_however_short_the_batches():
+    assert batches_in_flight(2, batch_seconds=1e-6, round_trip_seconds=1.0) == 2 * 8
