@@ -1,31 +1,28 @@
-"""Run the ```python examples of the Markdown docs (used by tests/test_docs_examples.py).
+"""Run the ```python examples of the Markdown docs as a reader would: each block copied
+verbatim into a file of its own and run with ``python`` (used by tests/test_docs_examples.py).
 
 ``python_blocks(path)`` extracts the fenced ``python`` blocks of one Markdown file. A block whose
-fence is preceded (blank lines aside) by ``<!-- not run: <reason> -->`` is kept but marked to be
-skipped: API listings and output samples are Python-looking text, not programs.
+fence is preceded (blank lines aside) by ``<!-- not run: <reason> -->`` is a fragment: kept but
+marked to be skipped (API listings, output samples, a piece of a larger program). Every other
+block must run alone, exactly as printed: nothing is filled in and no earlier block ran first.
 
-Run as a script, ``python tests/docs_helpers.py DOC RESULTS``, it executes the runnable blocks of
-``DOC`` in order, in one namespace (later blocks of a page may use what earlier ones defined), as
-the interactive interpreter would run them one after the other (a ``from __future__`` import
-holds for the blocks after it). The namespace starts with concrete stand-ins for the placeholders
-the docs use (``func``, ``items``, ``urls``, ...), only those a block of that page mentions. It
-appends one JSON line per block to ``RESULTS`` (a "start" record before running it, then "ok"
-or "error" with the traceback), and stops at the first error.
+Run as a script, ``python tests/docs_helpers.py [FOLDER]``, it writes each runnable block of
+README.md and docs/*.md into FOLDER (a temporary one by default), runs them, and prints one line
+per block; it exits 1 if any failed.
 """
 
 from __future__ import annotations
 
-import codeop
-import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import tempfile
 import textwrap
-import time
-import traceback
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_RUN = re.compile(r"^<!--\s*not run:\s*(?P<reason>.*?)\s*-->$")
@@ -82,72 +79,60 @@ def _not_run_reason(lines: list[str], fence_index: int) -> str | None:
     return m["reason"] if m else None
 
 
-# --- stand-ins for the placeholders of the docs ---------------------------------------------------
-
-def fetch(url: str) -> int:
-    """Stands in for a network call: waits 2 ms, returns the "page size"."""
-    time.sleep(0.002)
-    return len(url)
+def documents() -> list[Path]:
+    """README.md and every page of docs/, the pages whose examples must run."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def solve(puzzle: float) -> float:
-    """A puzzle is the seconds it takes to solve."""
-    time.sleep(puzzle)
-    return puzzle
+def write_block(block: Block, folder: Path) -> Path:
+    """The block's code, verbatim, in a file of its own in ``folder``."""
+    name = block.doc.replace("/", "_").replace(".md", "") + f"_block{block.number}.py"
+    path = folder / name
+    path.write_text(block.code, encoding="utf-8")
+    return path
 
 
-def _total() -> Any:
-    import dask.bag
-
-    return dask.bag.from_sequence(range(1000), npartitions=4).map(abs).sum()
-
-
-PLACEHOLDERS: dict[str, Callable[[], Any]] = {
-    "func": lambda: abs,
-    "f": lambda: abs,
-    "items": lambda: range(-50, 50),
-    "data": lambda: range(-50, 50),
-    "huge_generator": lambda: (i for i in range(-5000, 5000)),
-    "datasets": lambda: [range(start, start + 50) for start in (0, 50, 100)],
-    "urls": lambda: [f"https://example.com/page/{i}" for i in range(40)],
-    "fetch": lambda: fetch,
-    # Every puzzle takes 10 ms but the last, which runs past the documented ``timeout=1``.
-    "puzzles": lambda: [0.01] * 20 + [4.0],
-    "solve": lambda: solve,
-    "total": _total,   # a small Dask collection
-}
+def run_file(path: Path, timeout: float) -> tuple[int | None, str]:
+    """``python path`` from the repository's root: its exit code (None if it ran past
+    ``timeout`` seconds) and its output, stdout then stderr. In its own session, so that on a
+    timeout the whole process group goes (pools and clusters it started included)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    with subprocess.Popen([sys.executable, str(path)], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            return proc.returncode, stdout + stderr
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            return None, stdout + stderr
 
 
-def placeholders_for(blocks: list[Block]) -> dict[str, Any]:
-    """Stand-ins for the placeholder names that the given blocks mention."""
-    text = "\n".join(block.code for block in blocks)
-    return {name: make() for name, make in PLACEHOLDERS.items() if re.search(rf"\b{name}\b", text)}
+def run_blocks(blocks: list[Block], folder: Path, timeout: float,
+               at_once: int = 2) -> dict[str, tuple[int | None, str]]:
+    """Each block written to ``folder`` and run alone, ``at_once`` at a time: by block id, its
+    exit code (None: timed out) and output."""
+    def run(block: Block) -> tuple[str, tuple[int | None, str]]:
+        return block.id, run_file(write_block(block, folder), timeout)
+
+    with ThreadPoolExecutor(at_once) as threads:
+        return dict(threads.map(run, blocks))
 
 
-def run_doc(doc: Path, results: Path) -> int:
-    blocks = [block for block in python_blocks(doc) if block.not_run is None]
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-    namespace.update(placeholders_for(blocks))
-    compile_like_the_repl = codeop.Compile()
-    with results.open("a", encoding="utf-8") as out:
-        def record(**fields: Any) -> None:
-            out.write(json.dumps(fields) + "\n")
-            out.flush()
-
-        for block in blocks:
-            record(block=block.number, state="start")
-            start = time.perf_counter()
-            try:
-                code = compile_like_the_repl(block.code, f"{block.doc} (block {block.number}, "
-                                                         f"line {block.line})", "exec")
-                exec(code, namespace)
-            except BaseException:  # noqa: BLE001 - report whatever the block raised
-                record(block=block.number, state="error", seconds=time.perf_counter() - start,
-                       traceback=traceback.format_exc())
-                return 1
-            record(block=block.number, state="ok", seconds=time.perf_counter() - start)
-    return 0
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0]) if argv else Path(tempfile.mkdtemp(prefix="amorsize-docs-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks = [b for doc in documents() for b in python_blocks(doc) if b.not_run is None]
+    failed = 0
+    for block_id, (code, output) in run_blocks(blocks, folder, timeout=120).items():
+        ok = code == 0
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {block_id}" + ("" if ok else f"\n{output[-3000:]}"))
+    print(f"{len(blocks) - failed} of {len(blocks)} blocks ran as printed (files in {folder})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_doc(Path(sys.argv[1]), Path(sys.argv[2])))
+    sys.exit(main(sys.argv[1:]))
