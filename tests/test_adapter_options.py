@@ -36,8 +36,9 @@ N = 40
 def cluster():
     """A real scheduler and worker in this process, reachable at a tcp:// address."""
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  protocol="tcp://", host="127.0.0.1",
-                                  dashboard_address=None) as cluster:
+                                  protocol="tcp://", host="127.0.0.1", dashboard_address=None,
+                                  scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}
+                                  ) as cluster:
         yield cluster
 
 
