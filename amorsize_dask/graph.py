@@ -14,8 +14,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dask._task_spec import convert_legacy_graph  # no public name for it (dask 2026.8)
-from dask.core import flatten
+from dask.core import convert_legacy_graph, flatten  # dask.core re-exports it (dask 2026.8)
 from dask.task_spec import Alias, DataNode, GraphNode, Task
 from dask.utils import key_split
 

@@ -265,23 +265,36 @@ def test_the_overlap_test_runs_only_where_threads_can_be_chosen(monkeypatch, exe
     assert (("thread", 2) in leases) is tested
 
 
+def _waits(x):
+    import time
+
+    time.sleep(0.005)
+    return x
+
+
 class _DaskPlans:
+    """The executor of each Dask compute made on one of amorsize's worker threads (those made
+    in the caller, while the outer map measures its first items, plan as usual)."""
+
     def __init__(self) -> None:
         self.executors: list[str] = []
 
     @amorsize.hookimpl
     def amorsize_run_finished(self, plan, report):
-        if plan.workload.source == "dask":
+        from amorsize.pools.worker import inside_worker
+
+        if plan.workload.source == "dask" and inside_worker():
             self.executors.append(plan.executor_type)
 
 
 def test_a_compute_inside_an_amorsize_worker_runs_as_a_plain_loop():
     """The pool that would run it may be the one whose thread waits for it (as for map and
     the joblib backend there)."""
-    def nested(i):
-        total = dask.delayed(sum)([dask.delayed(square)(x) for x in range(20)])
+    def nested(i):  # calls that wait: on their own, they would run on threads
+        total = dask.delayed(sum)([dask.delayed(_waits)(x) for x in range(20)])
         return total.compute(scheduler="amorsize")
 
     with registered(_DaskPlans()) as seen:
-        assert amorsize.map(nested, range(4), executor="thread", n_jobs=2) == [2470] * 4
+        assert amorsize.map(nested, range(12), executor="thread", n_jobs=2,
+                            sample_size=2) == [190] * 12
     assert seen.executors and set(seen.executors) == {"serial"}

@@ -16,7 +16,7 @@ BEHIND_THE_RELAY = ("amorsize.optimizer.decision", "amorsize.pools.manager", "am
                     "amorsize.plugins.default_optimizer", "amorsize.plugins.default_pools",
                     "amorsize.plugins.progress_bar")
 # private modules of the frameworks with no public name for what is used from them
-PRIVATE_ALLOWED = {("dask._task_spec", "convert_legacy_graph")}
+PRIVATE_ALLOWED: set[tuple[str, str | None]] = set()
 # libraries whose private parts only amorsize/pools/compat.py may touch
 LIBRARIES = ("concurrent", "multiprocessing", "joblib", "dask", "distributed")
 COMPAT = "amorsize.pools.compat"
