@@ -118,8 +118,8 @@ def process_seconds(
 def tail_seconds(profile: Profile, chunksize: int) -> float:
     """How much longer than the others the last chunk may run, at most the chunk's own time.
     Costs independent of each other average out over a chunk (the spread of c items' sum is
-    sqrt(c) times one item's): taken c times, chunks of 100 numpy sums (spread 47%) looked 2 ms
-    slower than chunks of 5, which ran 30% slower. Costs rising along the input do not: the
+    sqrt(c) times one item's): taken c times, big chunks of varying items look much slower than
+    they run, and small ones are chosen that run slower. Costs rising along the input do not: the
     last chunks are the dearest (as far as the sample's rank correlation with position is
     clearer than chance). Falling costs put the dearest chunks first, where the other workers'
     later chunks absorb them."""

@@ -11,8 +11,8 @@ A finished run's figures are written into its entry's array of numbers and folde
 entry is next read (the next call's planning, before its items run). Folding makes new Python
 objects (a profile, floats); made right after a run, they would land in the memory arenas of
 the results the caller is about to receive, and keep an arena mapped after those results are
-freed while the one they kept before is unmapped: 100,000 trivial calls in a row then each
-paid for a fresh megabyte of page faults (0.6 ms of a 4 ms call).
+freed while the one they kept before is unmapped: trivial calls in a row then each paid for
+fresh page faults (docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def measure_threads(pool: Any, start_method: str) -> Overheads:
 
 
 def measure_processes(pool: Any, start_method: str) -> Overheads:
-    """Round-trip latency, per-chunk costs and per-byte cost on a warm process pool (~50 ms)."""
+    """Round-trip latency, per-chunk costs and per-byte cost on a warm process pool (a few dozen
+    round trips: done once per process)."""
     return _measure_once(start_method, "process", lambda: _process_figures(pool))
 
 
