@@ -113,14 +113,9 @@ class Plan:
         mine = self.predicted_seconds
         if self.cluster is not None:  # batches on a cluster's threads; predicted as "serial"
             where = f"the cluster's {self.cluster.describe()}"
-            batches = f" (batches of up to {self.chunksize})" if self.chunksize > 1 else ""
-            if mine is None or left is None:
-                return f"{what}; {where} run {items}{batches}."
-            return (f"{what}; {where} should finish {items}{batches} in about "
-                    f"{format_seconds(mine)} instead of "
-                    f"{format_seconds(left * p.per_item_seconds)} one after another "
-                    f"({self.estimated_speedup:.2f}x as fast).")
-        if self.executor_type == "serial":
+            batch = f" (batches of up to {self.chunksize})" if self.chunksize > 1 else ""
+            loop = None if left is None else left * p.per_item_seconds
+        elif self.executor_type == "serial":
             others = {k: v for k, v in self.predictions.items() if k != "serial"}
             if serial is None or not others:
                 return f"{what}; {items} run here, one after another."
@@ -128,12 +123,14 @@ class Plan:
             return (f"{what}; {items} run here, one after another, in about "
                     f"{format_seconds(serial)}: handing them to {kind} workers would take "
                     f"{format_seconds(best)}.")
-        workers = f"{self.n_jobs} {'processes' if self.executor_type == 'process' else 'threads'}"
-        batch = f" ({self.chunksize} items at a time)" if self.chunksize > 1 else ""
-        if mine is None or serial is None:
-            return f"{what}; {workers} run {items}{batch}."
-        return (f"{what}; {workers} should finish {items}{batch} in about {format_seconds(mine)} "
-                f"instead of {format_seconds(serial)} one after another "
+        else:
+            where = f"{self.n_jobs} {_WORKERS.get(self.executor_type, self.executor_type)}"
+            batch = f" ({self.chunksize} items at a time)" if self.chunksize > 1 else ""
+            loop = serial
+        if mine is None or loop is None:
+            return f"{what}; {where} run {items}{batch}."
+        return (f"{what}; {where} should finish {items}{batch} in about {format_seconds(mine)} "
+                f"instead of {format_seconds(loop)} one after another "
                 f"({self.estimated_speedup:.2f}x as fast).")
 
     def explain(self) -> str:
@@ -184,6 +181,7 @@ class Plan:
         return "\n".join(lines)
 
 
+_WORKERS = {"process": "processes", "thread": "threads", "interpreter": "interpreters"}
 _OVERHEAD_NAMES = {
     "process_start": "process pool start",
     "process_latency": "process round trip",
