@@ -78,6 +78,7 @@ class BatchRun:
                     future = self._submit(batch[1])
                     sent[future] = (next(positions), batch[0])
                     completed.add(future)
+                    del future  # held by ``sent`` alone (see below)
                 if ordered and next_out in early:
                     yield early.pop(next_out)
                     next_out += 1
@@ -93,6 +94,10 @@ class BatchRun:
                         f"the call ran past its timeout={self.timeout} s; its batches were "
                         "cancelled") from exc
                 position, first = sent.pop(future)
+                # no reference left in this frame: a frame kept alive by an exception's
+                # traceback (collected only when the cyclic GC runs) would keep the batch's
+                # result on the cluster
+                del future
                 self._note(len(items), seconds)
                 if ordered:
                     early[position] = (first, items)
@@ -102,6 +107,7 @@ class BatchRun:
         finally:
             if sent:
                 self.client.cancel(list(sent), force=True)
+                sent.clear()
             completed.clear()
 
     def _submit(self, items: list) -> Any:
