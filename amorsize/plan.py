@@ -87,7 +87,7 @@ class Plan:
             return (f"{what}; {items} run here, one after another, in about "
                     f"{format_seconds(serial)}: handing them to {kind} workers would take "
                     f"{format_seconds(best)}.")
-        workers = f"{self.n_jobs} {'processes' if self.executor_type == 'process' else 'threads'}"
+        workers = f"{self.n_jobs} {_WORKERS[self.executor_type]}"
         batch = f" ({self.chunksize} items at a time)" if self.chunksize > 1 else ""
         if mine is None or serial is None:
             return f"{what}; {workers} run {items}{batch}."
@@ -143,6 +143,11 @@ _OVERHEAD_NAMES = {
     "process_per_byte": "process per byte sent",
     "thread_start": "thread pool start",
     "thread_per_chunk": "thread per chunk",
+    "interpreter_start": "interpreter pool start",
+    "interpreter_latency": "interpreter round trip",
+    "interpreter_per_chunk": "interpreter per chunk",
+    "interpreter_busy_per_chunk": "interpreter per chunk while every core computes",
+    "interpreter_per_byte": "interpreter per byte sent",
 }
 
 
@@ -198,3 +203,6 @@ def _format_overhead(key: str, v: float) -> str:
     if key.endswith("per_byte"):
         return f"{v * 1e9:.2f} ns/B"
     return format_seconds(v)
+
+
+_WORKERS = {"thread": "threads", "process": "processes", "interpreter": "interpreters"}

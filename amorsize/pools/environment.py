@@ -59,6 +59,17 @@ def initialize(blas_threads: int | None, pool_board: Any = None, claimed: Any = 
         orphans.watch_parent(parent, forked_on_main_thread)
 
 
+def initialize_interpreter(pool_board: Any, index: int) -> None:
+    """Sub-interpreter worker set-up (``pools.interpreters``): it counts as a worker, as a
+    process worker does (a nested amorsize call there runs serially; ``__main__`` functions
+    share one namespace), and holds slot ``index`` of ``pool_board`` for the items it runs.
+    Process-wide state -- environment variables, BLAS threads, the parent watch -- is the
+    user's process's own, shared with it, and left alone."""
+    global _in_process_worker
+    _in_process_worker = True
+    board.bind_process_slot(pool_board, index)
+
+
 def between_tasks() -> None:
     """In a process worker whose pool watches memory: flag this worker on the board once its
     memory grew more than the limit since its first task ended, so imports and caches loaded by
