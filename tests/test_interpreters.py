@@ -93,7 +93,8 @@ def test_forced_interpreters_give_the_builtin_maps_answer(entry):
 def test_an_error_in_an_interpreter_is_raised_with_its_type_and_names_the_item():
     with pytest.raises(ValueError, match="item 5 is bad") as caught:
         amorsize.map(fails_on_five, range(20), executor="interpreter", n_jobs=2, chunksize=3)
-    assert any("item 5" in note for note in caught.value.__notes__)
+    assert any("item 5" in note and "on interpreter worker" in note
+               for note in caught.value.__notes__)
 
 
 @needs_interpreters
