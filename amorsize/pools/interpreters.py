@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 import threading
 import time
@@ -70,6 +71,8 @@ class InterpreterPool(Pool):
         interpreters are closed before this returns, however it was called: one left open
         when this process exits makes its exit hang or crash."""
         self.closed = True
+        if os.getpid() != self._pid:  # a forked child's copy: its threads and interpreters are not here
+            return
         self._executor.shutdown(wait=wait and not force, cancel_futures=force)
         self._executor.join(None if wait and not force else _IDLE_CLOSE_SECONDS)
 
