@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import math
 import multiprocessing
+import sys
 from concurrent.futures.process import BrokenProcessPool
 from typing import Literal, get_args
 
@@ -120,18 +121,28 @@ def resolve_n_jobs(name: str, value: object, cpus: int) -> int | None:
     return max(1, cpus + 1 + value)
 
 
-# The kinds of executor a plan can run on: the one place they are spelled out.
-ExecutorType = Literal["serial", "thread", "process"]
-EXECUTOR_TYPES: tuple[ExecutorType, ...] = get_args(ExecutorType)
+# The kinds of executor a plan can run on: the one place they are spelled out. "interpreter"
+# (sub-interpreters, ``concurrent.futures.InterpreterPoolExecutor``) exists from Python 3.14 on.
+ExecutorType = Literal["serial", "thread", "process", "interpreter"]
+INTERPRETERS_AVAILABLE = sys.version_info >= (3, 14)
+EXECUTOR_TYPES: tuple[ExecutorType, ...] = tuple(
+    kind for kind in get_args(ExecutorType) if kind != "interpreter" or INTERPRETERS_AVAILABLE)
 
 
 def check_executor_type(name: str, value: object) -> None:
-    """Validate an executor type string, naming it in the error."""
+    """Validate an executor type string, naming it in the error; "interpreter" below Python
+    3.14 is refused with the version it needs."""
     if not isinstance(value, str):
         raise InvalidArgumentTypeError(
             f"{name} must be one of {', '.join(map(repr, EXECUTOR_TYPES))}, "
             f"got {type(value).__name__} {value!r}"
         )
+    if value == "interpreter" and not INTERPRETERS_AVAILABLE:
+        raise InvalidArgumentError(
+            f"{name}='interpreter' needs Python 3.14 or later "
+            "(concurrent.futures.InterpreterPoolExecutor); this is Python "
+            f"{sys.version_info.major}.{sys.version_info.minor}: use 'process' for CPU-bound "
+            "work here")
     if value not in EXECUTOR_TYPES:
         raise InvalidArgumentError(
             f"{name} must be one of {', '.join(map(repr, EXECUTOR_TYPES))}, got {value!r}"

@@ -190,6 +190,11 @@ _OVERHEAD_NAMES = {
     "process_per_byte": "process per byte sent",
     "thread_start": "thread pool start",
     "thread_per_chunk": "thread per chunk",
+    "interpreter_start": "interpreter pool start",
+    "interpreter_latency": "interpreter round trip",
+    "interpreter_per_chunk": "interpreter per chunk",
+    "interpreter_busy_per_chunk": "interpreter per chunk while every core computes",
+    "interpreter_per_byte": "interpreter per byte sent",
 }
 
 
@@ -245,3 +250,5 @@ def _format_overhead(key: str, v: float) -> str:
     if key.endswith("per_byte"):
         return f"{v * 1e9:.2f} ns/B"
     return format_seconds(v)
+
+

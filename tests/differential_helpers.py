@@ -11,8 +11,6 @@ import collections.abc
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
-
 # larger than the serial block (4096 items) and than several chunks on any pool
 MANY = 10_000
 # neither sorted nor in the order a set of them iterates in, negative ones included
@@ -120,7 +118,7 @@ def shapes(values: list, star: bool = False) -> dict[str, Callable[[], Iterable]
         made["set"] = lambda: set(items)  # iterated in its own order, the same for both maps
         made["dict"] = lambda: dict.fromkeys(items)  # its keys
     if all(type(v) is int and abs(v) < 2**31 for v in values):
-        made["numpy"] = lambda: np.array(items, dtype=np.int64)
+        made["numpy"] = lambda: _int64_array(items)
     return made
 
 
@@ -142,3 +140,11 @@ def input_cases(star: bool = False) -> dict[str, Callable[[], Iterable]]:
     cases["many-generator"] = shapes(list(range(MANY)), star)["generator"]
     cases["uneven-cost"] = shapes(uneven_values(), star)["list"]
     return cases
+
+
+def _int64_array(items: list) -> Any:
+    """numpy is imported here, not with the module: sub-interpreters (Python 3.14+) import
+    this module for its functions, and numpy refuses to load in one."""
+    import numpy as np
+
+    return np.array(items, dtype=np.int64)

@@ -50,6 +50,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import amorsize
+from amorsize.errors import INTERPRETERS_AVAILABLE
 
 joblib = pytest.importorskip("joblib")
 dask = pytest.importorskip("dask")
@@ -156,6 +157,30 @@ def test_core_entry_points_give_the_builtin_maps_answer_first_later_and_resample
     check_core(entry, make, executor=executor)  # measured
     check_core(entry, make, executor=executor)  # recalled
     check_core(entry, make, executor=executor, resample=True)
+
+
+@pytest.mark.skipif(not INTERPRETERS_AVAILABLE, reason="sub-interpreters need Python 3.14+")
+@pytest.mark.parametrize(("entry", "case"), [
+    p for p in _entry_and_case() if p.values[1] != "numpy"])  # numpy refuses sub-interpreters
+def test_core_entry_points_on_interpreters_give_the_builtin_maps_answer(entry, case):
+    make = _cases_for(entry)[case]
+    check_core(entry, make, executor="interpreter")  # measured
+    check_core(entry, make, executor="interpreter")  # recalled
+
+
+@pytest.mark.skipif(not INTERPRETERS_AVAILABLE, reason="sub-interpreters need Python 3.14+")
+@pytest.mark.parametrize("entry", CORE)
+def test_lambdas_and_closures_on_interpreters_give_the_builtin_maps_answer(entry):
+    offset = 5
+
+    def closure(*args):
+        return affine(*args) + offset if len(args) == 2 else injective(args[0]) + offset
+
+    make = _cases_for(entry)["list"]
+    check_core(entry, make, closure, executor="interpreter")
+    check_core(entry, make, Scaled(3), executor="interpreter")
+    lam = (lambda a, b: a - 2 * b) if CORE[entry][1] else (lambda x: x - 2)
+    check_core(entry, make, lam, executor="interpreter")
 
 
 def test_imap_unordered_with_index_pairs_each_result_with_its_items_index_on_serial_plans():

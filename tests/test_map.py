@@ -259,9 +259,11 @@ def test_an_iterator_of_unknown_length_is_planned_for_the_size_of_the_last_run()
 
 
 class _NoProcessPools:
+    """No pool runs pure-Python work in parallel: processes, nor sub-interpreters (3.14+)."""
+
     @amorsize.hookimpl(tryfirst=True)
     def amorsize_get_pool(self, executor, n_jobs, create):
-        if executor == "process" and create:
+        if executor in ("process", "interpreter") and create:
             raise OSError("no more processes allowed here")
 
 

@@ -1,4 +1,5 @@
-"""Predicted wall time of running n calls serially, on threads or on processes.
+"""Predicted wall time of running n calls serially, on threads, on processes or on
+sub-interpreters.
 
 Pure functions of measured numbers (a Profile, Overheads, the CPU count), so they can be tested
 with made-up figures. The optimizer evaluates them over candidate (workers, chunksize) pairs and
@@ -7,6 +8,7 @@ picks the fastest; it stays serial unless parallel wins by a margin.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +23,10 @@ _BUSY_CPU_RATIO = 0.8
 _NOISE_SCALING = 1.3
 _CHUNKS_PER_WORKER = (1, 2, 4, 8, 16, 32, 64, 256)
 PREFER_THREADS_WITHIN = 1.1
+# processes over interpreters unless interpreters are predicted this much faster: a prediction is
+# not more exact than that, and a C extension that misbehaves kills a process worker, not the
+# caller's process
+PREFER_PROCESSES_WITHIN = 1.1
 _MIN_CPU_SHARE = 0.25
 _PROCESSES_PER_CPU = 2
 # the fewest workers predicted within 3% of the fastest are chosen: more processes than cores
@@ -115,6 +121,37 @@ def process_seconds(
         profile, chunksize)
 
 
+def interpreter_seconds(
+    profile: Profile,
+    n: int,
+    workers: int,
+    chunksize: int,
+    cpus: int,
+    ovh: Overheads,
+    warm: bool,
+    startup_share: float = 1.0,
+) -> float:
+    """Sub-interpreters: the processes' model with the interpreters' own figures. Calls run in
+    parallel up to the cores, and everything crosses pickled, as to processes; what differs is
+    what a worker costs to start, a round trip and a chunk."""
+    as_processes = dataclasses.replace(
+        ovh,
+        process_start=ovh.interpreter_start,
+        process_per_chunk=ovh.interpreter_per_chunk,
+        process_busy_per_chunk=ovh.interpreter_busy_per_chunk,
+        process_latency=ovh.interpreter_latency,
+        process_per_byte=ovh.interpreter_per_byte,
+    )
+    return process_seconds(profile, n, workers, chunksize, cpus, as_processes, warm,
+                           startup_share)
+
+
+def interpreters_may_pay(profile: Profile) -> bool:
+    """Interpreters are for calls that compute in Python: calls that mostly wait overlap on
+    threads for less, and a function that pickles not at all cannot cross to them."""
+    return profile.picklable and profile.cpu_ratio >= _BUSY_CPU_RATIO
+
+
 def tail_seconds(profile: Profile, chunksize: int) -> float:
     """How much longer than the others the last chunk may run, at most the chunk's own time.
     Costs independent of each other average out over a chunk (the spread of c items' sum is
@@ -165,7 +202,8 @@ def best_candidates(
     """The fastest configuration of each allowed executor type (at most one per type).
 
     When serial is allowed, types that cannot beat it are not evaluated: threads when calls do
-    not overlap at all, processes when the whole serial run is shorter than one round trip."""
+    not overlap at all, processes (and interpreters) when the whole serial run is shorter than
+    one round trip; interpreters also when calls do not compute (``interpreters_may_pay``)."""
     corrections = corrections or {}
     out: dict[str, Candidate] = {}
     executors = set(executors)
@@ -182,6 +220,10 @@ def best_candidates(
     cannot_pay = prune and n * profile.per_item_seconds < ovh.process_latency
     if "process" in executors and profile.picklable and not cannot_pay:
         counts["process"] = process_counts(n, cpus, max_workers)
+    too_short = prune and n * profile.per_item_seconds < ovh.interpreter_latency
+    if "interpreter" in executors and not too_short and (
+            interpreters_may_pay(profile) if prune else profile.picklable):
+        counts["interpreter"] = process_counts(n, cpus, max_workers)
     for executor, workers in counts.items():
         by_workers: dict[int, Candidate] = {}
         for w in workers:
@@ -217,18 +259,27 @@ def predicted_seconds(
     warm = is_warm(executor, n_jobs)
     if executor == "thread":
         return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm) * fix
+    if executor == "interpreter":
+        return interpreter_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm,
+                                   startup_share) * fix
     return process_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, startup_share) * fix
 
 
 def choose(candidates: dict[str, Candidate], min_speedup: float) -> Candidate:
     """Serial unless the fastest parallel candidate beats it by ``min_speedup``; threads over
-    processes when their predictions are within ``PREFER_THREADS_WITHIN`` of each other (no
-    copies, no pickling, less memory, and a prediction is not more exact than that)."""
+    processes or interpreters when their predictions are within ``PREFER_THREADS_WITHIN`` of
+    each other (no copies, no pickling, less memory, and a prediction is not more exact than
+    that). Processes over interpreters unless interpreters are ``PREFER_PROCESSES_WITHIN``
+    faster."""
     serial = candidates.get("serial")
     parallel = [c for k, c in candidates.items() if k != "serial"]
     best = min(parallel, key=lambda c: c.seconds, default=None)
+    process = candidates.get("process")
+    if (best is not None and best.executor_type == "interpreter" and process is not None
+            and process.seconds <= best.seconds * PREFER_PROCESSES_WITHIN):
+        best = process
     thread = candidates.get("thread")
-    if (best is not None and best.executor_type == "process" and thread is not None
+    if (best is not None and best.executor_type in ("process", "interpreter") and thread is not None
             and thread.seconds <= best.seconds * PREFER_THREADS_WITHIN):
         best = thread
     if serial is None:

@@ -28,6 +28,10 @@ from amorsize.plan import Machine, Plan, format_bytes, format_seconds, measured_
 from amorsize.workload import Profile, Workload
 
 ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
+# Front ends that run no item in an interpreter before their plan is used (``optimize.make``
+# does, and leaves interpreters out for a function that cannot run there): they get
+# interpreters only when they ask for them alone.
+INTERPRETERS_WHEN_ASKED = frozenset({"joblib", "dask"})
 _SAME = 0.10
 # a new parallel configuration must be predicted this much faster than the last one to replace it
 STAY_WITHIN = 1.10
@@ -193,6 +197,12 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     if "process" in executors and not profile.picklable:
         executors.discard("process")
         reasons.append(f"processes excluded: cannot pickle {profile.unpicklable_reason}")
+    if "interpreter" in executors and len(executors) > 1:
+        if not profile.picklable:
+            executors.discard("interpreter")
+            reasons.append(f"interpreters excluded: cannot pickle {profile.unpicklable_reason}")
+        elif workload.source in INTERPRETERS_WHEN_ASKED:
+            executors.discard("interpreter")
 
     @functools.cache
     def is_warm(executor: ExecutorType, n_jobs: int) -> bool:
@@ -215,29 +225,30 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
         is_warm.cache_clear()
         candidates = evaluate()
         chosen = cost_model.choose(candidates, workload.min_speedup)
-    if chosen.executor_type == "process" and not (
-            "process" in ovh.measured and is_warm("process", chosen.n_jobs)):
+    started: set[str] = set()
+    while chosen.executor_type in _MEASURE and chosen.executor_type not in started:
+        kind = chosen.executor_type
+        started.add(kind)
+        if kind in ovh.measured and is_warm(kind, chosen.n_jobs):
+            break
         # Start (and, the first time, measure) the pool now; a warm, measured one needs nothing,
         # and fetching it here would count a use the run itself will count again.
         try:
-            with pools.lease("process", chosen.n_jobs, start_method) as pool:
-                first_time = "process" not in ovh.measured
+            with pools.lease(kind, chosen.n_jobs, start_method) as pool:
+                first_time = kind not in ovh.measured
                 if first_time:
-                    ovh = overheads.measure_processes(pool, start_method)
+                    ovh = _MEASURE[kind](pool, start_method)
         except Exception as exc:
-            if executors == {"process"}:
+            if executors == {kind}:
                 raise
-            executors.discard("process")
-            reasons.append(_no_processes(exc))
+            executors.discard(kind)
+            reasons.append(_no_pool(kind, exc))
             candidates = evaluate()
             chosen = cost_model.choose(candidates, workload.min_speedup)
         else:
             is_warm.cache_clear()
             if first_time:
-                reasons.append(
-                    f"measured a real {chosen.n_jobs}-process pool ({start_method}): start-up "
-                    f"{format_seconds(pool.startup_seconds)}, round trip "
-                    f"{format_seconds(ovh.process_latency)}")
+                reasons.append(_measured_pool(kind, pool, ovh, start_method))
                 candidates = evaluate()
                 chosen = cost_model.choose(candidates, workload.min_speedup)
     if last is not None and last.executor_type in executors and remaining >= 2:
@@ -320,7 +331,8 @@ def learn(key: Any, report: Any, already_done: int = 0) -> None:
     ``already_done`` items were computed before the run (measuring), so the input had
     ``report.n_items + already_done``. Process workers sharing cores each took longer per
     item than one call costs (``workers_per_core``)."""
-    crowding = report.n_jobs / system.usable_cpus() if report.executor_type == "process" else 1.0
+    crowding = (report.n_jobs / system.usable_cpus()
+                if report.executor_type in ("process", "interpreter") else 1.0)
     LEARNED.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
@@ -328,11 +340,27 @@ def learn(key: Any, report: Any, already_done: int = 0) -> None:
     )
 
 
-def _no_processes(exc: Exception) -> str:
-    """Processes looked fastest but no pool could start: run without them, and say why."""
+_MEASURE = {"process": overheads.measure_processes,
+            "interpreter": overheads.measure_interpreters}
+_PLURAL = {"process": "processes", "interpreter": "interpreters"}
+
+
+def _measured_pool(kind: str, pool: Any, ovh: overheads.Overheads, start_method: str) -> str:
+    if kind == "process":
+        return (f"measured a real {pool.n_jobs}-process pool ({start_method}): start-up "
+                f"{format_seconds(pool.startup_seconds)}, round trip "
+                f"{format_seconds(ovh.process_latency)}")
+    return (f"measured a real {pool.n_jobs}-interpreter pool: start-up "
+            f"{format_seconds(pool.startup_seconds)}, round trip "
+            f"{format_seconds(ovh.interpreter_latency)}")
+
+
+def _no_pool(kind: str, exc: Exception) -> str:
+    """Processes (or interpreters) looked fastest but no pool could start: run without them,
+    and say why."""
     cause = exc.__cause__ or exc
     first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    message = (f"processes excluded: a process pool could not start "
+    message = (f"{_PLURAL[kind]} excluded: a {kind} pool could not start "
                f"({type(cause).__name__}: {first_line})")
     warnings.warn(f"amorsize: {message}", RuntimeWarning, stacklevel=4)
     return message

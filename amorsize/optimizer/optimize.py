@@ -31,7 +31,7 @@ from amorsize.options import DEFAULTS, DecideOptions, MapOptions, complete
 from amorsize.plan import Plan
 from amorsize.pools import worker
 from amorsize.pools.watch import call_watched
-from amorsize.workload import Profile, Workload
+from amorsize.workload import Profile, Workload, copy_with
 
 
 def optimize(func: Callable, data: Iterable, **options: Unpack[DecideOptions]) -> Plan:
@@ -190,7 +190,21 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
             f"{profile.unpicklable_reason}; use executor='thread' or None, or make it picklable")
     workload = asked(previous_runs=learned.runs if learned else 0, already_done=len(results),
                      recalled=recalled)
+    without_interpreters = {"executors": tuple(e for e in executors if e != "interpreter")}
+    refused = _INTERPRETERS_REFUSED.get(key) if len(executors) > 1 else None
+    if refused is not None:
+        workload = copy_with(workload, without_interpreters)
     plan = plugins.make_plan(func, profile, workload)
+    if plan.executor_type == "interpreter" and len(executors) > 1 and key not in _INTERPRETERS_OK:
+        refused = _runs_in_interpreter(func, items, results, plan)
+        if refused is None:
+            _INTERPRETERS_OK.add(key)
+        else:
+            _INTERPRETERS_REFUSED[key] = refused
+            workload = copy_with(workload, without_interpreters)
+            plan = plugins.make_plan(func, profile, workload)
+    if refused is not None:
+        plan.reasons = [*plan.reasons, f"interpreters excluded: {refused}"]
     if n is not None and len(results) >= n:
         plan.reasons = [*plan.reasons, f"every item ran while measuring ({n} of {n}): "
                         "nothing is left to run"]
@@ -201,6 +215,33 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
     plan.sampled_results = results
     plan.sampled_seconds = seconds
     return plan
+
+
+# Functions tried in an interpreter (by ``function_key``): the ones that ran, and why the
+# others could not (a module that refuses to load in a sub-interpreter, mostly).
+_INTERPRETERS_OK: set = set()
+_INTERPRETERS_REFUSED: dict = {}
+
+
+def _runs_in_interpreter(func: Callable, items: Sequence, results: dict, plan: Plan) -> str | None:
+    """None if ``func`` runs on a measured item (or the first) in an interpreter of the pool
+    the plan will use, else why not: numpy and most C extensions refuse to load in a
+    sub-interpreter, and the plan must not find that out with the whole input."""
+    from amorsize.pools.interpreters import refusal
+
+    index = next(iter(results), 0)
+    workload = plan.workload
+    try:
+        with plugins.leased_pool("interpreter", plan.n_jobs, None, workload.initializer,
+                                 workload.initargs) as pool:
+            pool.submit(func, items[index]).result()
+    except Exception as exc:  # noqa: BLE001 - any failure there rules interpreters out
+        why = refusal(exc)
+        if why is None:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {first}"
+        return f"the function failed in a sub-interpreter ({why})"
+    return None
 
 
 def _probe_elsewhere(func: Callable, asked: Workload, timeout: float | None) -> Any:

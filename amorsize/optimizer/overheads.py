@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amorsize import system
+from amorsize.errors import INTERPRETERS_AVAILABLE
 from amorsize.pools import worker
 
 _START_DEFAULTS = {"fork": 0.008, "forkserver": 0.045, "spawn": 0.12}
@@ -32,7 +33,9 @@ class Overheads:
     and collect its result; ``process_busy_per_chunk`` is what a chunk costs the cores (both
     ends' handling, a core waiting for the next chunk) when the workers compute on all of them;
     ``process_latency`` is one round trip of a tiny task (the pipeline's fill and drain);
-    ``process_per_byte`` is moving one pickled byte between parent and worker.
+    ``process_per_byte`` is moving one pickled byte between parent and worker. The
+    ``interpreter_`` figures are the same for a pool of sub-interpreters (Python 3.14+), whose
+    start-up is mostly importing, in each interpreter, what a worker needs.
     """
 
     thread_start: float = 120e-6
@@ -42,11 +45,18 @@ class Overheads:
     process_busy_per_chunk: float = 400e-6
     process_latency: float = 500e-6
     process_per_byte: float = 2e-9
+    interpreter_start: float = 0.15
+    interpreter_per_chunk: float = 150e-6
+    interpreter_busy_per_chunk: float = 300e-6
+    interpreter_latency: float = 300e-6
+    interpreter_per_byte: float = 2e-9
     measured: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, float]:
+        """The figures, by name; the interpreters' only where there are interpreters."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "measured"}
+                if f.name != "measured"
+                and (INTERPRETERS_AVAILABLE or not f.name.startswith("interpreter_"))}
 
 
 _cache: dict[str, Overheads] = {}
@@ -79,6 +89,23 @@ def measure_processes(pool: Any, start_method: str) -> Overheads:
     return _measure_once(start_method, "process", lambda: _process_figures(pool))
 
 
+def measure_interpreters(pool: Any, start_method: str) -> Overheads:
+    """Round trip, per-chunk and per-byte costs on a warm interpreter pool, and its start-up
+    per interpreter; a chunk's cost when every core computes is taken as twice the idle one
+    (``worker.spin`` counts the whole process's CPU time, which every interpreter shares)."""
+    def figures() -> dict[str, float]:
+        found = _round_trips(pool)
+        return {
+            "interpreter_latency": found["latency"],
+            "interpreter_per_chunk": found["per_chunk"],
+            "interpreter_busy_per_chunk": 2 * found["per_chunk"],
+            "interpreter_per_byte": found["per_byte"],
+            "interpreter_start": max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
+        }
+
+    return _measure_once(start_method, "interpreter", figures)
+
+
 def _measure_once(start_method: str, kind: str,
                   figures: Callable[[], dict[str, float]]) -> Overheads:
     """``kind``'s figures, measured on the first call for this start method and cached.
@@ -99,6 +126,22 @@ def _measure_once(start_method: str, kind: str,
 
 
 def _process_figures(pool: Any) -> dict[str, float]:
+    found = _round_trips(pool)
+    figures = {
+        "process_latency": found["latency"],
+        "process_per_chunk": found["per_chunk"],
+        "process_per_byte": found["per_byte"],
+        "process_start": max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
+    }
+    busy = _busy_per_chunk(pool, found["per_chunk"])
+    if busy is not None:
+        figures["process_busy_per_chunk"] = busy
+    return figures
+
+
+def _round_trips(pool: Any) -> dict[str, float]:
+    """Round trip of a tiny task, the parent's cost per chunk and the cost per byte moved, on
+    a pool whose work travels by value."""
     func = pool.prepare(len)
     pool.submit_chunk(func, [b""]).result()
     latencies = []
@@ -115,16 +158,7 @@ def _process_figures(pool: Any) -> dict[str, float]:
         pool.submit_chunk(func, [payload]).result()
         moves.append(time.perf_counter() - t0)
     per_byte = max(0.0, statistics.median(moves) - latency) / len(payload)
-    figures = {
-        "process_latency": latency,
-        "process_per_chunk": per_chunk,
-        "process_per_byte": max(0.2e-9, per_byte),
-        "process_start": max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
-    }
-    busy = _busy_per_chunk(pool, per_chunk)
-    if busy is not None:
-        figures["process_busy_per_chunk"] = busy
-    return figures
+    return {"latency": latency, "per_chunk": per_chunk, "per_byte": max(0.2e-9, per_byte)}
 
 
 def _per_chunk(pool: Any, count: int) -> float:

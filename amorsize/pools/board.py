@@ -53,6 +53,13 @@ def bind_thread_slot(board: Any, index: int) -> None:
     _thread.slot = (board, SLOT * index)
 
 
+def bind_process_slot(board: Any, index: int) -> None:
+    """Give this worker -- a sub-interpreter, which has one thread of work and a module state
+    of its own -- slot ``index`` of the board."""
+    global _process_slot
+    _process_slot = (board, SLOT * index)
+
+
 def claim_process_slot(board: Any, claimed: Any) -> None:
     """Make the first slot whose owner is none or gone this process worker's: a worker replacing
     a retired one (``max_tasks_per_child``) reuses its slot. ``claimed`` counts the claims (its

@@ -23,6 +23,7 @@ _BLAS_ENV_VARS = (
     "NUMEXPR_NUM_THREADS",
 )
 _in_process_worker = False
+_in_interpreter_worker = False
 # [limit KB, baseline KB, flagged, tasks started] in a process worker whose pool watches memory
 _memory: list | None = None
 
@@ -30,6 +31,12 @@ _memory: list | None = None
 def in_process_worker() -> bool:
     """True in a process worker of an amorsize pool (once ``initialize`` ran)."""
     return _in_process_worker
+
+
+def in_interpreter_worker() -> bool:
+    """True in a sub-interpreter worker of an amorsize pool (``initialize_interpreter`` ran);
+    ``in_process_worker`` is true there too."""
+    return _in_interpreter_worker
 
 
 def initialize(blas_threads: int | None, pool_board: Any = None, claimed: Any = None,
@@ -57,6 +64,17 @@ def initialize(blas_threads: int | None, pool_board: Any = None, claimed: Any = 
         from amorsize.pools import orphans
 
         orphans.watch_parent(parent, forked_on_main_thread)
+
+
+def initialize_interpreter(pool_board: Any, index: int) -> None:
+    """Sub-interpreter worker set-up (``pools.interpreters``): it counts as a worker, as a
+    process worker does (a nested amorsize call there runs serially; ``__main__`` functions
+    share one namespace), and holds slot ``index`` of ``pool_board`` for the items it runs.
+    Process-wide state -- environment variables, BLAS threads, the parent watch -- is the
+    user's process's own, shared with it, and left alone."""
+    global _in_process_worker, _in_interpreter_worker
+    _in_process_worker = _in_interpreter_worker = True
+    board.bind_process_slot(pool_board, index)
 
 
 def between_tasks() -> None:

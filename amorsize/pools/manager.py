@@ -289,8 +289,8 @@ class PoolManager:
         check_max_tasks_per_child(max_tasks_per_child, None)
         if executor_type == "serial":
             key: PoolKey = ("serial", 1, None, init, None)
-        elif executor_type == "thread":
-            key = ("thread", n_jobs, None, init, None)
+        elif executor_type in ("thread", "interpreter"):
+            key = (executor_type, n_jobs, None, init, None)
         else:
             method = start_method or self.start_method
             check_max_tasks_per_child(max_tasks_per_child, method)
@@ -310,11 +310,15 @@ class PoolManager:
             return SerialPool(1, initializer, initargs)
         if executor_type == "thread":
             return ThreadPool(n_jobs, initializer, initargs)
-        blas_threads = max(1, system.usable_cpus() // n_jobs)
         if initializer is not None:
             # by value, as everything else crosses: workers never import __main__
             initializer, initargs = (worker.initialize_by_value,
                                      (worker.ByValue((initializer, initargs)),))
+        if executor_type == "interpreter":
+            from amorsize.pools.interpreters import InterpreterPool  # Python 3.14+
+
+            return InterpreterPool(n_jobs, initializer, initargs)
+        blas_threads = max(1, system.usable_cpus() // n_jobs)
         start_method = cast(str, key[2])  # a process pool's key holds its resolved method
         return ProcessPool(n_jobs, start_method, initializer, initargs, blas_threads,
                            max_tasks_per_child=key[4], memory_limit_mb=self.max_memory_growth_mb)

@@ -183,11 +183,13 @@ def note_item_here(exc: BaseException, index: int | None, total: int | None = No
 
 def where_running() -> str:
     """Where the caller runs, as a failing item's note says it: "on process worker 2 (pid
-    4242)", "on thread amorsize-1" or "in this process" (any front end may name a failing
-    task's worker with it)."""
+    4242)", "on interpreter worker 1", "on thread amorsize-1" or "in this process" (any front
+    end may name a failing task's worker with it)."""
     if environment.in_process_worker():
         place = board.process_slot()
         number = "" if place is None else f" {place[1] // board.SLOT + 1}"
+        if environment.in_interpreter_worker():
+            return f"on interpreter worker{number}"
         return f"on process worker{number} (pid {os.getpid()})"
     if board.thread_slot() is not None:
         return f"on thread {threading.current_thread().name}"

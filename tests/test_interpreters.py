@@ -1,0 +1,257 @@
+"""Sub-interpreters as a fourth executor (Python 3.14+): results, the choice, and refusals.
+
+Below 3.14 the kind does not exist, and asking for it says which Python it needs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import amorsize
+from amorsize import plugins
+from amorsize.errors import EXECUTOR_TYPES, INTERPRETERS_AVAILABLE
+from amorsize.optimizer import cost_model, decision, overheads
+from amorsize.optimizer.learned import function_key
+
+needs_interpreters = pytest.mark.skipif(
+    not INTERPRETERS_AVAILABLE, reason="sub-interpreters need Python 3.14+")
+
+
+def injective(x: int) -> int:
+    return 7 * x * x + x
+
+
+def spin(n: int) -> int:
+    """Pure-Python CPU work."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def with_numpy(n: int) -> int:
+    """CPU work of a function whose module (numpy) refuses to load in a sub-interpreter."""
+    import numpy as np
+
+    return spin(n) + int(np.int64(1))
+
+
+def fails_on_five(x: int) -> int:
+    if x == 5:
+        raise ValueError(f"item {x} is bad")
+    return x
+
+
+_OFFSET = 0
+
+
+def set_offset(offset: int) -> None:
+    global _OFFSET
+    _OFFSET = offset
+
+
+def plus_offset(x: int) -> int:
+    return x + _OFFSET
+
+
+@pytest.mark.skipif(INTERPRETERS_AVAILABLE, reason="this Python has sub-interpreters")
+def test_interpreter_executor_is_refused_below_3_14_naming_the_python_it_needs():
+    assert "interpreter" not in EXECUTOR_TYPES
+    with pytest.raises(amorsize.InvalidArgumentError, match=r"executor='interpreter' needs Python 3\.14"):
+        amorsize.map(injective, range(10), executor="interpreter")
+    with pytest.raises(amorsize.InvalidArgumentError, match=r"Python 3\.14"):
+        amorsize.PoolManager().get_pool(2, "interpreter")
+
+
+@needs_interpreters
+def test_interpreter_is_an_executor_kind_where_python_has_them():
+    assert "interpreter" in EXECUTOR_TYPES
+
+
+@needs_interpreters
+@pytest.mark.parametrize("entry", ["map", "imap", "imap_unordered"])
+def test_forced_interpreters_give_the_builtin_maps_answer(entry):
+    data = [(i * 37) % 101 - 50 for i in range(200)]
+    offset = 3
+
+    def closure(x):
+        return injective(x) + offset
+
+    for func in (injective, closure, lambda x: x - 2):
+        got = list(getattr(amorsize, entry)(func, data, executor="interpreter", n_jobs=2))
+        expected = list(map(func, data))
+        assert (sorted(got) if entry == "imap_unordered" else got) == (
+            sorted(expected) if entry == "imap_unordered" else expected)
+        assert amorsize.last_plan().executor_type == "interpreter"
+
+
+@needs_interpreters
+def test_an_error_in_an_interpreter_is_raised_with_its_type_and_names_the_item():
+    with pytest.raises(ValueError, match="item 5 is bad") as caught:
+        amorsize.map(fails_on_five, range(20), executor="interpreter", n_jobs=2, chunksize=3)
+    assert any("item 5" in note and "on interpreter worker" in note
+               for note in caught.value.__notes__)
+
+
+@needs_interpreters
+def test_an_initializer_runs_in_each_interpreter_before_its_items():
+    got = amorsize.map(plus_offset, range(30), executor="interpreter", n_jobs=2,
+                       initializer=set_offset, initargs=(100,))
+    assert got == [x + 100 for x in range(30)]
+
+
+@needs_interpreters
+def test_a_nested_map_inside_an_interpreter_runs_serially_there():
+    got = amorsize.map(_nested, [3, 4], executor="interpreter", n_jobs=2)
+    assert got == [[injective(i) for i in range(3)], [injective(i) for i in range(4)]]
+
+
+def _nested(n: int) -> list:
+    return amorsize.map(injective, range(n))
+
+
+def _overheads(**figures: float) -> overheads.Overheads:
+    return overheads.Overheads(measured=("thread", "process", "interpreter"), **figures)
+
+
+class _WarmPools:
+    """Every pool warm, none to be started: the decision reads only the injected figures."""
+
+    def is_warm(self, executor, n_jobs, start_method):
+        return True
+
+    def lease(self, executor, n_jobs, start_method):
+        raise AssertionError("no pool is started: every pool is warm and measured")
+
+
+def _plan(monkeypatch, figures: overheads.Overheads, profile: amorsize.Profile,
+          source: str = "map", executors: tuple = EXECUTOR_TYPES) -> amorsize.Plan:
+    monkeypatch.setattr(overheads, "current", lambda start_method: figures)
+    workload = amorsize.Workload(2_000, source=source, executors=executors, key=object())
+    return decision.decide(spin, profile, workload, pools=_WarmPools(), learned=None)
+
+
+_CPU_BOUND = amorsize.Profile(2e-3, cpu_ratio=1.0, thread_scaling=1.0, arg_bytes=2_000,
+                              result_bytes=2_000)
+# moving a byte costs one pool 500 times what it costs the other: 4 KB an item decides
+_CHEAP_INTERPRETERS = _overheads(process_per_byte=1e-6, interpreter_per_byte=2e-9)
+_CHEAP_PROCESSES = _overheads(process_per_byte=2e-9, interpreter_per_byte=1e-6)
+
+
+@needs_interpreters
+def test_cpu_bound_work_is_planned_on_interpreters_when_they_are_predicted_fastest(monkeypatch):
+    plan = _plan(monkeypatch, _CHEAP_INTERPRETERS, _CPU_BOUND)
+    assert plan.executor_type == "interpreter"
+    assert plan.predictions["interpreter"] < plan.predictions["process"]
+
+
+@needs_interpreters
+def test_cpu_bound_work_is_planned_on_processes_when_they_are_predicted_fastest(monkeypatch):
+    plan = _plan(monkeypatch, _CHEAP_PROCESSES, _CPU_BOUND)
+    assert plan.executor_type == "process"
+
+
+@needs_interpreters
+def test_waiting_work_is_never_considered_for_interpreters(monkeypatch):
+    waiting = amorsize.Profile(2e-3, cpu_ratio=0.05, thread_scaling=2.0)
+    plan = _plan(monkeypatch, _CHEAP_INTERPRETERS, waiting)
+    assert plan.executor_type == "thread"
+    assert "interpreter" not in plan.predictions
+
+
+@needs_interpreters
+@pytest.mark.parametrize("source", ["joblib", "dask"])
+def test_joblib_and_dask_get_interpreters_only_when_they_ask_for_them(monkeypatch, source):
+    assert _plan(monkeypatch, _CHEAP_INTERPRETERS, _CPU_BOUND, source).executor_type != "interpreter"
+    forced = _plan(monkeypatch, _CHEAP_INTERPRETERS, _CPU_BOUND, source, ("interpreter",))
+    assert forced.executor_type == "interpreter"
+
+
+def test_the_cost_model_never_offers_interpreters_for_a_function_that_does_not_pickle():
+    profile = amorsize.Profile(2e-3, cpu_ratio=1.0, thread_scaling=1.0, picklable=False)
+    found = cost_model.best_candidates(profile, 2_000, 2, _CHEAP_INTERPRETERS,
+                                       ["serial", "thread", "process", "interpreter"])
+    assert "interpreter" not in found
+
+
+@needs_interpreters
+def test_a_numpy_function_is_never_planned_on_interpreters_and_the_plan_says_why(monkeypatch):
+    monkeypatch.setattr(overheads, "current", lambda method: _CHEAP_INTERPRETERS)
+    for func in (with_numpy, spin):  # the same measured profile, from an earlier call
+        plugins.remember(function_key(func), _CPU_BOUND)
+    for _ in range(2):  # the first call tries an item in an interpreter, the next remembers
+        plan = amorsize.optimize(with_numpy, [20_000] * 400)
+        assert plan.executor_type != "interpreter"
+        why = " ".join(plan.reasons)
+        assert "interpreters excluded" in why
+        assert "subinterpreters" in why  # numpy's own words: it does not load in one
+    assert amorsize.optimize(spin, [20_000] * 400).executor_type == "interpreter"
+
+
+_CHILD = """
+import os, sys, threading, time
+sys.path.insert(0, {tests!r})
+import amorsize
+
+def slow(x):
+    import time
+    time.sleep(x)
+    return x
+
+{body}
+"""
+
+
+def _run_child(body: str) -> subprocess.CompletedProcess:
+    import pathlib
+
+    code = _CHILD.format(tests=str(pathlib.Path(__file__).parent), body=textwrap.dedent(body))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+
+
+@needs_interpreters
+def test_an_item_past_its_time_limit_stops_the_call_and_the_exit_does_not_wait_for_it():
+    """An interpreter cannot be stopped: the call raises at the limit, the item goes on in the
+    background, and the process exits without waiting for it (the item would take 600 s)."""
+    done = _run_child("""
+        started = time.monotonic()
+        try:
+            amorsize.map(slow, [0.01] * 4 + [600] + [0.01] * 4, executor="interpreter",
+                         n_jobs=2, chunksize=1, timeout=1.0)
+        except amorsize.TimeoutError as exc:
+            print("timeout", exc.index, round(time.monotonic() - started))
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:2] == ["timeout", "4"], done.stdout + done.stderr
+
+
+@needs_interpreters
+def test_ctrl_c_stops_the_call_at_once_and_the_exit_does_not_wait_for_the_running_items():
+    done = _run_child("""
+        import signal
+        threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            amorsize.map(slow, [600] * 4, executor="interpreter", n_jobs=2, chunksize=1)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "interrupted", done.stdout + done.stderr
+
+
+@needs_interpreters
+def test_a_pool_of_interpreters_closes_them_all_when_shut_down():
+    from concurrent import interpreters
+
+    before = len(interpreters.list_all())
+    with amorsize.PoolManager() as manager:
+        pool = manager.get_pool(2, "interpreter")
+        assert pool.map(injective, range(10), chunksize=2) == [injective(x) for x in range(10)]
+        assert len(interpreters.list_all()) == before + 2
+    assert len(interpreters.list_all()) == before
+
