@@ -57,8 +57,12 @@ from amorsize_joblib.measure import Measurement
 
 SERIAL_FIRST_BATCH = 4096
 _MAX_BATCH = 1 << 22
+# sub-interpreters cannot run joblib's batches yet: unpickling one imports joblib, whose
+# imports (faulthandler) refuse to load in a sub-interpreter
+_JOBLIB_EXECUTORS: tuple[ExecutorType, ...] = tuple(e for e in EXECUTOR_TYPES if e != "interpreter")
 # require="sharedmem" (or prefer="threads"): every executor that shares the caller's memory
-_SHAREDMEM_EXECUTORS: tuple[ExecutorType, ...] = tuple(e for e in EXECUTOR_TYPES if e != "process")
+_SHAREDMEM_EXECUTORS: tuple[ExecutorType, ...] = tuple(
+    e for e in _JOBLIB_EXECUTORS if e != "process")
 MIN_SPEEDUP = DEFAULTS["min_speedup"]
 
 
@@ -128,7 +132,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self._lock = threading.Lock()
         self._n_jobs = 1
         self._max_workers: int | None = None
-        self._executors: tuple[ExecutorType, ...] = EXECUTOR_TYPES
+        self._executors: tuple[ExecutorType, ...] = _JOBLIB_EXECUTORS
         self._reset_call()
 
     def __reduce__(self) -> tuple:
@@ -149,6 +153,11 @@ class AmorsizeBackend(ParallelBackendBase):
         check_min_speedup("min_speedup", self.min_speedup)
         if self.executor is not None:
             check_executor_type("executor", self.executor)
+            if self.executor not in _JOBLIB_EXECUTORS:
+                raise InvalidArgumentError(
+                    f"executor={self.executor!r} cannot run joblib's batches: unpickling one "
+                    "imports joblib, which sub-interpreters cannot load; use 'process' (or "
+                    "amorsize.map, which runs on interpreters)")
         check_flag("progress", self.progress)
         check_positive_int("inner_max_num_threads", self.inner_max_num_threads, allow_none=True)
         check_positive_int("n_jobs_cap", self.n_jobs_cap, allow_none=True)
@@ -199,7 +208,7 @@ class AmorsizeBackend(ParallelBackendBase):
             # ones a plan would wait for; serial, as amorsize.map is there
             raise FallbackToBackend(SequentialBackend(nesting_level=level))
         sharedmem = require == "sharedmem" or prefer == "threads"
-        self._executors = _SHAREDMEM_EXECUTORS if sharedmem else EXECUTOR_TYPES
+        self._executors = _SHAREDMEM_EXECUTORS if sharedmem else _JOBLIB_EXECUTORS
         if self.executor is not None:
             if self.executor not in self._executors:
                 raise InvalidArgumentError(

@@ -255,3 +255,13 @@ def test_a_pool_of_interpreters_closes_them_all_when_shut_down():
         assert len(interpreters.list_all()) == before + 2
     assert len(interpreters.list_all()) == before
 
+
+
+@needs_interpreters
+def test_the_joblib_backend_refuses_interpreters_naming_why():
+    joblib = pytest.importorskip("joblib")
+    import amorsize_joblib  # noqa: F401
+
+    with pytest.raises(amorsize.InvalidArgumentError, match="executor='interpreter'.*joblib"):
+        with joblib.parallel_config(backend="amorsize", executor="interpreter"):
+            joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4))
