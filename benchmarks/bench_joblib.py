@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", nargs="+", metavar="WORD",
                         help="run the workloads whose name contains one of these words")
+    parser.add_argument("--chart", help="also draw the speedups to this .svg/.png (needs the "
+                                        "bench extra: matplotlib)")
     args = parser.parse_args()
     from amorsize import system
 
@@ -126,6 +128,7 @@ def main() -> None:
     print("| workload | " + " | ".join(names)
           + " | best joblib configuration | amorsize / best | amorsize vs loky |")
     print("|---" * (len(names) + 4) + "|")
+    charted: dict[str, dict[str, float]] = {}
     for name, f, items, calls in workloads():
         if args.only and not any(word in name for word in args.only):
             continue
@@ -147,6 +150,13 @@ def main() -> None:
                  for tool, (m, first) in rows.items()]
         print(f"| {name} | " + " | ".join(cells) + f" | {best_tool} | {ours / best:.2f}x | "
               f"{rows['joblib loky (default)'][0] / ours:.1f}x faster |", flush=True)
+        # the chart's amorsize bar first: its name must start with "amorsize"
+        charted[name] = {("amorsize" if tool == AMORSIZE else tool): m
+                         for tool, (m, _) in rows.items()}
+    if args.chart:
+        from charts import speedup_chart
+
+        print(f"\nchart: {speedup_chart('joblib backends', charted, 'plain loop', args.chart)}")
 
 
 if __name__ == "__main__":
