@@ -343,22 +343,25 @@ def test_a_retired_pool_refuses_a_new_lease():
             pass
 
 
-def test_another_runs_cancel_does_not_fail_a_run_on_the_same_pool():
+def _beside_a_failing_run(steady) -> list:
+    """``steady()``'s results, run on a thread while another run on the same warm 2-process
+    pool fails and kills that pool's workers."""
     amorsize.map(sleep_on, range(2), executor="process", n_jobs=2)
     outcome: dict = {}
-
-    def steady():
-        outcome["out"] = amorsize.map(lambda x: sleep_on(x, slow=-1, others=0.05), range(40),
-                                      executor="process", n_jobs=2, chunksize=1)
-
-    thread = threading.Thread(target=steady)
+    thread = threading.Thread(target=lambda: outcome.update(out=steady()))
     thread.start()
     time.sleep(0.3)
     with pytest.raises(ValueError):
         amorsize.map(fail_fast_then_sleep, [1, 2, 3, 0, 4, 5] * 4, executor="process", n_jobs=2,
                      chunksize=1, sample_size=1)
     thread.join(30)
-    assert outcome["out"] == list(range(40))
+    return outcome["out"]
+
+
+def test_another_runs_cancel_does_not_fail_a_run_on_the_same_pool():
+    assert _beside_a_failing_run(lambda: amorsize.map(
+        lambda x: sleep_on(x, slow=-1, others=0.05), range(40), executor="process", n_jobs=2,
+        chunksize=1)) == list(range(40))
 
 
 def test_another_runs_cancel_does_not_fail_an_adapters_batches_on_the_same_pool():
@@ -367,22 +370,12 @@ def test_another_runs_cancel_does_not_fail_an_adapters_batches_on_the_same_pool(
     joblib = pytest.importorskip("joblib")
     import amorsize_joblib  # noqa: F401
 
-    amorsize.map(sleep_on, range(2), executor="process", n_jobs=2)
-    outcome: dict = {}
-
-    def steady():
+    def steady() -> list:
         with joblib.parallel_config(backend="amorsize", executor="process"):
-            outcome["out"] = joblib.Parallel(n_jobs=2, batch_size=1)(
+            return joblib.Parallel(n_jobs=2, batch_size=1)(
                 joblib.delayed(sleep_on)(x, slow=-1, others=0.05) for x in range(40))
 
-    thread = threading.Thread(target=steady)
-    thread.start()
-    time.sleep(0.3)
-    with pytest.raises(ValueError):
-        amorsize.map(fail_fast_then_sleep, [1, 2, 3, 0, 4, 5] * 4, executor="process", n_jobs=2,
-                     chunksize=1, sample_size=1)
-    thread.join(30)
-    assert outcome["out"] == list(range(40))
+    assert _beside_a_failing_run(steady) == list(range(40))
 
 
 # --- forced executors while measuring -----------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from differential_helpers import plus_offset, set_offset
 
 import amorsize
 from amorsize import plugins
@@ -44,18 +45,6 @@ def fails_on_five(x: int) -> int:
     if x == 5:
         raise ValueError(f"item {x} is bad")
     return x
-
-
-_OFFSET = 0
-
-
-def set_offset(offset: int) -> None:
-    global _OFFSET
-    _OFFSET = offset
-
-
-def plus_offset(x: int) -> int:
-    return x + _OFFSET
 
 
 @pytest.mark.skipif(INTERPRETERS_AVAILABLE, reason="this Python has sub-interpreters")
