@@ -88,41 +88,39 @@ def _root(node: ast.expr) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def _stdlib_private_names() -> set[str]:
-    """The private names ``concurrent.futures`` and ``multiprocessing`` define (their
-    functions, classes, module globals and ``self._x`` attributes)."""
+def _defined_private(paths: list[Path], own_attribute) -> set[str]:
+    """The private names the files at ``paths`` define: functions, classes, module globals, and
+    the attributes ``own_attribute(node)`` takes for the file's own."""
     names: set[str] = set()
-    for package in ("concurrent.futures", "multiprocessing"):
-        spec = importlib.util.find_spec(package)
-        assert spec is not None and spec.origin is not None
-        for path in Path(spec.origin).parent.rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                        and node.value.id == "self":
-                    names.add(node.attr)
-                elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                    names.add(node.name)
-                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                    names.add(node.id)
-    return {name for name in names if _private(name)}
-
-
-def _own_private_names() -> set[str]:
-    """The private names amorsize's packages define themselves (``self._lock`` and so on):
-    an access to one of them on an object of unknown type is taken for ours."""
-    names: set[str] = set()
-    for module, path in MODULES:
-        if module == COMPAT:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
-                    and _root(node) in ("self", "cls"):
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and own_attribute(node):
                 names.add(node.attr)
             elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
                 names.add(node.name)
             elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 names.add(node.id)
     return {name for name in names if _private(name)}
+
+
+def _stdlib_private_names() -> set[str]:
+    """The private names ``concurrent.futures`` and ``multiprocessing`` define (their
+    functions, classes, module globals and ``self._x`` attributes)."""
+    paths: list[Path] = []
+    for package in ("concurrent.futures", "multiprocessing"):
+        spec = importlib.util.find_spec(package)
+        assert spec is not None and spec.origin is not None
+        paths += Path(spec.origin).parent.rglob("*.py")
+    return _defined_private(paths, lambda node: isinstance(node.value, ast.Name)
+                            and node.value.id == "self")
+
+
+def _own_private_names() -> set[str]:
+    """The private names amorsize's packages define themselves (``self._lock`` and so on):
+    an access to one of them on an object of unknown type is taken for ours."""
+    return _defined_private([path for module, path in MODULES if module != COMPAT],
+                            lambda node: isinstance(node.ctx, ast.Store)
+                            and _root(node) in ("self", "cls"))
 
 
 STDLIB_PRIVATE = _stdlib_private_names()
