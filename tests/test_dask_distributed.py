@@ -211,15 +211,22 @@ def test_an_endless_input_is_read_only_a_bounded_way_ahead(busy_cluster):
     assert read <= 200 + bound
 
 
+def _recorded(monkeypatch, client, method: str, what) -> list:
+    """What ``what(args, kwargs)`` says of each call of ``client.<method>`` from now on (the
+    call itself goes through)."""
+    seen: list = []
+    original = getattr(client, method)
+
+    def recording(*args, **kwargs):
+        seen.append(what(args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(client, method, recording)
+    return seen
+
+
 def test_items_too_large_for_a_task_travel_as_their_own_data(busy_cluster, monkeypatch):
-    scattered = []
-    scatter = busy_cluster.scatter
-
-    def recording(data, *args, **kwargs):
-        scattered.append(data)
-        return scatter(data, *args, **kwargs)
-
-    monkeypatch.setattr(busy_cluster, "scatter", recording)
+    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     items = [bytes(cluster_plan.BATCH_BYTES + 1) for _ in range(3)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
@@ -247,18 +254,11 @@ def test_progress_counts_items(busy_cluster):
 # --- failures and stopping ------------------------------------------------------------------
 
 def test_an_error_cancels_every_batch_still_queued_or_running(busy_cluster, monkeypatch, gate):
-    cancelled = []
-    cancel = busy_cluster.cancel
-
-    def recording(futures, *args, **kwargs):
-        cancelled.extend(futures)
-        return cancel(futures, *args, **kwargs)
-
-    monkeypatch.setattr(busy_cluster, "cancel", recording)
+    cancelled = _recorded(monkeypatch, busy_cluster, "cancel", lambda args, kwargs: len(args[0]))
     with registered(costing(5e-3)), pytest.raises(CustomError):
         amorsize_dask.map(partial(held_after, first=4, bad=3), range(200), client=busy_cluster,
                           batch=4)
-    assert len(cancelled) == 4  # the failed batch, and the three held on their workers
+    assert sum(cancelled) == 4  # the failed batch, and the three held on their workers
 
 
 def held_after(x: int, first: int, bad: int | None = None) -> int:
@@ -278,14 +278,8 @@ def test_an_error_leaves_nothing_on_stderr(busy_cluster, capfd):
 
 
 def test_retries_are_passed_to_the_cluster(busy_cluster, monkeypatch):
-    asked = []
-    submit = busy_cluster.submit
-
-    def recording(*args, **kwargs):
-        asked.append(kwargs.get("retries"))
-        return submit(*args, **kwargs)
-
-    monkeypatch.setattr(busy_cluster, "submit", recording)
+    asked = _recorded(monkeypatch, busy_cluster, "submit",
+                      lambda args, kwargs: kwargs.get("retries"))
     with registered(costing(1e-3)):
         amorsize_dask.map(square, range(20), client=busy_cluster, batch=5, retries=2)
     assert asked and set(asked) == {2}
@@ -298,17 +292,13 @@ def test_a_call_past_its_timeout_raises_and_cancels(busy_cluster, gate):
 
 
 def test_stopping_early_cancels_the_batches_in_flight(busy_cluster, monkeypatch, gate):
-    cancelled = []
-    cancel = busy_cluster.cancel
-    monkeypatch.setattr(busy_cluster, "cancel",
-                        lambda futures, *a, **k: (cancelled.extend(futures), cancel(futures, *a,
-                                                                                       **k)))
+    cancelled = _recorded(monkeypatch, busy_cluster, "cancel", lambda args, kwargs: len(args[0]))
     with registered(costing(1e-3)):
         results = amorsize_dask.imap(partial(held_after, first=10), range(1000),
                                      client=busy_cluster, batch=10)
         assert next(results) == 0
         results.close()
-    assert len(cancelled) == 3  # the other batches in flight, held on their workers
+    assert sum(cancelled) == 3  # the other batches in flight, held on their workers
 
 
 # --- learning -------------------------------------------------------------------------------
