@@ -85,7 +85,9 @@ class Workload:
     function's own key; ``already_done`` items were computed while measuring and are not part of
     the run; ``recalled`` says the profile came from an earlier call. ``chunksize``,
     ``start_method``, ``initializer``/``initargs`` and ``max_tasks_per_child`` are the caller's
-    choices (None: amorsize's), the last three part of which pool the run uses.
+    choices (None: amorsize's), the last three part of which pool the run uses. ``learned`` is
+    what ``amorsize_recall`` gave the caller for ``key`` when it has asked already (None: the
+    plan maker asks), so a call does not ask twice.
     """
 
     n_items: int | None
@@ -102,3 +104,4 @@ class Workload:
     initializer: Callable[..., Any] | None = None
     initargs: tuple[Any, ...] = ()
     max_tasks_per_child: int | None = None
+    learned: Any = dataclasses.field(default=None, repr=False, compare=False)

@@ -125,6 +125,7 @@ def get(
         already_done=len(done),
         recalled=recalled,
         chunksize=chunksize,
+        learned=learned,
     )
     plan = plugins.make_plan(tasks.run_node, learned.profile, workload)
     with Runner(plan, progress, work.n_tasks, len(done)) as runner:

@@ -855,3 +855,28 @@ def test_a_plugin_registered_without_a_name_is_named_after_its_class(register):
             amorsize.optimize(double, range(20))
     finally:
         amorsize.unregister_plugin(name=name)
+
+
+class _CountsRecalls:
+    """Answers no recall itself (the built-in one does), only counts the questions."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    @amorsize.hookimpl(tryfirst=True)
+    def amorsize_recall(self, key):
+        self.asked += 1
+        return None
+
+
+def test_a_call_of_a_known_function_asks_amorsize_recall_once():
+    """The plan maker is handed what the call recalled (``Workload.learned``): asking again
+    would cost every map call a hook call."""
+    amorsize.map(double, range(20))
+    counter = _CountsRecalls()
+    amorsize.register_plugin(counter)
+    try:
+        assert amorsize.map(double, range(20)) == [2 * x for x in range(20)]
+    finally:
+        amorsize.unregister_plugin(counter)
+    assert counter.asked == 1

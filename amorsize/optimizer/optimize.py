@@ -189,7 +189,7 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
             f"executor='process' cannot run this function: cannot pickle "
             f"{profile.unpicklable_reason}; use executor='thread' or None, or make it picklable")
     workload = asked(previous_runs=learned.runs if learned else 0, already_done=len(results),
-                     recalled=recalled)
+                     recalled=recalled, learned=learned)
     without_interpreters = {"executors": tuple(e for e in executors if e != "interpreter")}
     refused = _INTERPRETERS_REFUSED.get(key) if len(executors) > 1 else None
     if refused is not None:

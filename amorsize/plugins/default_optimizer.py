@@ -33,9 +33,10 @@ POOLS = HookedPools()
 
 @hookimpl(trylast=True)
 def amorsize_make_plan(func: Any, sample: Any, workload: Any) -> Any:
-    key = function_key(func) if workload.key is None else workload.key
-    plan = _last.plan = decision.decide(func, sample, workload, pools=POOLS,
-                                        learned=relay.recall(key))
+    learned = workload.learned
+    if learned is None:
+        learned = relay.recall(function_key(func) if workload.key is None else workload.key)
+    plan = _last.plan = decision.decide(func, sample, workload, pools=POOLS, learned=learned)
     return plan
 
 
