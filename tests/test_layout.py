@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("amorsize", "amorsize_joblib", "amorsize_dask")
 # what an adapter reaches only through the hook relay (amorsize.plugins)
-BEHIND_THE_RELAY = ("amorsize.optimizer.decision", "amorsize.pools.manager", "amorsize.pools.pool",
+BEHIND_THE_RELAY = ("amorsize.optimizer.decision", "amorsize.pools.manager", "amorsize.pools.worker_pool",
                     "amorsize.pools.threads", "amorsize.pools.processes",
                     "amorsize.plugins.default_optimizer", "amorsize.plugins.default_pools",
                     "amorsize.plugins.progress_bar")

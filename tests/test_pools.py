@@ -19,9 +19,9 @@ from control_helpers import run_script
 
 from amorsize import WorkerCrashedError
 from amorsize.pools import compat
-from amorsize.pools.pool import SerialPool
 from amorsize.pools.processes import ProcessPool
 from amorsize.pools.threads import ThreadPool
+from amorsize.pools.worker_pool import SerialPool
 from amorsize.system import default_start_method
 
 

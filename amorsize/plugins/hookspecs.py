@@ -91,7 +91,7 @@ def amorsize_get_pool(executor: ExecutorType, n_jobs: int, create: bool, start_m
 
     Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
     plan, and by the optimizer to learn which pools are warm. A pool behaves like
-    ``amorsize.pools.pool.Pool``: the typed contract is ``amorsize.pools.contract.PoolLike``
+    ``amorsize.pools.WorkerPool``: the typed contract is ``amorsize.pools.contract.PoolLike``
     (``imap_chunks(func, iterable, chunksize)`` yielding ``(results, compute_seconds)`` per chunk
     in order, ``map(func, iterable, chunksize=1) -> list``, ``submit(fn, *args, **kwargs) ->
     Future``, ``submit_chunk``, ``prepare``, ``lease``, ``running_items``, ``terminate`` ...).

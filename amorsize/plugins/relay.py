@@ -25,7 +25,7 @@ from amorsize.errors import (
 from amorsize.plan import Plan
 from amorsize.plugins.registry import BUILTIN_NAMES, load_plugins, pm, warn_at_caller
 from amorsize.pools.contract import PoolLike, missing_pool_members
-from amorsize.pools.pool import Pool
+from amorsize.pools.worker_pool import WorkerPool
 from amorsize.workload import Workload
 
 _LEASE_ATTEMPTS = 5
@@ -70,12 +70,12 @@ def get_pool(executor: ExecutorType, n_jobs: int, create: bool = True,
             f"no plugin provided a {executor} pool of {n_jobs} (was "
             f"{BUILTIN_NAMES[1]} unregistered?)"))
     # amorsize's own pools have every member by their class
-    missing = [] if pool is None or isinstance(pool, Pool) else missing_pool_members(pool)
+    missing = [] if pool is None or isinstance(pool, WorkerPool) else missing_pool_members(pool)
     if missing:
         raise PluginError(answered_by("amorsize_get_pool"), "amorsize_get_pool",
                           TypeError(f"returned {type(pool).__name__}, which has no "
                                     f"{', '.join(missing)}; a pool must behave like "
-                                    "amorsize.pools.pool.Pool (see amorsize.pools.contract.PoolLike)"))
+                                    "amorsize.pools.WorkerPool (see amorsize.pools.contract.PoolLike)"))
     return cast(PoolLike | None, pool)
 
 
@@ -83,7 +83,7 @@ def get_pool(executor: ExecutorType, n_jobs: int, create: bool = True,
 def leased_pool(executor: ExecutorType, n_jobs: int, start_method: str | None = None,
                 initializer: Any = None, initargs: tuple[Any, ...] = (), *,
                 max_tasks_per_child: int | None = None) -> Iterator[PoolLike]:
-    """``get_pool`` and hold the pool for a ``with`` block (``Pool.lease``): a pool retired by
+    """``get_pool`` and hold the pool for a ``with`` block (``WorkerPool.lease``): a pool retired by
     another thread in between (``clear()``, ``release_pool()``, idle eviction) is asked for
     again, so sharing pools never fails a call."""
     with contextlib.ExitStack() as stack:

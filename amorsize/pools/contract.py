@@ -1,7 +1,7 @@
 """Typed contracts across the plugin boundary: what a pool returned by ``amorsize_get_pool`` is.
 
 ``PoolLike`` is everything amorsize itself, the joblib backend and the Dask scheduler use of a
-pool; ``amorsize.pools.pool.Pool`` and its subclasses satisfy it. ``amorsize.plugins.get_pool`` checks
+pool; ``amorsize.pools.WorkerPool`` and its subclasses satisfy it. ``amorsize.plugins.get_pool`` checks
 that a plugin's pool has every member named in ``POOL_METHODS`` and ``POOL_ATTRIBUTES``, and fails
 the run with ``amorsize.PluginError`` naming the plugin and the missing ones otherwise.
 """
@@ -18,7 +18,7 @@ from amorsize.errors import ExecutorType
 
 @runtime_checkable
 class PoolLike(Protocol):
-    """A pool of workers of one kind, as amorsize runs work on it (see ``amorsize.pools.pool.Pool``)."""
+    """A pool of workers of one kind, as amorsize runs work on it (see ``amorsize.pools.WorkerPool``)."""
 
     @property
     def executor_type(self) -> ExecutorType:

@@ -33,14 +33,14 @@ from typing import Any
 from amorsize.pools import board as boards
 from amorsize.pools import environment, shipping, worker
 from amorsize.pools.payloads import ByValue, pack_error, unpack_outcome
-from amorsize.pools.pool import Pool
 from amorsize.pools.threads import DaemonThreadExecutor
+from amorsize.pools.worker_pool import WorkerPool
 
 _here = threading.local()  # the interpreter of the pool thread running
 _IDLE_CLOSE_SECONDS = 1.0  # how long a shutdown that does not wait waits for idle workers
 
 
-class InterpreterPool(Pool):
+class InterpreterPool(WorkerPool):
     """Sub-interpreters: parallel pure-Python work in one process, everything crossing by value."""
 
     executor_type = "interpreter"

@@ -6,7 +6,7 @@ lost a worker, sat idle past ``idle_timeout`` or has a worker whose memory grew 
 ``max_memory_growth_mb`` is never handed out again: it is shut down and replaced on the next
 request.
 
-A run leases its pool (``Pool.lease``): retiring a leased pool (``clear``, ``release_pool``, idle
+A run leases its pool (``WorkerPool.lease``): retiring a leased pool (``clear``, ``release_pool``, idle
 timeout, ``force_new``) takes it out of the table at once, so new requests get a fresh pool, but
 closes it only when the last lease ends, so no running call fails. Only ``shutdown`` (the
 manager's end) closes pools under their runs.
@@ -46,9 +46,9 @@ from amorsize.errors import (
     check_start_method,
 )
 from amorsize.pools import worker
-from amorsize.pools.pool import Pool, SerialPool
 from amorsize.pools.processes import MAX_MEMORY_GROWTH_MB, ProcessPool, after_fork_in_child
 from amorsize.pools.threads import ThreadPool
+from amorsize.pools.worker_pool import SerialPool, WorkerPool
 
 # (executor_type, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)
 PoolKey = tuple[ExecutorType, int, str | None, Any, int | None]
@@ -99,7 +99,7 @@ class PoolManager:
         self.enable_auto_cleanup = enable_auto_cleanup
         self.start_method = start_method or system.default_start_method()
         self._on_event = on_event
-        self._pools: dict[PoolKey, Pool] = {}
+        self._pools: dict[PoolKey, WorkerPool] = {}
         self._key_locks: dict[PoolKey, threading.Lock] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -135,7 +135,7 @@ class PoolManager:
         initargs: tuple = (),
         create: bool = True,
         max_tasks_per_child: int | None = None,
-    ) -> Pool | None:
+    ) -> WorkerPool | None:
         """The warm pool for this key, created on first request (``force_new`` replaces it);
         None if ``create=False`` and there is no warm pool.
 
@@ -167,7 +167,7 @@ class PoolManager:
 
     def _get_or_create(self, key: PoolKey, n_jobs: int, executor_type: ExecutorType, force_new: bool,
                        initializer: Callable | None, initargs: tuple,
-                       key_lock: threading.Lock) -> Pool:
+                       key_lock: threading.Lock) -> WorkerPool:
         """One creator per key at a time: a thread that waited finds the pool made meanwhile."""
         with key_lock:
             with self._lock:
@@ -305,7 +305,7 @@ class PoolManager:
         return key
 
     def _create(self, key: PoolKey, n_jobs: int, executor_type: ExecutorType,
-                initializer: Callable | None, initargs: tuple) -> Pool:
+                initializer: Callable | None, initargs: tuple) -> WorkerPool:
         if executor_type == "serial":
             return SerialPool(1, initializer, initargs)
         if executor_type == "thread":
@@ -330,7 +330,7 @@ class PoolManager:
                 "amorsize.get_global_pool_manager() again)"
             )
 
-    def _retire_locked(self, key: PoolKey, reason: str) -> tuple[PoolKey, Pool, str]:
+    def _retire_locked(self, key: PoolKey, reason: str) -> tuple[PoolKey, WorkerPool, str]:
         """Take a pool out of service (under the lock) and count why; the caller closes it."""
         pool = self._pools.pop(key)
         if reason == "broken":
@@ -341,7 +341,7 @@ class PoolManager:
         return key, pool, reason
 
     def _take_stale_locked(self, exclude: PoolKey,
-                           check_broken: bool) -> list[tuple[PoolKey, Pool, str]]:
+                           check_broken: bool) -> list[tuple[PoolKey, WorkerPool, str]]:
         """Retire the pools idle past the timeout (and, if asked, the broken ones)."""
         stale = []
         for key, pool in list(self._pools.items()):
@@ -353,12 +353,12 @@ class PoolManager:
                 stale.append(self._retire_locked(key, "idle"))
         return stale
 
-    def _close_all(self, retired: list[tuple[PoolKey, Pool, str]], force: bool = False,
+    def _close_all(self, retired: list[tuple[PoolKey, WorkerPool, str]], force: bool = False,
                    defer: bool = False) -> None:
         """Shut retired pools down outside the lock; one failing does not keep the rest open.
 
         With ``defer`` (every retirement but the manager's shutdown), and always for a
-        recycled pool, a leased pool closes when its last lease ends instead (``Pool.retire``)."""
+        recycled pool, a leased pool closes when its last lease ends instead (``WorkerPool.retire``)."""
         errors = []
         for key, pool, reason in retired:
             broken = reason == "broken"
@@ -412,7 +412,7 @@ def _check_memory_limit(value: object) -> None:
         raise InvalidArgumentError(f"max_memory_growth_mb must be {allowed}, got {value!r}")
 
 
-def _unusable(pool: Pool) -> str | None:
+def _unusable(pool: WorkerPool) -> str | None:
     """Why a pool in the table must not be handed out: "cancelled" (a cancelled run stopped
     its workers), "broken" (a worker died), "closed" (shut down behind the manager's back),
     "recycled" (a worker's memory grew past the limit)."""
@@ -477,7 +477,7 @@ def managed_pool(
     executor_type: ExecutorType = "process",
     manager: PoolManager | None = None,
     use_global: bool = True,
-) -> Iterator[Pool]:
+) -> Iterator[WorkerPool]:
     """A pool for a ``with`` block: a warm shared one (kept afterwards) from ``manager`` or the
     global manager, or, with ``use_global=False`` and no manager, a private one shut down on exit."""
     if manager is None and not use_global:

@@ -24,7 +24,7 @@ from amorsize.errors import (
     check_max_tasks_per_child,
 )
 from amorsize.pools import compat, shipping, worker
-from amorsize.pools.pool import FollowingFuture, Pool
+from amorsize.pools.worker_pool import FollowingFuture, WorkerPool
 
 # A process worker whose memory grew by more than this since its first task ended has its pool
 # replaced (loky's rule and threshold): see ``ProcessPool.recycle_due``. ``PoolManager`` takes it
@@ -34,7 +34,7 @@ _KILL_SECONDS = 2.0
 _INIT_ERROR_BYTES = 16384
 
 
-class ProcessPool(Pool):
+class ProcessPool(WorkerPool):
     """Processes: true parallelism for pure-Python CPU work, at the price of pickling.
 
     Functions travel with cloudpickle, so lambdas, closures and ``__main__`` functions work, and

@@ -17,10 +17,10 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from amorsize.pools import worker
-from amorsize.pools.pool import Pool
+from amorsize.pools.worker_pool import WorkerPool
 
 
-class ThreadPool(Pool):
+class ThreadPool(WorkerPool):
     """Threads: no pickling, shared memory; for I/O and for code that releases the GIL."""
 
     executor_type = "thread"

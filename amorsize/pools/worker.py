@@ -226,7 +226,7 @@ def waits() -> int:
 
 
 def call(func: Any, args: tuple, kwargs: dict) -> Any:
-    """Call a (possibly pickled) function with arguments: what ``Pool.submit`` runs."""
+    """Call a (possibly pickled) function with arguments: what ``WorkerPool.submit`` runs."""
     environment.between_tasks()
     _enter()
     try:

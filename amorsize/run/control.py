@@ -32,8 +32,8 @@ from typing import Any
 from amorsize import errors, plugins
 from amorsize.plan import Plan
 from amorsize.pools import worker
-from amorsize.pools.pool import FollowingFuture
 from amorsize.pools.watch import WATCH_SECONDS, find_overrun, next_token
+from amorsize.pools.worker_pool import FollowingFuture
 from amorsize.run import log
 from amorsize.run.report import RunReport
 

@@ -1,4 +1,5 @@
-"""The pools amorsize runs work on, behind one interface: the base class and the serial pool.
+"""The pools amorsize runs work on, behind one interface: ``WorkerPool``, their base, and the
+serial pool.
 
 Every pool has ``map(func, iterable, chunksize=1) -> list`` (ordered), ``submit(fn, *args,
 **kwargs) -> Future`` and ``submit_chunk(func, items) -> Future[(results, compute_seconds)]``, so
@@ -30,7 +31,7 @@ from amorsize.errors import (
 from amorsize.pools import worker
 
 
-class Pool:
+class WorkerPool:
     """Base of the pools: bookkeeping of use, leases and liveness shared by every kind."""
 
     executor_type: ClassVar[ExecutorType]
@@ -63,7 +64,7 @@ class Pool:
         return self._inflight > 0
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[Pool]:
+    def lease(self) -> Iterator[WorkerPool]:
         """Hold the pool for a whole run: it counts as busy (a paused ``imap`` is never closed
         as idle), and a manager that retires it meanwhile (``clear``, ``release_pool``, idle
         eviction) closes it only when the last lease ends. A pool already retired or closed
@@ -232,7 +233,7 @@ class Pool:
         raise NotImplementedError
 
 
-class SerialPool(Pool):
+class SerialPool(WorkerPool):
     """Runs everything in the calling thread: a serial plan needs no special case.
 
     ``submit`` runs the call at once; the returned future is already done and carries the
