@@ -103,10 +103,10 @@ def show_info(measure: bool) -> int:
     print(f"{'blas_pools':>{_KEY_WIDTH}}: {pools or 'none loaded'}")
     method = system.default_start_method()
     if measure:
-        overheads.measure_threads(plugins.get_pool("thread", 2), method)
+        overheads.measure_threads(plugins.get_pool(2, "thread"), method)
         # a worker per core: the figure for chunks on busy cores needs every core computing
         workers = max(2, system.usable_cpus())
-        overheads.measure_processes(plugins.get_pool("process", workers, start_method=method),
+        overheads.measure_processes(plugins.get_pool(workers, "process", start_method=method),
                                     method)
     ovh = overheads.current(method)
     print(f"{'overheads':>{_KEY_WIDTH}}: " + ("measured" if ovh.measured else "defaults until measured"))

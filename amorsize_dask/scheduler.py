@@ -107,7 +107,7 @@ def get(
             # no overlap test when threads cannot be chosen, or nested in a worker (the test's
             # two threads may be the ones waiting here)
             threads = "thread" in executors and not (tasks.in_task() or inside_worker())
-            sample = measure(work, cache, partial(plugins.leased_pool, "thread", 2) if threads
+            sample = measure(work, cache, partial(plugins.leased_pool, 2, "thread") if threads
                              else None)
             profile = UNMEASURED if sample is None else sample.profile
             done = {} if sample is None else sample.results

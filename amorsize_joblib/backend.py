@@ -366,7 +366,7 @@ class AmorsizeBackend(ParallelBackendBase):
             threads = "thread" in self._executors and not watched
             self._measurement = Measurement(
                 None if watched else self._on_measuring_thread,
-                partial(plugins.leased_pool, "thread", 2) if threads else None)
+                partial(plugins.leased_pool, 2, "thread") if threads else None)
 
     def _use_forced_executor(self, executor: ExecutorType) -> None:
         """A forced pool executor never runs tasks in the caller, not even to measure: the first
@@ -475,7 +475,7 @@ class AmorsizeBackend(ParallelBackendBase):
         batches when joblib has a timeout (so that joblib can time the call out); an abort
         abandons what still runs there."""
         if self._probe_pool is None:
-            self._probe_pool = self._stack.enter_context(plugins.leased_pool("thread", 1))
+            self._probe_pool = self._stack.enter_context(plugins.leased_pool(1, "thread"))
         future = self._probe_pool.submit(fn, *args)
         self._measuring = [f for f in self._measuring if not f.done()] + [future]
         return future

@@ -68,7 +68,7 @@ def measure(n_observers: int) -> dict[str, tuple[float, float]]:
         return {
             "make_plan": (_best_us(lambda: plugins.make_plan(square, profile, workload)),
                           _best_us(lambda: stub.amorsize_make_plan())),
-            "get_pool": (_best_us(lambda: plugins.get_pool("thread", 2, create=False)),
+            "get_pool": (_best_us(lambda: plugins.get_pool(2, "thread", create=False)),
                          _best_us(lambda: manager.get_pool(2, "thread", create=False))),
             "pool_event": (_best_us(lambda: plugins.pool_event("reused", ("thread", 2), {})),
                            0.0),

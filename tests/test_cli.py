@@ -41,13 +41,13 @@ def test_info_measures_processes_on_a_worker_per_core(monkeypatch, capsys):
 
     asked = []
     real = plugins.get_pool
-    monkeypatch.setattr(plugins, "get_pool", lambda kind, n, **kw: asked.append((kind, n))
-                        or real(kind, n, **kw))
+    monkeypatch.setattr(plugins, "get_pool", lambda n, kind, **kw: asked.append((n, kind))
+                        or real(n, kind, **kw))
     monkeypatch.setattr(system, "usable_cpus", lambda: 3)
     monkeypatch.setattr(overheads, "measure_processes", lambda pool, method: None)
     monkeypatch.setattr(overheads, "measure_threads", lambda pool, method: None)
     assert cli.show_info(measure=True) == 0
-    assert ("process", 3) in asked
+    assert (3, "process") in asked
     assert "process_busy_per_chunk: " in capsys.readouterr().out
 
 

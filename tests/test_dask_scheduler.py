@@ -254,15 +254,15 @@ def test_the_overlap_test_runs_only_where_threads_can_be_chosen(monkeypatch, exe
     leases = []
     real = plugins.leased_pool
 
-    def counted(executor_type, n_jobs, *args, **kwargs):
-        leases.append((executor_type, n_jobs))
-        return real(executor_type, n_jobs, *args, **kwargs)
+    def counted(n_jobs, executor_type, *args, **kwargs):
+        leases.append((n_jobs, executor_type))
+        return real(n_jobs, executor_type, *args, **kwargs)
 
     monkeypatch.setattr(plugins, "leased_pool", counted)
     values = [dask.delayed(spin)(i, 0.001) for i in range(200)]
     options = {} if executor is None else {"executor": executor}
     assert dask.compute(*values, scheduler="amorsize", **options) == tuple(range(200))
-    assert (("thread", 2) in leases) is tested
+    assert ((2, "thread") in leases) is tested
 
 
 def _waits(x):

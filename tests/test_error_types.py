@@ -37,7 +37,7 @@ def test_an_unhashable_initargs_asked_of_the_pool_hook_is_not_a_plugin_error():
     from amorsize import plugins
 
     with pytest.raises(amorsize.InvalidArgumentTypeError, match="initargs") as info:
-        plugins.get_pool("thread", 2, initializer=pool_helpers.set_marker, initargs=([1],))
+        plugins.get_pool(2, "thread", initializer=pool_helpers.set_marker, initargs=([1],))
     assert type(info.value) is amorsize.InvalidArgumentTypeError
     assert not hasattr(info.value, "amorsize_plugin")
 
@@ -103,8 +103,8 @@ def test_a_third_party_pool_plugin_that_fails_is_a_plugin_error_naming_it():
 
     class ClosedPools:
         @amorsize.hookimpl(tryfirst=True)
-        def amorsize_get_pool(self, executor, n_jobs, create):
-            return closed.get_pool(n_jobs, executor) if create else None
+        def amorsize_get_pool(self, n_jobs, executor_type, create):
+            return closed.get_pool(n_jobs, executor_type) if create else None
 
     with registered(ForcePlan("thread", 2)), registered(ClosedPools(), name="closed-pools"):
         with pytest.raises(amorsize.PluginError, match="'closed-pools' raised "

@@ -262,8 +262,8 @@ class _NoProcessPools:
     """No pool runs pure-Python work in parallel: processes, nor sub-interpreters (3.14+)."""
 
     @amorsize.hookimpl(tryfirst=True)
-    def amorsize_get_pool(self, executor, n_jobs, create):
-        if executor in ("process", "interpreter") and create:
+    def amorsize_get_pool(self, executor_type, create):
+        if executor_type in ("process", "interpreter") and create:
             raise OSError("no more processes allowed here")
 
 

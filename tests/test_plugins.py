@@ -362,15 +362,15 @@ def test_a_plugin_may_provide_the_pools(register):
 
     class Provider:
         @amorsize.hookimpl(tryfirst=True)
-        def amorsize_get_pool(self, executor, n_jobs, create):
-            asked.append((executor, n_jobs, create))
-            return private.get_pool(n_jobs, executor, create=create)
+        def amorsize_get_pool(self, n_jobs, executor_type, create):
+            asked.append((n_jobs, executor_type, create))
+            return private.get_pool(n_jobs, executor_type, create=create)
 
     register(Provider())
     register(ForcePlan("thread", 3))
     try:
         assert amorsize.map(double, range(30)) == [2 * x for x in range(30)]
-        assert ("thread", 3, True) in asked
+        assert (3, "thread", True) in asked
         assert private.get_stats()["pools"]["thread:3"]["n_jobs"] == 3
     finally:
         private.shutdown()
@@ -382,19 +382,47 @@ def test_get_pool_implementations_receive_create_false(register):
 
     class Watch:
         @amorsize.hookimpl(tryfirst=True)
-        def amorsize_get_pool(self, executor, n_jobs, create):
+        def amorsize_get_pool(self, n_jobs, executor_type, create):
             asked.append(create)
 
     register(Watch())
-    plugins.get_pool("thread", 2, create=False)
-    plugins.get_pool("thread", 2)
+    plugins.get_pool(2, "thread", create=False)
+    plugins.get_pool(2, "thread")
     assert asked == [False, True]
+
+
+def test_the_relay_the_hook_and_the_manager_ask_for_a_pool_by_the_same_first_arguments():
+    """``n_jobs`` then ``executor_type``, by the same names, as users call
+    ``manager.get_pool(plan.n_jobs, plan.executor_type)``: one order, whoever asks."""
+
+    def first_two(func):
+        return [name for name in inspect.signature(func).parameters if name != "self"][:2]
+
+    asked_the_same = {first_two(func) == ["n_jobs", "executor_type"]
+                      for func in (plugins.get_pool, plugins.leased_pool,
+                                   hookspecs.amorsize_get_pool, amorsize.PoolManager.get_pool)}
+    assert asked_the_same == {True}
+
+
+def test_a_get_pool_implementation_taking_executor_is_refused_at_registration():
+    """The hook's argument is ``executor_type``: an implementation asking for ``executor``
+    would never be handed it, so pluggy refuses it and says which argument."""
+
+    class OldName:
+        @amorsize.hookimpl
+        def amorsize_get_pool(self, executor, n_jobs, create):
+            return None
+
+    plugin = OldName()
+    with pytest.raises(pluggy.PluginValidationError, match="executor"):
+        amorsize.register_plugin(plugin)
+    assert not plugins.pm.is_registered(plugin)
 
 
 def test_a_hook_argument_with_a_default_is_refused_at_registration():
     class Defaulted:
         @amorsize.hookimpl
-        def amorsize_get_pool(self, executor, n_jobs, create=True):
+        def amorsize_get_pool(self, n_jobs, executor_type, create=True):
             return None
 
     plugin = Defaulted()
@@ -501,7 +529,7 @@ def test_an_error_of_amorsize_let_through_by_a_wrapper_keeps_its_type(register):
 
     register(PassThrough(), name="pass-through")
     with pytest.raises(amorsize.InvalidArgumentTypeError):
-        plugins.get_pool("thread", 2, initializer=os.getpid, initargs=([],))
+        plugins.get_pool(2, "thread", initializer=os.getpid, initargs=([],))
 
 
 def test_of_two_plugins_of_one_class_the_one_that_raised_is_named(register):

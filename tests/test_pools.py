@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import itertools
 import json
@@ -12,6 +13,7 @@ import time
 import weakref
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pool_helpers
 import pytest
@@ -37,6 +39,25 @@ def thread_pool():
     pool = ThreadPool(2)
     yield pool
     pool.shutdown()
+
+
+def test_every_kind_of_pool_is_a_WorkerPool_the_one_name_amorsize_pools_exports():
+    import amorsize.pools
+
+    assert amorsize.pools.__all__ == ["WorkerPool"]
+    for kind in (SerialPool, ThreadPool, ProcessPool):
+        assert issubclass(kind, amorsize.pools.WorkerPool)
+
+
+def test_amorsize_Pool_is_the_only_class_called_Pool():
+    """``amorsize.Pool`` is the ``multiprocessing.Pool`` look-alike; the warm pools' base is
+    ``WorkerPool``, so an import of ``Pool`` means one thing."""
+    root = Path(__file__).resolve().parents[1]
+    defined = [str(path.relative_to(root)) for package in ("amorsize", "amorsize_joblib", "amorsize_dask")
+               for path in sorted((root / package).rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(node, ast.ClassDef) and node.name == "Pool"]
+    assert defined == ["amorsize/run/multiprocessing_pool.py"]
 
 
 def test_serial_submit_delivers_the_exception_through_the_future():

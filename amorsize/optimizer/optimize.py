@@ -177,8 +177,8 @@ def make(func: Callable, items: Sequence, n: int | None, rest: Any, source: str,
         # it would run an initializer in this process, which only a thread plan may do
         threads_allowed = ("thread" in executors and n_jobs != 1 and timeout is None
                            and (initializer is None or executors == ("thread",)))
-        two_threads = functools.partial(plugins.leased_pool, "thread", 2, None, initializer,
-                                        tuple(initargs))
+        two_threads = functools.partial(plugins.leased_pool, 2, "thread", initializer=initializer,
+                                        initargs=tuple(initargs))
         sample = sampling.measure(func, items, indices, two_threads if threads_allowed else None,
                                   pair, _probe_elsewhere(func, asked(), timeout))
         profile, results, seconds = sample.profile, sample.results, sample.seconds
@@ -232,8 +232,8 @@ def _runs_in_interpreter(func: Callable, items: Sequence, results: dict, plan: P
     index = next(iter(results), 0)
     workload = plan.workload
     try:
-        with plugins.leased_pool("interpreter", plan.n_jobs, None, workload.initializer,
-                                 workload.initargs) as pool:
+        with plugins.leased_pool(plan.n_jobs, "interpreter", initializer=workload.initializer,
+                                 initargs=workload.initargs) as pool:
             pool.submit(func, items[index]).result()
     except Exception as exc:  # noqa: BLE001 - any failure there rules interpreters out
         why = refusal(exc)
@@ -255,20 +255,21 @@ def _probe_elsewhere(func: Callable, asked: Workload, timeout: float | None) -> 
     forced = asked.executors == ("process",)
     if forced or (asked.initializer is not None and "process" in asked.executors
                   and _process_pool_for(func, asked)):
-        where: tuple[ExecutorType, int] = ("process", asked.max_workers or system.usable_cpus())
+        where: tuple[int, ExecutorType] = (asked.max_workers or system.usable_cpus(), "process")
         max_tasks = asked.max_tasks_per_child  # the pool the run will use
         if forced:
             _check_picklable(func)
     elif timeout is not None or (asked.initializer is not None and "thread" in asked.executors):
-        where = ("thread", 1)
+        where = (1, "thread")
     elif asked.initializer is not None:
-        plugins.get_pool("serial", 1, initializer=asked.initializer, initargs=asked.initargs)
+        plugins.get_pool(1, "serial", initializer=asked.initializer, initargs=asked.initargs)
         return None
     else:
         return None
 
     def run_timed(func: Callable, items: list, indices: list[int], budget: float) -> Any:
-        with plugins.leased_pool(*where, asked.start_method, asked.initializer, asked.initargs,
+        with plugins.leased_pool(*where, start_method=asked.start_method,
+                                 initializer=asked.initializer, initargs=asked.initargs,
                                  max_tasks_per_child=max_tasks) as pool:
             # prepared as the run's chunks are: a __main__ function then shares the worker's
             # namespace with the initializer, which sets what the function reads
@@ -292,7 +293,7 @@ def _process_pool_for(func: Callable, asked: Workload) -> bool:
     the pool starts (else the run will not use processes either)."""
     try:
         cloudpickle.dumps(func)
-        plugins.get_pool("process", asked.max_workers or system.usable_cpus(),
+        plugins.get_pool(asked.max_workers or system.usable_cpus(), "process",
                          start_method=asked.start_method, initializer=asked.initializer,
                          initargs=asked.initargs, max_tasks_per_child=asked.max_tasks_per_child)
     except Exception:  # noqa: BLE001 - the decision says why processes are out

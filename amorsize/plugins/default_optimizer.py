@@ -21,11 +21,11 @@ class HookedPools:
     that provides pools provides the ones the decision measures and finds warm."""
 
     def is_warm(self, executor: ExecutorType, n_jobs: int, start_method: str) -> bool:
-        return relay.get_pool(executor, n_jobs, False, start_method) is not None
+        return relay.get_pool(n_jobs, executor, create=False, start_method=start_method) is not None
 
     def lease(self, executor: ExecutorType, n_jobs: int,
               start_method: str) -> AbstractContextManager[Any]:
-        return relay.leased_pool(executor, n_jobs, start_method)
+        return relay.leased_pool(n_jobs, executor, start_method=start_method)
 
 
 POOLS = HookedPools()

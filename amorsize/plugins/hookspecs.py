@@ -84,10 +84,14 @@ def amorsize_adjust_plan(plan: Any, workload: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def amorsize_get_pool(executor: ExecutorType, n_jobs: int, create: bool, start_method: str | None,
+def amorsize_get_pool(n_jobs: int, executor_type: ExecutorType, create: bool, start_method: str | None,
                       initializer: Any, initargs: tuple[Any, ...],
                       max_tasks_per_child: int | None) -> PoolLike | None:
-    """Return a pool of ``n_jobs`` workers of kind ``executor`` ("serial", "thread", "process").
+    """Return a pool of ``n_jobs`` workers of kind ``executor_type`` ("serial", "thread", "process",
+    "interpreter").
+
+    The arguments are ``PoolManager.get_pool``'s, by the same names (``executor_type``, as on a
+    ``Plan``); an implementation that takes ``executor`` is refused when registered.
 
     Called whenever amorsize, the joblib backend or the Dask scheduler needs workers to run a
     plan, and by the optimizer to learn which pools are warm. A pool behaves like
@@ -137,7 +141,7 @@ def amorsize_pool_event(event: str, key: tuple, stats: dict) -> None:
     died; the pool is discarded) or "shutdown".
 
     Called by the global ``PoolManager`` as it happens. ``key`` identifies the pool:
-    ``(executor, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)``;
+    ``(executor_type, n_jobs, start_method, (initializer, initargs) or None, max_tasks_per_child)``;
     ``stats`` holds figures about it: ``startup_seconds``, ``idle_seconds`` when a pool is
     closed, and on "evicted" the ``reason``: "idle" (past the idle timeout), "released"
     (``release_pool``), "force_new", "cancelled" (a cancelled run stopped its workers), "closed"

@@ -42,32 +42,34 @@ def make_plan(func: Any, sample: Any, workload: Any) -> Plan:
 
 
 @overload
-def get_pool(executor: ExecutorType, n_jobs: int, create: Literal[True] = True,
+def get_pool(n_jobs: int, executor_type: ExecutorType, *, create: Literal[True] = True,
              start_method: str | None = None, initializer: Any = None,
-             initargs: tuple[Any, ...] = (), *,
+             initargs: tuple[Any, ...] = (),
              max_tasks_per_child: int | None = None) -> PoolLike: ...
 
 
 @overload
-def get_pool(executor: ExecutorType, n_jobs: int, create: bool,
+def get_pool(n_jobs: int, executor_type: ExecutorType, *, create: bool,
              start_method: str | None = None, initializer: Any = None,
-             initargs: tuple[Any, ...] = (), *,
+             initargs: tuple[Any, ...] = (),
              max_tasks_per_child: int | None = None) -> PoolLike | None: ...
 
 
-def get_pool(executor: ExecutorType, n_jobs: int, create: bool = True,
+def get_pool(n_jobs: int, executor_type: ExecutorType, *, create: bool = True,
              start_method: str | None = None, initializer: Any = None,
-             initargs: tuple[Any, ...] = (), *,
+             initargs: tuple[Any, ...] = (),
              max_tasks_per_child: int | None = None) -> PoolLike | None:
     """A pool from the first plugin that provides one (by default the global PoolManager); with
-    ``create=False`` only a warm one, or None. ``start_method`` None means the default."""
+    ``create=False`` only a warm one, or None. ``start_method`` None means the default. Its first
+    two parameters are ``PoolManager.get_pool``'s; the rest are keywords, as the manager's third
+    (``force_new``) has no meaning here."""
     load_plugins()
-    pool = _decide("amorsize_get_pool", executor=executor, n_jobs=n_jobs, create=create,
+    pool = _decide("amorsize_get_pool", n_jobs=n_jobs, executor_type=executor_type, create=create,
                    start_method=start_method, initializer=initializer, initargs=initargs,
                    max_tasks_per_child=max_tasks_per_child)
     if pool is None and create:
         raise PluginError("<none>", "amorsize_get_pool", RuntimeError(
-            f"no plugin provided a {executor} pool of {n_jobs} (was "
+            f"no plugin provided a {executor_type} pool of {n_jobs} (was "
             f"{BUILTIN_NAMES[1]} unregistered?)"))
     # amorsize's own pools have every member by their class
     missing = [] if pool is None or isinstance(pool, WorkerPool) else missing_pool_members(pool)
@@ -80,16 +82,17 @@ def get_pool(executor: ExecutorType, n_jobs: int, create: bool = True,
 
 
 @contextlib.contextmanager
-def leased_pool(executor: ExecutorType, n_jobs: int, start_method: str | None = None,
-                initializer: Any = None, initargs: tuple[Any, ...] = (), *,
+def leased_pool(n_jobs: int, executor_type: ExecutorType, *, start_method: str | None = None,
+                initializer: Any = None, initargs: tuple[Any, ...] = (),
                 max_tasks_per_child: int | None = None) -> Iterator[PoolLike]:
     """``get_pool`` and hold the pool for a ``with`` block (``WorkerPool.lease``): a pool retired by
     another thread in between (``clear()``, ``release_pool()``, idle eviction) is asked for
     again, so sharing pools never fails a call."""
     with contextlib.ExitStack() as stack:
         for attempt in range(_LEASE_ATTEMPTS):
-            pool = get_pool(executor, n_jobs, start_method=start_method, initializer=initializer,
-                            initargs=initargs, max_tasks_per_child=max_tasks_per_child)
+            pool = get_pool(n_jobs, executor_type, start_method=start_method,
+                            initializer=initializer, initargs=initargs,
+                            max_tasks_per_child=max_tasks_per_child)
             try:
                 stack.enter_context(pool.lease())
                 break

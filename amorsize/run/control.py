@@ -155,15 +155,21 @@ class Run:
         self._started = time.perf_counter()
         self._group = _group.get()
 
+    def _leased_pool(self, n_jobs: int) -> contextlib.AbstractContextManager[Any]:
+        """A lease on the run's kind of pool with ``n_jobs`` workers (the first pool or a fresh one)."""
+        initializer, initargs = self._initializer
+        return plugins.leased_pool(n_jobs, self.executor_type, start_method=self._start_method,
+                                   initializer=initializer, initargs=initargs,
+                                   max_tasks_per_child=self._max_tasks)
+
     def __enter__(self) -> Run:
         if self.executor_type != "serial":
             n_jobs = 1 if self.plan.executor_type == "serial" else self.plan.n_jobs
-            self.pool = self._stack.enter_context(plugins.leased_pool(
-                self.executor_type, n_jobs, self._start_method, *self._initializer,
-                max_tasks_per_child=self._max_tasks))
+            self.pool = self._stack.enter_context(self._leased_pool(n_jobs))
         elif self._initializer[0] is not None and self._items_left():
             # the items run here: so does the initializer, once (the serial pool is kept)
-            plugins.get_pool("serial", 1, True, None, *self._initializer)
+            initializer, initargs = self._initializer
+            plugins.get_pool(1, "serial", initializer=initializer, initargs=initargs)
         log.started(self.plan, self.description)
         self._announce("advanced" if self._shown else "started")
         if self._group is not None and not self._group._join(self):
@@ -369,8 +375,7 @@ class Run:
             if self.pool is not old:
                 return
             self._check_still_running()
-        lease = plugins.leased_pool(self.executor_type, old.n_jobs, self._start_method,
-                                    *self._initializer, max_tasks_per_child=self._max_tasks)
+        lease = self._leased_pool(old.n_jobs)
         fresh = lease.__enter__()
         with self._lock:
             if self._closed or self.cancelled or self.pool is not old:
