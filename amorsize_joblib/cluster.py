@@ -303,10 +303,10 @@ class ClusterBackend(ParallelBackendBase):
             return
         del task
         with self._lock:
-            self._count(results, wall, cpu, measured_batch)
+            self._note_batch(results, wall, cpu, measured_batch)
         settle(future, result=results)
 
-    def _count(self, results: list, wall: float, cpu: float, measured_batch: Any) -> None:
+    def _note_batch(self, results: list, wall: float, cpu: float, measured_batch: Any) -> None:
         n = len(results)
         self._n_done += n
         if self._progress_id is not None:
