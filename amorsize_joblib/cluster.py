@@ -21,6 +21,7 @@ import functools
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -47,6 +48,9 @@ SOURCE = "dask.distributed"
 MEASURED_BY = "a cluster worker"
 SAMPLE_BUDGET_SECONDS = 0.1
 WAIT_FOR_WORKERS_SECONDS = 10.0
+# an argument at least this large that a second task passes goes to the cluster once
+SHARED_ARG_BYTES = 100_000
+_PLAIN = (int, float, str, bool, bytes, type(None))
 
 
 def check_client(client: object) -> None:
@@ -138,6 +142,66 @@ def run_batch(batch: Any, inner_max_num_threads: int | None) -> tuple[list, floa
     return results, time.perf_counter() - start, time.thread_time() - cpu
 
 
+def run_tasks(batch: Any, tasks: list, inner_max_num_threads: int | None
+              ) -> tuple[list, float, float]:
+    """``run_batch`` for a batch sent without its tasks, which came as an argument of their own
+    so that the cluster hands them the data of the arguments sent once (``SharedArguments``)."""
+    return run_batch(batches.with_tasks(batch, tasks), inner_max_num_threads)
+
+
+class SharedArguments:
+    """Large arguments that several tasks of a call pass (scikit-learn's ``X`` and ``y``): sent
+    to the cluster once (``client.scatter``), from the second task that passes them, instead of
+    inside every batch's task; an argument only one task passes travels inside it.
+
+    Arguments are known by identity, and only those that can be weakly referenced (arrays, data
+    frames) are followed, so nothing of the call is kept alive; what was sent is released when
+    the call ends.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._seen: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def tasks(self, batch: Any) -> list | None:
+        """The batch's tasks with the shared large arguments replaced by their data on the
+        cluster (dask hands a task the data of the futures among its arguments), or None when
+        the batch has none."""
+        from dask.sizeof import sizeof
+
+        tasks = batches.tasks_of(batch)
+        out = None
+        for index, (func, args, kwargs) in enumerate(tasks):
+            new_args = tuple(self._shared(a, sizeof) for a in args)
+            new_kwargs = {k: self._shared(v, sizeof) for k, v in kwargs.items()}
+            if any(a is not b for a, b in zip(new_args, args)) or any(
+                    new_kwargs[k] is not v for k, v in kwargs.items()):
+                out = list(tasks) if out is None else out
+                out[index] = (func, new_args, new_kwargs)
+        return out
+
+    def _shared(self, arg: Any, sizeof: Callable[[Any], int]) -> Any:
+        if isinstance(arg, _PLAIN):
+            return arg
+        try:
+            ref = weakref.ref(arg)
+        except TypeError:
+            return arg
+        known = self._seen.get(id(arg))
+        if known is not None and known[0]() is arg:
+            sent = known[1]
+            if sent is None:
+                sent = self.client.scatter([arg], hash=False)[0]
+                self._seen[id(arg)] = (ref, sent)
+            return sent
+        if sizeof(arg) >= SHARED_ARG_BYTES:
+            self._seen[id(arg)] = (ref, None)
+        return arg
+
+    def release(self) -> None:
+        self._seen.clear()
+
+
 class ClusterBackend(ParallelBackendBase):
     """The backend "amorsize" for calls made inside ``with Client(...)``: the configured
     ``AmorsizeBackend`` hands its call to it (joblib's ``FallbackToBackend``).
@@ -180,6 +244,7 @@ class ClusterBackend(ParallelBackendBase):
         self._run_seconds = 0.0
         self._decided = time.perf_counter()
         self._progress_id: int | None = None
+        self._shared = SharedArguments(self.client)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         return effective_n_jobs(self.client, n_jobs)
@@ -197,6 +262,7 @@ class ClusterBackend(ParallelBackendBase):
         with self._lock:
             self._reset_call()
             self._call = call_settings(self.parallel)
+            self.origin.batch_sizes = self.batch_sizes
         self._facts = cluster_facts(self.client)
 
     def stop_call(self) -> None:
@@ -205,6 +271,7 @@ class ClusterBackend(ParallelBackendBase):
         try:
             self._report()
         finally:
+            self._shared.release()
             if self._progress_id is not None:
                 state = "cancelled" if self._aborting else "finished"
                 plugins.run_progress(RunProgress(
@@ -230,8 +297,14 @@ class ClusterBackend(ParallelBackendBase):
             measuring = self.plan is None
             self._dispatched += len(func)
             self.batch_sizes.append(len(func))
+        inner = self.inner_max_num_threads
         try:
-            task = self.client.submit(run_batch, func, self.inner_max_num_threads, pure=False)
+            tasks = self._shared.tasks(func)
+            if tasks is None:
+                task = self.client.submit(run_batch, func, inner, pure=False)
+            else:
+                task = self.client.submit(run_tasks, batches.with_tasks(func, []), tasks, inner,
+                                          pure=False)
         except BaseException as exc:  # noqa: BLE001 - e.g. an unpicklable task: joblib raises it
             settle(future, exception=exc)
             return future

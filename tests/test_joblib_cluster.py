@@ -14,6 +14,7 @@ import warnings
 
 import joblib
 import joblib_helpers as h
+import numpy
 import pytest
 from dask_helpers import CustomError, raise_custom, where
 from distributed import Client, LocalCluster
@@ -184,3 +185,30 @@ def test_a_function_run_before_is_planned_from_what_was_learned(client):
     backend = AmorsizeBackend()
     Parallel(backend=backend)(delayed(h.busy)(i, 0.001) for i in range(100))
     assert backend.plan is not None and backend.plan.workload.recalled
+
+
+def test_a_large_argument_many_tasks_pass_goes_to_the_cluster_once(client, monkeypatch):
+    scattered: list = []
+    scatter = client.scatter
+
+    def recording(data, *args, **kwargs):
+        scattered.append(data)
+        return scatter(data, *args, **kwargs)
+
+    monkeypatch.setattr(client, "scatter", recording)
+    table = numpy.arange(200_000, dtype=numpy.float64)  # 1.6 MB, as scikit-learn's X
+    with parallel_config(backend="amorsize"):
+        out = Parallel()(delayed(numpy.take)(table, i) for i in range(30))
+    assert out == [float(i) for i in range(30)]
+    assert sum(1 for data in scattered if data[0] is table) == 1
+
+
+def test_small_arguments_and_those_of_one_task_travel_inside_the_batches(client, monkeypatch):
+    scattered: list = []
+    monkeypatch.setattr(client, "scatter", lambda data, *a, **k: scattered.append(data))
+    tables = [numpy.full(20_000, float(i)) for i in range(10)]
+    with parallel_config(backend="amorsize"):
+        out = Parallel()(delayed(numpy.max)(t) for t in tables)
+        out += Parallel()(delayed(pow)(i, 2) for i in range(10))
+    assert out == [float(i) for i in range(10)] + [i * i for i in range(10)]
+    assert scattered == []
