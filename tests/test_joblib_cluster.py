@@ -16,9 +16,11 @@ import joblib
 import joblib_helpers as h
 import numpy
 import pytest
+from control_helpers import ProgressRecorder
 from dask_helpers import CustomError, raise_custom, where
 from distributed import Client, LocalCluster
 from joblib import Parallel, delayed, parallel_config
+from plugin_helpers import registered
 
 import amorsize
 import amorsize_joblib  # noqa: F401 - registers the backend "amorsize"
@@ -212,3 +214,12 @@ def test_small_arguments_and_those_of_one_task_travel_inside_the_batches(client,
         out += Parallel()(delayed(pow)(i, 2) for i in range(10))
     assert out == [float(i) for i in range(10)] + [i * i for i in range(10)]
     assert scattered == []
+
+
+def test_progress_counts_the_tasks_run_on_the_cluster(client):
+    with registered(ProgressRecorder(), name="test-joblib-cluster-progress") as recorder:
+        with parallel_config(backend="amorsize", progress=True):
+            Parallel()([delayed(h.square)(i) for i in range(50)])
+    assert recorder.states()[0] == "started" and recorder.states()[-1] == "finished"
+    assert {p.source for p in recorder.seen} == {"dask.distributed"}
+    assert (recorder.last().n_done, recorder.last().n_total) == (50, 50)
