@@ -4,11 +4,11 @@ cluster plan, so scikit-learn's ``n_jobs`` scales out with the same backend.
 
 A call finds its cluster as joblib's own "dask" backend does: the Client given as the backend's
 ``client=``, else the current one (``distributed.Client.current()``); ``client=False`` keeps every
-call on this machine. ``distributed`` is imported only when a caller has imported it already
-(nobody holds a Client otherwise), so a call outside a Client pays one dictionary lookup.
+call on this machine. ``distributed`` is looked for only once the caller has imported it (nobody
+holds a Client otherwise), so a script without Dask pays one dictionary lookup per call.
 
 On the cluster, the first tasks of a function go one per batch, each timed on its worker; once
-a few came back, or a task outlasted ``SAMPLE_BUDGET_SECONDS``, ``cluster_plan`` sizes the
+a few came back, or ``SAMPLE_BUDGET_SECONDS`` of them, ``cluster_plan`` sizes the
 batches for the cluster's threads and what a task costs it (``cluster_facts``), as for
 ``amorsize_dask.map``, and what was measured is remembered under the same key, so either front
 end plans the function from what the other learned. joblib keeps the results in order, enforces
