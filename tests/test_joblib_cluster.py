@@ -161,6 +161,12 @@ def test_require_sharedmem_keeps_the_call_in_this_process(client):
     assert set(pids) == {os.getpid()}
 
 
+def test_prefer_threads_is_a_hint_the_cluster_takes_as_joblibs_dask_backend_does(client):
+    with parallel_config(backend="amorsize"):
+        pids = Parallel(prefer="threads")(delayed(h.pid)(i) for i in range(20))
+    assert set(pids) <= worker_pids(client)
+
+
 def test_n_jobs_1_is_a_plain_loop_here(client):
     with parallel_config(backend="amorsize"):
         pids = Parallel(n_jobs=1)(delayed(h.pid)(i) for i in range(5))
