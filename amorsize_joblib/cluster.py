@@ -17,7 +17,9 @@ end plans the function from what the other learned. joblib keeps the results in 
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import sys
 import threading
 import time
@@ -226,6 +228,7 @@ class ClusterBackend(ParallelBackendBase):
         self.progress = origin.progress
         self.parallel: Any = None
         self._lock = threading.Lock()
+        self._n_jobs = 2
         self._reset_call()
 
     def _reset_call(self) -> None:
@@ -245,6 +248,9 @@ class ClusterBackend(ParallelBackendBase):
         self._decided = time.perf_counter()
         self._progress_id: int | None = None
         self._shared = SharedArguments(self.client)
+        self._planned_from = 0
+        self._planned_ends: list[int] = []
+        self._planned_sizes: list[int] = []
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         return effective_n_jobs(self.client, n_jobs)
@@ -254,7 +260,8 @@ class ClusterBackend(ParallelBackendBase):
         """Every thread of the cluster, and at least two: ``n_jobs=1`` would make joblib run
         the call here, when the caller asked for the cluster."""
         self.parallel = parallel
-        return max(2, self.effective_n_jobs(n_jobs))
+        self._n_jobs = max(2, self.effective_n_jobs(n_jobs))
+        return self._n_jobs
 
     def start_call(self) -> None:
         from amorsize_dask.cluster_measure import cluster_facts
@@ -281,9 +288,22 @@ class ClusterBackend(ParallelBackendBase):
 
     def compute_batch_size(self) -> int:
         """One task per batch while measuring (each timed on its worker), then the plan's
-        batch; joblib cuts its last batches smaller itself, so the call ends evenly."""
+        batches in turn (they shrink toward the end, so the call ends evenly).
+
+        joblib takes ``n_jobs`` times this many tasks from the input and cuts them into
+        ``n_jobs`` batches, and when fewer are left, into batches ten times smaller: for an input
+        of known length the size is kept to what is left over ``n_jobs``, so the last tasks
+        go in batches of the plan's size, not in a tail of tiny tasks, each a round trip."""
         plan = self.plan
-        return 1 if plan is None else plan.chunksize
+        if plan is None:
+            return 1
+        sent = self._dispatched
+        at = bisect.bisect_right(self._planned_ends, sent - self._planned_from)
+        size = self._planned_sizes[at] if at < len(self._planned_sizes) else plan.chunksize
+        total = self._call.n_tasks
+        if total is not None and total - sent >= self._n_jobs:
+            size = min(size, (total - sent) // self._n_jobs)
+        return max(1, size)
 
     def submit(self, func: Any, callback: Callable | None = None) -> Future:
         """Send one joblib batch to the cluster as one task; the future joblib waits on is
@@ -421,6 +441,9 @@ class ClusterBackend(ParallelBackendBase):
             profile.arg_bytes)
         plan = cluster_plan(profile, workload, facts, sizes, correction=correction, runs=runs,
                             burst_seconds=burst_seconds(self.client))
+        self._planned_from = done
+        self._planned_sizes = sizes or []
+        self._planned_ends = list(itertools.accumulate(self._planned_sizes))
         self.plan = self.origin.plan = plan
         self._decided = time.perf_counter()
         log.started(plan, _name(self._func))

@@ -17,13 +17,14 @@ import joblib_helpers as h
 import numpy
 import pytest
 from control_helpers import ProgressRecorder
-from dask_helpers import CustomError, raise_custom, where
+from dask_helpers import CustomError, injected_cluster, raise_custom, where
 from distributed import Client, LocalCluster
 from joblib import Parallel, delayed, parallel_config
-from plugin_helpers import registered
+from plugin_helpers import Measured, registered
 
 import amorsize
 import amorsize_joblib  # noqa: F401 - registers the backend "amorsize"
+from amorsize_dask.cluster_plan import batch_sizes
 from amorsize_joblib import AmorsizeBackend
 
 pytestmark = pytest.mark.timeout(120)
@@ -230,3 +231,21 @@ def test_progress_counts_the_tasks_run_on_the_cluster(client):
     assert recorder.states()[0] == "started" and recorder.states()[-1] == "finished"
     assert {p.source for p in recorder.seen} == {"dask.distributed"}
     assert (recorder.last().n_done, recorder.last().n_total) == (50, 50)
+
+
+def test_the_batches_follow_the_plan_to_the_end_of_the_input(client):
+    """joblib would cut the last tasks of a call into batches ten times smaller than asked."""
+    injected_cluster(client, task_seconds=1e-3)
+    backend = AmorsizeBackend()
+    profile = amorsize.Profile(per_item_seconds=2e-3, n_measured=8, measured_by="a cluster worker")
+    with registered(Measured(profile)):
+        Parallel(backend=backend)([delayed(h.square)(i) for i in range(500)])
+    plan = backend.plan
+    planned = batch_sizes(500, 2e-3, plan.cluster.n_threads, 1e-3, plan.profile.arg_bytes)
+    # joblib sizes its first batches (2 * n_jobs, pre-dispatched) before the backend has seen
+    # a task, so before the function's plan is recalled: one task each
+    first = 2 * plan.n_jobs
+    assert backend.batch_sizes[:first] == [1] * first
+    after = backend.batch_sizes[first:]
+    assert len(after) <= len(planned) + plan.n_jobs
+    assert min(after) >= min(planned) // 2
