@@ -50,7 +50,7 @@ from amorsize.plan import Plan
 from amorsize.pools.worker import inside_worker
 from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
-from amorsize_joblib import batches
+from amorsize_joblib import batches, cluster
 from amorsize_joblib.batches import CallSettings, call_settings
 from amorsize_joblib.chunks import PoolBatches, run_joblib_batch, settle
 from amorsize_joblib.measure import Measurement
@@ -76,10 +76,12 @@ class BackendOptions(TypedDict, total=False):
     min_speedup: float
     executor: ExecutorType | None
     progress: bool
+    client: Any
 
 
 # given to Parallel(...) instead, they would reach configure() and be ignored
-_OPTIONS_NOT_OF_PARALLEL = ("executor", "min_speedup", "progress", "inner_max_num_threads")
+_OPTIONS_NOT_OF_PARALLEL = ("executor", "min_speedup", "progress", "inner_max_num_threads",
+                            "client")
 
 
 class AmorsizeBackend(ParallelBackendBase):
@@ -91,10 +93,11 @@ class AmorsizeBackend(ParallelBackendBase):
     ``Parallel()`` inside ``parallel_config(backend="amorsize")`` run in parallel. Backend
     parameters: ``executor`` forces "serial", "thread" or "process" (the optimizer still sizes
     workers and batches), ``min_speedup`` is the margin parallel must win by, ``progress=True``
-    reports tasks done to the ``amorsize_run_progress`` hook. They are checked when the backend
-    is made and again on every call (see ``check_options``). Nested calls get joblib's
-    threading backend capped at the cores left per outer worker (or run sequentially), so
-    nothing oversubscribes.
+    reports tasks done to the ``amorsize_run_progress`` hook, ``client`` picks the
+    ``dask.distributed`` cluster (None: the current Client, if any; False: never a cluster;
+    see ``cluster``). They are checked when the backend is made and again on every call (see
+    ``check_options``). Nested calls get joblib's threading backend capped at the cores left per
+    outer worker (or run sequentially), so nothing oversubscribes.
     """
 
     default_n_jobs = -1
@@ -115,6 +118,7 @@ class AmorsizeBackend(ParallelBackendBase):
         min_speedup: float = MIN_SPEEDUP,
         executor: ExecutorType | None = None,
         progress: bool = False,
+        client: Any = None,
         **backend_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -125,6 +129,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self.min_speedup = min_speedup
         self.executor = executor
         self.progress = progress
+        self.client = client
         self.check_options()
         self.parallel: Any = None
         self.plan: Plan | None = None
@@ -146,7 +151,7 @@ class AmorsizeBackend(ParallelBackendBase):
         a call in a loop checks nothing more."""
         if (self.min_speedup is MIN_SPEEDUP and self.executor is None and self.progress is False
                 and self.n_jobs_cap is None and self.inner_max_num_threads is None
-                and not self.backend_kwargs):
+                and self.client is None and not self.backend_kwargs):
             return
         if self.backend_kwargs:
             complete("AmorsizeBackend", self.backend_kwargs, BackendOptions)
@@ -161,6 +166,7 @@ class AmorsizeBackend(ParallelBackendBase):
         check_flag("progress", self.progress)
         check_positive_int("inner_max_num_threads", self.inner_max_num_threads, allow_none=True)
         check_positive_int("n_jobs_cap", self.n_jobs_cap, allow_none=True)
+        cluster.check_client(self.client)
 
     @property
     def run(self) -> Run | None:
@@ -169,7 +175,14 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """Workers joblib slices the work for: -1 means amorsize's usable CPUs (affinity and
-        cgroup quota aware), like joblib's ``cpu_count``."""
+        cgroup quota aware), like joblib's ``cpu_count``; inside ``with Client(...)``, the
+        cluster's threads."""
+        client = cluster.client_of(self)
+        if client is not None:
+            return cluster.effective_n_jobs(client, n_jobs)
+        return self._local_n_jobs(n_jobs)
+
+    def _local_n_jobs(self, n_jobs: int | None) -> int:
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
@@ -202,7 +215,11 @@ class AmorsizeBackend(ParallelBackendBase):
                 raise FallbackToBackend(SequentialBackend(nesting_level=level))
             cap = self.n_jobs_cap or _worker_cap()
             raise FallbackToBackend(_CappedThreadingBackend(cap, nesting_level=level))
-        effective = self.effective_n_jobs(n_jobs)
+        if n_jobs != 1 and require != "sharedmem" and not inside_worker():
+            client = cluster.client_of(self)
+            if client is not None:  # inside ``with Client(...)``: the cluster runs the call
+                raise FallbackToBackend(cluster.ClusterBackend(client, self))
+        effective = self._local_n_jobs(n_jobs)
         if effective == 1 or inside_worker():
             # inside_worker: called by a task of an amorsize pool, whose threads may be the very
             # ones a plan would wait for; serial, as amorsize.map is there

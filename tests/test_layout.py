@@ -193,3 +193,21 @@ def test_the_optimizer_and_the_pools_import_nothing_of_the_layers_above(module, 
     above = next(v for k, v in _BELOW_THE_RUN.items() if module.startswith(k))
     for imported, _ in _imports(path):
         assert not imported.startswith(above), f"{module} imports {imported}, a layer above it"
+
+
+def test_the_joblib_backend_reaches_a_cluster_through_one_module_and_only_when_asked():
+    """``amorsize_joblib.cluster`` is the one adapter module that imports another adapter
+    (``amorsize_dask``'s cluster plan), inside its functions: ``import amorsize_joblib`` loads no
+    Dask, and ``amorsize_dask`` imports nothing of ``amorsize_joblib``."""
+    for module, path in MODULES:
+        tree = ast.parse(path.read_text())
+        top_level = {alias.name if isinstance(node, ast.Import) else node.module
+                     for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                     for alias in node.names}
+        imported = {m.split(".")[0] for m, _ in _imports(path)}
+        if module.startswith("amorsize_dask"):
+            assert "amorsize_joblib" not in imported, module
+        elif module.startswith("amorsize_joblib"):
+            assert module == "amorsize_joblib.cluster" or "amorsize_dask" not in imported, module
+            assert not {str(m).split(".")[0] for m in top_level} & {
+                "amorsize_dask", "dask", "distributed"}, module
