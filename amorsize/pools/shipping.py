@@ -22,9 +22,11 @@ from __future__ import annotations
 import importlib.machinery
 import io
 import linecache
+import pickle
 import sys
 import threading
 import types
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -48,12 +50,14 @@ def workers_start_with(path: list[str]) -> None:
             _checked.clear()
 
 
-def dumps(obj: Any, protocol: int | None = None) -> bytes:
+def dumps(obj: Any, protocol: int | None = None,
+          buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
     """``cloudpickle.dumps``, with code keeping its file name, and modules the workers cannot
     import sent by value. In a process worker (results on their way back) no module is judged:
-    the caller has every module its workers have, and the check would cost each result a call."""
+    the caller has every module its workers have, and the check would cost each result a call.
+    ``buffer_callback`` (protocol 5) is pickle's: a buffer it returns false for is left out."""
     with io.BytesIO() as file:
-        pickler = _Pickler(file, protocol=protocol)
+        pickler = _Pickler(file, protocol=protocol, buffer_callback=buffer_callback)
         pickler.judge_modules = not environment.in_process_worker()
         pickler.dump(obj)
         return file.getvalue()
