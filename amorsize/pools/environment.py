@@ -112,10 +112,13 @@ def _peak_kb() -> float:
 
 
 def _resident_kb() -> float:
-    """This process's resident memory now (KB): /proc on Linux, psutil elsewhere."""
+    """This process's resident memory now (KB), but for the pages it shares (shared memory,
+    mapped files): a function's large input read through shared memory (``shared``) is not
+    this worker's growth. /proc on Linux, psutil elsewhere."""
     try:
         with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") / 1024)
+            fields = f.read().split()
+        return (int(fields[1]) - int(fields[2])) * (os.sysconf("SC_PAGE_SIZE") / 1024)
     except (OSError, ValueError, IndexError):
         pass
     try:

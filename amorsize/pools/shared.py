@@ -18,8 +18,8 @@ by value with each chunk, as before (``available``).
 
 The caller keeps its segments by the buffers' sizes and CRC-32: a later call over the same data
 (a new partial over the same array too) sends nothing again, and a buffer changed in place gets
-a new segment. A segment is released once it is among neither the last ``KEPT_SEGMENTS`` used nor
-a prepared function still running (``Segment``'s lifetime).
+a new segment. A segment is released once no prepared function holds it (a run still going) and
+it is no longer kept: not among the last ``KEPT_SEGMENTS`` used, or its array was collected.
 
 Imported by every process worker: kept light.
 """
@@ -27,6 +27,7 @@ Imported by every process worker: kept light.
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
 import sys
@@ -44,8 +45,10 @@ KEPT_SEGMENTS = 4
 SHM_DIR = "/dev/shm"  # noqa: S108 - where POSIX shared memory lives on Linux
 _ALIGN = 64
 
-_lock = threading.Lock()
+# re-entrant: a collected array's callback (``_forget``) may run while this thread holds it
+_lock = threading.RLock()
 _kept: OrderedDict[tuple, Segment] = OrderedDict()
+_owners: dict[tuple[int, tuple], weakref.ref] = {}
 _alive: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionary()
 _used = False
 # bumped whenever a segment is made or released: workers apply the newest list of live ones
@@ -122,6 +125,7 @@ def place(buffers: list[pickle.PickleBuffer]) -> Segment:
         found = _kept.get(key)
         if found is not None:
             _kept.move_to_end(key)
+            _let_go_with(views, key)
             return found
     layout = []
     offset = 0
@@ -143,8 +147,30 @@ def place(buffers: list[pickle.PickleBuffer]) -> Segment:
         _kept[key] = segment
         _alive[segment.token] = segment
         while len(_kept) > KEPT_SEGMENTS:
-            _kept.popitem(last=False)
+            evicted = _kept.popitem(last=False)[0]
+            for owned in [k for k in _owners if k[1] == evicted]:
+                del _owners[owned]
+        _let_go_with(views, key)
     return segment
+
+
+def _let_go_with(views: list[memoryview], key: tuple) -> None:
+    """Stop keeping the segment ``key`` once the object holding one of its buffers (the
+    caller's array) is collected: no later call can ask for it."""
+    for view in views:
+        owner = view.obj
+        if (id(owner), key) in _owners:
+            continue
+        try:
+            _owners[id(owner), key] = weakref.ref(owner, functools.partial(_forget, id(owner), key))
+        except TypeError:  # bytes, bytearray: kept among the last used only
+            continue
+
+
+def _forget(owner: int, key: tuple, _: object) -> None:
+    with _lock:
+        _owners.pop((owner, key), None)
+        _kept.pop(key, None)
 
 
 def placed_where(nbytes: float) -> str:
@@ -245,7 +271,8 @@ def _forget_in_child() -> None:
     """A forked child holds copies of its parent's descriptors: it lets them go, and makes its
     own segments if it needs any."""
     global _lock, _used
-    _lock = threading.Lock()
+    _lock = threading.RLock()
+    _owners.clear()
     _kept.clear()
     _alive.clear()
     _used = False
