@@ -181,6 +181,17 @@ def test_the_segment_is_released_once_the_array_is_collected(manager):
     assert _holding(token, [os.getpid()]) == []
 
 
+def test_an_array_changed_in_place_lets_go_of_its_old_segment(manager):
+    array = big_array(4, seed=8)
+    pool = manager.get_pool(2, "process")
+    old = pool.prepare(functools.partial(slice_sum, array)).shared.token
+    array[0] = -1.0
+    new = pool.prepare(functools.partial(slice_sum, array)).shared.token
+    gc.collect()
+    assert new != old
+    assert _holding(old, [os.getpid()]) == [] and _holding(new, [os.getpid()])
+
+
 def touch_all(array: np.ndarray, i: int) -> float:
     return float(array.sum()) if i else 0.0  # the first task leaves it untouched
 

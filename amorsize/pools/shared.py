@@ -19,7 +19,8 @@ by value with each chunk, as before (``available``).
 The caller keeps its segments by the buffers' sizes and CRC-32: a later call over the same data
 (a new partial over the same array too) sends nothing again, and a buffer changed in place gets
 a new segment. A segment is released once no prepared function holds it (a run still going) and
-it is no longer kept: not among the last ``KEPT_SEGMENTS`` used, or its array was collected.
+it is no longer kept: not among the last ``KEPT_SEGMENTS`` used, or its array was collected or
+changed in place (so a loop updating a big array holds one copy of it, not several).
 
 Imported by every process worker: kept light.
 """
@@ -48,7 +49,9 @@ _ALIGN = 64
 # re-entrant: a collected array's callback (``_forget``) may run while this thread holds it
 _lock = threading.RLock()
 _kept: OrderedDict[tuple, Segment] = OrderedDict()
-_owners: dict[tuple[int, tuple], weakref.ref] = {}
+# the objects whose buffers are in kept segments, by id: a weak reference, and the checksum
+# their buffer had when last placed
+_owners: dict[int, tuple[weakref.ref, tuple[int, int]]] = {}
 _alive: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionary()
 _used = False
 # bumped whenever a segment is made or released: workers apply the newest list of live ones
@@ -147,30 +150,40 @@ def place(buffers: list[pickle.PickleBuffer]) -> Segment:
         _kept[key] = segment
         _alive[segment.token] = segment
         while len(_kept) > KEPT_SEGMENTS:
-            evicted = _kept.popitem(last=False)[0]
-            for owned in [k for k in _owners if k[1] == evicted]:
-                del _owners[owned]
+            _kept.popitem(last=False)
         _let_go_with(views, key)
     return segment
 
 
 def _let_go_with(views: list[memoryview], key: tuple) -> None:
-    """Stop keeping the segment ``key`` once the object holding one of its buffers (the
-    caller's array) is collected: no later call can ask for it."""
-    for view in views:
+    """Stop keeping the segments that hold an object's buffer (the caller's array) once no
+    later call can ask for them: when the object is collected, or changed in place (its
+    checksum differs from the last call's)."""
+    for view, content in zip(views, key, strict=True):
         owner = view.obj
-        if (id(owner), key) in _owners:
+        known = _owners.get(id(owner))
+        if known is not None:
+            if known[1] != content:
+                _owners[id(owner)] = (known[0], content)
+                _drop_holding(known[1])
             continue
         try:
-            _owners[id(owner), key] = weakref.ref(owner, functools.partial(_forget, id(owner), key))
-        except TypeError:  # bytes, bytearray: kept among the last used only
+            ref = weakref.ref(owner, functools.partial(_forget, id(owner)))
+        except TypeError:  # bytearray and the like: kept among the last used only
             continue
+        _owners[id(owner)] = (ref, content)
 
 
-def _forget(owner: int, key: tuple, _: object) -> None:
+def _drop_holding(content: tuple[int, int]) -> None:
+    for key in [k for k in _kept if content in k]:
+        del _kept[key]
+
+
+def _forget(owner: int, _: object) -> None:
     with _lock:
-        _owners.pop((owner, key), None)
-        _kept.pop(key, None)
+        known = _owners.pop(owner, None)
+        if known is not None:
+            _drop_holding(known[1])
 
 
 def placed_where(nbytes: float) -> str:
