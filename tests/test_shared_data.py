@@ -170,6 +170,20 @@ def test_a_released_segment_is_let_go_by_the_caller_and_the_workers(manager, mon
     assert _holding(token, pool.worker_pids()) == []
 
 
+def test_idle_workers_let_go_of_a_segment_the_caller_released(manager):
+    array = big_array(4, seed=9)
+    pool = manager.get_pool(2, "process")
+    pool.map(functools.partial(slice_sum, array), range(40), chunksize=1)
+    token = pool.prepare(functools.partial(slice_sum, array)).shared.token
+    assert _holding(token, pool.worker_pids())
+    del array
+    gc.collect()
+    deadline = time.monotonic() + 10.0  # the workers check twice a second; no task is sent
+    while _holding(token, pool.worker_pids()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _holding(token, pool.worker_pids()) == []
+
+
 def test_the_segment_is_released_once_the_array_is_collected(manager):
     array = big_array(4, seed=6)
     pool = manager.get_pool(2, "process")

@@ -61,8 +61,9 @@ def initialize(blas_threads: int | None, pool_board: Any = None, claimed: Any = 
     if memory_limit_mb is not None:
         _memory = [memory_limit_mb * 1024, 0.0, False, 0]
     if parent is not None:
-        from amorsize.pools import orphans
+        from amorsize.pools import orphans, payloads
 
+        orphans.check_each_interval(payloads.forget_released)
         orphans.watch_parent(parent, forked_on_main_thread)
 
 

@@ -95,6 +95,23 @@ class PickledFunction:
         return func
 
 
+def forget_released() -> None:
+    """In a process worker, every half second (``orphans``): drop the functions, and the
+    mappings, of the segments whose maker let go of them, so their memory goes though no
+    function comes to name the live ones (``_forget_released``)."""
+    gone = shared.released()
+    for token in gone:
+        for digest, owner in list(_SHARED_BY.items()):
+            if owner == token:
+                _FUNC_CACHE.pop(digest, None)
+                _SHARED_BY.pop(digest, None)
+        shared.unmap(token)
+    if gone:
+        import gc
+
+        gc.collect()  # a function that came by value may sit in a reference cycle
+
+
 def _forget_released(live: tuple[int, tuple[str, ...]]) -> None:
     """Drop the functions, and the mappings, of the segments the caller released (named by
     the newest list of live segments seen: an older list may arrive later, with a chunk of a
@@ -107,7 +124,7 @@ def _forget_released(live: tuple[int, tuple[str, ...]]) -> None:
     for digest, token in list(_SHARED_BY.items()):
         if token not in tokens:
             _FUNC_CACHE.pop(digest, None)
-            del _SHARED_BY[digest]
+            _SHARED_BY.pop(digest, None)
     for token in shared.mapped_tokens().difference(tokens):
         shared.unmap(token)
 

@@ -56,8 +56,9 @@ _alive: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionary(
 _used = False
 # bumped whenever a segment is made or released: workers apply the newest list of live ones
 _generation = 0
-# in a worker: the segments mapped, by token
+# in a worker: the segments mapped, by token, and where their makers hold them
 _mapped: dict[str, mmap.mmap] = {}
+_held_at: dict[str, str] = {}
 
 
 class SegmentRef:
@@ -266,6 +267,7 @@ def views(ref: SegmentRef) -> list[memoryview]:
         finally:
             os.close(fd)
         _mapped[ref.token] = mapped
+        _held_at[ref.token] = f"/proc/{ref.pid}/fd/{ref.fd}"
     whole = memoryview(mapped)
     return [whole[at:at + size] for at, size in ref.layout]
 
@@ -273,6 +275,22 @@ def views(ref: SegmentRef) -> list[memoryview]:
 def unmap(token: str) -> None:
     """In a worker: forget a segment; its memory goes once the views into it are gone."""
     _mapped.pop(token, None)
+    _held_at.pop(token, None)
+
+
+def released() -> list[str]:
+    """In a worker: the tokens of the mapped segments their maker no longer holds (closed, or
+    its descriptor's number now names another file)."""
+    gone = []
+    for token, path in list(_held_at.items()):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            gone.append(token)
+            continue
+        if f"{stat.st_dev}:{stat.st_ino}" != token:
+            gone.append(token)
+    return gone
 
 
 def mapped_tokens() -> set[str]:
