@@ -22,11 +22,12 @@ import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 import amorsize
-from amorsize.pools import shared
+from amorsize.pools import shared, worker
 
 DATA: np.ndarray | None = None
 LOOPS = 1
@@ -75,30 +76,35 @@ def fork_global(n_items: int, workers: int) -> list:
 
 
 def main() -> None:
-    global DATA
+    global DATA, LOOPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200)
     parser.add_argument("--items", type=int, default=400)
     parser.add_argument("--item-ms", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--loops", type=int, default=0,
+                        help="passes over each item's slice (default: calibrated to --item-ms)")
     args = parser.parse_args()
     n = args.items
     DATA = np.random.default_rng(0).random(int(args.mb * 2**20 / 8))
-    calibrate(DATA, args.item_ms)  # the first pass warms up
-    loops = calibrate(DATA, args.item_ms)
+    if args.loops:
+        LOOPS = loops = args.loops
+    else:
+        calibrate(DATA, args.item_ms)  # the first pass warms up
+        loops = calibrate(DATA, args.item_ms)
     func = functools.partial(work, DATA, n_items=n)
     items = range(n)
     expected = [func(i) for i in items]
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"{args.mb:.0f} MB array, {n} items of ~{args.item_ms} ms ({loops} loops), "
           f"{workers} CPUs, load average {os.getloadavg()[0]:.2f} at start\n")
-    rows: list[tuple[str, list[float]]] = []
 
     def check(results: list) -> None:
         assert list(results) == expected
 
-    rows.append(("fork + module global (floor)",
-                 timed(lambda: check(fork_global(n, workers or 2)), args.repeat)))
+    ways: dict[str, Callable[[], None]] = {
+        "fork + module global (floor)": lambda: check(fork_global(n, workers or 2)),
+    }
     try:
         from joblib import Parallel, delayed
 
@@ -106,26 +112,32 @@ def main() -> None:
             check(Parallel(n_jobs=workers)(delayed(work)(DATA, i, n) for i in items))
 
         loky()  # the executor starts once, as amorsize's pools do
-        rows.append(("joblib loky (memory-maps the array)", timed(loky, args.repeat)))
+        ways["joblib loky (memory-maps the array)"] = loky
     except ImportError:
         pass
-    rows.append(("serial loop", timed(lambda: check([func(i) for i in items]), args.repeat)))
+    ways["serial loop"] = lambda: check([func(i) for i in items])
     first = timed(lambda: check(amorsize.map(func, items)), 1)
+    ways["amorsize.map, later calls"] = lambda: check(amorsize.map(func, items))
+    # round robin: a change in the machine's load falls on every way alike
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(args.repeat):
+        for name, run in ways.items():
+            times[name] += timed(run, 1)
+    rows = list(times.items())
+    rows.insert(len(rows) - 1, ("amorsize.map, first call (starts, measures, places)", first))
     plan = amorsize.last_plan()
-    rows.append(("amorsize.map, first call (starts, measures, places)", first))
-    rows.append(("amorsize.map, later calls", timed(lambda: check(amorsize.map(func, items)),
-                                                    args.repeat)))
-    plan = amorsize.last_plan() or plan
     floor = statistics.median(rows[0][1])
-    print("| way | median s | x floor |")
-    print("|---|---|---|")
-    for name, times in rows:
-        m = statistics.median(times)
-        print(f"| {name} | {m:.3f} | {m / floor:.2f} |")
+    print("| way | median s | x floor | all s |")
+    print("|---|---|---|---|")
+    for name, laps in rows:
+        m = statistics.median(laps)
+        print(f"| {name} | {m:.3f} | {m / floor:.2f} | {' '.join(f'{t:.3f}' for t in laps)} |")
+    per_chunk = len(worker.ByValue(worker.PickledFunction(func)).data)
     live = shared.live_tokens()
     print(f"\nplan: {plan.executor_type if plan else '?'}, n_jobs={plan.n_jobs if plan else '?'}, "
           f"chunksize={plan.chunksize if plan else '?'}; shared segments held: "
-          f"{0 if live is None else len(live[1])}; load average {os.getloadavg()[0]:.2f} at end")
+          f"{0 if live is None else len(live[1])}; the function crosses with each chunk as "
+          f"{per_chunk} bytes; load average {os.getloadavg()[0]:.2f} at end")
     if plan is not None:
         print("reasons:", *plan.reasons, sep="\n  ")
     amorsize.shutdown_global_pool_manager()
