@@ -126,6 +126,20 @@ def test_workers_see_the_shared_array_read_only(manager):
         pool.map(functools.partial(write_into, big_array(4)), range(4))
 
 
+def byte_at(data: bytes, i: int) -> tuple[int, str]:
+    return data[i], type(data).__name__
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_a_partial_over_large_bytes_shares_them_too(manager, kind):
+    data = kind(bytes(range(256)) * 8192)  # 2 MB
+    pool = manager.get_pool(2, "process")
+    prepared = pool.prepare(functools.partial(byte_at, data))
+    assert prepared.shared is not None and len(prepared.payload) < 10_000
+    assert pool.map(functools.partial(byte_at, data), range(300), chunksize=7) == [
+        (i % 256, kind.__name__) for i in range(300)]
+
+
 def test_small_buffers_still_travel_with_the_function(manager):
     prepared = manager.get_pool(2, "process").prepare(
         functools.partial(slice_sum, np.ones(1000)))

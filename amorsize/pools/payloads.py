@@ -34,8 +34,8 @@ FAILED_AT = "_amorsize_failed_at"
 class PickledFunction:
     """A function shipped as cloudpickle bytes, with a digest so workers can cache it.
 
-    Its buffers of ``shared.SHARED_MIN_BYTES`` or more (a partial or closure over a big array)
-    are not in the bytes: they wait in a shared-memory segment (``shared``) that each worker
+    Its buffers of ``shared.SHARED_MIN_BYTES`` or more (a partial or closure over a big array
+    or ``bytes``) are not in the bytes: they wait in a shared-memory segment (``shared``) that each worker
     maps once, and the function keeps its segment held while it lives. ``live`` names the
     segments the caller still holds: a worker forgets the functions of the others."""
 
@@ -82,10 +82,10 @@ class PickledFunction:
             _forget_released(self.live)
         func = _FUNC_CACHE.get(self.digest)
         if func is None:
-            import cloudpickle
+            from amorsize.pools import shipping
 
             ref = self.shared
-            func = _into_main(cloudpickle.loads(
+            func = _into_main(shipping.loads(
                 self.payload, buffers=None if ref is None else shared.views(ref)))
             _FUNC_CACHE[self.digest] = func
             if ref is not None:
