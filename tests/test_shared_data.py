@@ -82,6 +82,20 @@ def test_results_are_those_of_the_serial_loop_for_a_partial_over_a_large_array()
     assert amorsize.map(func, range(300), executor="process", n_jobs=2, chunksize=7) == expected
 
 
+def closure_over(array: np.ndarray):
+    def total(i: int) -> float:
+        return float(array[i * 1000:(i + 1) * 1000].sum())
+    return total
+
+
+def test_a_closure_over_a_large_array_shares_it_too(manager):
+    array = big_array()
+    pool = manager.get_pool(2, "process")
+    assert pool.prepare(closure_over(array)).shared is not None
+    assert pool.map(closure_over(array), range(100), chunksize=9) == [
+        slice_sum(array, i) for i in range(100)]
+
+
 def test_the_array_is_not_in_what_travels_with_each_chunk(manager):
     array = big_array()
     prepared = manager.get_pool(2, "process").prepare(functools.partial(slice_sum, array))
