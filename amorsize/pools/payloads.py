@@ -35,9 +35,9 @@ class PickledFunction:
     """A function shipped as cloudpickle bytes, with a digest so workers can cache it.
 
     Its buffers of ``shared.SHARED_MIN_BYTES`` or more (a partial or closure over a big array
-    or ``bytes``) are not in the bytes: they wait in a shared-memory segment (``shared``) that each worker
-    maps once, and the function keeps its segment held while it lives. ``live`` names the
-    segments the caller still holds: a worker forgets the functions of the others."""
+    or ``bytes``) are not in the bytes: they wait in a shared-memory segment (``shared``) that
+    each worker maps once, and the function keeps its segment held while it lives. ``live``
+    names the segments the caller still holds: a worker forgets the functions of the others."""
 
     __slots__ = ("digest", "live", "payload", "segment", "shared")
 
