@@ -188,6 +188,7 @@ _OVERHEAD_NAMES = {
     "process_per_chunk": "process per chunk",
     "process_busy_per_chunk": "process per chunk while every core computes",
     "process_per_byte": "process per byte sent",
+    "shared_per_byte": "shared memory per byte placed",
     "thread_start": "thread pool start",
     "thread_per_chunk": "thread per chunk",
     "interpreter_start": "interpreter pool start",

@@ -26,6 +26,9 @@ class Profile:
     releases the GIL). ``None`` when it was not measured. ``cost_trend`` is how closely the cost
     of the calls followed their order in the input (a rank correlation, -1 to 1): costs that
     rise or fall along the input do not average out over a chunk of neighbouring items.
+    ``func_bytes`` is the pickled function; ``shared_bytes`` the part of it, its large buffers
+    (a partial over a big array), that crosses to process workers once, through shared memory
+    (``amorsize.pools.shared``), where the rest travels with every chunk.
     """
 
     per_item_seconds: float
@@ -35,6 +38,7 @@ class Profile:
     result_bytes: float = 0.0
     pickle_seconds: float = 0.0
     func_bytes: float = 0.0
+    shared_bytes: float = 0.0
     thread_scaling: float | None = None
     picklable: bool = True
     unpicklable_reason: str = ""

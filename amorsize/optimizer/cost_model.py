@@ -95,14 +95,18 @@ def process_seconds(
     """Processes: calls run in parallel up to the cores they use -- fewer than the workers when
     a call uses several cores itself, more when it spends part of its time waiting;
     the parent pickles, sends and receives every item (one core's worth of work that competes
-    with the workers when they use every core); a cold pool's start-up is charged in
-    ``startup_share`` (less than 1 when the start-up is amortised over repeated calls)."""
+    with the workers when they use every core) and places the function's shared buffers once (a
+    copy on the first call, a checksum on the later ones: of the same order); a cold pool's
+    start-up is charged in ``startup_share`` (less than 1 when the start-up is amortised over
+    repeated calls)."""
     t = profile.per_item_seconds
     usable = max(1.0, min(workers, cpus / max(profile.cpu_ratio, _MIN_CPU_SHARE)))
     n_chunks = math.ceil(n / chunksize)
-    # every chunk carries the function too (by value: a closure or __main__ function may be big)
-    moved = (n * (profile.arg_bytes + profile.result_bytes) + n_chunks * profile.func_bytes) \
-        * ovh.process_per_byte
+    # every chunk carries the function too (by value: a closure or __main__ function may be
+    # big), but for its large buffers, which cross once, through shared memory
+    per_chunk = max(0.0, profile.func_bytes - profile.shared_bytes)
+    moved = (n * (profile.arg_bytes + profile.result_bytes) + n_chunks * per_chunk) \
+        * ovh.process_per_byte + profile.shared_bytes * ovh.shared_per_byte
     shipping = moved + n * profile.pickle_seconds / 2
     parent = n_chunks * ovh.process_per_chunk + shipping
     in_workers = n * (t + profile.pickle_seconds / 2)

@@ -25,6 +25,7 @@ from amorsize.errors import ExecutorType
 from amorsize.optimizer import cost_model, overheads
 from amorsize.optimizer.learned import LEARNED, Learned, function_key
 from amorsize.plan import Machine, Plan, format_bytes, format_seconds, measured_how
+from amorsize.pools import shared
 from amorsize.workload import Profile, Workload
 
 ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
@@ -381,6 +382,12 @@ def _describe(profile: Profile, workload: Workload) -> str:
     if profile.arg_bytes or profile.result_bytes:
         text += (f"; pickled item {format_bytes(profile.arg_bytes)}, result "
                  f"{format_bytes(profile.result_bytes)}")
+    if profile.shared_bytes:
+        where = shared.placed_where(profile.shared_bytes)
+        text += (f"; the function's {format_bytes(profile.shared_bytes)} of large buffers cross "
+                 "to process workers once, through shared memory" + (
+                     "" if where == shared.SHM_DIR else
+                     f" in a file in {where} ({shared.SHM_DIR} has too little room)"))
     return text
 
 

@@ -33,7 +33,9 @@ class Overheads:
     and collect its result; ``process_busy_per_chunk`` is what a chunk costs the cores (both
     ends' handling, a core waiting for the next chunk) when the workers compute on all of them;
     ``process_latency`` is one round trip of a tiny task (the pipeline's fill and drain);
-    ``process_per_byte`` is moving one pickled byte between parent and worker. The
+    ``process_per_byte`` is moving one pickled byte between parent and worker;
+    ``shared_per_byte`` is placing one byte of a function's large buffers in shared memory,
+    once per call (a checksum, to know it is there already, or a copy). The
     ``interpreter_`` figures are the same for a pool of sub-interpreters (Python 3.14+), whose
     start-up is mostly importing, in each interpreter, what a worker needs.
     """
@@ -45,6 +47,7 @@ class Overheads:
     process_busy_per_chunk: float = 400e-6
     process_latency: float = 500e-6
     process_per_byte: float = 2e-9
+    shared_per_byte: float = 1e-9
     interpreter_start: float = 0.15
     interpreter_per_chunk: float = 150e-6
     interpreter_busy_per_chunk: float = 300e-6
@@ -131,6 +134,7 @@ def _process_figures(pool: Any) -> dict[str, float]:
         "process_latency": found["latency"],
         "process_per_chunk": found["per_chunk"],
         "process_per_byte": found["per_byte"],
+        "shared_per_byte": _checksum_per_byte(),
         "process_start": max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
     }
     busy = _busy_per_chunk(pool, found["per_chunk"])
@@ -159,6 +163,20 @@ def _round_trips(pool: Any) -> dict[str, float]:
         moves.append(time.perf_counter() - t0)
     per_byte = max(0.0, statistics.median(moves) - latency) / len(payload)
     return {"latency": latency, "per_chunk": per_chunk, "per_byte": max(0.2e-9, per_byte)}
+
+
+def _checksum_per_byte() -> float:
+    """What knowing a function's shared buffer is placed already costs a byte: its checksum
+    (``amorsize.pools.shared.place``)."""
+    import zlib
+
+    payload = bytes(4 * 2**20)
+    laps = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        zlib.crc32(payload)
+        laps.append(time.perf_counter() - t0)
+    return max(0.05e-9, min(laps) / len(payload))
 
 
 def _per_chunk(pool: Any, count: int) -> float:

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import math
 import os
+import pickle
 import statistics
 import threading
 import time
@@ -351,15 +352,31 @@ def timing_overhead() -> float:
 def shipping(func: Any, pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
     """Sizes and round-trip times of (argument, result) pairs through cloudpickle, as the
     process pools ship them, and whether processes can run this at all: ``{}`` if there was
-    nothing to measure, ``picklable=False`` with the reason if something cannot travel."""
+    nothing to measure, ``picklable=False`` with the reason if something cannot travel. The
+    part of the function's bytes that crosses once, through shared memory, is counted apart
+    too (``shared_bytes``), without copying it to count it."""
     import cloudpickle
 
-    func_bytes = 0
+    from amorsize.pools import shared as shared_memory
+    from amorsize.pools import shipping as to_workers
+
+    func_bytes = shared_bytes = 0
     if func is not None:
+        big: list[int] = []
+
+        def in_band(buffer: pickle.PickleBuffer) -> bool:
+            if shared_memory.in_band(buffer):
+                return True
+            big.append(memoryview(buffer).nbytes)
+            return False
+
         try:
-            func_bytes = len(cloudpickle.dumps(func))
+            func_bytes = len(to_workers.dumps(func, protocol=5, buffer_callback=in_band))
         except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
             return {"picklable": False, "unpicklable_reason": f"the function: {exc}"}
+        func_bytes += sum(big)
+        if shared_memory.available():
+            shared_bytes = sum(big)
     sizes_in, sizes_out, seconds = [], [], []
     for argument, result in pairs:
         try:
@@ -380,4 +397,5 @@ def shipping(func: Any, pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
         "result_bytes": statistics.fmean(sizes_out),
         "pickle_seconds": statistics.fmean(seconds),
         "func_bytes": float(func_bytes),
+        "shared_bytes": float(shared_bytes),
     }

@@ -61,8 +61,9 @@ def initialize(blas_threads: int | None, pool_board: Any = None, claimed: Any = 
     if memory_limit_mb is not None:
         _memory = [memory_limit_mb * 1024, 0.0, False, 0]
     if parent is not None:
-        from amorsize.pools import orphans
+        from amorsize.pools import orphans, payloads
 
+        orphans.check_each_interval(payloads.forget_released)
         orphans.watch_parent(parent, forked_on_main_thread)
 
 
@@ -112,10 +113,13 @@ def _peak_kb() -> float:
 
 
 def _resident_kb() -> float:
-    """This process's resident memory now (KB): /proc on Linux, psutil elsewhere."""
+    """This process's resident memory now (KB), but for the pages it shares (shared memory,
+    mapped files): a function's large input read through shared memory (``shared``) is not
+    this worker's growth. /proc on Linux, psutil elsewhere."""
     try:
         with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") / 1024)
+            fields = f.read().split()
+        return (int(fields[1]) - int(fields[2])) * (os.sysconf("SC_PAGE_SIZE") / 1024)
     except (OSError, ValueError, IndexError):
         pass
     try:

@@ -31,6 +31,7 @@ INTERVAL = 0.5
 _PR_SET_PDEATHSIG = 1
 _server: tuple[int, int] | None = None  # (the fork server's pid, its parent's) once armed
 _watching = False
+_checks: list[Callable[[], None]] = []
 _WINDOWS = sys.platform == "win32"
 
 
@@ -65,7 +66,18 @@ def watch_parent(parent: int, forked_on_main_thread: bool) -> None:
 def _watch(orphaned: Callable[[], bool]) -> None:
     while not orphaned():
         time.sleep(INTERVAL)
+        for check in _checks:
+            try:
+                check()
+            except Exception:  # noqa: BLE001, S112 - the watch must go on whatever a check does
+                continue
     os._exit(1)
+
+
+def check_each_interval(check: Callable[[], None]) -> None:
+    """Have the watching thread of this process worker also call ``check`` every ``INTERVAL``
+    (``payloads``: let go of shared memory the caller released, though no task comes)."""
+    _checks.append(check)
 
 
 def _alive(pid: int, started: str | None) -> bool:

@@ -5,7 +5,8 @@ Process workers do not import the parent's ``__main__`` (as loky's workers do no
 without an ``if __name__ == "__main__":`` guard is never run again in a worker. So everything
 crossing to and from a process worker travels by value (``ByValue``): cloudpickle carries
 ``__main__`` functions and classes that way. Each worker keeps the last few unpickled functions
-(``PickledFunction``) so a chunk does not pay to unpickle again.
+(``PickledFunction``) so a chunk does not pay to unpickle again; a function's large buffers
+cross once per worker, through shared memory (``shared``).
 
 Imported by every process worker: kept light.
 """
@@ -17,10 +18,13 @@ import types
 from collections import OrderedDict
 from typing import Any, cast
 
-from amorsize.pools import environment
+from amorsize.pools import environment, shared
 
 _FUNC_CACHE: OrderedDict[bytes, Any] = OrderedDict()
 _FUNC_CACHE_SIZE = 16
+# the cached functions whose buffers are in shared memory: digest -> their segment's token
+_SHARED_BY: dict[bytes, str] = {}
+_LIVE_SEEN = -1
 _INITIALIZED: set[str] = set()
 _MAIN_GLOBALS: dict | None = None
 # the mark ``worker.failed_at`` sets on an exception: which item raised it, and where
@@ -28,34 +32,101 @@ FAILED_AT = "_amorsize_failed_at"
 
 
 class PickledFunction:
-    """A function shipped as cloudpickle bytes, with a digest so workers can cache it."""
+    """A function shipped as cloudpickle bytes, with a digest so workers can cache it.
 
-    __slots__ = ("digest", "payload")
+    Its buffers of ``shared.SHARED_MIN_BYTES`` or more (a partial or closure over a big array
+    or ``bytes``) are not in the bytes: they wait in a shared-memory segment (``shared``) that
+    each worker maps once, and the function keeps its segment held while it lives. ``live``
+    names the segments the caller still holds: a worker forgets the functions of the others."""
+
+    __slots__ = ("digest", "live", "payload", "segment", "shared")
 
     def __init__(self, func: Any) -> None:
         import hashlib
 
         from amorsize.pools import shipping
 
-        self.payload = shipping.dumps(func)
-        self.digest = hashlib.blake2b(self.payload, digest_size=16).digest()
+        big: list[pickle.PickleBuffer] = []
+        if shared.available():
+            def in_band(buffer: pickle.PickleBuffer) -> bool:
+                if shared.in_band(buffer):
+                    return True
+                big.append(buffer)
+                return False
 
-    def __getstate__(self) -> tuple[bytes, bytes]:
-        return self.digest, self.payload
+            self.payload = shipping.dumps(func, protocol=5, buffer_callback=in_band)
+        else:
+            self.payload = shipping.dumps(func)
+        self.segment = shared.place(big) if big else None
+        self.shared = None if self.segment is None else self.segment.ref
+        self.live = shared.live_tokens()
+        digest = hashlib.blake2b(self.payload, digest_size=16)
+        if self.shared is not None:
+            digest.update(self.shared.token.encode())
+        self.digest = digest.digest()
 
-    def __setstate__(self, state: tuple[bytes, bytes]) -> None:
-        self.digest, self.payload = state
+    def __getstate__(self) -> tuple:
+        if self.live is None:
+            return self.digest, self.payload
+        return self.digest, self.payload, self.shared, self.live
+
+    def __setstate__(self, state: tuple) -> None:
+        self.segment = None
+        if len(state) == 2:
+            (self.digest, self.payload), self.shared, self.live = state, None, None
+        else:
+            self.digest, self.payload, self.shared, self.live = state
 
     def load(self) -> Any:
+        if self.live is not None:
+            _forget_released(self.live)
         func = _FUNC_CACHE.get(self.digest)
         if func is None:
-            import cloudpickle
+            from amorsize.pools import shipping
 
-            func = _into_main(cloudpickle.loads(self.payload))
+            ref = self.shared
+            func = _into_main(shipping.loads(
+                self.payload, buffers=None if ref is None else shared.views(ref)))
             _FUNC_CACHE[self.digest] = func
+            if ref is not None:
+                _SHARED_BY[self.digest] = ref.token
             if len(_FUNC_CACHE) > _FUNC_CACHE_SIZE:
-                _FUNC_CACHE.popitem(last=False)
+                _SHARED_BY.pop(_FUNC_CACHE.popitem(last=False)[0], None)
         return func
+
+
+def forget_released() -> None:
+    """In a process worker, every half second (``orphans``): drop the functions, and the
+    mappings, of the segments whose maker let go of them, so their memory goes though no
+    function comes to name the live ones (``_forget_released``)."""
+    gone = shared.released()
+    for token in gone:
+        for digest, owner in list(_SHARED_BY.items()):
+            if owner == token:
+                _FUNC_CACHE.pop(digest, None)
+                _SHARED_BY.pop(digest, None)
+        shared.unmap(token)
+    if gone:
+        import gc
+
+        gc.collect()  # a function that came by value may sit in a reference cycle
+
+
+def _forget_released(live: tuple[int, tuple[str, ...]]) -> None:
+    """Drop the functions, and the mappings, of the segments the caller released (named by
+    the newest list of live segments seen: an older list may arrive later, with a chunk of a
+    function prepared before)."""
+    global _LIVE_SEEN
+    generation, tokens = live
+    if generation <= _LIVE_SEEN:
+        return
+    _LIVE_SEEN = generation
+    for digest, token in list(_SHARED_BY.items()):
+        if token not in tokens:
+            _FUNC_CACHE.pop(digest, None)
+            _SHARED_BY.pop(digest, None)
+    for token in shared.mapped_tokens().difference(tokens):
+        shared.unmap(token)
 
 
 class ByValue:

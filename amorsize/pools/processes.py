@@ -144,7 +144,7 @@ class ProcessPool(WorkerPool):
                 raise
             # closed between the caller's check and the executor's: the same answer as before
             raise self._closed_error() from exc
-        outer = _CrashAwareFuture(inner, self)
+        outer = _CrashAwareFuture(inner, self, args)
         with self._inflight_lock:
             killed = self._workers_killed
             if not killed:
@@ -257,9 +257,13 @@ class _CrashAwareFuture(FollowingFuture):
     turns the ``BrokenProcessPool`` of a dead worker into ``WorkerCrashedError`` (marking the
     pool broken), so callers of ``submit`` see the same error as callers of ``map``."""
 
-    def __init__(self, inner: Future, pool: ProcessPool) -> None:
+    def __init__(self, inner: Future, pool: ProcessPool, sent: tuple = ()) -> None:
         super().__init__()
         self._pool = pool
+        # what was sent, held while the call may still be read by a worker: a function's
+        # shared-memory segment stays until its last call is done (``shared``)
+        self._sent = sent
+        self.add_done_callback(_let_go)
         self._follow(inner)
 
     def _failed(self, exc: BaseException) -> None:
@@ -283,6 +287,10 @@ class _CrashAwareFuture(FollowingFuture):
             self.set_result(worker.unpack_outcome(packed))
         except Exception as exc:  # noqa: BLE001 - the call's own error, or an unloadable result
             self.set_exception(exc)
+
+
+def _let_go(future: Future) -> None:
+    cast(_CrashAwareFuture, future)._sent = ()
 
 
 def _initialize(blas_threads: int | None, board: Any, claimed: Any,
@@ -351,7 +359,7 @@ def _preload_forkserver(context: Any) -> None:
         if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
             os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
         context.set_forkserver_preload(["amorsize.pools.worker", "amorsize.pools.payloads",
-                                        "amorsize.pools.shipping",
+                                        "amorsize.pools.shipping", "amorsize.pools.shared",
                                         "amorsize.pools.orphans", "amorsize.pools.fork_server"])
 
 

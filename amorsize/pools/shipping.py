@@ -22,14 +22,16 @@ from __future__ import annotations
 import importlib.machinery
 import io
 import linecache
+import pickle
 import sys
 import threading
 import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
 
-from amorsize.pools import environment
+from amorsize.pools import environment, shared
 
 _lock = threading.Lock()
 # what every process worker started so far has on its sys.path (None: no worker started yet)
@@ -48,15 +50,27 @@ def workers_start_with(path: list[str]) -> None:
             _checked.clear()
 
 
-def dumps(obj: Any, protocol: int | None = None) -> bytes:
+def dumps(obj: Any, protocol: int | None = None,
+          buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
     """``cloudpickle.dumps``, with code keeping its file name, and modules the workers cannot
     import sent by value. In a process worker (results on their way back) no module is judged:
-    the caller has every module its workers have, and the check would cost each result a call."""
+    the caller has every module its workers have, and the check would cost each result a call.
+    ``buffer_callback`` (protocol 5) is pickle's: a buffer it returns false for is left out;
+    big ``bytes`` and ``bytearray`` are handed to it too, which pickle does not do (read them
+    with ``loads``)."""
     with io.BytesIO() as file:
-        pickler = _Pickler(file, protocol=protocol)
+        kind = _Pickler if buffer_callback is None else _BufferingPickler
+        pickler = kind(file, protocol=protocol, buffer_callback=buffer_callback)
         pickler.judge_modules = not environment.in_process_worker()
         pickler.dump(obj)
         return file.getvalue()
+
+
+def loads(data: bytes, buffers: Iterable[Any] | None = None) -> Any:
+    """What ``dumps`` pickled, its out-of-band ``buffers`` given (``pickle.loads``'s)."""
+    with io.BytesIO(data) as file:
+        return _Unpickler(file, buffers=buffers).load()
+
 
 
 _DYNAMIC_CODE = "<dynamic-code>"
@@ -72,6 +86,30 @@ class _Pickler(cloudpickle.Pickler):
         if self.judge_modules and isinstance(obj, (types.FunctionType, type)):
             _by_value_if_unimportable(getattr(obj, "__module__", None))
         return super().reducer_override(obj)
+
+
+class _BufferingPickler(_Pickler):
+    """Hands big ``bytes`` and ``bytearray`` to ``buffer_callback`` as a ``PickleBuffer``:
+    pickle saves them in band without asking ``reducer_override`` (bytes) or the callback, but
+    asks ``persistent_id`` first, whose answer it pickles (the buffer, then, in band or out)."""
+
+    def persistent_id(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind in _BY_BUFFER and len(obj) >= shared.SHARED_MIN_BYTES:
+            return _BY_BUFFER[kind], pickle.PickleBuffer(obj)
+        return None
+
+
+_BY_BUFFER: dict[type, str] = {bytes: "amorsize-bytes", bytearray: "amorsize-bytearray"}
+_FROM_BUFFER = {name: kind for kind, name in _BY_BUFFER.items()}
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        kind = _FROM_BUFFER.get(pid[0]) if isinstance(pid, tuple) and len(pid) == 2 else None
+        if kind is None:
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        return kind(pid[1])  # a copy: neither can be a view of the shared memory
 
 
 def _unfiled_source(code: types.CodeType) -> list[str] | None:
