@@ -24,6 +24,9 @@ WAVES = 4
 # as data of its own
 BATCH_BYTES = 8 * 2**20
 SCATTER_BYTES = BATCH_BYTES
+# a function that pickles to more than this (a partial or closure over a large array or model)
+# goes to the cluster once and is kept by each worker, instead of inside every batch's task
+SHARED_BYTES = 2**20
 IN_FLIGHT_PER_THREAD = 2
 MAX_IN_FLIGHT_PER_THREAD = 8
 
@@ -126,12 +129,13 @@ def _split(n: int, parts: int) -> list[int]:
 
 def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: list[int] | None,
                  forced: int | None = None, correction: float = 1.0, runs: int = 0,
-                 burst_seconds: float | None = None) -> Plan:
+                 burst_seconds: float | None = None, shared_bytes: int = 0) -> Plan:
     """The ``amorsize.Plan`` of a run on ``cluster``: ``sizes`` are its batches when the input's
     length is known (None: streamed in batches of ``chunksize``); ``correction`` is the ratio of
     wall time to prediction learned from ``runs`` earlier runs on the cluster;
     ``burst_seconds`` what a task cost in the burst of empty tasks, when runs since corrected
-    the cluster's figure."""
+    the cluster's figure; ``shared_bytes`` the pickled size of a function sent once and kept by
+    the workers (``cluster_shared``), 0 when it travels inside each task."""
     threads = cluster.n_threads
     per_item = profile.per_item_seconds
     n = workload.n_items
@@ -179,6 +183,10 @@ def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: 
         reasons.append(f"an item pickles to {format_bytes(profile.arg_bytes)}: at most "
                        f"{largest_batch(profile.arg_bytes)} items a batch, so no task carries "
                        f"more than {format_bytes(BATCH_BYTES)}")
+    if shared_bytes:
+        reasons.append(f"the function pickles to {format_bytes(shared_bytes)}: it goes to the "
+                       "cluster once and each worker keeps it (fetched on its first batch), not "
+                       "inside every task; a later call with an equal function sends nothing")
     predictions: dict[str, float] = {}
     speedup = 1.0
     if todo is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from amorsize.errors import TimeoutError
 from amorsize_dask.cluster_plan import SCATTER_BYTES
+from amorsize_dask.cluster_shared import published, shipped
 from amorsize_dask.cluster_worker import run_batch
 
 
@@ -24,20 +25,21 @@ class BatchRun:
 
     At most ``in_flight`` batches are sent and not yet handed out, so an input of any length
     runs in bounded memory. A batch whose items pickle to more than ``SCATTER_BYTES`` goes to
-    the cluster as data of its own (``client.scatter``), as does a large function, once per
-    call: no task carries them inside the graph.
+    the cluster as data of its own (``client.scatter``); a large function goes once and is kept
+    by the workers (``cluster_shared``): no task carries them inside the graph.
+    ``func_bytes`` is not read (the function's size is measured when the run starts); it is
+    accepted for callers written before.
     """
 
     def __init__(self, client: Any, func: Callable, *, in_flight: int, retries: int | None,
-                 timeout: float | None, arg_bytes: float, func_bytes: float,
+                 timeout: float | None, arg_bytes: float, func_bytes: float = 0.0,
                  on_batch: Callable[[int], None] | None = None) -> None:
         self.client = client
-        self.func = func
+        self.func = shipped(client, func)
         self.in_flight = max(1, in_flight)
         self.retries = retries
         self.timeout = timeout
         self.arg_bytes = arg_bytes
-        self.func_bytes = func_bytes
         self.on_batch = on_batch
         self.n_items = 0
         self.n_batches = 0
@@ -45,7 +47,6 @@ class BatchRun:
         self.batch_seconds: list[tuple[int, float]] = []
         self.started = time.perf_counter()
         self.finished: float | None = None
-        self._shipped_func: Any = None
 
     @property
     def wall_seconds(self) -> float:
@@ -68,6 +69,8 @@ class BatchRun:
         # results fetched by the event loop: waiting for one is then no ``sync()`` call, which
         # Ctrl-C at the wrong moment turns into a NameError logged by tornado (distributed 2026.8)
         completed = as_completed(loop=self.client.loop, timeout=self.timeout, with_results=True)
+        sharing = published(self.client, self.func)
+        sharing.__enter__()
         try:
             while True:
                 while not exhausted and len(sent) + len(early) < self.in_flight:
@@ -109,18 +112,14 @@ class BatchRun:
                 self.client.cancel(list(sent), force=True)
                 sent.clear()
             completed.clear()
+            sharing.__exit__(None, None, None)
 
     def _submit(self, items: list) -> Any:
         client = self.client
-        func = self.func
-        if self.func_bytes > SCATTER_BYTES:
-            if self._shipped_func is None:
-                self._shipped_func = client.scatter(func, hash=False)
-            func = self._shipped_func
         data: Any = items
         if self.arg_bytes * len(items) > SCATTER_BYTES:
             data = client.scatter([items], hash=False)[0]
-        return client.submit(run_batch, func, data, pure=False, retries=self.retries)
+        return client.submit(run_batch, self.func, data, pure=False, retries=self.retries)
 
     def _note(self, n_items: int, seconds: float) -> None:
         self.n_items += n_items

@@ -21,14 +21,17 @@ from dask.base import get_scheduler
 from dask_helpers import (
     GATE,
     CustomError,
+    Payload,
     fail_at,
     injected_cluster,
     nap,
+    payload_unpickled,
     raise_custom,
     size_of,
     spin,
     square,
     where,
+    with_payload,
 )
 from distributed import Client, LocalCluster
 from plugin_helpers import Measured, registered
@@ -241,6 +244,53 @@ def test_large_items_go_in_batches_below_dasks_large_graph_warning(busy_cluster,
         warnings.simplefilter("error")
         assert amorsize_dask.map(size_of, items, client=busy_cluster) == [2**20] * 40
     assert max(sent) * 2**20 <= cluster_plan.BATCH_BYTES
+
+
+@pytest.fixture(scope="module")
+def process_client():
+    """Two worker processes: what crosses to a worker is unpickled there, and counted."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def test_a_large_function_crosses_to_each_worker_once_over_two_calls(process_client):
+    func = partial(with_payload, payload=Payload(cluster_plan.BATCH_BYTES + 2**20))
+    before = process_client.run(payload_unpickled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
+        for _ in range(2):
+            assert amorsize_dask.map(func, range(100), client=process_client, batch=5)[:2] == [
+                func(0), func(1)]
+    after = process_client.run(payload_unpickled)
+    assert {worker: after[worker] - before[worker] for worker in after} == dict.fromkeys(after, 1)
+
+
+def test_a_function_whose_data_changed_is_sent_again(process_client):
+    payload = Payload(2 * cluster_plan.SHARED_BYTES)
+    func = partial(with_payload, payload=payload)
+    amorsize_dask.map(func, range(20), client=process_client, batch=5)
+    before = sum(process_client.run(payload_unpickled).values())
+    payload.data = bytes(3 * cluster_plan.SHARED_BYTES)
+    assert amorsize_dask.map(func, range(2), client=process_client) == [func(0), func(1)]
+    assert sum(process_client.run(payload_unpickled).values()) > before
+
+
+def test_a_small_function_travels_inside_its_tasks(busy_cluster, monkeypatch):
+    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    with registered(costing(1e-3)):
+        amorsize_dask.map(partial(with_payload, payload=Payload(1000)), range(20),
+                          client=busy_cluster, batch=5)
+    assert scattered == []
+
+
+def test_the_plan_says_the_function_is_sent_once(busy_cluster):
+    with registered(costing(1e-3)):
+        amorsize_dask.map(partial(with_payload, payload=Payload(2 * cluster_plan.SHARED_BYTES)),
+                          range(20), client=busy_cluster, batch=5)
+    assert "it goes to the cluster once and each worker keeps it" in amorsize.last_plan().explain()
 
 
 def test_progress_counts_items(busy_cluster):
