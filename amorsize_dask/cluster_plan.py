@@ -99,6 +99,46 @@ def sizes_for(n_items: int | None, per_item_seconds: float, threads: int, task_s
         yield size
 
 
+class RunSizes:
+    """A run's batch sizes in the order they are sent: the ``planned`` ones, then
+    ``chunksize`` for as long as the input lasts; ``resize`` plans the items not yet sent
+    again for a new thread count (the same rules: ``batch_sizes`` for the ``todo`` items of an
+    input of known length, ``streaming_batch`` for one of unknown length; a forced size stays).
+    """
+
+    def __init__(self, planned: list[int], chunksize: int, todo: int | None,
+                 per_item_seconds: float, task_seconds: float, arg_bytes: float = 0.0,
+                 forced: bool = False) -> None:
+        self._planned = iter(planned)
+        self.chunksize = chunksize
+        self.todo = todo
+        self.per_item_seconds = per_item_seconds
+        self.task_seconds = task_seconds
+        self.arg_bytes = arg_bytes
+        self.forced = forced
+        self.sent = 0
+
+    def __iter__(self) -> RunSizes:
+        return self
+
+    def __next__(self) -> int:
+        size = next(self._planned, self.chunksize)
+        self.sent += size
+        return size
+
+    def resize(self, threads: int) -> None:
+        if self.forced:
+            return
+        if self.todo is None:
+            self.chunksize = streaming_batch(self.per_item_seconds, threads, self.task_seconds,
+                                             self.arg_bytes)
+            return
+        sizes = batch_sizes(max(0, self.todo - self.sent), self.per_item_seconds, threads,
+                            self.task_seconds, self.arg_bytes)
+        self._planned = iter(sizes)
+        self.chunksize = max(sizes, default=self.chunksize)
+
+
 def batches_in_flight(threads: int, batch_seconds: float, round_trip_seconds: float) -> int:
     """How many batches may be sent and not yet handed out: per thread, the one it runs and
     enough queued behind it to cover a round trip (a batch's completion reaching the caller

@@ -17,6 +17,8 @@ from amorsize_dask.cluster_plan import SCATTER_BYTES
 from amorsize_dask.cluster_shared import published, shipped
 from amorsize_dask.cluster_worker import run_batch
 
+WATCH_SECONDS = 1.0
+
 
 class BatchRun:
     """One call's batches on ``client``: ``results()`` yields ``(first_index, results)`` per
@@ -29,11 +31,17 @@ class BatchRun:
     by the workers (``cluster_shared``): no task carries them inside the graph.
     ``func_bytes`` is not read (the function's size is measured when the run starts); it is
     accepted for callers written before.
+
+    Given ``threads`` (the cluster's, as planned) and ``on_threads``, the run reads the
+    cluster's threads again at a batch's completion, at most every ``WATCH_SECONDS``; when
+    workers joined or left, ``on_threads(new)`` re-plans what is not yet sent and returns the
+    batches to keep in flight from then on.
     """
 
     def __init__(self, client: Any, func: Callable, *, in_flight: int, retries: int | None,
                  timeout: float | None, arg_bytes: float, func_bytes: float = 0.0,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, threads: int = 0,
+                 on_threads: Callable[[int], int] | None = None) -> None:
         self.client = client
         self.func = shipped(client, func)
         self.in_flight = max(1, in_flight)
@@ -41,12 +49,15 @@ class BatchRun:
         self.timeout = timeout
         self.arg_bytes = arg_bytes
         self.on_batch = on_batch
+        self.threads = threads
+        self.on_threads = on_threads
         self.n_items = 0
         self.n_batches = 0
         self.compute_seconds = 0.0
         self.batch_seconds: list[tuple[int, float]] = []
         self.started = time.perf_counter()
         self.finished: float | None = None
+        self._watched = self.started
 
     @property
     def wall_seconds(self) -> float:
@@ -102,6 +113,7 @@ class BatchRun:
                 # result on the cluster
                 del future
                 self._note(len(items), seconds)
+                self._watch()
                 if ordered:
                     early[position] = (first, items)
                 else:
@@ -120,6 +132,20 @@ class BatchRun:
         if self.arg_bytes * len(items) > SCATTER_BYTES:
             data = client.scatter([items], hash=False)[0]
         return client.submit(run_batch, self.func, data, pure=False, retries=self.retries)
+
+    def _watch(self) -> None:
+        """Follow the cluster's threads (one scheduler round trip, at most every
+        ``WATCH_SECONDS``)."""
+        if self.on_threads is None:
+            return
+        now = time.perf_counter()
+        if now - self._watched < WATCH_SECONDS:
+            return
+        self._watched = now
+        threads = sum(self.client.nthreads().values())
+        if threads and threads != self.threads:
+            self.threads = threads
+            self.in_flight = max(1, self.on_threads(threads))
 
     def _note(self, n_items: int, seconds: float) -> None:
         self.n_items += n_items

@@ -39,7 +39,7 @@ from amorsize_dask.cluster_measure import (
     learn_from_run,
     measure_on_worker,
 )
-from amorsize_dask.cluster_plan import batch_sizes, batches_in_flight, cluster_plan
+from amorsize_dask.cluster_plan import RunSizes, batch_sizes, batches_in_flight, cluster_plan
 from amorsize_dask.cluster_run import BatchRun, numbered_batches
 from amorsize_dask.cluster_shared import shipped
 from amorsize_dask.cluster_worker import SharedFunction
@@ -138,23 +138,43 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
                                                      n_done, n_items))
 
             profile = plan.profile
-            in_flight = batches_in_flight(
-                plan.n_jobs, plan.chunksize * profile.per_item_seconds,
-                plan.cluster.round_trip_seconds if plan.cluster else 0.0)
+            round_trip = plan.cluster.round_trip_seconds if plan.cluster else 0.0
+            in_flight = batches_in_flight(plan.n_jobs, plan.chunksize * profile.per_item_seconds,
+                                          round_trip)
+            run_sizes = RunSizes(
+                sizes, plan.chunksize, None if n_items is None else n_items - len(measured),
+                profile.per_item_seconds, plan.cluster.task_seconds if plan.cluster else 0.0,
+                profile.arg_bytes, forced=batch is not None)
+
+            def resized(threads: int) -> int:
+                """Workers joined or left during the run: the batches not yet sent are sized
+                for the threads there are now."""
+                before = plan.n_jobs if not changes else changes[-1]
+                changes.append(threads)
+                run_sizes.resize(threads)
+                plan.reasons.append(
+                    f"the cluster's threads went from {before} to {threads} during the run "
+                    f"(after {run.n_batches} batches): " + (
+                        "as many more batches in flight" if batch is not None else
+                        f"the batches not yet sent were sized for them (up to "
+                        f"{run_sizes.chunksize} items)"))
+                return batches_in_flight(threads, run_sizes.chunksize * profile.per_item_seconds,
+                                         round_trip)
+
+            changes: list[int] = []
             run = BatchRun(cluster_client, sent, in_flight=in_flight,
                            retries=retries, timeout=timeout, arg_bytes=profile.arg_bytes,
-                           on_batch=advanced)
-            batches = numbered_batches(itertools.chain(head, items),
-                                       itertools.chain(sizes, itertools.repeat(plan.chunksize)),
+                           on_batch=advanced, threads=plan.n_jobs, on_threads=resized)
+            batches = numbered_batches(itertools.chain(head, items), run_sizes,
                                        start=len(measured))
             with contextlib.closing(run.results(batches, ordered)) as completed:
                 for _, results in completed:
                     yield from results
             finished = True
-            if plan.cluster is not None:
+            if plan.cluster is not None and not changes:
                 learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
                                run.compute_seconds, run.n_batches)
-            report = _as_report(plan, run)
+            report = _as_report(plan, run, predicted=not changes)
             # amorsize's optimizer folds it into what the next call on the cluster starts from
             plugins.run_finished(plan, report)
             log.finished(plan, description, report, n_done)
@@ -205,13 +225,14 @@ def _plan(client: Any, func: Callable, sent: Callable, items: Iterator, n_items:
     return plan, sizes or [], measured, head
 
 
-def _as_report(plan: Plan, run: BatchRun) -> RunReport:
-    """What the run took, its batches' times summed as measured on the workers."""
-    predicted = plan.predicted_seconds
+def _as_report(plan: Plan, run: BatchRun, predicted: bool = True) -> RunReport:
+    """What the run took, its batches' times summed as measured on the workers; without the
+    prediction (nothing to correct it by) for a run whose workers changed."""
+    prediction = plan.predicted_seconds if predicted else None
     return RunReport(source=SOURCE, executor_type="serial", n_jobs=plan.n_jobs,
                      chunksize=plan.chunksize, n_items=run.n_items, n_chunks=run.n_batches,
                      wall_seconds=run.wall_seconds, compute_seconds=run.compute_seconds,
-                     predicted_seconds=predicted, predicted_speedup=plan.estimated_speedup)
+                     predicted_seconds=prediction, predicted_speedup=plan.estimated_speedup)
 
 
 def batch_size(per_item_seconds: float, n_items: int, n_threads: int,

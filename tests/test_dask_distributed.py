@@ -286,10 +286,10 @@ def test_a_small_function_travels_inside_its_tasks(busy_cluster, monkeypatch):
     assert scattered == []
 
 
-def test_the_plan_says_the_function_is_sent_once(busy_cluster):
+def test_the_plan_says_the_function_is_sent_once(process_client):
     with registered(costing(1e-3)):
         amorsize_dask.map(partial(with_payload, payload=Payload(2 * cluster_plan.SHARED_BYTES)),
-                          range(20), client=busy_cluster, batch=5)
+                          range(20), client=process_client, batch=5)
     assert "it goes to the cluster once and each worker keeps it" in amorsize.last_plan().explain()
 
 
@@ -299,6 +299,54 @@ def test_progress_counts_items(busy_cluster):
     assert seen.states()[0] == "started" and seen.states()[-1] == "finished"
     assert seen.last().n_done == seen.last().n_total == 50
     assert "advanced" in seen.states()
+
+
+# --- workers joining and leaving ------------------------------------------------------------
+
+@pytest.fixture
+def growing():
+    """A cluster of one single-thread worker, its Client, and the made-up task costs it is
+    planned from; the test adds a worker."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield cluster, client, injected_cluster(client)
+
+
+def add_worker(cluster, client) -> None:
+    cluster.scale(2)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_a_call_after_a_worker_joined_is_planned_for_its_threads(growing):
+    cluster, client, _ = growing
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=client)
+        assert amorsize.last_plan().n_jobs == 1
+        add_worker(cluster, client)
+        amorsize_dask.map(square, range(400), client=client)
+    plan = amorsize.last_plan()
+    assert plan.n_jobs == 2
+    assert "cluster: 2 workers × 1 thread" in plan.explain()
+
+
+def test_a_streaming_run_resizes_its_batches_when_a_worker_joins(growing, monkeypatch):
+    cluster, client, facts = growing
+    monkeypatch.setattr(cluster_run, "WATCH_SECONDS", 0.0)
+    sent = record_batches(monkeypatch)
+    with registered(costing(1e-3)):
+        results = amorsize_dask.imap(square, itertools.count(), client=client)
+        assert next(results) == 0
+        add_worker(cluster, client)
+        for i, result in zip(range(1, 5000), results):
+            assert result == i * i
+            if sent[-1] != sent[0]:
+                break
+        results.close()
+    assert sent[0] == cluster_plan.streaming_batch(1e-3, 1, facts.task_seconds)
+    assert sent[-1] == cluster_plan.streaming_batch(1e-3, 2, facts.task_seconds)
+    assert "the cluster's threads went from 1 to 2 during the run" in amorsize.last_plan().explain()
 
 
 # --- failures and stopping ------------------------------------------------------------------
