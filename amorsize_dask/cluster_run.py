@@ -80,51 +80,49 @@ class BatchRun:
         # results fetched by the event loop: waiting for one is then no ``sync()`` call, which
         # Ctrl-C at the wrong moment turns into a NameError logged by tornado (distributed 2026.8)
         completed = as_completed(loop=self.client.loop, timeout=self.timeout, with_results=True)
-        sharing = published(self.client, self.func)
-        sharing.__enter__()
-        try:
-            while True:
-                while not exhausted and len(sent) + len(early) < self.in_flight:
-                    batch = next(source, None)
-                    if batch is None:
-                        exhausted = True
+        with published(self.client, self.func):
+            try:
+                while True:
+                    while not exhausted and len(sent) + len(early) < self.in_flight:
+                        batch = next(source, None)
+                        if batch is None:
+                            exhausted = True
+                            break
+                        future = self._submit(batch[1])
+                        sent[future] = (next(positions), batch[0])
+                        completed.add(future)
+                        del future  # held by ``sent`` alone (see below)
+                    if ordered and next_out in early:
+                        yield early.pop(next_out)
+                        next_out += 1
+                        continue
+                    if not sent:
                         break
-                    future = self._submit(batch[1])
-                    sent[future] = (next(positions), batch[0])
-                    completed.add(future)
-                    del future  # held by ``sent`` alone (see below)
-                if ordered and next_out in early:
-                    yield early.pop(next_out)
-                    next_out += 1
-                    continue
-                if not sent:
-                    break
-                try:
-                    future, (items, seconds) = next(completed)
-                except StopIteration:
-                    break
-                except builtins.TimeoutError as exc:
-                    raise TimeoutError(
-                        f"the call ran past its timeout={self.timeout} s; its batches were "
-                        "cancelled") from exc
-                position, first = sent.pop(future)
-                # no reference left in this frame: a frame kept alive by an exception's
-                # traceback (collected only when the cyclic GC runs) would keep the batch's
-                # result on the cluster
-                del future
-                self._note(len(items), seconds)
-                self._watch()
-                if ordered:
-                    early[position] = (first, items)
-                else:
-                    yield first, items
-            self.finished = time.perf_counter()
-        finally:
-            if sent:
-                self.client.cancel(list(sent), force=True)
-                sent.clear()
-            completed.clear()
-            sharing.__exit__(None, None, None)
+                    try:
+                        future, (items, seconds) = next(completed)
+                    except StopIteration:
+                        break
+                    except builtins.TimeoutError as exc:
+                        raise TimeoutError(
+                            f"the call ran past its timeout={self.timeout} s; its batches were "
+                            "cancelled") from exc
+                    position, first = sent.pop(future)
+                    # no reference left in this frame: a frame kept alive by an exception's
+                    # traceback (collected only when the cyclic GC runs) would keep the batch's
+                    # result on the cluster
+                    del future
+                    self._note(len(items), seconds)
+                    self._watch()
+                    if ordered:
+                        early[position] = (first, items)
+                    else:
+                        yield first, items
+                self.finished = time.perf_counter()
+            finally:
+                if sent:
+                    self.client.cancel(list(sent), force=True)
+                    sent.clear()
+                completed.clear()
 
     def _submit(self, items: list) -> Any:
         client = self.client

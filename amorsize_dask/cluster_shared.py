@@ -66,16 +66,16 @@ def published(client: Any, func: Callable) -> Iterator[None]:
         return
     with _lock:
         calls = _published.setdefault(client, Counter())
-        if not calls[func.digest]:
+        if not calls[func.dataset]:
             client.publish_dataset(func.keep, name=func.dataset, override=True)
-        calls[func.digest] += 1
+        calls[func.dataset] += 1
     try:
         yield
     finally:
         with _lock:
-            calls[func.digest] -= 1
-            if not calls[func.digest]:
-                del calls[func.digest]
+            calls[func.dataset] -= 1
+            if not calls[func.dataset]:
+                del calls[func.dataset]
                 with contextlib.suppress(Exception):  # the Client closed meanwhile
                     client.unpublish_dataset(func.dataset)
 

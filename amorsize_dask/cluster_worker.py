@@ -38,8 +38,9 @@ class SharedFunction:
 
     @property
     def dataset(self) -> str:
-        """The name under which a call publishes the copy while it runs, for workers to fetch."""
-        return f"amorsize-function-{self.digest}"
+        """The name under which a call publishes the copy while it runs, for workers to fetch:
+        the copy's own (each Client scatters its own copy)."""
+        return f"amorsize-function-{self.key}"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return loaded(self)(*args, **kwargs)
