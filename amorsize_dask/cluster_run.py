@@ -6,7 +6,9 @@ time.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import concurrent.futures
 import itertools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -32,10 +34,10 @@ class BatchRun:
     ``func_bytes`` is not read (the function's size is measured when the run starts); it is
     accepted for callers written before.
 
-    Given ``threads`` (the cluster's, as planned) and ``on_threads``, the run reads the
-    cluster's threads again at a batch's completion, at most every ``WATCH_SECONDS``; when
-    workers joined or left, ``on_threads(new)`` re-plans what is not yet sent and returns the
-    batches to keep in flight from then on.
+    Given ``threads`` (the cluster's, as planned) and ``on_threads``, the run follows the
+    cluster's threads (``_watch``, at most every ``WATCH_SECONDS``); when workers joined or
+    left, ``on_threads(new)`` re-plans what is not yet sent and returns the batches to keep in
+    flight from then on.
     """
 
     def __init__(self, client: Any, func: Callable, *, in_flight: int, retries: int | None,
@@ -58,6 +60,7 @@ class BatchRun:
         self.started = time.perf_counter()
         self.finished: float | None = None
         self._watched = self.started
+        self._asked: concurrent.futures.Future | None = None
 
     @property
     def wall_seconds(self) -> float:
@@ -123,6 +126,8 @@ class BatchRun:
                     self.client.cancel(list(sent), force=True)
                     sent.clear()
                 completed.clear()
+                if self._asked is not None:
+                    self._asked.cancel()
 
     def _submit(self, items: list) -> Any:
         client = self.client
@@ -132,18 +137,27 @@ class BatchRun:
         return client.submit(run_batch, self.func, data, pure=False, retries=self.retries)
 
     def _watch(self) -> None:
-        """Follow the cluster's threads (one scheduler round trip, at most every
-        ``WATCH_SECONDS``)."""
+        """Follow the cluster's threads: at most every ``WATCH_SECONDS`` ask the scheduler
+        (``client.nthreads``), and read the answer at a later batch's completion.
+
+        Asked on the Client's event loop, not waited for: a blocking call (``sync()``) that
+        Ctrl-C interrupts makes tornado log a traceback on the caller's stderr.
+        """
         if self.on_threads is None:
             return
+        asked = self._asked
+        if asked is not None and asked.done():
+            self._asked = None
+            if not asked.cancelled() and asked.exception() is None:
+                threads = sum(asked.result().values())
+                if threads and threads != self.threads:
+                    self.threads = threads
+                    self.in_flight = max(1, self.on_threads(threads))
         now = time.perf_counter()
-        if now - self._watched < WATCH_SECONDS:
-            return
-        self._watched = now
-        threads = sum(self.client.nthreads().values())
-        if threads and threads != self.threads:
-            self.threads = threads
-            self.in_flight = max(1, self.on_threads(threads))
+        if self._asked is None and now - self._watched >= WATCH_SECONDS:
+            self._watched = now
+            self._asked = asyncio.run_coroutine_threadsafe(
+                self.client.nthreads(asynchronous=True), self.client.loop.asyncio_loop)
 
     def _note(self, n_items: int, seconds: float) -> None:
         self.n_items += n_items

@@ -331,6 +331,20 @@ def test_a_call_after_a_worker_joined_is_planned_for_its_threads(growing):
     assert "cluster: 2 workers × 1 thread" in plan.explain()
 
 
+def test_a_call_after_a_worker_left_is_planned_for_the_threads_left(growing):
+    cluster, client, _ = growing
+    add_worker(cluster, client)
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=client)
+        assert amorsize.last_plan().n_jobs == 2
+        cluster.scale(1)
+        deadline = time.monotonic() + 30
+        while len(client.nthreads()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        amorsize_dask.map(square, range(400), client=client)
+    assert amorsize.last_plan().n_jobs == 1
+
+
 def test_a_streaming_run_resizes_its_batches_when_a_worker_joins(growing, monkeypatch):
     cluster, client, facts = growing
     monkeypatch.setattr(cluster_run, "WATCH_SECONDS", 0.0)
