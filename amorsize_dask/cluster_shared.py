@@ -24,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from amorsize_dask.cluster_plan import SHARED_BYTES
-from amorsize_dask.cluster_worker import KEPT_FUNCTIONS, SharedFunction, forget
+from amorsize_dask.cluster_worker import KEPT_FUNCTIONS, SharedFunction, forget, in_this_process
 
 _shipped: weakref.WeakKeyDictionary[Any, OrderedDict[str, Any]] = weakref.WeakKeyDictionary()
 _published: weakref.WeakKeyDictionary[Any, Counter[str]] = weakref.WeakKeyDictionary()
@@ -48,6 +48,8 @@ def shipped(client: Any, func: Callable) -> Callable:
         if future is None or future.status != "finished":  # first sent, or its worker was lost
             future = client.scatter([func], hash=False)[0]
         kept[digest] = future
+        with contextlib.suppress(TypeError):  # a callable that takes no weak reference
+            in_this_process[digest] = func
         while len(kept) > KEPT_FUNCTIONS:
             old, _ = kept.popitem(last=False)
             with contextlib.suppress(Exception):  # the workers drop it anyway, least used first

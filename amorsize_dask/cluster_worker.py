@@ -17,6 +17,9 @@ KEPT_FUNCTIONS = 4
 
 _kept: weakref.WeakKeyDictionary[Any, OrderedDict[str, Callable]] = weakref.WeakKeyDictionary()
 _kept_lock = threading.Lock()
+# the shared functions of the caller, when it is this process: an in-process worker
+# (LocalCluster(processes=False)) takes them as they are, as its tasks take their arguments
+in_this_process: weakref.WeakValueDictionary[str, Callable] = weakref.WeakValueDictionary()
 
 
 class SharedFunction:
@@ -59,10 +62,15 @@ def loaded(func: Callable) -> Callable:
     Memory Manager drops the extra replicas of a key no task waits for within seconds
     (``ReduceReplicas``), so a copy kept as dask data would be fetched again by the next call.
     The worker holding the scattered copy takes it from its own memory; another fetches it
-    once, from that worker, through the dataset the running call published.
+    once, from that worker, through the dataset the running call published (with the
+    worker's Client, which an in-process worker would make the default of the caller's
+    process: it takes the caller's function instead).
     """
     if not isinstance(func, SharedFunction):
         return func
+    here = in_this_process.get(func.digest)
+    if here is not None:
+        return here
     import distributed
 
     worker = distributed.get_worker()

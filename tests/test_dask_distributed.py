@@ -278,6 +278,16 @@ def test_a_function_whose_data_changed_is_sent_again(process_client):
     assert sum(process_client.run(payload_unpickled).values()) > before
 
 
+def test_an_in_process_worker_takes_the_callers_large_function_as_it_is(busy_cluster):
+    func = partial(with_payload, payload=Payload(2 * cluster_plan.SHARED_BYTES))
+    before = payload_unpickled()
+    with registered(costing(1e-3)):
+        assert amorsize_dask.map(func, range(20), client=busy_cluster, batch=5) == [
+            func(x) for x in range(20)]
+    assert payload_unpickled() <= before + 1  # at most the scattered copy, where it is held
+    assert amorsize_dask.distributed.current_client() is None  # no worker made its own Client
+
+
 def test_a_small_function_travels_inside_its_tasks(busy_cluster, monkeypatch):
     scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     with registered(costing(1e-3)):
