@@ -145,23 +145,24 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
                 sizes, plan.chunksize, None if n_items is None else n_items - len(measured),
                 profile.per_item_seconds, plan.cluster.task_seconds if plan.cluster else 0.0,
                 profile.arg_bytes, forced=batch is not None)
+            changes: list[int] = []  # the cluster's threads, each time they changed in the run
 
             def resized(threads: int) -> int:
                 """Workers joined or left during the run: the batches not yet sent are sized
                 for the threads there are now."""
-                before = plan.n_jobs if not changes else changes[-1]
+                before = changes[-1] if changes else plan.n_jobs
                 changes.append(threads)
                 run_sizes.resize(threads)
+                now_in_flight = batches_in_flight(
+                    threads, run_sizes.chunksize * profile.per_item_seconds, round_trip)
                 plan.reasons.append(
                     f"the cluster's threads went from {before} to {threads} during the run "
-                    f"(after {run.n_batches} batches): " + (
-                        "as many more batches in flight" if batch is not None else
-                        f"the batches not yet sent were sized for them (up to "
-                        f"{run_sizes.chunksize} items)"))
-                return batches_in_flight(threads, run_sizes.chunksize * profile.per_item_seconds,
-                                         round_trip)
+                    f"(after {run.n_batches} batches): the batches not yet sent were sized "
+                    f"for them (up to {run_sizes.chunksize} items"
+                    + (f", as asked: batch={batch}" if batch is not None else "")
+                    + f"), {now_in_flight} in flight")
+                return now_in_flight
 
-            changes: list[int] = []
             run = BatchRun(cluster_client, sent, in_flight=in_flight,
                            retries=retries, timeout=timeout, arg_bytes=profile.arg_bytes,
                            on_batch=advanced, threads=plan.n_jobs, on_threads=resized)
