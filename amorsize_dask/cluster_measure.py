@@ -14,6 +14,7 @@ import cloudpickle
 from amorsize.optimizer.probe import Probe, Sample
 from amorsize.plan import Cluster
 from amorsize_dask.cluster_plan import SCATTER_BYTES
+from amorsize_dask.cluster_shared import published, shipped
 from amorsize_dask.cluster_worker import nothing, timed_calls
 
 BURST_PER_THREAD = 8
@@ -82,15 +83,18 @@ def _timed_round_trip(client: Any) -> float:
 def measure_on_worker(client: Any, func: Callable, items: Sequence, retries: int | None) -> Sample:
     """Run the first of ``items`` on one worker, timed there (wall and the thread's CPU time),
     until ``SAMPLE_BUDGET_SECONDS`` are spent; the profile comes from the one probe, with the
-    pickled sizes measured here. ``Sample.results`` maps each measured item's index to its
-    result, which is never computed again."""
+    pickled sizes measured here (for a large function, those of what its tasks carry: see
+    ``cluster_shared``). ``Sample.results`` maps each measured item's index to its result,
+    which is never computed again."""
+    func = shipped(client, func)
     first = len(cloudpickle.dumps(items[0])) if len(items) else 0
     sample = list(items[:max(1, min(SAMPLE_ITEMS, SCATTER_BYTES // max(1, first)))])
     # large items travel as data of their own, never inside the task
     payload = client.scatter([sample], hash=False)[0] if first * len(sample) > SCATTER_BYTES / 2 \
         else sample
-    calls = client.submit(timed_calls, func, payload, SAMPLE_BUDGET_SECONDS,
-                          pure=False, retries=retries).result()
+    with published(client, func):
+        calls = client.submit(timed_calls, func, payload, SAMPLE_BUDGET_SECONDS,
+                              pure=False, retries=retries).result()
     probe = Probe(MEASURED_BY)
     for wall, cpu, _ in calls:
         probe.observe(wall, cpu)

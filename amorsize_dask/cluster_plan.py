@@ -24,6 +24,9 @@ WAVES = 4
 # as data of its own
 BATCH_BYTES = 8 * 2**20
 SCATTER_BYTES = BATCH_BYTES
+# a function that pickles to more than this (a partial or closure over a large array or model)
+# goes to the cluster once and is kept by each worker, instead of inside every batch's task
+SHARED_BYTES = 2**20
 IN_FLIGHT_PER_THREAD = 2
 MAX_IN_FLIGHT_PER_THREAD = 8
 
@@ -96,6 +99,46 @@ def sizes_for(n_items: int | None, per_item_seconds: float, threads: int, task_s
         yield size
 
 
+class RunSizes:
+    """A run's batch sizes in the order they are sent: the ``planned`` ones, then
+    ``chunksize`` for as long as the input lasts; ``resize`` plans the items not yet sent
+    again for a new thread count (the same rules: ``batch_sizes`` for the ``todo`` items of an
+    input of known length, ``streaming_batch`` for one of unknown length; a forced size stays).
+    """
+
+    def __init__(self, planned: list[int], chunksize: int, todo: int | None,
+                 per_item_seconds: float, task_seconds: float, arg_bytes: float = 0.0,
+                 forced: bool = False) -> None:
+        self._planned = iter(planned)
+        self.chunksize = chunksize
+        self.todo = todo
+        self.per_item_seconds = per_item_seconds
+        self.task_seconds = task_seconds
+        self.arg_bytes = arg_bytes
+        self.forced = forced
+        self.sent = 0
+
+    def __iter__(self) -> RunSizes:
+        return self
+
+    def __next__(self) -> int:
+        size = next(self._planned, self.chunksize)
+        self.sent += size
+        return size
+
+    def resize(self, threads: int) -> None:
+        if self.forced:
+            return
+        if self.todo is None:
+            self.chunksize = streaming_batch(self.per_item_seconds, threads, self.task_seconds,
+                                             self.arg_bytes)
+            return
+        sizes = batch_sizes(max(0, self.todo - self.sent), self.per_item_seconds, threads,
+                            self.task_seconds, self.arg_bytes)
+        self._planned = iter(sizes)
+        self.chunksize = max(sizes, default=self.chunksize)
+
+
 def batches_in_flight(threads: int, batch_seconds: float, round_trip_seconds: float) -> int:
     """How many batches may be sent and not yet handed out: per thread, the one it runs and
     enough queued behind it to cover a round trip (a batch's completion reaching the caller
@@ -126,12 +169,13 @@ def _split(n: int, parts: int) -> list[int]:
 
 def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: list[int] | None,
                  forced: int | None = None, correction: float = 1.0, runs: int = 0,
-                 burst_seconds: float | None = None) -> Plan:
+                 burst_seconds: float | None = None, shared_bytes: int = 0) -> Plan:
     """The ``amorsize.Plan`` of a run on ``cluster``: ``sizes`` are its batches when the input's
     length is known (None: streamed in batches of ``chunksize``); ``correction`` is the ratio of
     wall time to prediction learned from ``runs`` earlier runs on the cluster;
     ``burst_seconds`` what a task cost in the burst of empty tasks, when runs since corrected
-    the cluster's figure."""
+    the cluster's figure; ``shared_bytes`` the pickled size of a function sent once and kept by
+    the workers (``cluster_shared``), 0 when it travels inside each task."""
     threads = cluster.n_threads
     per_item = profile.per_item_seconds
     n = workload.n_items
@@ -179,6 +223,10 @@ def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: 
         reasons.append(f"an item pickles to {format_bytes(profile.arg_bytes)}: at most "
                        f"{largest_batch(profile.arg_bytes)} items a batch, so no task carries "
                        f"more than {format_bytes(BATCH_BYTES)}")
+    if shared_bytes:
+        reasons.append(f"the function pickles to {format_bytes(shared_bytes)}: it goes to the "
+                       "cluster once and each worker keeps it (fetched on its first batch), not "
+                       "inside every task; a later call with an equal function sends nothing")
     predictions: dict[str, float] = {}
     speedup = 1.0
     if todo is not None:

@@ -6,7 +6,9 @@ time.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import concurrent.futures
 import itertools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -14,7 +16,10 @@ from typing import Any
 
 from amorsize.errors import TimeoutError
 from amorsize_dask.cluster_plan import SCATTER_BYTES
+from amorsize_dask.cluster_shared import published, shipped
 from amorsize_dask.cluster_worker import run_batch
+
+WATCH_SECONDS = 1.0
 
 
 class BatchRun:
@@ -24,28 +29,38 @@ class BatchRun:
 
     At most ``in_flight`` batches are sent and not yet handed out, so an input of any length
     runs in bounded memory. A batch whose items pickle to more than ``SCATTER_BYTES`` goes to
-    the cluster as data of its own (``client.scatter``), as does a large function, once per
-    call: no task carries them inside the graph.
+    the cluster as data of its own (``client.scatter``); a large function goes once and is kept
+    by the workers (``cluster_shared``): no task carries them inside the graph.
+    ``func_bytes`` is not read (the function's size is measured when the run starts); it is
+    accepted for callers written before.
+
+    Given ``threads`` (the cluster's, as planned) and ``on_threads``, the run follows the
+    cluster's threads (``_watch``, at most every ``WATCH_SECONDS``); when workers joined or
+    left, ``on_threads(new)`` re-plans what is not yet sent and returns the batches to keep in
+    flight from then on.
     """
 
     def __init__(self, client: Any, func: Callable, *, in_flight: int, retries: int | None,
-                 timeout: float | None, arg_bytes: float, func_bytes: float,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 timeout: float | None, arg_bytes: float, func_bytes: float = 0.0,
+                 on_batch: Callable[[int], None] | None = None, threads: int = 0,
+                 on_threads: Callable[[int], int] | None = None) -> None:
         self.client = client
-        self.func = func
+        self.func = shipped(client, func)
         self.in_flight = max(1, in_flight)
         self.retries = retries
         self.timeout = timeout
         self.arg_bytes = arg_bytes
-        self.func_bytes = func_bytes
         self.on_batch = on_batch
+        self.threads = threads
+        self.on_threads = on_threads
         self.n_items = 0
         self.n_batches = 0
         self.compute_seconds = 0.0
         self.batch_seconds: list[tuple[int, float]] = []
         self.started = time.perf_counter()
         self.finished: float | None = None
-        self._shipped_func: Any = None
+        self._watched = self.started
+        self._asked: concurrent.futures.Future | None = None
 
     @property
     def wall_seconds(self) -> float:
@@ -68,59 +83,81 @@ class BatchRun:
         # results fetched by the event loop: waiting for one is then no ``sync()`` call, which
         # Ctrl-C at the wrong moment turns into a NameError logged by tornado (distributed 2026.8)
         completed = as_completed(loop=self.client.loop, timeout=self.timeout, with_results=True)
-        try:
-            while True:
-                while not exhausted and len(sent) + len(early) < self.in_flight:
-                    batch = next(source, None)
-                    if batch is None:
-                        exhausted = True
+        with published(self.client, self.func):
+            try:
+                while True:
+                    while not exhausted and len(sent) + len(early) < self.in_flight:
+                        batch = next(source, None)
+                        if batch is None:
+                            exhausted = True
+                            break
+                        future = self._submit(batch[1])
+                        sent[future] = (next(positions), batch[0])
+                        completed.add(future)
+                        del future  # held by ``sent`` alone (see below)
+                    if ordered and next_out in early:
+                        yield early.pop(next_out)
+                        next_out += 1
+                        continue
+                    if not sent:
                         break
-                    future = self._submit(batch[1])
-                    sent[future] = (next(positions), batch[0])
-                    completed.add(future)
-                    del future  # held by ``sent`` alone (see below)
-                if ordered and next_out in early:
-                    yield early.pop(next_out)
-                    next_out += 1
-                    continue
-                if not sent:
-                    break
-                try:
-                    future, (items, seconds) = next(completed)
-                except StopIteration:
-                    break
-                except builtins.TimeoutError as exc:
-                    raise TimeoutError(
-                        f"the call ran past its timeout={self.timeout} s; its batches were "
-                        "cancelled") from exc
-                position, first = sent.pop(future)
-                # no reference left in this frame: a frame kept alive by an exception's
-                # traceback (collected only when the cyclic GC runs) would keep the batch's
-                # result on the cluster
-                del future
-                self._note(len(items), seconds)
-                if ordered:
-                    early[position] = (first, items)
-                else:
-                    yield first, items
-            self.finished = time.perf_counter()
-        finally:
-            if sent:
-                self.client.cancel(list(sent), force=True)
-                sent.clear()
-            completed.clear()
+                    try:
+                        future, (items, seconds) = next(completed)
+                    except StopIteration:
+                        break
+                    except builtins.TimeoutError as exc:
+                        raise TimeoutError(
+                            f"the call ran past its timeout={self.timeout} s; its batches were "
+                            "cancelled") from exc
+                    position, first = sent.pop(future)
+                    # no reference left in this frame: a frame kept alive by an exception's
+                    # traceback (collected only when the cyclic GC runs) would keep the batch's
+                    # result on the cluster
+                    del future
+                    self._note(len(items), seconds)
+                    self._watch()
+                    if ordered:
+                        early[position] = (first, items)
+                    else:
+                        yield first, items
+                self.finished = time.perf_counter()
+            finally:
+                if sent:
+                    self.client.cancel(list(sent), force=True)
+                    sent.clear()
+                completed.clear()
+                if self._asked is not None:
+                    self._asked.cancel()
 
     def _submit(self, items: list) -> Any:
         client = self.client
-        func = self.func
-        if self.func_bytes > SCATTER_BYTES:
-            if self._shipped_func is None:
-                self._shipped_func = client.scatter(func, hash=False)
-            func = self._shipped_func
         data: Any = items
         if self.arg_bytes * len(items) > SCATTER_BYTES:
             data = client.scatter([items], hash=False)[0]
-        return client.submit(run_batch, func, data, pure=False, retries=self.retries)
+        return client.submit(run_batch, self.func, data, pure=False, retries=self.retries)
+
+    def _watch(self) -> None:
+        """Follow the cluster's threads: at most every ``WATCH_SECONDS`` ask the scheduler
+        (``client.nthreads``), and read the answer at a later batch's completion.
+
+        Asked on the Client's event loop, not waited for: a blocking call (``sync()``) that
+        Ctrl-C interrupts makes tornado log a traceback on the caller's stderr.
+        """
+        if self.on_threads is None:
+            return
+        asked = self._asked
+        if asked is not None and asked.done():
+            self._asked = None
+            if not asked.cancelled() and asked.exception() is None:
+                threads = sum(asked.result().values())
+                if threads and threads != self.threads:
+                    self.threads = threads
+                    self.in_flight = max(1, self.on_threads(threads))
+        now = time.perf_counter()
+        if self._asked is None and now - self._watched >= WATCH_SECONDS:
+            self._watched = now
+            self._asked = asyncio.run_coroutine_threadsafe(
+                self.client.nthreads(asynchronous=True), self.client.loop.asyncio_loop)
 
     def _note(self, n_items: int, seconds: float) -> None:
         self.n_items += n_items

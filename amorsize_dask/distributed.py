@@ -5,8 +5,9 @@ what a task costs there, decides how many items travel per task for the cluster'
 streams the batches through ``dask.distributed``; every run's batch timings correct the next
 call's plan. Moving from one machine to a cluster is passing a ``Client`` (or its scheduler's
 address). The parts: ``cluster_client`` (which Client), ``cluster_measure`` (measuring on the
-cluster), ``cluster_plan`` (the sizing rules and the plan), ``cluster_run`` (the batches in
-flight).
+cluster), ``cluster_plan`` (the sizing rules and the plan), ``cluster_shared`` (a large
+function sent once), ``cluster_run`` (the batches in flight), ``cluster_worker`` (what runs on
+the workers).
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from amorsize_dask.cluster_measure import (
     learn_from_run,
     measure_on_worker,
 )
-from amorsize_dask.cluster_plan import batch_sizes, batches_in_flight, cluster_plan
+from amorsize_dask.cluster_plan import RunSizes, batch_sizes, batches_in_flight, cluster_plan
 from amorsize_dask.cluster_run import BatchRun, numbered_batches
+from amorsize_dask.cluster_shared import shipped
+from amorsize_dask.cluster_worker import SharedFunction
 
 SOURCE = "dask.distributed"
 
@@ -120,7 +123,8 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
     n_done = 0
     try:
         with connected(client) as cluster_client:
-            plan, sizes, measured, head = _plan(cluster_client, func, items, n_items, batch,
+            sent = shipped(cluster_client, func)
+            plan, sizes, measured, head = _plan(cluster_client, func, sent, items, n_items, batch,
                                                 retries)
             log.started(plan, description)
             n_done = len(measured)
@@ -134,23 +138,44 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
                                                      n_done, n_items))
 
             profile = plan.profile
-            in_flight = batches_in_flight(
-                plan.n_jobs, plan.chunksize * profile.per_item_seconds,
-                plan.cluster.round_trip_seconds if plan.cluster else 0.0)
-            run = BatchRun(cluster_client, func, in_flight=in_flight,
+            round_trip = plan.cluster.round_trip_seconds if plan.cluster else 0.0
+            in_flight = batches_in_flight(plan.n_jobs, plan.chunksize * profile.per_item_seconds,
+                                          round_trip)
+            run_sizes = RunSizes(
+                sizes, plan.chunksize, None if n_items is None else n_items - len(measured),
+                profile.per_item_seconds, plan.cluster.task_seconds if plan.cluster else 0.0,
+                profile.arg_bytes, forced=batch is not None)
+            changes: list[int] = []  # the cluster's threads, each time they changed in the run
+
+            def resized(threads: int) -> int:
+                """Workers joined or left during the run: the batches not yet sent are sized
+                for the threads there are now."""
+                before = changes[-1] if changes else plan.n_jobs
+                changes.append(threads)
+                run_sizes.resize(threads)
+                now_in_flight = batches_in_flight(
+                    threads, run_sizes.chunksize * profile.per_item_seconds, round_trip)
+                plan.reasons.append(
+                    f"the cluster's threads went from {before} to {threads} during the run "
+                    f"(after {run.n_batches} batches): the batches not yet sent were sized "
+                    f"for them (up to {run_sizes.chunksize} items"
+                    + (f", as asked: batch={batch}" if batch is not None else "")
+                    + f"), {now_in_flight} in flight")
+                return now_in_flight
+
+            run = BatchRun(cluster_client, sent, in_flight=in_flight,
                            retries=retries, timeout=timeout, arg_bytes=profile.arg_bytes,
-                           func_bytes=profile.func_bytes, on_batch=advanced)
-            batches = numbered_batches(itertools.chain(head, items),
-                                       itertools.chain(sizes, itertools.repeat(plan.chunksize)),
+                           on_batch=advanced, threads=plan.n_jobs, on_threads=resized)
+            batches = numbered_batches(itertools.chain(head, items), run_sizes,
                                        start=len(measured))
             with contextlib.closing(run.results(batches, ordered)) as completed:
                 for _, results in completed:
                     yield from results
             finished = True
-            if plan.cluster is not None:
+            if plan.cluster is not None and not changes:
                 learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
                                run.compute_seconds, run.n_batches)
-            report = _as_report(plan, run)
+            report = _as_report(plan, run, predicted=not changes)
             # amorsize's optimizer folds it into what the next call on the cluster starts from
             plugins.run_finished(plan, report)
             log.finished(plan, description, report, n_done)
@@ -161,12 +186,13 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
                                              n_done if finished else n_items))
 
 
-def _plan(client: Any, func: Callable, items: Iterator, n_items: int | None,
+def _plan(client: Any, func: Callable, sent: Callable, items: Iterator, n_items: int | None,
           batch: int | None, retries: int | None) -> tuple[Plan, list[int], list, list]:
     """The plan for this call, its batch sizes (for an input of known length; the plan's
     ``chunksize`` follows them), the results of the items measured for it (the first ones),
     and the items read ahead but not yet run. A function run on the cluster before is planned
-    from what its runs there taught (``amorsize_recall``), not measured again."""
+    from what its runs there taught (``amorsize_recall``), not measured again. ``sent`` is what
+    the tasks carry to call ``func`` (``cluster_shared.shipped``)."""
     facts = cluster_facts(client)
     key = (SOURCE, function_key(func))
     learned = plugins.recall(key)
@@ -175,7 +201,7 @@ def _plan(client: Any, func: Callable, items: Iterator, n_items: int | None,
     head: list = []
     if learned is None:
         head = list(itertools.islice(items, SAMPLE_ITEMS))
-        sample = measure_on_worker(client, func, head, retries) if head else None
+        sample = measure_on_worker(client, sent, head, retries) if head else None
         if sample is not None:
             plugins.remember(key, sample.profile)
             measured = [sample.results[i] for i in range(len(sample.results))]
@@ -195,17 +221,19 @@ def _plan(client: Any, func: Callable, items: Iterator, n_items: int | None,
     sizes = None if todo is None or batch is not None else batch_sizes(
         todo, profile.per_item_seconds, facts.n_threads, facts.task_seconds, profile.arg_bytes)
     plan = cluster_plan(profile, workload, facts, sizes, forced=batch, correction=correction,
-                        runs=runs, burst_seconds=burst_seconds(client))
+                        runs=runs, burst_seconds=burst_seconds(client),
+                        shared_bytes=sent.nbytes if isinstance(sent, SharedFunction) else 0)
     return plan, sizes or [], measured, head
 
 
-def _as_report(plan: Plan, run: BatchRun) -> RunReport:
-    """What the run took, its batches' times summed as measured on the workers."""
-    predicted = plan.predicted_seconds
+def _as_report(plan: Plan, run: BatchRun, predicted: bool = True) -> RunReport:
+    """What the run took, its batches' times summed as measured on the workers; without the
+    prediction (nothing to correct it by) for a run whose workers changed."""
+    prediction = plan.predicted_seconds if predicted else None
     return RunReport(source=SOURCE, executor_type="serial", n_jobs=plan.n_jobs,
                      chunksize=plan.chunksize, n_items=run.n_items, n_chunks=run.n_batches,
                      wall_seconds=run.wall_seconds, compute_seconds=run.compute_seconds,
-                     predicted_seconds=predicted, predicted_speedup=plan.estimated_speedup)
+                     predicted_seconds=prediction, predicted_speedup=plan.estimated_speedup)
 
 
 def batch_size(per_item_seconds: float, n_items: int, n_threads: int,

@@ -78,3 +78,27 @@ def injected_cluster(client, task_seconds: float = 1e-4, round_trip_seconds: flo
 GATE = threading.Event()
 GATE.set()
 """What ``held_after`` waits on: the tests' cluster runs its workers in the test's process."""
+
+
+_unpickled = [0]
+
+
+class Payload:
+    """A large object that counts, per process, how often it was unpickled there: how many
+    times it crossed to that worker."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.data = bytes(nbytes)
+
+    def __setstate__(self, state: dict) -> None:
+        _unpickled[0] += 1
+        self.__dict__.update(state)
+
+
+def with_payload(x: int, payload: Payload) -> int:
+    return x + len(payload.data)
+
+
+def payload_unpickled() -> int:
+    """How many times a ``Payload`` was unpickled in this process."""
+    return _unpickled[0]

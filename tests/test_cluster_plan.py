@@ -8,6 +8,7 @@ from amorsize_dask.cluster_plan import (
     BATCH_BYTES,
     OVERHEAD_SHARE,
     WAVES,
+    RunSizes,
     batch_count,
     batch_sizes,
     batches_in_flight,
@@ -83,3 +84,23 @@ def test_batches_queue_behind_each_thread_to_cover_a_round_trip():
 
 def test_the_input_is_read_a_bounded_way_ahead_however_short_the_batches():
     assert batches_in_flight(2, batch_seconds=1e-6, round_trip_seconds=1.0) == 2 * 8
+
+
+def test_a_run_resized_for_new_threads_plans_the_items_not_yet_sent_for_them():
+    sizes = RunSizes(batch_sizes(1000, 2e-3, 1, 1e-4), 0, 1000, 2e-3, 1e-4)
+    sent = next(sizes) + next(sizes)
+    sizes.resize(4)
+    rest = batch_sizes(1000 - sent, 2e-3, 4, 1e-4)
+    assert [next(sizes) for _ in rest] == rest
+
+
+def test_a_forced_batch_size_stays_when_the_threads_change():
+    sizes = RunSizes([], 7, None, 1e-3, 1e-4, forced=True)
+    sizes.resize(16)
+    assert next(sizes) == 7
+
+
+def test_a_streamed_run_resized_for_more_threads_sends_larger_batches():
+    sizes = RunSizes([], streaming_batch(1e-3, 1, 1e-4), None, 1e-3, 1e-4)
+    sizes.resize(2)
+    assert next(sizes) == streaming_batch(1e-3, 2, 1e-4) > streaming_batch(1e-3, 1, 1e-4)

@@ -21,14 +21,17 @@ from dask.base import get_scheduler
 from dask_helpers import (
     GATE,
     CustomError,
+    Payload,
     fail_at,
     injected_cluster,
     nap,
+    payload_unpickled,
     raise_custom,
     size_of,
     spin,
     square,
     where,
+    with_payload,
 )
 from distributed import Client, LocalCluster
 from plugin_helpers import Measured, registered
@@ -243,12 +246,131 @@ def test_large_items_go_in_batches_below_dasks_large_graph_warning(busy_cluster,
     assert max(sent) * 2**20 <= cluster_plan.BATCH_BYTES
 
 
+@pytest.fixture(scope="module")
+def process_client():
+    """Two worker processes: what crosses to a worker is unpickled there, and counted."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield client
+
+
+def test_a_large_function_crosses_to_each_worker_once_over_two_calls(process_client):
+    func = partial(with_payload, payload=Payload(cluster_plan.BATCH_BYTES + 2**20))
+    before = process_client.run(payload_unpickled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
+        for _ in range(2):
+            assert amorsize_dask.map(func, range(100), client=process_client, batch=5)[:2] == [
+                func(0), func(1)]
+    after = process_client.run(payload_unpickled)
+    assert {worker: after[worker] - before[worker] for worker in after} == dict.fromkeys(after, 1)
+
+
+def test_a_function_whose_data_changed_is_sent_again(process_client):
+    payload = Payload(2 * cluster_plan.SHARED_BYTES)
+    func = partial(with_payload, payload=payload)
+    amorsize_dask.map(func, range(20), client=process_client, batch=5)
+    before = sum(process_client.run(payload_unpickled).values())
+    payload.data = bytes(3 * cluster_plan.SHARED_BYTES)
+    assert amorsize_dask.map(func, range(2), client=process_client) == [func(0), func(1)]
+    assert sum(process_client.run(payload_unpickled).values()) > before
+
+
+def test_an_in_process_worker_takes_the_callers_large_function_as_it_is(busy_cluster):
+    func = partial(with_payload, payload=Payload(2 * cluster_plan.SHARED_BYTES))
+    before = payload_unpickled()
+    with registered(costing(1e-3)):
+        assert amorsize_dask.map(func, range(20), client=busy_cluster, batch=5) == [
+            func(x) for x in range(20)]
+    assert payload_unpickled() <= before + 1  # at most the scattered copy, where it is held
+    assert amorsize_dask.distributed.current_client() is None  # no worker made its own Client
+
+
+def test_a_small_function_travels_inside_its_tasks(busy_cluster, monkeypatch):
+    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    with registered(costing(1e-3)):
+        amorsize_dask.map(partial(with_payload, payload=Payload(1000)), range(20),
+                          client=busy_cluster, batch=5)
+    assert scattered == []
+
+
+def test_the_plan_says_the_function_is_sent_once(process_client):
+    with registered(costing(1e-3)):
+        amorsize_dask.map(partial(with_payload, payload=Payload(2 * cluster_plan.SHARED_BYTES)),
+                          range(20), client=process_client, batch=5)
+    assert "it goes to the cluster once and each worker keeps it" in amorsize.last_plan().explain()
+
+
 def test_progress_counts_items(busy_cluster):
     with registered(ProgressRecorder()) as seen, registered(costing(1e-3)):
         amorsize_dask.map(square, range(50), client=busy_cluster, batch=10, progress=True)
     assert seen.states()[0] == "started" and seen.states()[-1] == "finished"
     assert seen.last().n_done == seen.last().n_total == 50
     assert "advanced" in seen.states()
+
+
+# --- workers joining and leaving ------------------------------------------------------------
+
+@pytest.fixture
+def growing():
+    """A cluster of one single-thread worker, its Client, and the made-up task costs it is
+    planned from; the test adds a worker."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        yield cluster, client, injected_cluster(client)
+
+
+def add_worker(cluster, client) -> None:
+    cluster.scale(2)
+    client.wait_for_workers(2, timeout=30)
+
+
+def test_a_call_after_a_worker_joined_is_planned_for_its_threads(growing):
+    cluster, client, _ = growing
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=client)
+        assert amorsize.last_plan().n_jobs == 1
+        add_worker(cluster, client)
+        amorsize_dask.map(square, range(400), client=client)
+    plan = amorsize.last_plan()
+    assert plan.n_jobs == 2
+    assert "cluster: 2 workers × 1 thread" in plan.explain()
+
+
+def test_a_call_after_a_worker_left_is_planned_for_the_threads_left(growing):
+    cluster, client, _ = growing
+    add_worker(cluster, client)
+    with registered(costing(2e-3)):
+        amorsize_dask.map(square, range(400), client=client)
+        assert amorsize.last_plan().n_jobs == 2
+        cluster.scale(1)
+        deadline = time.monotonic() + 30
+        while len(client.nthreads()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        amorsize_dask.map(square, range(400), client=client)
+    assert amorsize.last_plan().n_jobs == 1
+
+
+def test_a_streaming_run_resizes_its_batches_when_a_worker_joins(growing, monkeypatch):
+    cluster, client, facts = growing
+    monkeypatch.setattr(cluster_run, "WATCH_SECONDS", 0.0)
+    sent = record_batches(monkeypatch)
+    with registered(costing(1e-3)):
+        results = amorsize_dask.imap(square, itertools.count(), client=client)
+        assert next(results) == 0
+        add_worker(cluster, client)
+        for i, result in zip(range(1, 5000), results):
+            assert result == i * i
+            if sent[-1] != sent[0]:
+                break
+        results.close()
+    assert sent[0] == cluster_plan.streaming_batch(1e-3, 1, facts.task_seconds)
+    assert sent[-1] == cluster_plan.streaming_batch(1e-3, 2, facts.task_seconds)
+    assert "the cluster's threads went from 1 to 2 during the run" in amorsize.last_plan().explain()
 
 
 # --- failures and stopping ------------------------------------------------------------------
