@@ -103,6 +103,50 @@ def _nested(n: int) -> list:
     return amorsize.map(injective, range(n))
 
 
+def _in_interpreter(pool, fn, *args):
+    """``fn(*args)`` run in an interpreter of ``pool`` (a function pickle sends by reference
+    from a module that does not import amorsize, so the call itself imports nothing more)."""
+    return pool.submit(fn, *args).result()
+
+
+@needs_interpreters
+def test_an_interpreter_imports_only_the_worker_modules_of_amorsize_and_no_cloudpickle():
+    import operator
+
+    with amorsize.PoolManager() as manager:
+        pool = manager.get_pool(1, "interpreter")
+        assert pool.map(operator.neg, range(6), chunksize=2) == [-x for x in range(6)]
+        loaded = _in_interpreter(pool, eval, "sorted(__import__('sys').modules)")
+    assert "amorsize.pools.worker" in loaded
+    assert not [m for m in loaded if m.startswith(("amorsize.optimizer", "amorsize.run",
+                                                    "pluggy", "cloudpickle"))]
+
+
+@needs_interpreters
+def test_amorsize_asked_for_a_name_in_an_interpreter_is_all_there():
+    with amorsize.PoolManager() as manager:
+        pool = manager.get_pool(1, "interpreter")
+        got = _in_interpreter(pool, eval, "__import__('amorsize').map(abs, [-1, -2])")
+        version = _in_interpreter(pool, eval, "__import__('amorsize').__version__")
+    assert got == [1, 2]
+    assert version == amorsize.__version__
+
+
+def _local_object(x: int) -> object:
+    class Local:  # pickle cannot send it by reference: it comes back by value
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    return Local(x)
+
+
+@needs_interpreters
+def test_a_result_that_pickle_cannot_send_comes_back_from_an_interpreter_by_value():
+    got = amorsize.map(_local_object, range(4), executor="interpreter", n_jobs=2)
+    assert [r.value for r in got] == [0, 1, 2, 3]
+    assert type(got[0]).__name__ == "Local"
+
+
 def _overheads(**figures: float) -> overheads.Overheads:
     return overheads.Overheads(measured=("thread", "process", "interpreter"), **figures)
 
