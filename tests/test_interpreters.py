@@ -298,3 +298,14 @@ def test_the_joblib_backend_refuses_interpreters_naming_why():
     with pytest.raises(amorsize.InvalidArgumentError, match="executor='interpreter'.*joblib"):
         with joblib.parallel_config(backend="amorsize", executor="interpreter"):
             joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4))
+
+
+@needs_interpreters
+def test_the_dask_scheduler_runs_on_interpreters_when_asked():
+    bag = pytest.importorskip("dask.bag")
+    import amorsize_dask  # noqa: F401
+
+    tasks = bag.from_sequence(range(20), npartitions=4).map(injective)
+    assert tasks.compute(scheduler="amorsize", executor="interpreter") == [
+        injective(x) for x in range(20)]
+    assert amorsize.last_plan().executor_type == "interpreter"
