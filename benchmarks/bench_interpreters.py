@@ -80,15 +80,13 @@ def bench(name: str, func, items: list, repeats: int) -> None:
             amorsize.shutdown_global_pool_manager()  # the first call starts its own pool
             first[label] = timed(lambda: _check(call(resample=True), expected))  # noqa: B023
         except Exception as exc:  # noqa: BLE001 - the row says what went wrong
-            plans[label] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            plans[label] = f"fails: {type(exc).__name__}: {_gist(str(exc))}"
             continue
         plan = amorsize.last_plan()
         plans[label] = f"{plan.executor_type}, n_jobs={plan.n_jobs}, chunksize={plan.chunksize}"
         runs[label] = call
         if executor is None:
-            excluded = [r for r in plan.reasons if "interpreters excluded" in r]
-            if excluded:
-                plans["  why not interpreters"] = excluded[0][:160]
+            plans["  why not interpreters"] = ""  # said once the warm calls ran
     for executor in ("process", "interpreter"):
         for chunksize in grid(len(items), cpus):
             label = f"grid: {executor}, n_jobs={cpus}, chunksize={chunksize}"
@@ -103,9 +101,17 @@ def bench(name: str, func, items: list, repeats: int) -> None:
     for _ in range(repeats):
         for label, call in runs.items():
             times[label].append(timed(call))
+            if label.startswith("amorsize.map"):  # the plan the warm calls ran
+                plan = amorsize.last_plan()
+                plans[label] = (f"{plan.executor_type}, n_jobs={plan.n_jobs}, "
+                                f"chunksize={plan.chunksize}")
+                if label == "amorsize.map (its choice)":
+                    plans["  why not interpreters"] = _why_not_interpreters(plan)
+    if not plans.get("  why not interpreters", True):
+        del plans["  why not interpreters"]
     warm = {label: statistics.median(t) for label, t in times.items()}
-    rows = [(label, first.get(label, float("nan")), warm[label], plans[label])
-            for label in runs if not label.startswith("grid")]
+    rows = [(label, first.get(label, float("nan")), warm.get(label, float("nan")), plan)
+            for label, plan in plans.items()]
     for executor in ("process", "interpreter"):
         tried = [label for label in runs if label.startswith(f"grid: {executor},")]
         if tried:
@@ -113,10 +119,6 @@ def bench(name: str, func, items: list, repeats: int) -> None:
             rows.append((f"{executor}es, grid best" if executor == "process"
                          else f"{executor}s, grid best", float("nan"), warm[best],
                          best.removeprefix("grid: ")))
-    rows += [(label, float("nan"), float("nan"), plan) for label, plan in plans.items()
-             if label not in runs and not label.startswith("amorsize.map(")]
-    rows += [(label, float("nan"), float("nan"), plan) for label, plan in plans.items()
-             if label.startswith("amorsize.map(") and label not in runs]
     serial = warm["list comprehension"]
     print(f"\n### {name}\n")
     print(f"{cpus} usable CPUs; serial {_ms(serial)} ms, ideal on every CPU {_ms(serial / cpus)} "
@@ -127,6 +129,26 @@ def bench(name: str, func, items: list, repeats: int) -> None:
         speedup = serial / median if median == median and median > 0 else float("nan")
         print(f"| {label} | {_ms(first_call)} | {_ms(median)} | "
               f"{'' if speedup != speedup else f'{speedup:.2f}x'} | {plan} |")
+
+
+def _why_not_interpreters(plan: amorsize.Plan) -> str:
+    """What the plan says of interpreters when it did not choose them: why they were left out,
+    or each kind's predicted time."""
+    if plan.executor_type == "interpreter":
+        return ""
+    excluded = [r for r in plan.reasons if "interpreters excluded" in r]
+    if excluded:
+        return _gist(excluded[0])
+    return "predicted: " + ", ".join(f"{kind} {seconds * 1e3:.0f} ms"
+                                     for kind, seconds in sorted(plan.predictions.items()))
+
+
+def _gist(text: str) -> str:
+    """The line of an error that says why (numpy's ImportError starts with a blank line and
+    says "does not support loading in subinterpreters" a few lines on)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [line for line in lines if "subinterpreter" in line]
+    return (said or lines or [""])[0][:200]
 
 
 def _check(got: list, expected: list) -> None:
