@@ -132,6 +132,27 @@ def test_amorsize_asked_for_a_name_in_an_interpreter_is_all_there():
     assert version == amorsize.__version__
 
 
+def test_the_interpreters_start_up_counts_loading_cloudpickle_in_each(monkeypatch):
+    import types
+
+    monkeypatch.setattr(overheads, "_cache", {})
+    monkeypatch.setattr(overheads, "_round_trips", lambda pool: {
+        "latency": 1e-4, "per_chunk": 1e-4, "per_byte": 1e-9})
+    monkeypatch.setattr(overheads, "by_value_loading", lambda pool, latency: 0.25)
+    pool = types.SimpleNamespace(startup_seconds=0.2, n_jobs=2)
+    figures = overheads.measure_interpreters(pool, "forkserver")
+    assert figures.interpreter_start == pytest.approx(0.2 / 2 + 0.25)
+
+
+@needs_interpreters
+def test_the_start_up_probe_makes_an_interpreter_load_cloudpickle():
+    with amorsize.PoolManager() as manager:
+        pool = manager.get_pool(1, "interpreter")
+        overheads.by_value_loading(pool, 0.0)
+        loaded = _in_interpreter(pool, eval, "'cloudpickle' in __import__('sys').modules")
+    assert loaded
+
+
 def _local_object(x: int) -> object:
     class Local:  # pickle cannot send it by reference: it comes back by value
         def __init__(self, value: int) -> None:
