@@ -143,20 +143,29 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(boards.__file__))
 # submodules import alone; the first other name asked of it (``amorsize.map`` in a nested
 # call) runs its ``__init__`` then, into the same module.
 _BOOTSTRAP = """
-import sys, importlib.util
+import _thread, sys, importlib.util
 sys.path[:] = path
 def _stand_in():
     spec = importlib.util.spec_from_file_location("amorsize", init,
                                                   submodule_search_locations=[package])
     amorsize = importlib.util.module_from_spec(spec)
+    lock, running = _thread.RLock(), []
     def __getattr__(name):
-        del amorsize.__getattr__
-        spec.loader.exec_module(amorsize)
+        with lock:  # another thread asking meanwhile waits for the whole package
+            if running:  # asked by the __init__ running: not there yet
+                raise AttributeError(name)
+            if "__getattr__" in vars(amorsize):
+                running.append(name)
+                try:
+                    spec.loader.exec_module(amorsize)
+                finally:
+                    running.clear()
+                    vars(amorsize).pop("__getattr__", None)
         return getattr(amorsize, name)
     amorsize.__getattr__ = __getattr__
     sys.modules["amorsize"] = amorsize
 _stand_in()
-del _stand_in, path, package, init, sys, importlib
+del _stand_in, path, package, init, _thread, sys, importlib
 """
 
 
