@@ -153,6 +153,38 @@ def test_the_start_up_probe_makes_an_interpreter_load_cloudpickle():
     assert loaded
 
 
+_ASK_AT_ONCE = """
+import threading
+got, errors = [], []
+def ask():
+    try:
+        import amorsize
+        got.append(amorsize.Plan.__name__)
+    except BaseException as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=ask) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert (errors, got) == ([], ["Plan"] * 4), (errors, got)
+"""
+
+
+@needs_interpreters
+def test_threads_asking_an_interpreters_amorsize_at_once_all_get_the_whole_package():
+    from concurrent import interpreters
+
+    from amorsize.pools.interpreters import bootstrap
+
+    interp = interpreters.create()
+    try:
+        bootstrap(interp)
+        interp.exec(_ASK_AT_ONCE)  # raises if a thread saw the package before it was whole
+    finally:
+        interp.close()
+
+
 def _local_object(x: int) -> object:
     class Local:  # pickle cannot send it by reference: it comes back by value
         def __init__(self, value: int) -> None:

@@ -124,15 +124,20 @@ def _start_interpreter(board: Any, initializer: Callable | None, initargs: tuple
     place = boards.thread_slot()
     index = 0 if place is None else place[1] // worker.SLOT
     _here.interp = interp = interpreters.create()
-    # this process's module path, as process workers get it: a new interpreter's own lacks
-    # what was added at run time (the script's folder, a test runner's)
-    interp.prepare_main(path=tuple(sys.path), package=_PACKAGE_DIR,
-                        init=os.path.join(_PACKAGE_DIR, "__init__.py"))
-    interp.exec(_BOOTSTRAP)
+    bootstrap(interp)
     shipping.workers_start_with(sys.path)
     interp.call(environment.initialize_interpreter, board, index)
     if initializer is not None:
         _call_inside(initializer, initargs)
+
+
+def bootstrap(interp: Any) -> None:
+    """Set up a new interpreter to run amorsize's worker modules: this process's module path,
+    as process workers get it (a new interpreter's own lacks what was added at run time, the
+    script's folder, a test runner's), and ``amorsize`` standing unrun (``_BOOTSTRAP``)."""
+    interp.prepare_main(path=tuple(sys.path), package=_PACKAGE_DIR,
+                        init=os.path.join(_PACKAGE_DIR, "__init__.py"))
+    interp.exec(_BOOTSTRAP)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(boards.__file__)))
