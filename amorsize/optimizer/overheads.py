@@ -150,12 +150,25 @@ def _process_figures(pool: Any) -> dict[str, float]:
         "process_latency": found["latency"],
         "process_per_chunk": found["per_chunk"],
         "process_per_byte": found["per_byte"],
-        "process_start": max(1e-3, pool.startup_seconds / max(1, pool.n_jobs)),
+        "process_start": max(1e-3, _next_pool_start(pool)),
     }
     busy = _busy_per_chunk(pool, found["per_chunk"])
     if busy is not None:
         figures["process_busy_per_chunk"] = busy
     return figures
+
+
+def _next_pool_start(pool: Any) -> float:
+    """Per worker, what starting the next process pool costs. The pool that started the fork
+    server (the first of the process) paid for the server too, which no later pool does: a
+    pool of one worker started now says what a worker costs."""
+    if not getattr(pool, "started_server", False):
+        return float(pool.startup_seconds / max(1, pool.n_jobs))
+    probe = type(pool)(1, pool.start_method)
+    try:
+        return float(probe.startup_seconds)
+    finally:
+        probe.shutdown()
 
 
 def _round_trips(pool: Any) -> dict[str, float]:
