@@ -19,14 +19,19 @@ def usable_cpus() -> int:
     """CPUs this process may really use: affinity mask, then any cgroup CPU quota.
 
     ``os.cpu_count()`` counts the host's cores, which in a container or under ``taskset`` is
-    more than the process gets; over-counting makes every process pool oversubscribed.
+    more than the process gets; over-counting makes every process pool oversubscribed. In a
+    sub-interpreter, where psutil refuses to load, the mask is ``os.sched_getaffinity``'s.
     """
-    import psutil
-
     try:
-        count = len(psutil.Process().cpu_affinity() or []) or (psutil.cpu_count() or 1)
-    except (AttributeError, OSError):
-        count = psutil.cpu_count() or os.cpu_count() or 1
+        import psutil
+    except ImportError:
+        affinity = getattr(os, "sched_getaffinity", None)
+        count = (len(affinity(0)) if affinity else 0) or os.cpu_count() or 1
+    else:
+        try:
+            count = len(psutil.Process().cpu_affinity() or []) or (psutil.cpu_count() or 1)
+        except (AttributeError, OSError):
+            count = psutil.cpu_count() or os.cpu_count() or 1
     quota = cgroup_cpu_quota()
     if quota is not None:
         count = min(count, max(1, math.floor(quota)))

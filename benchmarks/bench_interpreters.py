@@ -4,7 +4,9 @@ For each workload -- pure-Python CPU work of ``--items`` x ``--item-ms`` and ``-
 ``--small-item-us``, and the first one calling numpy (which refuses to load in a
 sub-interpreter) -- prints a Markdown table: a list comprehension, ``amorsize.map`` forced on
 threads, processes and interpreters, and ``amorsize.map`` left to choose, each as the first call
-(measuring and starting its pool) and the median of ``--repeats`` later calls on warm pools.
+(measuring and starting its pool) and the median of ``--repeats`` later calls on warm pools;
+and the best of a grid of chunk sizes on processes and on interpreters (every CPU). The warm
+calls take turns, round after round, so the ratios compare runs made under the same load.
 
 Run: ``python benchmarks/bench_interpreters.py [--items 400] [--item-ms 2] [--small-items 2000]
 [--small-item-us 200] [--repeats 5]``.
@@ -17,6 +19,8 @@ import functools
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import amorsize
 from amorsize import system
@@ -55,47 +59,101 @@ def timed(call) -> float:
     return time.perf_counter() - start
 
 
+def grid(n: int, cpus: int) -> list[int]:
+    """Chunk sizes a grid search tries: from one chunk per worker to 32 per worker."""
+    return sorted({max(1, n // (cpus * k)) for k in (1, 2, 4, 8, 16, 32)})
+
+
 def bench(name: str, func, items: list, repeats: int) -> None:
+    """One table: every run is timed once per round, the runs taking turns round after round,
+    so load from elsewhere that comes and goes weighs on them alike; medians of the rounds."""
     expected = [func(x) for x in items]
-    rows = []
-    serial = [timed(lambda: [func(x) for x in items]) for _ in range(repeats)]
-    rows.append(("list comprehension", serial[0], statistics.median(serial), "serial"))
+    cpus = system.usable_cpus()
+    runs: dict[str, Callable[[], Any]] = {"list comprehension": lambda: [func(x) for x in items]}
+    first: dict[str, float] = {}
+    plans: dict[str, str] = {"list comprehension": "serial"}
+    amorsize.shutdown_global_pool_manager()
     for executor in ("thread", "process", "interpreter", None):
-        amorsize.shutdown_global_pool_manager()  # every row starts its own pool
-        times = []
-        failure = ""
-        for _ in range(repeats + 1):
-            try:
-                start = time.perf_counter()
-                got = amorsize.map(func, items, executor=executor, resample=not times)
-                times.append(time.perf_counter() - start)
-                assert got == expected
-            except Exception as exc:  # noqa: BLE001 - the row says what went wrong
-                failure = f"fails: {type(exc).__name__}"
-                break
-        plan = amorsize.last_plan()
-        chosen = (failure or f"{plan.executor_type}, n_jobs={plan.n_jobs}, "
-                  f"chunksize={plan.chunksize}")
         label = f"amorsize.map(executor={executor!r})" if executor else "amorsize.map (its choice)"
-        if failure:
-            rows.append((label, float("nan"), float("nan"), chosen))
-        else:
-            rows.append((label, times[0], statistics.median(times[1:]), chosen))
+        call = functools.partial(amorsize.map, func, items, executor=executor)
+        try:
+            amorsize.shutdown_global_pool_manager()  # the first call starts its own pool
+            first[label] = timed(lambda: _check(call(resample=True), expected))  # noqa: B023
+        except Exception as exc:  # noqa: BLE001 - the row says what went wrong
+            plans[label] = f"fails: {type(exc).__name__}: {_gist(str(exc))}"
+            continue
+        plan = amorsize.last_plan()
+        plans[label] = f"{plan.executor_type}, n_jobs={plan.n_jobs}, chunksize={plan.chunksize}"
+        runs[label] = call
         if executor is None:
-            excluded = [r for r in plan.reasons if "interpreters excluded" in r]
-            if excluded:
-                rows.append(("  why not interpreters", float("nan"), float("nan"),
-                             excluded[0][:110]))
-    ideal = statistics.median(serial) / system.usable_cpus()
+            plans["  why not interpreters"] = ""  # said once the warm calls ran
+    for executor in ("process", "interpreter"):
+        for chunksize in grid(len(items), cpus):
+            label = f"grid: {executor}, n_jobs={cpus}, chunksize={chunksize}"
+            call = functools.partial(amorsize.map, func, items, executor=executor, n_jobs=cpus,
+                                     chunksize=chunksize)
+            try:
+                _check(call(), expected)  # its pool warm, its plan remembered
+            except Exception:  # noqa: BLE001, S112 - a kind that cannot run it has no grid
+                break
+            runs[label] = call
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, call in runs.items():
+            times[label].append(timed(call))
+            if label.startswith("amorsize.map"):  # the plan the warm calls ran
+                plan = amorsize.last_plan()
+                plans[label] = (f"{plan.executor_type}, n_jobs={plan.n_jobs}, "
+                                f"chunksize={plan.chunksize}")
+                if label == "amorsize.map (its choice)":
+                    plans["  why not interpreters"] = _why_not_interpreters(plan)
+    if not plans.get("  why not interpreters", True):
+        del plans["  why not interpreters"]
+    warm = {label: statistics.median(t) for label, t in times.items()}
+    rows = [(label, first.get(label, float("nan")), warm.get(label, float("nan")), plan)
+            for label, plan in plans.items()]
+    for executor in ("process", "interpreter"):
+        tried = [label for label in runs if label.startswith(f"grid: {executor},")]
+        if tried:
+            best = min(tried, key=warm.__getitem__)
+            rows.append((f"{executor}es, grid best" if executor == "process"
+                         else f"{executor}s, grid best", float("nan"), warm[best],
+                         best.removeprefix("grid: ")))
+    serial = warm["list comprehension"]
     print(f"\n### {name}\n")
-    print(f"{system.usable_cpus()} usable CPUs; serial {_ms(statistics.median(serial))}, "
-          f"ideal on every CPU {_ms(ideal)}\n")
+    print(f"{cpus} usable CPUs; serial {_ms(serial)} ms, ideal on every CPU {_ms(serial / cpus)} "
+          f"ms; medians of {repeats} rounds\n")
     print("| run | first call (ms) | warm, median (ms) | speed-up (warm) | plan |")
     print("|---|---:|---:|---:|---|")
-    for label, first, warm, plan in rows:
-        speedup = statistics.median(serial) / warm if warm == warm and warm > 0 else float("nan")
-        print(f"| {label} | {_ms(first)} | {_ms(warm)} | "
+    for label, first_call, median, plan in rows:
+        speedup = serial / median if median == median and median > 0 else float("nan")
+        print(f"| {label} | {_ms(first_call)} | {_ms(median)} | "
               f"{'' if speedup != speedup else f'{speedup:.2f}x'} | {plan} |")
+
+
+def _why_not_interpreters(plan: amorsize.Plan) -> str:
+    """What the plan says of interpreters when it did not choose them: why they were left out,
+    or each kind's predicted time."""
+    if plan.executor_type == "interpreter":
+        return ""
+    excluded = [r for r in plan.reasons if "interpreters excluded" in r]
+    if excluded:
+        return _gist(excluded[0])
+    return "predicted: " + ", ".join(f"{kind} {seconds * 1e3:.0f} ms"
+                                     for kind, seconds in sorted(plan.predictions.items()))
+
+
+def _gist(text: str) -> str:
+    """The line of an error that says why (numpy's ImportError starts with a blank line and
+    says "does not support loading in subinterpreters" a few lines on)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = [line for line in lines if "subinterpreter" in line]
+    return (said or lines or [""])[0][:200]
+
+
+def _check(got: list, expected: list) -> None:
+    if got != expected:
+        raise AssertionError("amorsize.map gave another answer than the list comprehension")
 
 
 def _ms(seconds: float) -> str:

@@ -103,6 +103,103 @@ def _nested(n: int) -> list:
     return amorsize.map(injective, range(n))
 
 
+def _in_interpreter(pool, fn, *args):
+    """``fn(*args)`` run in an interpreter of ``pool`` (a function pickle sends by reference
+    from a module that does not import amorsize, so the call itself imports nothing more)."""
+    return pool.submit(fn, *args).result()
+
+
+@needs_interpreters
+def test_an_interpreter_imports_only_the_worker_modules_of_amorsize_and_no_cloudpickle():
+    import operator
+
+    with amorsize.PoolManager() as manager:
+        pool = manager.get_pool(1, "interpreter")
+        assert pool.map(operator.neg, range(6), chunksize=2) == [-x for x in range(6)]
+        loaded = _in_interpreter(pool, eval, "sorted(__import__('sys').modules)")
+    assert "amorsize.pools.worker" in loaded
+    assert not [m for m in loaded if m.startswith(("amorsize.optimizer", "amorsize.run",
+                                                    "pluggy", "cloudpickle"))]
+
+
+@needs_interpreters
+def test_amorsize_asked_for_a_name_in_an_interpreter_is_all_there():
+    with amorsize.PoolManager() as manager:
+        pool = manager.get_pool(1, "interpreter")
+        got = _in_interpreter(pool, eval, "__import__('amorsize').map(abs, [-1, -2])")
+        version = _in_interpreter(pool, eval, "__import__('amorsize').__version__")
+    assert got == [1, 2]
+    assert version == amorsize.__version__
+
+
+def test_the_interpreters_start_up_counts_loading_cloudpickle_in_each(monkeypatch):
+    import types
+
+    monkeypatch.setattr(overheads, "_cache", {})
+    monkeypatch.setattr(overheads, "_round_trips", lambda pool: {
+        "latency": 1e-4, "per_chunk": 1e-4, "per_byte": 1e-9})
+    monkeypatch.setattr(overheads, "by_value_loading", lambda pool, latency: 0.25)
+    pool = types.SimpleNamespace(startup_seconds=0.2, n_jobs=2)
+    figures = overheads.measure_interpreters(pool, "forkserver")
+    assert figures.interpreter_start == pytest.approx(0.2 / 2 + 0.25)
+
+
+@needs_interpreters
+def test_the_start_up_probe_makes_an_interpreter_load_cloudpickle():
+    with amorsize.PoolManager() as manager:
+        pool = manager.get_pool(1, "interpreter")
+        overheads.by_value_loading(pool, 0.0)
+        loaded = _in_interpreter(pool, eval, "'cloudpickle' in __import__('sys').modules")
+    assert loaded
+
+
+_ASK_AT_ONCE = """
+import threading
+got, errors = [], []
+def ask():
+    try:
+        import amorsize
+        got.append(amorsize.Plan.__name__)
+    except BaseException as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=ask) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert (errors, got) == ([], ["Plan"] * 4), (errors, got)
+"""
+
+
+@needs_interpreters
+def test_threads_asking_an_interpreters_amorsize_at_once_all_get_the_whole_package():
+    from concurrent import interpreters
+
+    from amorsize.pools.interpreters import bootstrap
+
+    interp = interpreters.create()
+    try:
+        bootstrap(interp)
+        interp.exec(_ASK_AT_ONCE)  # raises if a thread saw the package before it was whole
+    finally:
+        interp.close()
+
+
+def _local_object(x: int) -> object:
+    class Local:  # pickle cannot send it by reference: it comes back by value
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    return Local(x)
+
+
+@needs_interpreters
+def test_a_result_that_pickle_cannot_send_comes_back_from_an_interpreter_by_value():
+    got = amorsize.map(_local_object, range(4), executor="interpreter", n_jobs=2)
+    assert [r.value for r in got] == [0, 1, 2, 3]
+    assert type(got[0]).__name__ == "Local"
+
+
 def _overheads(**figures: float) -> overheads.Overheads:
     return overheads.Overheads(measured=("thread", "process", "interpreter"), **figures)
 
@@ -254,3 +351,14 @@ def test_the_joblib_backend_refuses_interpreters_naming_why():
     with pytest.raises(amorsize.InvalidArgumentError, match="executor='interpreter'.*joblib"):
         with joblib.parallel_config(backend="amorsize", executor="interpreter"):
             joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4))
+
+
+@needs_interpreters
+def test_the_dask_scheduler_runs_on_interpreters_when_asked():
+    bag = pytest.importorskip("dask.bag")
+    import amorsize_dask  # noqa: F401
+
+    tasks = bag.from_sequence(range(20), npartitions=4).map(injective)
+    assert tasks.compute(scheduler="amorsize", executor="interpreter") == [
+        injective(x) for x in range(20)]
+    assert amorsize.last_plan().executor_type == "interpreter"

@@ -52,3 +52,47 @@ def test_unmeasured_figures_are_made_once_per_start_method():
     assert overheads.current("spawn") is defaults
     assert defaults.measured == () and defaults.process_start == 0.12
     assert overheads.current("fork").process_start == 0.008
+
+
+class _Pool:
+    """A process pool's figures as measuring reads them, and the pools it starts."""
+
+    started: list = []
+
+    def __init__(self, n_jobs: int, start_method: str, startup_seconds: float = 0.04,
+                 started_server: bool = False) -> None:
+        self.n_jobs, self.start_method = n_jobs, start_method
+        self.startup_seconds, self.started_server = startup_seconds, started_server
+        _Pool.started.append(self)
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("started_server", [True, False])
+def test_the_process_start_figure_is_what_the_next_pool_costs_a_worker(monkeypatch,
+                                                                        started_server):
+    """The first forkserver pool of a process pays for starting the fork server, which
+    importing what workers need makes many times a worker's start; no later pool does."""
+    monkeypatch.setattr(overheads, "_round_trips", lambda pool: {
+        "latency": 1e-4, "per_chunk": 1e-4, "per_byte": 1e-9})
+    monkeypatch.setattr(overheads, "_busy_per_chunk", lambda pool, idle: None)
+    _Pool.started = []
+    first = _Pool(2, "forkserver", startup_seconds=1.0, started_server=started_server)
+    start = overheads._process_figures(first)["process_start"]
+    if started_server:
+        assert start == pytest.approx(0.04)  # a one-worker pool, started to measure
+        assert [p.closed for p in _Pool.started[1:]] == [True]
+    else:
+        assert start == pytest.approx(0.5)
+        assert _Pool.started == [first]
+
+
+def test_only_the_first_forkserver_pool_of_a_process_starts_the_server():
+    first = ProcessPool(1, "forkserver")
+    second = ProcessPool(1, "forkserver")
+    try:
+        assert not second.started_server
+    finally:
+        first.shutdown(force=True)
+        second.shutdown(force=True)

@@ -6,8 +6,9 @@ its own GIL and its own modules: Python code computes in parallel, as on process
 process to start and no ``__main__`` to import. Nothing is shared but memory views: the call,
 its arguments, its result and its exception cross by value (cloudpickle, ``payloads``) as they do
 to a process worker, and every module the function needs is imported again in each
-interpreter. Extension modules that do not declare support for sub-interpreters (numpy and most
-C extensions so far) refuse to load there with an ``ImportError``: the optimizer tries a
+interpreter (of amorsize, only the few light modules a worker runs: ``_BOOTSTRAP``). Extension
+modules that do not declare support for sub-interpreters (numpy, psutil and most C extensions
+so far) refuse to load there with an ``ImportError``: the optimizer tries a
 measured item in an interpreter before it plans on them, and leaves them out, with the reason,
 when it fails.
 
@@ -32,7 +33,7 @@ from typing import Any
 
 from amorsize.pools import board as boards
 from amorsize.pools import environment, shipping, worker
-from amorsize.pools.payloads import ByValue, pack_error, unpack_outcome
+from amorsize.pools.payloads import ByValue, run_by_value, unpack_outcome
 from amorsize.pools.threads import DaemonThreadExecutor
 from amorsize.pools.worker_pool import WorkerPool
 
@@ -123,30 +124,59 @@ def _start_interpreter(board: Any, initializer: Callable | None, initargs: tuple
     place = boards.thread_slot()
     index = 0 if place is None else place[1] // worker.SLOT
     _here.interp = interp = interpreters.create()
-    # this process's module path, as process workers get it: a new interpreter's own lacks
-    # what was added at run time (the script's folder, a test runner's)
-    interp.prepare_main(path=tuple(sys.path))
-    interp.exec("import sys\nsys.path[:] = path\ndel path, sys")
+    bootstrap(interp)
     shipping.workers_start_with(sys.path)
     interp.call(environment.initialize_interpreter, board, index)
     if initializer is not None:
         _call_inside(initializer, initargs)
 
 
+def bootstrap(interp: Any) -> None:
+    """Set up a new interpreter to run amorsize's worker modules: this process's module path,
+    as process workers get it (a new interpreter's own lacks what was added at run time, the
+    script's folder, a test runner's), and ``amorsize`` standing unrun (``_BOOTSTRAP``)."""
+    interp.prepare_main(path=tuple(sys.path), package=_PACKAGE_DIR,
+                        init=os.path.join(_PACKAGE_DIR, "__init__.py"))
+    interp.exec(_BOOTSTRAP)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(boards.__file__)))
+# Run first in each new interpreter. Importing any module of amorsize runs the package's
+# ``__init__`` first, which imports all of amorsize (the optimizer, the pools, pluggy): most of
+# an interpreter's start-up, for the few light modules a worker runs (``worker``, ``payloads``,
+# ``environment``, ``board``). So ``amorsize`` stands there as the package not yet run, whose
+# submodules import alone; the first other name asked of it (``amorsize.map`` in a nested
+# call) runs its ``__init__`` then, into the same module.
+_BOOTSTRAP = """
+import _thread, sys, importlib.util
+sys.path[:] = path
+def _stand_in():
+    spec = importlib.util.spec_from_file_location("amorsize", init,
+                                                  submodule_search_locations=[package])
+    amorsize = importlib.util.module_from_spec(spec)
+    lock, running = _thread.RLock(), []
+    def __getattr__(name):
+        with lock:  # another thread asking meanwhile waits for the whole package
+            if running:  # asked by the __init__ running: not there yet
+                raise AttributeError(name)
+            if "__getattr__" in vars(amorsize):
+                running.append(name)
+                try:
+                    spec.loader.exec_module(amorsize)
+                finally:
+                    running.clear()
+                    vars(amorsize).pop("__getattr__", None)
+        return getattr(amorsize, name)
+    amorsize.__getattr__ = __getattr__
+    sys.modules["amorsize"] = amorsize
+_stand_in()
+del _stand_in, path, package, init, _thread, sys, importlib
+"""
+
+
 def _call_inside(fn: Callable, args: tuple) -> Any:
     """On a pool thread: ``fn(*args)`` in the thread's interpreter, its outcome unpacked."""
     return unpack_outcome(_here.interp.call(run_by_value, ByValue((fn, args))))
-
-
-def run_by_value(call: ByValue) -> ByValue:
-    """What an interpreter runs: unpack ``(fn, args)``, call, pack the outcome by value. A
-    module that cannot load in a sub-interpreter fails the unpacking with ``ImportError``,
-    returned as the call's exception like any other."""
-    try:
-        fn, args = call.load()
-        return ByValue((True, fn(*args)))
-    except Exception as exc:
-        return pack_error(exc)
 
 
 def refusal(exc: BaseException) -> str | None:

@@ -8,7 +8,7 @@ crossing to and from a process worker travels by value (``ByValue``): cloudpickl
 (``PickledFunction``) so a chunk does not pay to unpickle again; a function's large buffers
 cross once per worker, through shared memory (``shared``).
 
-Imported by every process worker: kept light.
+Imported by every process worker and sub-interpreter worker: kept light.
 """
 
 from __future__ import annotations
@@ -82,11 +82,13 @@ class PickledFunction:
             _forget_released(self.live)
         func = _FUNC_CACHE.get(self.digest)
         if func is None:
-            from amorsize.pools import shipping
-
             ref = self.shared
-            func = _into_main(shipping.loads(
-                self.payload, buffers=None if ref is None else shared.views(ref)))
+            if ref is None:
+                func = _into_main(pickle.loads(self.payload))  # what ``cloudpickle.loads`` is
+            else:  # bytes placed out of band need shipping's persistent ids read back
+                from amorsize.pools import shipping
+
+                func = _into_main(shipping.loads(self.payload, buffers=shared.views(ref)))
             _FUNC_CACHE[self.digest] = func
             if ref is not None:
                 _SHARED_BY[self.digest] = ref.token
@@ -147,9 +149,23 @@ class ByValue:
         self.data = data
 
     def load(self) -> Any:
-        import cloudpickle
+        # ``cloudpickle.loads`` is ``pickle.loads``: cloudpickle is imported only by the data
+        # that needs it (something sent by value), not by a worker loading plain data
+        return pickle.loads(self.data)
 
-        return cloudpickle.loads(self.data)
+    @classmethod
+    def returned(cls, obj: Any) -> ByValue:
+        """``obj`` on its way back from a sub-interpreter: pickled by reference where pickle
+        can (the caller has every module the interpreter has), so an interpreter whose calls
+        brought nothing by value never imports cloudpickle (a large part of its start-up); by
+        value, as ``ByValue(obj)``, what pickle cannot send (what came by value, a lambda)."""
+        try:
+            data = pickle.dumps(obj, protocol=5)
+        except Exception:  # noqa: BLE001 - whatever pickle refuses goes by value
+            return cls(obj)
+        packed = cls.__new__(cls)
+        packed.data = data
+        return packed
 
 
 class Star:
@@ -256,6 +272,17 @@ def call_by_value(call: ByValue) -> ByValue:
     except Exception as exc:
         return pack_error(exc)
     return ByValue((True, result))
+
+
+def run_by_value(call: ByValue) -> ByValue:
+    """What a sub-interpreter worker runs (``interpreters``): ``call_by_value``, except that
+    failing to unpack ``(fn, args)`` is the call's exception too -- a module that cannot load in
+    a sub-interpreter fails it with ``ImportError``, returned like any other."""
+    try:
+        fn, args = call.load()
+        return ByValue.returned((True, fn(*args)))
+    except Exception as exc:
+        return pack_error(exc)
 
 
 def pack_error(exc: BaseException, max_bytes: int | None = None) -> ByValue:

@@ -52,6 +52,9 @@ class ProcessPool(WorkerPool):
 
     executor_type = "process"
     uses_processes = True
+    # the first forkserver pool of this process starts the fork server, and its start-up
+    # includes the server's (importing what every worker needs): later pools' do not
+    started_server = False
 
     def __init__(
         self,
@@ -76,7 +79,7 @@ class ProcessPool(WorkerPool):
         context = multiprocessing.get_context(start_method)
         shipping.workers_start_with(sys.path)
         if start_method == "forkserver":
-            _preload_forkserver(context)
+            self.started_server = _preload_forkserver(context)
         self.board = context.Array("d", worker.SLOT * n_jobs, lock=False)
         # where a worker whose initializer raised sends the exception (see ``_initialize``);
         # never closed by hand: a replacement worker started while the executor shuts down
@@ -348,19 +351,22 @@ def _start_all_workers(executor: ProcessPoolExecutor, n_jobs: int, timeout: floa
 _preload_lock = threading.Lock()
 
 
-def _preload_forkserver(context: Any) -> None:
+def _preload_forkserver(context: Any) -> bool:
     """Have the fork server import amorsize's worker module and cloudpickle once, so each
     worker forks with them loaded instead of importing them again; and ``amorsize.pools.orphans``,
-    which makes the server exit when this process dies (the variable names this process)."""
+    which makes the server exit when this process dies (the variable names this process).
+    True the first time in this process: the pool being made starts the server."""
     from amorsize.pools import orphans
 
     with _preload_lock:
         pid = str(os.getpid())
-        if os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid:
+        first = os.environ.get(orphans.FORKSERVER_PARENT_ENV) != pid
+        if first:
             os.environ[orphans.FORKSERVER_PARENT_ENV] = pid
         context.set_forkserver_preload(["amorsize.pools.worker", "amorsize.pools.payloads",
                                         "amorsize.pools.shipping", "amorsize.pools.shared",
                                         "amorsize.pools.orphans", "amorsize.pools.fork_server"])
+        return first
 
 
 def after_fork_in_child() -> None:
