@@ -202,7 +202,8 @@ def weak_point(n_workers: int, per_worker: int, repeats: int) -> dict:
     best_size = min(by_size, key=by_size.__getitem__)
     return {"workers": n_workers, "items": len(items), "first": first, "ours": ours,
             "best": by_size[best_size], "best_size": best_size,
-            "plans": [batches_line(p) for p in (first_plan, plan)]}
+            "plans": [batches_line(p) for p in (first_plan, plan)],
+            "per_item": plan.profile.per_item_seconds if plan is not None else 0.0}
 
 
 def batches_line(plan) -> str:
@@ -230,22 +231,26 @@ def weak_scaling(per_worker: int, repeats: int) -> None:
     print(f"weak scaling: {per_worker} x 2 ms sleep items per single-thread worker; "
           f"medians of {repeats}")
     print("| workers | items | amorsize first | eff. | amorsize | eff. | best grid batch (size) "
-          "| eff. |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| eff. | an item on a worker | amorsize's threads busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in points:
         print(f"| {p['workers']} | {p['items']:,} | {p['first']:.2f} s | "
               f"{one['first'] / p['first']:.0%} | {p['ours']:.2f} s | "
               f"{one['ours'] / p['ours']:.0%} | {p['best']:.2f} s ({p['best_size']}) | "
-              f"{one['best'] / p['best']:.0%} |")
+              f"{one['best'] / p['best']:.0%} | {p['per_item'] * 1e3:.2f} ms | "
+              f"{p['items'] * p['per_item'] / (p['workers'] * p['ours']):.0%} |")
 
 
 KILL_AT = (0.25, 0.5, 0.75)
+# batches this small keep the most batches in flight (MAX_IN_FLIGHT_PER_THREAD): a worker holds
+# several queued behind the one it runs
+KILL_SMALL_BATCH = 2
 
 
 def kill_runs(n_workers: int, n_items: int) -> None:
     """``amorsize_dask.imap`` of ``n_items`` 2 ms sleep items, one worker SIGKILLed once a
     share of the results is in (its nanny starts another): the items run again, against the
-    run's largest batch."""
+    run's largest batch; last, the same in forced batches of ``KILL_SMALL_BATCH``."""
     import signal
 
     from distributed import Client
@@ -263,19 +268,21 @@ def kill_runs(n_workers: int, n_items: int) -> None:
         print(f"cluster: {n_workers} workers x 1 thread; {n_items:,} x 2 ms sleep items, "
               "amorsize_dask.imap; one worker SIGKILLed once a share of the results is in")
         print("| killed at | in order | items run again | largest batch | batches in flight "
-              "| wall |")
-        print("|---|---|---|---|---|---|")
-        for at in KILL_AT:
+              "| batches the killed worker held | wall |")
+        print("|---|---|---|---|---|---|---|")
+        for batch, at in [(None, at) for at in KILL_AT] + [(KILL_SMALL_BATCH, 0.5)]:
             client.wait_for_workers(n_workers, timeout=120)
-            path = os.path.join(tmp, f"runs-{at}.txt")
-            victim = sorted(client.run(os.getpid).values())[0]
+            path = os.path.join(tmp, f"runs-{at}-{batch}.txt")
+            victim, pid = min(client.run(os.getpid).items(), key=lambda kv: kv[1])
             func = functools.partial(logged_sleep_2ms, path=path)
             out = []
+            held = 0
             start = time.perf_counter()
-            for x in amorsize_dask.imap(func, items, client=client):
+            for x in amorsize_dask.imap(func, items, client=client, batch=batch):
                 out.append(x)
                 if len(out) == int(at * n_items):
-                    os.kill(victim, signal.SIGKILL)
+                    held = len(client.processing([victim]).get(victim, ()))
+                    os.kill(pid, signal.SIGKILL)
             wall = time.perf_counter() - start
             plan = amorsize.last_plan()
             assert plan is not None
@@ -284,8 +291,9 @@ def kill_runs(n_workers: int, n_items: int) -> None:
             in_flight = cluster_plan.batches_in_flight(
                 plan.n_jobs, plan.chunksize * plan.profile.per_item_seconds,
                 plan.cluster.round_trip_seconds if plan.cluster else 0.0)
-            print(f"| {at:.0%} | {out == items} | {len(runs) - n_items} "
-                  f"| {plan.chunksize} | {in_flight} | {wall:.2f} s |", flush=True)
+            forced = "" if batch is None else f" (batch={batch})"
+            print(f"| {at:.0%}{forced} | {out == items} | {len(runs) - n_items} "
+                  f"| {plan.chunksize} | {in_flight} | {held} | {wall:.2f} s |", flush=True)
 
 
 def main() -> None:
