@@ -27,10 +27,11 @@ class BatchRun:
     batch; the figures of the batches that completed are kept for the report
     (``n_items``, ``n_batches``, ``compute_seconds`` summed over workers, ``wall_seconds``).
 
-    At most ``in_flight`` batches are sent and not yet handed out, so an input of any length
-    runs in bounded memory. A batch whose items pickle to more than ``SCATTER_BYTES`` goes to
-    the cluster as data of its own (``client.scatter``); a large function goes once and is kept
-    by the workers (``cluster_shared``): no task carries them inside the graph.
+    At most ``in_flight`` batches are sent and not done, and as many done ahead of an earlier
+    one: bounded memory for any input. A batch whose items pickle to more than
+    ``SCATTER_BYTES`` goes to the cluster as data of its own (``client.scatter``); a large
+    function goes once and is kept by the workers (``cluster_shared``): no task carries them
+    inside the graph.
     ``func_bytes`` is not read (the function's size is measured when the run starts); it is
     accepted for callers written before.
 
@@ -86,7 +87,10 @@ class BatchRun:
         with published(self.client, self.func):
             try:
                 while True:
-                    while not exhausted and len(sent) + len(early) < self.in_flight:
+                    # completed batches waiting for an earlier one do not hold back the next: a
+                    # late batch would leave every other worker idle behind it
+                    while (not exhausted and len(sent) < self.in_flight
+                           and len(early) < self.in_flight):
                         batch = next(source, None)
                         if batch is None:
                             exhausted = True

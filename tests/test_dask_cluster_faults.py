@@ -25,27 +25,39 @@ def start(script: str, tmp_path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_a_worker_killed_mid_run_costs_nothing_but_a_rerun(tmp_path):
-    proc = start("""
-        import os, signal
-        from functools import partial
-        import amorsize_dask
+def test_a_worker_killed_mid_run_reruns_at_most_two_batches_of_items(tmp_path):
+    # each execution of an item appends its index to a file, whichever process runs it: the
+    # lines past one per item are the items the cluster ran again
+    proc = start(f"""
+        import os, signal, time
+        import amorsize, amorsize_dask
         from dask_helpers import nap
+
+        def logged_nap(x):
+            with open({str(tmp_path / "runs.txt")!r}, "a") as f:
+                f.write(f"{{x}}\\n")
+            time.sleep(0.01)
+            return x
 
         if __name__ == "__main__":
             assert amorsize_dask.map(nap, range(10)) == list(range(10))  # starts the cluster
             client = amorsize_dask.distributed.default_client()
             victim = sorted(client.run(os.getpid).values())[0]
             out = []
-            for x in amorsize_dask.imap(partial(nap, seconds=0.01), range(400)):
+            for x in amorsize_dask.imap(logged_nap, range(400)):
                 out.append(x)
                 if len(out) == 60:
                     os.kill(victim, signal.SIGKILL)
             print("in order", out == list(range(400)))
+            print("largest batch", amorsize.last_plan().chunksize)
             amorsize_dask.close_local_cluster()
     """, tmp_path)
     out, err = proc.communicate(timeout=200)
     assert "in order True" in out, err[-3000:]
+    largest = int(out.split("largest batch ")[1].split()[0])
+    runs = (tmp_path / "runs.txt").read_text().split()
+    assert sorted(set(runs), key=int) == [str(i) for i in range(400)]
+    assert len(runs) - 400 <= 2 * largest, (len(runs) - 400, largest)
 
 
 def test_ctrl_c_cancels_the_batches_and_prints_nothing_more(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import threading
 import time
 import warnings
 from collections import Counter
@@ -205,13 +206,38 @@ def test_an_endless_input_is_read_only_a_bounded_way_ahead(busy_cluster):
         while True:
             yield next(pulled)
 
-    bound = (cluster_plan.MAX_IN_FLIGHT_PER_THREAD * 2 + 1) * 5 + SAMPLE_ITEMS
+    # on 2 threads: the batches sent and not done, as many done ahead of an earlier one, 1 read
+    bound = (cluster_plan.MAX_IN_FLIGHT_PER_THREAD * 2 * 2 + 1) * 5 + SAMPLE_ITEMS
     results = amorsize_dask.imap(square, endless(), client=busy_cluster, batch=5)
     for i, result in zip(range(200), results):
         assert result == i * i
     read = next(pulled)
     results.close()
     assert read <= 200 + bound
+
+
+def held_if_first(x: int) -> int:
+    if x == 0:
+        GATE.wait(30)
+    return x
+
+
+def test_batches_done_behind_a_held_one_do_not_stop_the_next_being_sent(client, gate):
+    run = cluster_run.BatchRun(client, held_if_first, in_flight=2, retries=None, timeout=None,
+                               arg_bytes=0.0, func_bytes=0.0)
+    batches = cluster_run.numbered_batches(iter(range(10)), itertools.repeat(1))
+    out: list = []
+    reader = threading.Thread(target=lambda: out.extend(
+        x for _, results in run.results(batches, ordered=True) for x in results))
+    reader.start()
+    deadline = time.monotonic() + 30
+    while run.n_batches < 2 and time.monotonic() < deadline:  # batch 0 held on one thread
+        time.sleep(0.01)
+    done_while_held = run.n_batches
+    gate.set()
+    reader.join(30)
+    assert done_while_held == 2  # batch 1, then batch 2 sent while 1 waited for 0
+    assert out == list(range(10))
 
 
 def _recorded(monkeypatch, client, method: str, what) -> list:
@@ -420,7 +446,8 @@ def test_stopping_early_cancels_the_batches_in_flight(busy_cluster, monkeypatch,
                                      client=busy_cluster, batch=10)
         assert next(results) == 0
         results.close()
-    assert sum(cancelled) == 3  # the other batches in flight, held on their workers
+    # a full 4 in flight, held on their workers: the first, done, was replaced when it came back
+    assert sum(cancelled) == 4
 
 
 # --- learning -------------------------------------------------------------------------------
