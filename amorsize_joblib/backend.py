@@ -62,7 +62,7 @@ from amorsize_joblib.measure import Measurement
 # keeps batch x n_jobs delayed calls alive at once, and past a few hundred they outlive the
 # young garbage-collector generations and trigger full collections of the whole heap, which
 # joblib's n_jobs=1 loop (one call alive at a time) never pays.
-SERIAL_BATCH_SECONDS = 0.002
+SERIAL_BATCH_SECONDS = 0.005
 SERIAL_HELD_TASKS = 512
 SERIAL_MIN_BATCH = 32
 _MAX_BATCH = 1 << 22
