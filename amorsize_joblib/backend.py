@@ -54,7 +54,7 @@ from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
 from amorsize_joblib import batches
 from amorsize_joblib.batches import CallSettings, call_settings
-from amorsize_joblib.chunks import PoolBatches, run_joblib_batch, settle
+from amorsize_joblib.chunks import PoolBatches, Unsettled, run_joblib_batch, settle
 from amorsize_joblib.measure import Measurement
 
 # A serial plan's batches: long enough that joblib's own cost per batch (its dispatch and
@@ -271,8 +271,12 @@ class AmorsizeBackend(ParallelBackendBase):
         thread (measured, or a serial plan's), once joblib retrieves results (see
         ``retrieval_context``)."""
         future: Future = Future()
+        self._unsettled.add(future)
         if callback is not None:
             future.add_done_callback(callback)
+        # after joblib's callback, which dispatches the next batch first: no batch unsettled
+        # then means no more to come
+        future.add_done_callback(self._unsettled.settled)
         self.batch_sizes.append(len(func))
         self._dispatched += len(func)
         if self._key is None:
@@ -297,6 +301,11 @@ class AmorsizeBackend(ParallelBackendBase):
         any backend (a batch completed inside its own dispatch looks like the last one)."""
         self._retrieving = True
         self._run_in_order()
+        if self._call.return_as == "list" and self._call.timeout is None:
+            # joblib checks for settled batches every 10 ms: a list's results would wait up to
+            # that long after the last came in (generators yield as results come, and a timeout
+            # is enforced by joblib while it checks)
+            self._unsettled.wait(lambda: self._aborting)
         yield
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -349,6 +358,7 @@ class AmorsizeBackend(ParallelBackendBase):
         self._retrieving = False
         self._aborting = False
         self._dispatched = 0
+        self._unsettled = Unsettled()
         self._measurement = Measurement(None, None)
         self._decided = time.perf_counter()
 

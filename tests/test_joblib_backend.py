@@ -3,6 +3,7 @@ test_parallel.py is the reference), and adds warm shared pools and learned batch
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 
@@ -245,6 +246,59 @@ def test_a_pool_plans_batches_carry_the_whole_input_in_n_jobs_batches():
     assert backend.plan.executor_type == "thread"
     first = len(backend.batch_sizes) - sum(1 for s in backend.batch_sizes if s > 1)
     assert backend.batch_sizes[first:] == [(100 - first) // 2] * 2
+
+
+class _WatchingRetrieval(AmorsizeBackend):
+    """Notes how many batches are still unsettled when joblib starts retrieving results, then
+    lets the tasks blocked on ``release`` go on."""
+
+    def __init__(self, release: threading.Event, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.unsettled_at_retrieval: list[int] = []
+
+    @contextlib.contextmanager
+    def retrieval_context(self):
+        with super().retrieval_context():
+            self.unsettled_at_retrieval.append(self._unsettled.count)
+            self.release.set()
+            yield
+
+
+def test_a_list_call_starts_retrieving_once_every_batch_has_settled():
+    release = threading.Event()
+    backend = _WatchingRetrieval(release, executor="thread")
+    out = Parallel(n_jobs=2, backend=backend)(delayed(h.wait)(i, 0.001) for i in range(40))
+    assert out == list(range(40))
+    assert backend.unsettled_at_retrieval == [0]
+
+
+def test_a_generator_call_starts_retrieving_at_once():
+    release = threading.Event()
+    backend = _WatchingRetrieval(release, executor="thread")
+    out = Parallel(n_jobs=2, backend=backend, return_as="generator")(
+        delayed(_wait_for)(release, i) for i in range(8))
+    assert list(out) == [True] * 8
+    assert backend.unsettled_at_retrieval[0] > 0
+
+
+def _wait_for(release: threading.Event, x: int, bad: int = -1, ended: list | None = None) -> bool:
+    if x == bad:
+        raise h.TaskError(f"item {x} is bad")
+    released = release.wait(timeout=5)
+    if ended is not None:
+        ended.append(released)
+    return released
+
+
+def test_a_list_call_raises_a_tasks_error_without_waiting_for_the_other_batches():
+    release = threading.Event()
+    ended: list[bool] = []  # per blocked task: True if released, False if it timed out
+    with pytest.raises(h.TaskError):
+        Parallel(n_jobs=2, backend=AmorsizeBackend(executor="thread"))(
+            delayed(_wait_for)(release, i, bad=1, ended=ended) for i in range(4))
+    assert False not in ended  # raised while the other task was still blocked
+    release.set()
 
 
 def test_batches_carry_one_nested_backend_made_once():
