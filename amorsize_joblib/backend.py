@@ -63,7 +63,7 @@ from amorsize_joblib.measure import Measurement
 # young garbage-collector generations and trigger full collections of the whole heap, which
 # joblib's n_jobs=1 loop (one call alive at a time) never pays.
 SERIAL_BATCH_SECONDS = 0.005
-SERIAL_HELD_TASKS = 512
+SERIAL_HELD_TASKS = 1024
 SERIAL_MIN_BATCH = 32
 _MAX_BATCH = 1 << 22
 # sub-interpreters cannot run joblib's batches yet: unpickling one imports joblib, whose

@@ -225,15 +225,16 @@ def test_the_last_slice_of_a_known_input_is_shared_in_n_jobs_batches(monkeypatch
 
     FakeClock().install(monkeypatch)
     LEARNED.remember(function_key(halve), amorsize.Profile(per_item_seconds=1e-7, n_measured=8))
+    full = backend_module.SERIAL_HELD_TASKS // 2  # a serial batch of trivial tasks, n_jobs=2
+    n = 4 * full - 24  # two full batches, then less than two
     backend = AmorsizeBackend()
-    out = Parallel(n_jobs=2, backend=backend)([delayed(halve)(i) for i in range(1000)])
-    assert out == [i // 2 for i in range(1000)]
+    out = Parallel(n_jobs=2, backend=backend)([delayed(halve)(i) for i in range(n)])
+    assert out == [i // 2 for i in range(n)]
     assert backend.plan.executor_type == "serial"
     # after joblib's first single-task batches: full batches, then the rest halved (joblib by
     # itself cuts the last slice of its input into batches twenty times smaller)
-    full = backend_module.SERIAL_HELD_TASKS // 2
     first = len(backend.batch_sizes) - sum(1 for s in backend.batch_sizes if s > 1)
-    rest = 1000 - first - 2 * full
+    rest = n - first - 2 * full
     assert backend.batch_sizes[first:] == [full, full, rest // 2, rest - rest // 2]
 
 
