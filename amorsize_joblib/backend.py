@@ -16,6 +16,8 @@ tell a backend is read in one place, ``batches``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import sys
 import threading
@@ -44,7 +46,7 @@ from amorsize.errors import (
     check_min_speedup,
     check_positive_int,
 )
-from amorsize.optimizer.learned import function_key
+from amorsize.optimizer.learned import Learned, function_key
 from amorsize.options import DEFAULTS, complete
 from amorsize.plan import Plan
 from amorsize.pools.worker import inside_worker
@@ -52,10 +54,17 @@ from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
 from amorsize_joblib import batches, cluster
 from amorsize_joblib.batches import CallSettings, call_settings
-from amorsize_joblib.chunks import PoolBatches, run_joblib_batch, settle
+from amorsize_joblib.chunks import PoolBatches, Unsettled, run_joblib_batch, settle
 from amorsize_joblib.measure import Measurement
 
-SERIAL_FIRST_BATCH = 4096
+# A serial plan's batches: long enough that joblib's own cost per batch (its dispatch and
+# callbacks, tens of microseconds) is a small share of them, yet holding few tasks: joblib
+# keeps batch x n_jobs delayed calls alive at once, and past a few hundred they outlive the
+# young garbage-collector generations and trigger full collections of the whole heap, which
+# joblib's n_jobs=1 loop (one call alive at a time) never pays.
+SERIAL_BATCH_SECONDS = 0.005
+SERIAL_HELD_TASKS = 1024
+SERIAL_MIN_BATCH = 32
 _MAX_BATCH = 1 << 22
 # sub-interpreters cannot run joblib's batches yet: unpickling one imports joblib, whose
 # imports (faulthandler) refuse to load in a sub-interpreter
@@ -107,7 +116,6 @@ class AmorsizeBackend(ParallelBackendBase):
     supports_inner_max_num_threads = True
     supports_sharedmem = True
     uses_threads = False
-    _serial_batch: int  # set per call by _reset_call
     _in_order: deque[tuple[Any, Future]]  # batches waiting for the calling thread
 
     def __init__(
@@ -257,26 +265,35 @@ class AmorsizeBackend(ParallelBackendBase):
 
     def compute_batch_size(self) -> int:
         """Tasks per joblib batch: one while measuring (a slow task measured must not hold
-        others back) but for the overlap test's, then one wave of the plan's chunks (one chunk
-        per worker), or what is left of the call in ``n_jobs`` batches for a serial plan."""
+        others back) but for the overlap test's; then ``serial_batch_size`` for a serial plan,
+        or one wave of a pool plan's chunks (one chunk per worker). Near the end of the call,
+        what is left is shared evenly among joblib's ``n_jobs`` batches: joblib would cut its
+        last slice of the input into twenty times as many batches (each split into tiny chunks
+        on a pool)."""
         plan = self.plan
         if plan is None:
             return self._measurement.batch_size()
-        if plan.executor_type != "serial":
-            return max(1, min(_MAX_BATCH, plan.chunksize * plan.n_jobs))
+        if plan.executor_type == "serial":
+            size = serial_batch_size(plan.profile.per_item_seconds, self._n_jobs)
+        else:
+            size = max(1, min(_MAX_BATCH, plan.chunksize * plan.n_jobs))
         total = self._total()
-        if total:
-            return max(1, -(-(total - self._dispatched) // self._n_jobs))
-        self._serial_batch = min(_MAX_BATCH, self._serial_batch * 2)
-        return self._serial_batch
+        left = None if total is None else total - self._dispatched
+        if left is not None and 0 < left < size * self._n_jobs:
+            return max(1, left // self._n_jobs)
+        return size
 
     def submit(self, func: Any, callback: Callable | None = None) -> Future:
         """Run one joblib batch per the plan: on the run's pool at once, or, in the calling
         thread (measured, or a serial plan's), once joblib retrieves results (see
         ``retrieval_context``)."""
         future: Future = Future()
+        self._unsettled.add(future)
         if callback is not None:
             future.add_done_callback(callback)
+        # after joblib's callback, which dispatches the next batch first: no batch unsettled
+        # then means no more to come
+        future.add_done_callback(self._unsettled.settled)
         self.batch_sizes.append(len(func))
         self._dispatched += len(func)
         if self._key is None:
@@ -301,6 +318,11 @@ class AmorsizeBackend(ParallelBackendBase):
         any backend (a batch completed inside its own dispatch looks like the last one)."""
         self._retrieving = True
         self._run_in_order()
+        if self._call.return_as == "list" and self._call.timeout is None:
+            # joblib checks for settled batches every 10 ms: a list's results would wait up to
+            # that long after the last came in (generators yield as results come, and a timeout
+            # is enforced by joblib while it checks)
+            self._unsettled.wait(lambda: self._aborting)
         yield
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -327,13 +349,8 @@ class AmorsizeBackend(ParallelBackendBase):
         plan = self.plan
         outer = plan.n_jobs if plan is not None and plan.executor_type != "serial" else 1
         cap = max(1, system.usable_cpus() // max(1, outer))
-        nested = AmorsizeBackend(
-            nesting_level=(self.nesting_level or 0) + 1,
-            inner_max_num_threads=self.inner_max_num_threads,
-            n_jobs_cap=cap,
-            min_speedup=self.min_speedup,
-        )
-        return nested, None
+        return _nested_backend((self.nesting_level or 0) + 1, self.inner_max_num_threads, cap,
+                               self.min_speedup), None
 
     @property
     def n_probed(self) -> int:
@@ -345,6 +362,8 @@ class AmorsizeBackend(ParallelBackendBase):
         self.batch_sizes = []
         self._call = CallSettings()
         self._key: Hashable | None = None
+        # what amorsize_recall gave for the key, asked once per call (and again once measured)
+        self._learned: Learned | None = None
         self._func: Any = None
         self._run: Run | None = None
         self._pool_batches: PoolBatches | None = None
@@ -356,8 +375,8 @@ class AmorsizeBackend(ParallelBackendBase):
         self._retrieving = False
         self._aborting = False
         self._dispatched = 0
+        self._unsettled = Unsettled()
         self._measurement = Measurement(None, None)
-        self._serial_batch = SERIAL_FIRST_BATCH // 2
         self._decided = time.perf_counter()
 
     def _total(self) -> int | None:
@@ -365,7 +384,7 @@ class AmorsizeBackend(ParallelBackendBase):
         had (joblib learns a generator's length only once it is exhausted)."""
         if self._call.n_tasks is not None:
             return self._call.n_tasks
-        learned = None if self._key is None else plugins.recall(self._key)
+        learned = self._learned
         return learned.last_n_items if learned is not None else None
 
     def _identify(self, batch: Any) -> None:
@@ -373,7 +392,7 @@ class AmorsizeBackend(ParallelBackendBase):
         func = batches.function_of(batch)
         self._func = func
         self._key = function_key(func)
-        learned = plugins.recall(self._key)
+        learned = self._learned = plugins.recall(self._key)
         if learned is not None:
             self._decide(learned.profile, learned.runs, recalled=True)
         elif self.executor is not None and self.executor != "serial":
@@ -407,7 +426,7 @@ class AmorsizeBackend(ParallelBackendBase):
         profile = self._measurement.profile()
         assert profile is not None  # decided only after a task was timed
         plugins.remember(self._key, profile)
-        learned = plugins.recall(self._key)
+        learned = self._learned = plugins.recall(self._key)
         self._decide(profile, learned.runs if learned is not None else 0)
         return self._pool_batches is not None
 
@@ -422,6 +441,7 @@ class AmorsizeBackend(ParallelBackendBase):
             key=self._key,
             already_done=self.n_probed,
             recalled=recalled,
+            learned=self._learned,
         )
         self._open_run(plugins.make_plan(self._func, profile, workload))
         self._decided = time.perf_counter()
@@ -461,7 +481,7 @@ class AmorsizeBackend(ParallelBackendBase):
             return
         if run.n_items == 0:
             return
-        if plugins.recall(key) is None:
+        if self._learned is None and plugins.recall(key) is None:
             plugins.remember(key, Profile(run.compute_seconds / run.n_items,
                                           n_measured=run.n_items, measured_by="joblib"))
         run.finish(wall_seconds=time.perf_counter() - self._decided,
@@ -614,6 +634,28 @@ class _CappedThreadingBackend(ThreadingBackend):
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         n = super().effective_n_jobs(n_jobs)
         return min(n, self.cap) if n_jobs is None or n_jobs < 0 else n
+
+
+@functools.lru_cache(maxsize=64)
+def _nested_backend(nesting_level: int, inner_max_num_threads: int | None, n_jobs_cap: int,
+                    min_speedup: float) -> AmorsizeBackend:
+    """The backend joblib's batches carry for inner calls, made once per setting rather than
+    for every batch joblib makes: it holds settings only, since an inner call falls back to
+    joblib's own backends in ``configure`` before any call state is touched."""
+    return AmorsizeBackend(nesting_level=nesting_level,
+                           inner_max_num_threads=inner_max_num_threads, n_jobs_cap=n_jobs_cap,
+                           min_speedup=min_speedup)
+
+
+def serial_batch_size(per_item_seconds: float, n_jobs: int) -> int:
+    """Tasks per joblib batch for a serial plan: ``SERIAL_BATCH_SECONDS`` of work, and no more
+    than ``SERIAL_HELD_TASKS`` held by joblib over its ``n_jobs`` batches at once (at least
+    ``SERIAL_MIN_BATCH``, so that many workers do not make the batches too small to pay for
+    joblib's dispatch)."""
+    held = max(SERIAL_MIN_BATCH, SERIAL_HELD_TASKS // max(1, n_jobs))
+    if per_item_seconds <= 0:
+        return held
+    return max(1, min(held, math.ceil(SERIAL_BATCH_SECONDS / per_item_seconds)))
 
 
 def _name(func: Any) -> str:

@@ -51,20 +51,23 @@ class CallSettings:
     """What one ``Parallel`` call was given, read at its start (``start_call``).
 
     ``n_tasks``: ``Parallel.n_tasks``, set by ``Parallel.__call__`` to ``len(iterable)`` when it
-    has one (an undocumented attribute; no hook passes it). ``timeout`` and ``verbose``: the
-    documented ``Parallel`` parameters, which joblib keeps under their own names and enforces or
-    prints itself; the backend reads them to keep batches off the calling thread when joblib
-    must be able to time them out, and to say what the plan runs on.
+    has one (an undocumented attribute; no hook passes it). ``timeout``, ``verbose`` and
+    ``return_as``: the documented ``Parallel`` parameters, which joblib keeps under their own
+    names and enforces or prints itself; the backend reads them to keep batches off the calling
+    thread when joblib must be able to time them out, to say what the plan runs on, and to hand
+    a list's results over as soon as they are all in (None: not known).
     """
 
     n_tasks: int | None = None
     timeout: float | None = None
     verbose: int = 0
     name: str = "Parallel"
+    return_as: str | None = None
 
 
 def call_settings(parallel: Any) -> CallSettings:
     if parallel is None:
         return CallSettings()
     return CallSettings(getattr(parallel, "n_tasks", None), getattr(parallel, "timeout", None),
-                        getattr(parallel, "verbose", 0) or 0, repr(parallel))
+                        getattr(parallel, "verbose", 0) or 0, repr(parallel),
+                        getattr(parallel, "return_as", None))

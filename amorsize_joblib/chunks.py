@@ -169,3 +169,35 @@ class Gather:
                 return
             self.finished = True
         self.future.cancel()
+
+
+class Unsettled:
+    """The batches of one call submitted and not settled yet, for the calling thread to wait
+    on: until none is left (joblib's callback has then dispatched all there is), or one failed
+    or was cancelled (joblib raises at once). One per call: a batch of an earlier, aborted call
+    settling late counts for that call only."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.failed = False
+        self._changed = threading.Condition()
+
+    def add(self, future: Future) -> None:
+        with self._changed:
+            self.count += 1
+
+    def settled(self, future: Future) -> None:
+        with self._changed:
+            self.count -= 1
+            if future.cancelled() or future.exception() is not None:
+                self.failed = True
+            if self.count <= 0 or self.failed:
+                self._changed.notify_all()
+
+    def wait(self, given_up: Callable[[], bool]) -> None:
+        """Return once no batch is unsettled, one failed, or ``given_up()`` (checked at least
+        twice a second)."""
+        with self._changed:
+            while self.count > 0 and not self.failed and not given_up():
+                self._changed.wait(0.5)
+

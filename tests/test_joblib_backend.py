@@ -3,6 +3,7 @@ test_parallel.py is the reference), and adds warm shared pools and learned batch
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 
@@ -18,6 +19,7 @@ import amorsize
 import amorsize_joblib
 from amorsize.optimizer.learned import LEARNED, function_key
 from amorsize_joblib import AmorsizeBackend
+from amorsize_joblib import backend as backend_module
 from amorsize_joblib.measure import Measurement
 
 cloudpickle.register_pickle_by_value(h)
@@ -187,7 +189,7 @@ def test_second_call_reuses_the_warm_pool():
     assert set(pids) <= worker_pids
 
 
-def test_trivial_tasks_get_large_batches_and_the_size_is_remembered(monkeypatch):
+def test_trivial_tasks_get_batches_joblib_holds_few_of_and_the_plan_is_remembered(monkeypatch):
     def triple(x):
         return 3 * x
 
@@ -197,15 +199,119 @@ def test_trivial_tasks_get_large_batches_and_the_size_is_remembered(monkeypatch)
     assert Parallel(n_jobs=2, backend=first)(delayed(triple)(i) for i in range(20_000)) == [
         3 * i for i in range(20_000)]
     assert first.plan.executor_type == "serial"
-    assert max(first.batch_sizes) >= 1000
     assert first.n_probed > 0
+    # joblib holds n_jobs batches at once: together no more than SERIAL_HELD_TASKS
+    assert max(first.batch_sizes) == backend_module.SERIAL_HELD_TASKS // 2
 
     again = AmorsizeBackend()
     Parallel(n_jobs=2, backend=again)(delayed(triple)(i) for i in range(20_000))
     assert again.n_probed == 0
     assert again.plan.executor_type == "serial"
-    assert len(again.batch_sizes) <= len(first.batch_sizes)
+    assert max(again.batch_sizes) == backend_module.SERIAL_HELD_TASKS // 2
     assert LEARNED.recall(function_key(triple)).runs >= 2
+
+
+@pytest.mark.parametrize(("per_item", "n_jobs", "size"), [
+    (0.0, 2, backend_module.SERIAL_HELD_TASKS // 2),
+    (1e-9, 2, backend_module.SERIAL_HELD_TASKS // 2),
+    (backend_module.SERIAL_BATCH_SECONDS / 10, 2, 10),
+    (backend_module.SERIAL_BATCH_SECONDS * 5, 2, 1),
+    (1e-9, 1024, backend_module.SERIAL_MIN_BATCH),
+])
+def test_a_serial_plans_batch_is_a_few_milliseconds_of_work_held_few_at_a_time(
+        per_item, n_jobs, size):
+    assert backend_module.serial_batch_size(per_item, n_jobs) == size
+
+
+def test_the_last_slice_of_a_known_input_is_shared_in_n_jobs_batches(monkeypatch):
+    def halve(x):
+        return x // 2
+
+    FakeClock().install(monkeypatch)
+    LEARNED.remember(function_key(halve), amorsize.Profile(per_item_seconds=1e-7, n_measured=8))
+    full = backend_module.SERIAL_HELD_TASKS // 2  # a serial batch of trivial tasks, n_jobs=2
+    n = 4 * full - 24  # two full batches, then less than two
+    backend = AmorsizeBackend()
+    out = Parallel(n_jobs=2, backend=backend)([delayed(halve)(i) for i in range(n)])
+    assert out == [i // 2 for i in range(n)]
+    assert backend.plan.executor_type == "serial"
+    # after joblib's first single-task batches: full batches, then the rest halved (joblib by
+    # itself cuts the last slice of its input into batches twenty times smaller)
+    first = len(backend.batch_sizes) - sum(1 for s in backend.batch_sizes if s > 1)
+    rest = n - first - 2 * full
+    assert backend.batch_sizes[first:] == [full, full, rest // 2, rest - rest // 2]
+
+
+def test_a_pool_plans_batches_carry_the_whole_input_in_n_jobs_batches():
+    LEARNED.remember(function_key(h.wait), amorsize.Profile(
+        per_item_seconds=0.01, cpu_ratio=0.0, thread_scaling=2.0, n_measured=8))
+    backend = AmorsizeBackend()
+    out = Parallel(n_jobs=2, backend=backend)([delayed(h.wait)(i, 0.001) for i in range(100)])
+    assert out == list(range(100))
+    assert backend.plan.executor_type == "thread"
+    first = len(backend.batch_sizes) - sum(1 for s in backend.batch_sizes if s > 1)
+    assert backend.batch_sizes[first:] == [(100 - first) // 2] * 2
+
+
+class _WatchingRetrieval(AmorsizeBackend):
+    """Notes how many batches are still unsettled when joblib starts retrieving results, then
+    lets the tasks blocked on ``release`` go on."""
+
+    def __init__(self, release: threading.Event, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.unsettled_at_retrieval: list[int] = []
+
+    @contextlib.contextmanager
+    def retrieval_context(self):
+        with super().retrieval_context():
+            self.unsettled_at_retrieval.append(self._unsettled.count)
+            self.release.set()
+            yield
+
+
+def test_a_list_call_starts_retrieving_once_every_batch_has_settled():
+    release = threading.Event()
+    backend = _WatchingRetrieval(release, executor="thread")
+    out = Parallel(n_jobs=2, backend=backend)(delayed(h.wait)(i, 0.001) for i in range(40))
+    assert out == list(range(40))
+    assert backend.unsettled_at_retrieval == [0]
+
+
+def test_a_generator_call_starts_retrieving_at_once():
+    release = threading.Event()
+    backend = _WatchingRetrieval(release, executor="thread")
+    out = Parallel(n_jobs=2, backend=backend, return_as="generator")(
+        delayed(_wait_for)(release, i) for i in range(8))
+    assert list(out) == [True] * 8
+    assert backend.unsettled_at_retrieval[0] > 0
+
+
+def _wait_for(release: threading.Event, x: int, bad: int = -1, ended: list | None = None) -> bool:
+    if x == bad:
+        raise h.TaskError(f"item {x} is bad")
+    released = release.wait(timeout=5)
+    if ended is not None:
+        ended.append(released)
+    return released
+
+
+def test_a_list_call_raises_a_tasks_error_without_waiting_for_the_other_batches():
+    release = threading.Event()
+    ended: list[bool] = []  # per blocked task: True if released, False if it timed out
+    with pytest.raises(h.TaskError):
+        Parallel(n_jobs=2, backend=AmorsizeBackend(executor="thread"))(
+            delayed(_wait_for)(release, i, bad=1, ended=ended) for i in range(4))
+    assert False not in ended  # raised while the other task was still blocked
+    release.set()
+
+
+def test_batches_carry_one_nested_backend_made_once():
+    backend = AmorsizeBackend()
+    nested, n_jobs = backend.get_nested_backend()
+    assert backend.get_nested_backend()[0] is nested
+    assert AmorsizeBackend().get_nested_backend()[0] is nested
+    assert nested.nesting_level == 1 and n_jobs is None
 
 
 def test_io_bound_tasks_get_more_threads_than_cores():
