@@ -26,18 +26,23 @@ def run_joblib_batch(batch: Any, inner_max_num_threads: int | None = None) -> tu
     """
     start, cpu0 = now()
     try:
-        if inner_max_num_threads is None:
-            results = batch()
-        else:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=inner_max_num_threads):
-                results = batch()
+        results = call_batch(batch, inner_max_num_threads)
     except Exception as exc:
         exc.add_note(f"a task of a joblib batch of {len(batch)}, run {where_running()}")
         raise
     end, cpu1 = now()
     return results, end - start, cpu1 - cpu0
+
+
+def call_batch(batch: Any, inner_max_num_threads: int | None) -> list:
+    """The batch's results, its BLAS and OpenMP pools capped as joblib caps them for the
+    workers it starts (``inner_max_num_threads``; None: left as they are)."""
+    if inner_max_num_threads is None:
+        return batch()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=inner_max_num_threads):
+        return batch()
 
 
 def settle(future: Future, result: Any = None, exception: BaseException | None = None) -> None:

@@ -41,7 +41,7 @@ from amorsize.run.report import RunReport
 from amorsize.workload import Profile, Workload
 from amorsize_joblib import batches
 from amorsize_joblib.batches import CallSettings, call_settings
-from amorsize_joblib.chunks import settle
+from amorsize_joblib.chunks import call_batch, settle
 from amorsize_joblib.measure import PROBE_MIN_TASKS
 
 # as ``amorsize_dask``: what a function costs on a cluster's worker is remembered apart from
@@ -128,13 +128,7 @@ def run_batch(batch: Any, inner_max_num_threads: int | None) -> tuple[list, floa
     process)."""
     start, cpu = time.perf_counter(), time.thread_time()
     try:
-        if inner_max_num_threads is None:
-            results = batch()
-        else:
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=inner_max_num_threads):
-                results = batch()
+        results = call_batch(batch, inner_max_num_threads)
     except Exception as exc:
         import distributed
 
