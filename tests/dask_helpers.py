@@ -102,3 +102,17 @@ def with_payload(x: int, payload: Payload) -> int:
 def payload_unpickled() -> int:
     """How many times a ``Payload`` was unpickled in this process."""
     return _unpickled[0]
+
+
+def recorded(monkeypatch, client, method: str, what) -> list:
+    """What ``what(args, kwargs)`` says of each call of ``client.<method>`` from now on (the
+    call itself goes through)."""
+    seen: list = []
+    original = getattr(client, method)
+
+    def recording(*args, **kwargs):
+        seen.append(what(args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(client, method, recording)
+    return seen

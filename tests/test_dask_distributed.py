@@ -28,6 +28,7 @@ from dask_helpers import (
     nap,
     payload_unpickled,
     raise_custom,
+    recorded,
     size_of,
     spin,
     square,
@@ -240,22 +241,8 @@ def test_batches_done_behind_a_held_one_do_not_stop_the_next_being_sent(client, 
     assert out == list(range(10))
 
 
-def _recorded(monkeypatch, client, method: str, what) -> list:
-    """What ``what(args, kwargs)`` says of each call of ``client.<method>`` from now on (the
-    call itself goes through)."""
-    seen: list = []
-    original = getattr(client, method)
-
-    def recording(*args, **kwargs):
-        seen.append(what(args, kwargs))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(client, method, recording)
-    return seen
-
-
 def test_items_too_large_for_a_task_travel_as_their_own_data(busy_cluster, monkeypatch):
-    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    scattered = recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     items = [bytes(cluster_plan.BATCH_BYTES + 1) for _ in range(3)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
@@ -315,7 +302,7 @@ def test_an_in_process_worker_takes_the_callers_large_function_as_it_is(busy_clu
 
 
 def test_a_small_function_travels_inside_its_tasks(busy_cluster, monkeypatch):
-    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    scattered = recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     with registered(costing(1e-3)):
         amorsize_dask.map(partial(with_payload, payload=Payload(1000)), range(20),
                           client=busy_cluster, batch=5)
@@ -402,7 +389,7 @@ def test_a_streaming_run_resizes_its_batches_when_a_worker_joins(growing, monkey
 # --- failures and stopping ------------------------------------------------------------------
 
 def test_an_error_cancels_every_batch_still_queued_or_running(busy_cluster, monkeypatch, gate):
-    cancelled = _recorded(monkeypatch, busy_cluster, "cancel", lambda args, kwargs: len(args[0]))
+    cancelled = recorded(monkeypatch, busy_cluster, "cancel", lambda args, kwargs: len(args[0]))
     with registered(costing(5e-3)), pytest.raises(CustomError):
         amorsize_dask.map(partial(held_after, first=4, bad=3), range(200), client=busy_cluster,
                           batch=4)
@@ -426,7 +413,7 @@ def test_an_error_leaves_nothing_on_stderr(busy_cluster, capfd):
 
 
 def test_retries_are_passed_to_the_cluster(busy_cluster, monkeypatch):
-    asked = _recorded(monkeypatch, busy_cluster, "submit",
+    asked = recorded(monkeypatch, busy_cluster, "submit",
                       lambda args, kwargs: kwargs.get("retries"))
     with registered(costing(1e-3)):
         amorsize_dask.map(square, range(20), client=busy_cluster, batch=5, retries=2)
@@ -440,7 +427,7 @@ def test_a_call_past_its_timeout_raises_and_cancels(busy_cluster, gate):
 
 
 def test_stopping_early_cancels_the_batches_in_flight(busy_cluster, monkeypatch, gate):
-    cancelled = _recorded(monkeypatch, busy_cluster, "cancel", lambda args, kwargs: len(args[0]))
+    cancelled = recorded(monkeypatch, busy_cluster, "cancel", lambda args, kwargs: len(args[0]))
     with registered(costing(1e-3)):
         results = amorsize_dask.imap(partial(held_after, first=10), range(1000),
                                      client=busy_cluster, batch=10)

@@ -17,7 +17,7 @@ import joblib_helpers as h
 import numpy
 import pytest
 from control_helpers import ProgressRecorder
-from dask_helpers import CustomError, injected_cluster, raise_custom, where
+from dask_helpers import CustomError, injected_cluster, raise_custom, recorded, where
 from distributed import Client, LocalCluster
 from joblib import Parallel, delayed, parallel_config
 from plugin_helpers import Measured, registered
@@ -104,21 +104,8 @@ def test_return_as_generator_unordered_yields_every_result(client):
         assert sorted(gen) == list(range(60))
 
 
-def recorded_cancels(monkeypatch, client) -> list:
-    """The futures the test's calls ask ``client`` to cancel."""
-    cancelled: list = []
-    cancel = client.cancel
-
-    def recording(futures, *args, **kwargs):
-        cancelled.extend(futures)
-        return cancel(futures, *args, **kwargs)
-
-    monkeypatch.setattr(client, "cancel", recording)
-    return cancelled
-
-
 def test_a_generator_dropped_early_cancels_its_tasks_on_the_cluster(client, monkeypatch):
-    cancelled = recorded_cancels(monkeypatch, client)
+    cancelled = recorded(monkeypatch, client, "cancel", lambda args, kwargs: args[0])
     with parallel_config(backend="amorsize"):
         gen = Parallel(return_as="generator")(delayed(h.wait)(i, 0.2) for i in range(20))
         assert next(gen) == 0
@@ -129,7 +116,7 @@ def test_a_generator_dropped_early_cancels_its_tasks_on_the_cluster(client, monk
 
 
 def test_a_timeout_raises_timeout_error_and_cancels_the_tasks(client, monkeypatch):
-    cancelled = recorded_cancels(monkeypatch, client)
+    cancelled = recorded(monkeypatch, client, "cancel", lambda args, kwargs: args[0])
     with parallel_config(backend="amorsize"), pytest.raises(multiprocessing.TimeoutError):
         Parallel(timeout=0.2)(delayed(h.wait)(i, 1.0) for i in range(4))
     assert cancelled
@@ -198,14 +185,7 @@ def test_a_function_run_before_is_planned_from_what_was_learned(client):
 
 
 def test_a_large_argument_many_tasks_pass_goes_to_the_cluster_once(client, monkeypatch):
-    scattered: list = []
-    scatter = client.scatter
-
-    def recording(data, *args, **kwargs):
-        scattered.append(data)
-        return scatter(data, *args, **kwargs)
-
-    monkeypatch.setattr(client, "scatter", recording)
+    scattered = recorded(monkeypatch, client, "scatter", lambda args, kwargs: args[0])
     table = numpy.arange(200_000, dtype=numpy.float64)  # 1.6 MB, as scikit-learn's X
     with parallel_config(backend="amorsize"):
         out = Parallel()(delayed(numpy.take)(table, i) for i in range(30))
