@@ -131,9 +131,9 @@ def record_batches(monkeypatch) -> list[int]:
     sent: list[int] = []
     submit = cluster_run.BatchRun._submit
 
-    def recording(self, items):
+    def recording(self, items, *rest):
         sent.append(len(items))
-        return submit(self, items)
+        return submit(self, items, *rest)
 
     monkeypatch.setattr(cluster_run.BatchRun, "_submit", recording)
     return sent
@@ -263,13 +263,27 @@ def test_items_too_large_for_a_task_travel_as_their_own_data(busy_cluster, monke
     assert scattered
 
 
-def test_large_items_go_in_batches_below_dasks_large_graph_warning(busy_cluster, monkeypatch):
+def test_large_items_never_travel_inside_a_task_past_dasks_large_graph_warning(busy_cluster,
+                                                                               monkeypatch):
     sent = record_batches(monkeypatch)
+    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     items = [bytes(2**20) for _ in range(40)]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
         assert amorsize_dask.map(size_of, items, client=busy_cluster) == [2**20] * 40
-    assert max(sent) * 2**20 <= cluster_plan.BATCH_BYTES
+    large = [n for n in sent if n * 2**20 > cluster_plan.BATCH_BYTES]
+    assert sorted(large) == sorted(len(batch) for call in scattered[1:] for batch in call)
+    assert max(sent) * 2**20 <= cluster_plan.MAX_BATCH_BYTES
+
+
+def test_large_batches_sent_at_once_are_scattered_in_one_call(busy_cluster, monkeypatch):
+    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    items = [bytes(2**20) for _ in range(30)]
+    run = cluster_run.BatchRun(busy_cluster, size_of, in_flight=4, retries=None, timeout=None,
+                               arg_bytes=2**20)
+    batches = [(0, items[:10]), (10, items[10:20]), (20, items[20:])]
+    assert [first for first, _ in run.results(batches, ordered=True)] == [0, 10, 20]
+    assert [len(call) for call in scattered] == [3]
 
 
 @pytest.fixture(scope="module")
