@@ -183,7 +183,9 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
             finished = True
             if plan.cluster is not None and not changes:
                 learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
-                               run.compute_seconds, run.n_batches)
+                               run.compute_seconds, run.n_batches,
+                               0.0 if transfer is None else
+                               run.n_items * profile.arg_bytes * transfer[1])
             report = _as_report(plan, run, predicted=not changes)
             # amorsize's optimizer folds it into what the next call on the cluster starts from
             plugins.run_finished(plan, report)

@@ -552,3 +552,12 @@ def test_what_a_task_cost_in_a_run_corrects_the_next_plans_figure(busy_cluster):
     with registered(costing(2e-3)):
         amorsize_dask.map(square, range(400), client=busy_cluster)
     assert "in the runs so far on it" in amorsize.last_plan().explain()
+
+
+def test_what_a_runs_items_took_to_reach_the_workers_is_not_counted_as_task_cost(busy_cluster):
+    from amorsize_dask import cluster_measure
+
+    facts = cluster_measure.cluster_facts(busy_cluster)
+    cluster_measure.learn_from_run(busy_cluster, facts, wall_seconds=1.0 + facts.round_trip_seconds,
+                                   compute_seconds=1.0, n_batches=10, transfer_seconds=0.5)
+    assert cluster_measure.cluster_facts(busy_cluster).task_seconds == facts.task_seconds
