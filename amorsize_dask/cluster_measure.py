@@ -3,6 +3,7 @@ worker (whose hardware, and whose reach to the data, may differ from the caller'
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import weakref
@@ -23,10 +24,12 @@ SAMPLE_ITEMS = 8
 SAMPLE_BUDGET_SECONDS = 0.1
 MEASURED_BY = "a cluster worker"
 TRANSFER_PROBE_BYTES = 4 * 2**20
+DIRECT_PROBE_SECONDS = 2.0
 
 _known: weakref.WeakKeyDictionary[Any, Cluster] = weakref.WeakKeyDictionary()
 _burst: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 _transfer: weakref.WeakKeyDictionary[Any, tuple[float, float]] = weakref.WeakKeyDictionary()
+_direct: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def cluster_facts(client: Any) -> Cluster:
@@ -99,19 +102,55 @@ def _burst_run(client: Any, n: int) -> float:
 def transfer_costs(client: Any) -> tuple[float, float]:
     """(a scatter call, one more byte in it): what data costs to reach a worker from here
     (``client.scatter``, as a run's large batches go), measured once per Client: one byte and
-    ``TRANSFER_PROBE_BYTES`` scattered, the best of two each."""
+    ``TRANSFER_PROBE_BYTES`` scattered, the best of two each.
+
+    Scattered through the scheduler, and straight to the workers too (``direct=True``) when
+    they answer this process within ``DIRECT_PROBE_SECONDS``: a run scatters the cheaper
+    way (``scatter_direct``). A Client made with ``direct_to_workers`` set keeps its way."""
     known = _transfer.get(client)
     if known is None:
-        small, big = (min(_timed_scatter(client, n) for _ in range(2))
-                      for n in (1, TRANSFER_PROBE_BYTES))
-        known = _transfer[client] = (small, max(0.0, big - small) / TRANSFER_PROBE_BYTES)
+        chosen = client.direct_to_workers
+        ways = [bool(chosen)] if chosen is not None else [False, True]
+        costs: dict[bool, tuple[float, float]] = {}
+        for direct in ways:
+            try:
+                small, big = (min(_timed_scatter(client, n, direct) for _ in range(2))
+                              for n in (1, TRANSFER_PROBE_BYTES))
+            except Exception:  # workers this process cannot reach: the scheduler's way
+                if not direct:
+                    raise
+                continue
+            costs[direct] = (small, max(0.0, big - small) / TRANSFER_PROBE_BYTES)
+        way = min(costs, key=lambda d: costs[d][0] + costs[d][1] * TRANSFER_PROBE_BYTES)
+        _direct[client] = way
+        known = _transfer[client] = costs[way]
     return known
 
 
-def _timed_scatter(client: Any, n_bytes: int) -> float:
+def scatter_direct(client: Any) -> bool | None:
+    """How a run scatters its large batches on ``client``: straight to the workers (True),
+    through the scheduler (False), as ``transfer_costs`` found cheaper; None before it ran
+    (dask's default)."""
+    return _direct.get(client)
+
+
+def _timed_scatter(client: Any, n_bytes: int, direct: bool) -> float:
+    """Seconds to scatter ``n_bytes``; straight to the workers, given up after
+    ``DIRECT_PROBE_SECONDS`` (a worker this process cannot reach would keep a connection
+    trying for dask's connect timeout)."""
     payload = bytes(n_bytes)
     start = time.perf_counter()
-    future = client.scatter([payload], hash=False)[0]
+    if direct:
+        asked = asyncio.run_coroutine_threadsafe(
+            client.scatter([payload], hash=False, direct=True, asynchronous=True),
+            client.loop.asyncio_loop)
+        try:
+            future = asked.result(timeout=DIRECT_PROBE_SECONDS)[0]
+        except BaseException:
+            asked.cancel()
+            raise
+    else:
+        future = client.scatter([payload], hash=False, direct=False)[0]
     elapsed = time.perf_counter() - start
     del future  # released on the cluster
     return elapsed

@@ -561,3 +561,11 @@ def test_what_a_runs_items_took_to_reach_the_workers_is_not_counted_as_task_cost
     cluster_measure.learn_from_run(busy_cluster, facts, wall_seconds=1.0 + facts.round_trip_seconds,
                                    compute_seconds=1.0, n_batches=10, transfer_seconds=0.5)
     assert cluster_measure.cluster_facts(busy_cluster).task_seconds == facts.task_seconds
+
+
+def test_a_client_set_to_scatter_through_the_scheduler_keeps_that_way(cluster):
+    from amorsize_dask import cluster_measure
+
+    with Client(cluster, set_as_default=False, direct_to_workers=False) as client:
+        cluster_measure.transfer_costs(client)
+        assert cluster_measure.scatter_direct(client) is False
