@@ -17,7 +17,10 @@ from collections.abc import Iterator
 from amorsize.plan import Cluster, Plan, format_bytes, format_seconds
 from amorsize.workload import Profile, Workload
 
-OVERHEAD_SHARE = 0.05
+# each batch past one per thread is insurance (a slow item or worker, a worker lost): bought
+# only while cheap, since where the caller and scheduler share the workers' cores every batch
+# also takes their time from the work
+OVERHEAD_SHARE = 0.025
 WAVES = 4
 # below dask's "Sending large graph" warning (distributed.admin.large-graph-warning-threshold,
 # 10 MB): a batch up to this size travels inside its task, one over it (a single larger item)
