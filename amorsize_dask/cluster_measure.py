@@ -48,19 +48,25 @@ def cluster_facts(client: Any) -> Cluster:
 
 
 def learn_from_run(client: Any, facts: Cluster, wall_seconds: float, compute_seconds: float,
-                   n_batches: int, transfer_seconds: float = 0.0) -> None:
+                   n_batches: int, transfer_seconds: float = 0.0,
+                   longest_batch_seconds: float = 0.0) -> None:
     """Fold what a task cost in a finished run into what the next plan uses: the run's wall
-    time past a round trip, its threads' share of the work and ``transfer_seconds`` (what its
+    time past a round trip, its threads' share of the work, ``transfer_seconds`` (what its
     items took to reach the workers, as measured by ``transfer_costs``: a run of large items
-    says nothing of the tasks of the next ones), per batch (workers computing
+    says nothing of the tasks of the next ones) and the threads' idle time at its end, which
+    can reach its longest batch (``longest_batch_seconds``) on all but one thread: a run whose
+    threads ended apart (one worker slowed by other work) says nothing of the tasks either,
+    and counted would make the next plan's batches fewer, their ends further apart, and the
+    figure higher still. Per batch (workers computing
     answer the scheduler more slowly than idle ones in the burst), halfway from the figure
     before, and never below the burst's: where the caller and the scheduler share the workers'
     cores, what they spend on each batch is taken from the batches' own times, so a run can
     show no cost at all. Runs of fewer batches than threads say little."""
     if n_batches < facts.n_threads or _known.get(client) is not facts:
         return
+    idle = longest_batch_seconds * (facts.n_threads - 1) / facts.n_threads
     spent = (wall_seconds - facts.round_trip_seconds - compute_seconds / facts.n_threads
-             - transfer_seconds)
+             - transfer_seconds - idle)
     observed = max(spent, 0.0) / n_batches
     burst = _burst.get(client, facts.task_seconds)
     task = max(burst, facts.task_seconds + 0.5 * (observed - facts.task_seconds))

@@ -281,14 +281,14 @@ def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: 
                 f"a task costs the cluster {format_seconds(cluster.task_seconds)} when busy: "
                 f"{len(sizes)} batches on {threads} threads ({len(sizes) / threads:.1f} per "
                 f"thread), their overhead {share:.1%} of the work (at most "
-                f"{OVERHEAD_SHARE:.0%}; up to {WAVES} per thread, so the run ends evenly)")
+                f"{OVERHEAD_SHARE:.1%}; up to {WAVES} per thread, so the run ends evenly)")
         if len(sizes) > 1 and sizes[-1] < sizes[0]:
             reasons.append(f"batches shrink from {sizes[0]} to {sizes[-1]} items toward the end: "
                            "the last wave ends evenly, and a worker lost then re-runs little")
     else:
         chunksize = streaming_batch(per_item, threads, cluster.task_seconds, profile.arg_bytes)
         reasons.append(f"input of unknown length: batches of {chunksize} items, the smallest "
-                       f"whose overhead is at most {OVERHEAD_SHARE:.0%} of its work on each thread")
+                       f"whose overhead is at most {OVERHEAD_SHARE:.1%} of its work on each thread")
     large = (sizes is not None and forced is None and byte_seconds is not None
              and profile.arg_bytes * chunksize > BATCH_BYTES)
     if large:
@@ -297,7 +297,7 @@ def cluster_plan(profile: Profile, workload: Workload, cluster: Cluster, sizes: 
             f"{format_seconds(profile.arg_bytes * (byte_seconds or 0.0))} to reach a worker, "
             f"and a task costs the cluster {format_seconds(cluster.task_seconds)}: "
             f"{len(sizes or [])} batches on {threads} threads, the fewest that end the run "
-            f"within {OVERHEAD_SHARE:.0%} of the soonest, the items crossing one batch after "
+            f"within {OVERHEAD_SHARE:.1%} of the soonest, the items crossing one batch after "
             "another while the workers run those arrived; each batch goes to the cluster as "
             "data of its own (client.scatter, those sent together in one call), not inside "
             "its task")

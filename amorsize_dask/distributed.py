@@ -185,7 +185,8 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
                 learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
                                run.compute_seconds, run.n_batches,
                                0.0 if transfer is None else
-                               run.n_items * profile.arg_bytes * transfer[1])
+                               run.n_items * profile.arg_bytes * transfer[1],
+                               max((s for _, s in run.batch_seconds), default=0.0))
             report = _as_report(plan, run, predicted=not changes)
             # amorsize's optimizer folds it into what the next call on the cluster starts from
             plugins.run_finished(plan, report)

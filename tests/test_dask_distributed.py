@@ -569,3 +569,13 @@ def test_a_client_set_to_scatter_through_the_scheduler_keeps_that_way(cluster):
     with Client(cluster, set_as_default=False, direct_to_workers=False) as client:
         cluster_measure.transfer_costs(client)
         assert cluster_measure.scatter_direct(client) is False
+
+
+def test_threads_ending_apart_are_not_counted_as_task_cost(busy_cluster):
+    from amorsize_dask import cluster_measure
+
+    facts = cluster_measure.cluster_facts(busy_cluster)
+    # 2 batches of 0.5 s on 2 threads, the run 0.25 s longer than their share: one thread idle
+    cluster_measure.learn_from_run(busy_cluster, facts, wall_seconds=0.75 + facts.round_trip_seconds,
+                                   compute_seconds=1.0, n_batches=2, longest_batch_seconds=0.5)
+    assert cluster_measure.cluster_facts(busy_cluster).task_seconds == facts.task_seconds
