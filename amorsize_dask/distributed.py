@@ -38,8 +38,15 @@ from amorsize_dask.cluster_measure import (
     cluster_facts,
     learn_from_run,
     measure_on_worker,
+    transfer_costs,
 )
-from amorsize_dask.cluster_plan import RunSizes, batch_sizes, batches_in_flight, cluster_plan
+from amorsize_dask.cluster_plan import (
+    BATCH_BYTES,
+    RunSizes,
+    batch_sizes,
+    batches_in_flight,
+    cluster_plan,
+)
 from amorsize_dask.cluster_run import BatchRun, numbered_batches
 from amorsize_dask.cluster_shared import shipped
 from amorsize_dask.cluster_worker import SharedFunction
@@ -124,8 +131,8 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
     try:
         with connected(client) as cluster_client:
             sent = shipped(cluster_client, func)
-            plan, sizes, measured, head = _plan(cluster_client, func, sent, items, n_items, batch,
-                                                retries)
+            plan, sizes, measured, head, transfer = _plan(cluster_client, func, sent, items,
+                                                          n_items, batch, retries)
             log.started(plan, description)
             n_done = len(measured)
             yield from measured
@@ -144,7 +151,9 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
             run_sizes = RunSizes(
                 sizes, plan.chunksize, None if n_items is None else n_items - len(measured),
                 profile.per_item_seconds, plan.cluster.task_seconds if plan.cluster else 0.0,
-                profile.arg_bytes, forced=batch is not None)
+                profile.arg_bytes, forced=batch is not None,
+                byte_seconds=None if transfer is None else transfer[1],
+                scatter_seconds=0.0 if transfer is None else transfer[0])
             changes: list[int] = []  # the cluster's threads, each time they changed in the run
 
             def resized(threads: int) -> int:
@@ -174,7 +183,10 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
             finished = True
             if plan.cluster is not None and not changes:
                 learn_from_run(cluster_client, plan.cluster, run.wall_seconds,
-                               run.compute_seconds, run.n_batches)
+                               run.compute_seconds, run.n_batches,
+                               0.0 if transfer is None else
+                               run.n_items * profile.arg_bytes * transfer[1],
+                               max((s for _, s in run.batch_seconds), default=0.0))
             report = _as_report(plan, run, predicted=not changes)
             # amorsize's optimizer folds it into what the next call on the cluster starts from
             plugins.run_finished(plan, report)
@@ -187,10 +199,13 @@ def _results(func: Callable, data: Iterable, client: Any, ordered: bool, batch: 
 
 
 def _plan(client: Any, func: Callable, sent: Callable, items: Iterator, n_items: int | None,
-          batch: int | None, retries: int | None) -> tuple[Plan, list[int], list, list]:
+          batch: int | None, retries: int | None
+          ) -> tuple[Plan, list[int], list, list, tuple[float, float] | None]:
     """The plan for this call, its batch sizes (for an input of known length; the plan's
     ``chunksize`` follows them), the results of the items measured for it (the first ones),
-    and the items read ahead but not yet run. A function run on the cluster before is planned
+    the items read ahead but not yet run, and what a scatter call and a byte cost to reach a
+    worker (``transfer_costs``, measured once per Client for a run whose items pass
+    ``BATCH_BYTES`` together, else None). A function run on the cluster before is planned
     from what its runs there taught (``amorsize_recall``), not measured again. ``sent`` is what
     the tasks carry to call ``func`` (``cluster_shared.shipped``)."""
     facts = cluster_facts(client)
@@ -218,12 +233,17 @@ def _plan(client: Any, func: Callable, sent: Callable, items: Iterator, n_items:
                         already_done=len(measured), recalled=recalled,
                         previous_runs=runs, chunksize=batch)
     todo = None if n_items is None else n_items - len(measured)
+    transfer = transfer_costs(client) if (
+        todo is not None and batch is None and profile.arg_bytes * todo > BATCH_BYTES) else None
+    scatter, per_byte = transfer if transfer is not None else (0.0, None)
     sizes = None if todo is None or batch is not None else batch_sizes(
-        todo, profile.per_item_seconds, facts.n_threads, facts.task_seconds, profile.arg_bytes)
+        todo, profile.per_item_seconds, facts.n_threads, facts.task_seconds, profile.arg_bytes,
+        per_byte, scatter)
     plan = cluster_plan(profile, workload, facts, sizes, forced=batch, correction=correction,
                         runs=runs, burst_seconds=burst_seconds(client),
-                        shared_bytes=sent.nbytes if isinstance(sent, SharedFunction) else 0)
-    return plan, sizes or [], measured, head
+                        shared_bytes=sent.nbytes if isinstance(sent, SharedFunction) else 0,
+                        byte_seconds=per_byte, scatter_seconds=scatter)
+    return plan, sizes or [], measured, head, transfer
 
 
 def _as_report(plan: Plan, run: BatchRun, predicted: bool = True) -> RunReport:

@@ -62,9 +62,10 @@ def size_of(data: bytes) -> int:
     return len(data)
 
 
-def injected_cluster(client, task_seconds: float = 1e-4, round_trip_seconds: float = 1e-3):
-    """Have ``amorsize_dask`` plan for ``client`` from these made-up task costs, not measured
-    ones (which depend on the machine's load)."""
+def injected_cluster(client, task_seconds: float = 1e-4, round_trip_seconds: float = 1e-3,
+                     scatter_seconds: float = 1e-3, byte_seconds: float = 1e-9):
+    """Have ``amorsize_dask`` plan for ``client`` from these made-up task and transfer costs,
+    not measured ones (which depend on the machine's load)."""
     from amorsize.plan import Cluster
     from amorsize_dask import cluster_measure
 
@@ -72,6 +73,7 @@ def injected_cluster(client, task_seconds: float = 1e-4, round_trip_seconds: flo
                     task_seconds=task_seconds, round_trip_seconds=round_trip_seconds)
     cluster_measure._known[client] = facts
     cluster_measure._burst[client] = task_seconds
+    cluster_measure._transfer[client] = (scatter_seconds, byte_seconds)
     return facts
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from amorsize_dask.cluster_plan import (
     BATCH_BYTES,
+    MAX_BATCH_BYTES,
     OVERHEAD_SHARE,
     WAVES,
     RunSizes,
@@ -13,6 +14,7 @@ from amorsize_dask.cluster_plan import (
     batch_sizes,
     batches_in_flight,
     predicted_seconds,
+    sent_seconds,
     streaming_batch,
 )
 
@@ -104,3 +106,43 @@ def test_a_streamed_run_resized_for_more_threads_sends_larger_batches():
     sizes = RunSizes([], streaming_batch(1e-3, 1, 1e-4), None, 1e-3, 1e-4)
     sizes.resize(2)
     assert next(sizes) == streaming_batch(1e-3, 2, 1e-4) > streaming_batch(1e-3, 1, 1e-4)
+
+
+MIB = 2**20
+
+
+def test_large_items_quick_to_run_go_in_one_batch_per_thread():
+    # 100 items of 1 MiB, 0.1 ms each to run; a task costs 10 ms, a byte 2 ns, a scatter 3 ms
+    assert batch_sizes(100, 1e-4, 2, 10e-3, MIB, byte_seconds=2e-9,
+                       scatter_seconds=3e-3) == [50, 50]
+
+
+def test_without_a_transfer_rate_large_items_stay_within_a_tasks_byte_limit():
+    sizes = batch_sizes(100, 1e-4, 2, 10e-3, MIB)
+    assert max(sizes) * MIB <= BATCH_BYTES
+
+
+def test_a_scatter_dearer_than_the_tasks_it_saves_keeps_large_items_inside_their_tasks():
+    sizes = batch_sizes(100, 1e-4, 2, 1e-4, MIB, byte_seconds=2e-9, scatter_seconds=0.05)
+    assert max(sizes) * MIB <= BATCH_BYTES
+
+
+def test_no_scattered_batch_passes_its_byte_limit():
+    sizes = batch_sizes(10_000, 1e-3, 8, 10e-3, MIB, byte_seconds=2e-9, scatter_seconds=3e-3)
+    assert sum(sizes) == 10_000
+    assert max(sizes) * MIB <= MAX_BATCH_BYTES
+
+
+def test_large_items_slow_to_run_go_in_more_batches_than_threads():
+    # the items sent first run while the next ones cross
+    assert len(batch_sizes(100, 0.1, 2, 1e-3, MIB, byte_seconds=2e-9,
+                           scatter_seconds=3e-3)) > 2
+
+
+def test_a_run_of_large_items_ends_no_sooner_than_its_bytes_arrive():
+    assert sent_seconds([50, 50], 0.0, 2, 0.0, MIB, 2e-9, 0.0) >= 100 * MIB * 2e-9
+
+
+def test_batches_arrived_run_while_the_next_ones_cross():
+    send, work = 100 * MIB * 2e-9, 100 * 1e-3
+    assert sent_seconds([25] * 4, 1e-3, 2, 0.0, MIB, 2e-9, 0.0) < send + work / 2

@@ -132,9 +132,9 @@ def record_batches(monkeypatch) -> list[int]:
     sent: list[int] = []
     submit = cluster_run.BatchRun._submit
 
-    def recording(self, items):
+    def recording(self, items, *rest):
         sent.append(len(items))
-        return submit(self, items)
+        return submit(self, items, *rest)
 
     monkeypatch.setattr(cluster_run.BatchRun, "_submit", recording)
     return sent
@@ -250,13 +250,27 @@ def test_items_too_large_for_a_task_travel_as_their_own_data(busy_cluster, monke
     assert scattered
 
 
-def test_large_items_go_in_batches_below_dasks_large_graph_warning(busy_cluster, monkeypatch):
+def test_large_items_never_travel_inside_a_task_past_dasks_large_graph_warning(busy_cluster,
+                                                                               monkeypatch):
     sent = record_batches(monkeypatch)
+    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     items = [bytes(2**20) for _ in range(40)]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
         assert amorsize_dask.map(size_of, items, client=busy_cluster) == [2**20] * 40
-    assert max(sent) * 2**20 <= cluster_plan.BATCH_BYTES
+    large = [n for n in sent if n * 2**20 > cluster_plan.BATCH_BYTES]
+    assert sorted(large) == sorted(len(batch) for call in scattered[1:] for batch in call)
+    assert max(sent) * 2**20 <= cluster_plan.MAX_BATCH_BYTES
+
+
+def test_large_batches_sent_at_once_are_scattered_in_one_call(busy_cluster, monkeypatch):
+    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    items = [bytes(2**20) for _ in range(30)]
+    run = cluster_run.BatchRun(busy_cluster, size_of, in_flight=4, retries=None, timeout=None,
+                               arg_bytes=2**20)
+    batches = [(0, items[:10]), (10, items[10:20]), (20, items[20:])]
+    assert [first for first, _ in run.results(batches, ordered=True)] == [0, 10, 20]
+    assert [len(call) for call in scattered] == [3]
 
 
 @pytest.fixture(scope="module")
@@ -525,3 +539,30 @@ def test_what_a_task_cost_in_a_run_corrects_the_next_plans_figure(busy_cluster):
     with registered(costing(2e-3)):
         amorsize_dask.map(square, range(400), client=busy_cluster)
     assert "in the runs so far on it" in amorsize.last_plan().explain()
+
+
+def test_what_a_runs_items_took_to_reach_the_workers_is_not_counted_as_task_cost(busy_cluster):
+    from amorsize_dask import cluster_measure
+
+    facts = cluster_measure.cluster_facts(busy_cluster)
+    cluster_measure.learn_from_run(busy_cluster, facts, wall_seconds=1.0 + facts.round_trip_seconds,
+                                   compute_seconds=1.0, n_batches=10, transfer_seconds=0.5)
+    assert cluster_measure.cluster_facts(busy_cluster).task_seconds == facts.task_seconds
+
+
+def test_a_client_set_to_scatter_through_the_scheduler_keeps_that_way(cluster):
+    from amorsize_dask import cluster_measure
+
+    with Client(cluster, set_as_default=False, direct_to_workers=False) as client:
+        cluster_measure.transfer_costs(client)
+        assert cluster_measure.scatter_direct(client) is False
+
+
+def test_threads_ending_apart_are_not_counted_as_task_cost(busy_cluster):
+    from amorsize_dask import cluster_measure
+
+    facts = cluster_measure.cluster_facts(busy_cluster)
+    # 2 batches of 0.5 s on 2 threads, the run 0.25 s longer than their share: one thread idle
+    cluster_measure.learn_from_run(busy_cluster, facts, wall_seconds=0.75 + facts.round_trip_seconds,
+                                   compute_seconds=1.0, n_batches=2, longest_batch_seconds=0.5)
+    assert cluster_measure.cluster_facts(busy_cluster).task_seconds == facts.task_seconds
