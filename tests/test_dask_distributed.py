@@ -253,7 +253,7 @@ def test_items_too_large_for_a_task_travel_as_their_own_data(busy_cluster, monke
 def test_large_items_never_travel_inside_a_task_past_dasks_large_graph_warning(busy_cluster,
                                                                                monkeypatch):
     sent = record_batches(monkeypatch)
-    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    scattered = recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     items = [bytes(2**20) for _ in range(40)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Sending large graph of size ..." is a UserWarning
@@ -264,7 +264,7 @@ def test_large_items_never_travel_inside_a_task_past_dasks_large_graph_warning(b
 
 
 def test_large_batches_sent_at_once_are_scattered_in_one_call(busy_cluster, monkeypatch):
-    scattered = _recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
+    scattered = recorded(monkeypatch, busy_cluster, "scatter", lambda args, kwargs: args[0])
     items = [bytes(2**20) for _ in range(30)]
     run = cluster_run.BatchRun(busy_cluster, size_of, in_flight=4, retries=None, timeout=None,
                                arg_bytes=2**20)
