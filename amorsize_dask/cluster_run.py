@@ -33,8 +33,6 @@ class BatchRun:
     ``SCATTER_BYTES`` goes to the cluster as data of its own (``client.scatter``, those sent
     at once in one call); a large function goes once and is kept by the workers
     (``cluster_shared``): no task carries them inside the graph.
-    ``func_bytes`` is not read (the function's size is measured when the run starts); it is
-    accepted for callers written before.
 
     Given ``threads`` (the cluster's, as planned) and ``on_threads``, the run follows the
     cluster's threads (``_watch``, at most every ``WATCH_SECONDS``); when workers joined or
@@ -43,7 +41,7 @@ class BatchRun:
     """
 
     def __init__(self, client: Any, func: Callable, *, in_flight: int, retries: int | None,
-                 timeout: float | None, arg_bytes: float, func_bytes: float = 0.0,
+                 timeout: float | None, arg_bytes: float,
                  on_batch: Callable[[int], None] | None = None, threads: int = 0,
                  on_threads: Callable[[int], int] | None = None) -> None:
         self.client = client

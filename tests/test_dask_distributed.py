@@ -225,7 +225,7 @@ def held_if_first(x: int) -> int:
 
 def test_batches_done_behind_a_held_one_do_not_stop_the_next_being_sent(client, gate):
     run = cluster_run.BatchRun(client, held_if_first, in_flight=2, retries=None, timeout=None,
-                               arg_bytes=0.0, func_bytes=0.0)
+                               arg_bytes=0.0)
     batches = cluster_run.numbered_batches(iter(range(10)), itertools.repeat(1))
     out: list = []
     reader = threading.Thread(target=lambda: out.extend(
