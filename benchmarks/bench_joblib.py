@@ -3,8 +3,9 @@ against a small grid of joblib's own configurations, and a plain loop.
 
 The grid: ``n_jobs=1``, loky (the default backend) with ``n_jobs=-1``, and the threading backend
 with ``n_jobs=-1`` and with 8 and 32 threads (``batch_size="auto"`` throughout). Each tool runs
-each workload ``--repeat`` times in a row (the same call again, as a program calling a library in
-a loop does; a configuration over 4x the best so far in its row is timed once); the table shows
+each workload ``--repeat`` times (the same call again, as a program calling a library in a loop
+does), in rounds of one run per tool, so the machine's drifting load falls on every tool alike; a
+configuration over 4x the best first run in its row is timed once. The table shows
 the median, the first call separately, and the ratio to the best
 joblib configuration (the plain loop is shown, not counted: no backend can beat building no
 ``delayed`` calls). Results are checked equal to the loop's.
@@ -133,15 +134,21 @@ def main() -> None:
         if args.only and not any(word in name for word in args.only):
             continue
         expected = [f(x) for x in items]
-        rows = {}
+        # Rounds, each tool once per round: a shared machine's load drifts over the seconds a
+        # row takes, and in rounds every tool meets the same drift.
+        runs = tools()
+        times: dict[str, list[float]] = {tool: [] for tool in runs}
         fastest = float("inf")
-        for tool, run in tools().items():
-            times = [measure(run, f, items, calls, expected)]
-            if times[0] <= HOPELESS * fastest or tool == AMORSIZE:
-                times += [measure(run, f, items, calls, expected) for _ in range(args.repeat - 1)]
-            rows[tool] = (statistics.median(times), times[0])
+        for tool, run in runs.items():
+            times[tool].append(measure(run, f, items, calls, expected))
             if tool != "plain loop":
-                fastest = min(fastest, rows[tool][0])
+                fastest = min(fastest, times[tool][0])
+        contenders = [tool for tool in runs
+                      if times[tool][0] <= HOPELESS * fastest or tool == AMORSIZE]
+        for _ in range(args.repeat - 1):
+            for tool in contenders:
+                times[tool].append(measure(runs[tool], f, items, calls, expected))
+        rows = {tool: (statistics.median(t), t[0]) for tool, t in times.items()}
         grid = {tool: m for tool, (m, _) in rows.items() if tool not in ("plain loop", AMORSIZE)}
         best_tool = min(grid, key=grid.__getitem__)
         best = grid[best_tool]

@@ -67,6 +67,33 @@ def test_function_key_is_stable_for_closures_partials_and_methods():
     assert function_key(_f) != function_key(A().m)
 
 
+def _burn(x, loops=1, data=None):
+    return x
+
+
+def test_partials_that_differ_in_a_small_setting_are_learned_apart():
+    """partial(burn, loops=100) and partial(burn, loops=5000) cost apart: one's profile must not
+    plan the other's calls."""
+    assert function_key(functools.partial(_burn, loops=100)) != function_key(
+        functools.partial(_burn, loops=5000))
+    assert function_key(functools.partial(_burn, loops=100)) == function_key(
+        functools.partial(_burn, loops=100))
+    assert function_key(functools.partial(_burn, 1)) != function_key(functools.partial(_burn, 1.0))
+    assert function_key(functools.partial(_burn, "a" * 100)) == function_key(
+        functools.partial(_burn, "b" * 100))
+    nan = float("nan")
+    assert function_key(functools.partial(_burn, loops=nan)) == function_key(
+        functools.partial(_burn, loops=nan))
+
+
+def test_a_partial_over_new_large_data_is_the_same_function():
+    """A partial re-made each call over a new array (or list) keeps what was learned."""
+    assert function_key(functools.partial(_burn, data=[1, 2])) == function_key(
+        functools.partial(_burn, data=[3]))
+    assert function_key(functools.partial(_burn, data=bytearray(10))) == function_key(
+        functools.partial(_burn, data=bytearray(20)))
+
+
 def test_record_run_moves_per_item_time_towards_what_was_measured():
     mem = LearnedProfiles()
     mem.remember("k", Profile(per_item_seconds=1.0, n_measured=10))

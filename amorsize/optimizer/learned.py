@@ -62,7 +62,11 @@ def function_key(func: Callable) -> Hashable:
     """A key that is equal for calls of the same code, stable across re-created closures, bound
     methods and callable objects (a lambda defined in a loop is one function for this purpose)."""
     if isinstance(func, functools.partial):
-        return ("partial", function_key(func.func), len(func.args), tuple(sorted(func.keywords)))
+        # Small settings (``loops=5000``, ``mode="fast"``) often set what a call costs, so a
+        # partial that differs in one is another function here; a large or unhashable
+        # argument (an array, a model) counts by its type only, so a new one is not a stranger.
+        return ("partial", function_key(func.func), tuple(_setting(a) for a in func.args),
+                tuple(sorted((k, _setting(v)) for k, v in func.keywords.items())))
     code = getattr(func, "__code__", None)  # functions, lambdas, closures, bound methods
     if code is not None:
         return code
@@ -80,6 +84,18 @@ def function_key(func: Callable) -> Hashable:
         return func
     except TypeError:
         return ("type", type(func))
+
+
+_SETTING_TYPES = (int, float, complex, str, bytes, bool, type(None))
+_SETTING_MAX_LEN = 64
+
+
+def _setting(value: object) -> Hashable:
+    """A partial's argument as part of its key: its value if a small scalar, else its type."""
+    if (isinstance(value, _SETTING_TYPES) and value == value  # noqa: PLR0124 - NaN never matches
+            and not (isinstance(value, str | bytes) and len(value) > _SETTING_MAX_LEN)):
+        return (type(value), value)
+    return type(value)
 
 
 class LearnedProfiles:
