@@ -95,7 +95,7 @@ def _setting(value: object) -> Hashable:
     if (isinstance(value, _SETTING_TYPES) and value == value  # noqa: PLR0124 - NaN never matches
             and not (isinstance(value, str | bytes) and len(value) > _SETTING_MAX_LEN)):
         return (type(value), value)
-    return type(value)
+    return type(value).__qualname__, type(value).__module__
 
 
 class LearnedProfiles:
