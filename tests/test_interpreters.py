@@ -207,10 +207,10 @@ def _overheads(**figures: float) -> overheads.Overheads:
 class _WarmPools:
     """Every pool warm, none to be started: the decision reads only the injected figures."""
 
-    def is_warm(self, executor, n_jobs, start_method):
+    def is_warm(self, n_jobs, executor_type, start_method):
         return True
 
-    def lease(self, executor, n_jobs, start_method):
+    def lease(self, n_jobs, executor_type, start_method):
         raise AssertionError("no pool is started: every pool is warm and measured")
 
 

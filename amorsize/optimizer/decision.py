@@ -129,9 +129,9 @@ def _near(a: float, b: float) -> bool:
 class Pools(Protocol):
     """The pools a decision may look at: which are warm, and a lease on one to measure."""
 
-    def is_warm(self, executor: ExecutorType, n_jobs: int, start_method: str) -> bool: ...
+    def is_warm(self, n_jobs: int, executor_type: ExecutorType, start_method: str) -> bool: ...
 
-    def lease(self, executor: ExecutorType, n_jobs: int,
+    def lease(self, n_jobs: int, executor_type: ExecutorType,
               start_method: str) -> AbstractContextManager[Any]: ...
 
 
@@ -159,7 +159,7 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
     if made is not None and (known := _DECISIONS.reusable(
             made, profile, corrections, remaining, share)) is not None and (
             known.executor_type == "serial" or pools.is_warm(
-                known.executor_type, known.n_jobs, start_method)):
+                known.n_jobs, known.executor_type, start_method)):
         # the prediction the run will be judged against is for this call's items, profile and
         # corrections: a stale one would teach the next correction the wrong error
         predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
@@ -208,7 +208,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     @functools.cache
     def is_warm(executor: ExecutorType, n_jobs: int) -> bool:
         """Asked once per (executor, n_jobs) in this decision, however often it is re-evaluated."""
-        return pools.is_warm(executor, n_jobs, start_method)
+        return pools.is_warm(n_jobs, executor, start_method)
 
     ovh = overheads.current(start_method)
 
@@ -221,7 +221,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     candidates = evaluate()
     chosen = cost_model.choose(candidates, workload.min_speedup)
     if chosen.executor_type == "thread" and "thread" not in ovh.measured:
-        with pools.lease("thread", chosen.n_jobs, start_method) as pool:
+        with pools.lease(chosen.n_jobs, "thread", start_method) as pool:
             ovh = overheads.measure_threads(pool, start_method)
         is_warm.cache_clear()
         candidates = evaluate()
@@ -235,7 +235,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
         # Start (and, the first time, measure) the pool now; a warm, measured one needs nothing,
         # and fetching it here would count a use the run itself will count again.
         try:
-            with pools.lease(kind, chosen.n_jobs, start_method) as pool:
+            with pools.lease(chosen.n_jobs, kind, start_method) as pool:
                 first_time = kind not in ovh.measured
                 if first_time:
                     ovh = _MEASURE[kind](pool, start_method)

@@ -20,12 +20,13 @@ class HookedPools:
     """The pools the decision may look at, asked for through ``amorsize_get_pool``: a plugin
     that provides pools provides the ones the decision measures and finds warm."""
 
-    def is_warm(self, executor: ExecutorType, n_jobs: int, start_method: str) -> bool:
-        return relay.get_pool(n_jobs, executor, create=False, start_method=start_method) is not None
+    def is_warm(self, n_jobs: int, executor_type: ExecutorType, start_method: str) -> bool:
+        return relay.get_pool(n_jobs, executor_type, create=False,
+                              start_method=start_method) is not None
 
-    def lease(self, executor: ExecutorType, n_jobs: int,
+    def lease(self, n_jobs: int, executor_type: ExecutorType,
               start_method: str) -> AbstractContextManager[Any]:
-        return relay.leased_pool(n_jobs, executor, start_method=start_method)
+        return relay.leased_pool(n_jobs, executor_type, start_method=start_method)
 
 
 POOLS = HookedPools()
