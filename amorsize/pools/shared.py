@@ -48,6 +48,7 @@ import mmap
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,8 @@ _unreachable: dict[int, str] = {}
 _off_because: str | None = None
 _PR_GET_DUMPABLE = 3
 _prctl: Any = None
+_DUMPABLE_SECONDS = 1.0
+_dumpable_seen = (-_DUMPABLE_SECONDS - 1.0, True)  # when asked last, and the answer
 
 
 class SharedMemoryUnreachable(RuntimeError):  # noqa: N818 - says what happened, as OSError's do
@@ -154,7 +157,7 @@ def unavailable_reason() -> str | None:
         return "shared memory is used on Linux only"
     if _off_because is not None:
         return _off_because
-    if not _dumpable():
+    if not _dumpable_now():
         return ("this process is not dumpable (prctl(PR_SET_DUMPABLE, 0)): its workers cannot "
                 "open its descriptors through /proc")
     return None
@@ -163,6 +166,16 @@ def unavailable_reason() -> str | None:
 def on_linux() -> bool:
     """Whether this system has what segments are made of (Linux's ``O_TMPFILE``)."""
     return sys.platform.startswith("linux") and hasattr(os, "O_TMPFILE")
+
+
+def _dumpable_now() -> bool:
+    """``_dumpable``, asked again at most every ``_DUMPABLE_SECONDS`` (each call lends a file
+    for its result: ``lend``)."""
+    global _dumpable_seen
+    now = time.monotonic()
+    if now - _dumpable_seen[0] > _DUMPABLE_SECONDS:
+        _dumpable_seen = (now, _dumpable())
+    return _dumpable_seen[1]
 
 
 def _dumpable() -> bool:

@@ -325,12 +325,10 @@ def _holds_big_bytes(obj: Any, depth: int = 5, budget: int = 10_000) -> bool:
             if kind is bytes or kind is bytearray:
                 if len(x) >= shared.SHARED_MIN_BYTES:
                     return True
-            elif kind is tuple or kind is list:
-                below.extend(x)
-            elif kind is dict:
-                below.extend(x.values())
-            if len(below) > budget:
-                return False
+            elif kind is tuple or kind is list or kind is dict:
+                if len(below) + len(x) > budget:
+                    return False
+                below.extend(x.values() if kind is dict else x)
         level = below
     return False
 
