@@ -445,6 +445,15 @@ def test_a_worker_that_cannot_open_the_segment_turns_shared_memory_off(shared_me
         assert pool.submit(func, 7).result() == func(7)
 
 
+def test_the_plan_says_why_the_function_crosses_with_each_chunk_once_shared_memory_is_off(
+        monkeypatch):
+    monkeypatch.setattr(shared, "_off_because", "process worker 1 cannot open it (test)")
+    array = big_array(8, seed=14)
+    amorsize.map(functools.partial(slice_sum, array), range(20), executor="process", n_jobs=2)
+    assert ("the function's 8.0 MB cross with each chunk: no shared memory (process worker 1 "
+            "cannot open it (test))") in amorsize.last_plan().reasons[0]
+
+
 def test_a_call_sent_again_by_value_carries_the_large_buffers_with_it(shared_memory_on):
     array = big_array(4, seed=13)
     prepared = worker.PickledFunction(functools.partial(slice_sum, array))
