@@ -111,6 +111,8 @@ class _Unpickler(pickle.Unpickler):
         kind = _FROM_BUFFER.get(pid[0]) if isinstance(pid, tuple) and len(pid) == 2 else None
         if kind is None:
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        if kind is bytearray and type(pid[1]) is bytearray:
+            return pid[1]  # a result's buffer, copied out of shared memory already
         return kind(pid[1])  # a copy: neither can be a view of the shared memory
 
 
