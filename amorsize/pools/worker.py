@@ -295,7 +295,7 @@ def placed(outcome: Any, result_file: tuple[int, int, str]) -> ByValue | PlacedR
         return False
 
     # numpy arrays and other PickleBuffers first, at no cost to a result of many small objects;
-    # big bytes only when the pickle is big and holds some
+    # big bytes (a call for every object pickled) only when the pickle is big and holds some
     data = shipping.dumps(outcome, protocol=5, buffer_callback=out_of_band, big_bytes=False)
     if len(data) >= shared.SHARED_MIN_BYTES and _holds_big_bytes(outcome):
         big.clear()
@@ -313,10 +313,10 @@ def placed(outcome: Any, result_file: tuple[int, int, str]) -> ByValue | PlacedR
     return packed
 
 
-def _holds_big_bytes(obj: Any, depth: int = 5, budget: int = 10_000) -> bool:
+def _holds_big_bytes(obj: Any, depth: int = 5, budget: int = 10_000) -> bool | None:
     """Whether ``obj``, or a tuple, list or dict in it ``depth`` levels down, holds ``bytes`` or
     a ``bytearray`` of ``SHARED_MIN_BYTES`` or more (a chunk's results are three levels down);
-    looking at ``budget`` objects at most (a result of many small ones is not searched)."""
+    None if there is more to look at than ``budget`` objects (a result of many small ones)."""
     level = [obj]
     for _ in range(depth + 1):
         below: list = []
@@ -327,7 +327,7 @@ def _holds_big_bytes(obj: Any, depth: int = 5, budget: int = 10_000) -> bool:
                     return True
             elif kind is tuple or kind is list or kind is dict:
                 if len(below) + len(x) > budget:
-                    return False
+                    return None
                 below.extend(x.values() if kind is dict else x)
         level = below
     return False
