@@ -510,6 +510,8 @@ func = functools.partial(slice_sum, array)
 results = amorsize.map(func, range(200), executor="process", n_jobs=2)
 print(results == [func(i) for i in range(200)], shared.live_tokens() is None, flush=True)
 print(amorsize.last_plan().reasons[0], flush=True)
+arrays = amorsize.map(np.ones, [2**18] * 8, executor="process", n_jobs=2)  # 2 MB results
+print(all(a.shape == (2**18,) and a.sum() == 2**18 for a in arrays), flush=True)
 amorsize.shutdown_global_pool_manager()
 """
 
@@ -523,3 +525,4 @@ def test_a_caller_that_is_not_dumpable_sends_the_function_by_value():
     right, nothing_placed = done.stdout.splitlines()[0].split()
     assert (right, nothing_placed) == ("True", "True")
     assert "no shared memory (this process is not dumpable" in done.stdout.splitlines()[1]
+    assert done.stdout.splitlines()[2] == "True"  # large results come through the pipe

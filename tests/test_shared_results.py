@@ -126,6 +126,14 @@ def test_a_result_comes_through_the_pipe_when_shm_has_too_little_room(monkeypatc
         shared.give_back(file, reusable=True)
 
 
+def test_no_result_file_is_lent_once_shared_memory_is_off(monkeypatch, manager, reads):
+    monkeypatch.setattr(shared, "_off_because", "a worker could not open it (test)")
+    assert shared.lend() is None
+    results = manager.get_pool(2, "process").map(array_of, range(4))
+    assert [float(r[0]) for r in results] == [0.0, 1.0, 2.0, 3.0]
+    assert reads[0] == 0
+
+
 def test_after_a_run_no_result_file_is_lent_and_the_kept_ones_are_empty(manager):
     manager.get_pool(2, "process").map(array_of, range(20), chunksize=1)
     assert shared._lent == 0
