@@ -504,9 +504,11 @@ def fill(ref: tuple[int, int, str], buffers: list[memoryview]) -> tuple[tuple[in
     return tuple(layout)
 
 
-def read_result(fd: int, token: str, layout: tuple[tuple[int, int], ...]) -> list[bytearray]:
-    """In the caller: copies of the buffers a worker wrote into its result file ``fd``, which
-    is emptied for the next call."""
+def read_result(fd: int, token: str, layout: tuple[tuple[int, int], ...],
+                as_bytes: tuple[bool, ...] = ()) -> list[bytes | bytearray]:
+    """In the caller: copies of the buffers a worker wrote into its result file ``fd`` (as
+    ``bytes`` those ``as_bytes`` says were, else writable), which is emptied for the next
+    call."""
     stat = os.fstat(fd)
     if f"{stat.st_dev}:{stat.st_ino}" != token:
         raise RuntimeError(f"the result file (descriptor {fd}) was closed before its result "
@@ -515,7 +517,9 @@ def read_result(fd: int, token: str, layout: tuple[tuple[int, int], ...]) -> lis
     try:
         with mmap.mmap(fd, end, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
                        prot=mmap.PROT_READ) as m, memoryview(m) as whole:
-            return [bytearray(whole[at:at + nbytes]) for at, nbytes in layout]
+            kinds = as_bytes or (False,) * len(layout)
+            return [(bytes if frozen else bytearray)(whole[at:at + nbytes])
+                    for (at, nbytes), frozen in zip(layout, kinds, strict=True)]
     finally:
         os.ftruncate(fd, 0)
 

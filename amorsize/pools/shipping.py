@@ -111,9 +111,15 @@ class _Unpickler(pickle.Unpickler):
         kind = _FROM_BUFFER.get(pid[0]) if isinstance(pid, tuple) and len(pid) == 2 else None
         if kind is None:
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        if kind is bytearray and type(pid[1]) is bytearray:
-            return pid[1]  # a result's buffer, copied out of shared memory already
-        return kind(pid[1])  # a copy: neither can be a view of the shared memory
+        buffer = pid[1]
+        # a result's buffer, copied out of shared memory already (a bytes one comes as a
+        # read-only view of the whole of it), or a function's sent by value: not copied again
+        if kind is bytearray and type(buffer) is bytearray:
+            return buffer
+        if kind is bytes and type(buffer) is memoryview and type(buffer.obj) is bytes \
+                and buffer.nbytes == len(buffer.obj):
+            return buffer.obj
+        return kind(buffer)  # a copy: neither can be a view of the shared memory
 
 
 def _unfiled_source(code: types.CodeType) -> list[str] | None:

@@ -248,23 +248,25 @@ class PlacedResult:
     what crosses the pipe is the rest of its pickle and where they are. Loaded in the caller,
     it reads them into memory of the caller's own, and empties the file."""
 
-    __slots__ = ("data", "layout", "ref")
+    __slots__ = ("as_bytes", "data", "layout", "ref")
 
     def __init__(self, data: bytes, ref: tuple[int, int, str],
-                 layout: tuple[tuple[int, int], ...]) -> None:
-        self.data, self.ref, self.layout = data, ref, layout
+                 layout: tuple[tuple[int, int], ...], as_bytes: tuple[bool, ...]) -> None:
+        # ``as_bytes``: which buffers were ``bytes`` (read back as such, the others writable)
+        self.data, self.ref, self.layout, self.as_bytes = data, ref, layout, as_bytes
 
     def __getstate__(self) -> tuple:
-        return self.data, self.ref, self.layout
+        return self.data, self.ref, self.layout, self.as_bytes
 
     def __setstate__(self, state: tuple) -> None:
-        self.data, self.ref, self.layout = state
+        self.data, self.ref, self.layout, self.as_bytes = state
 
     def load(self) -> Any:
         from amorsize.pools import shipping
 
         _, fd, token = self.ref
-        return shipping.loads(self.data, buffers=shared.read_result(fd, token, self.layout))
+        buffers = shared.read_result(fd, token, self.layout, self.as_bytes)
+        return shipping.loads(self.data, buffers=buffers)
 
 
 def call_returning(call: ByValue, result_file: tuple[int, int, str] | None) -> ByValue | PlacedResult:
@@ -302,12 +304,14 @@ def placed(outcome: Any, result_file: tuple[int, int, str]) -> ByValue | PlacedR
         data = shipping.dumps(outcome, protocol=5, buffer_callback=out_of_band)
     if big:
         try:
-            layout = shared.fill(result_file, [buffer.raw() for buffer in big])
+            views = [buffer.raw() for buffer in big]
         except BufferError:  # a buffer that is not contiguous: pickled in band
-            layout = None
+            return ByValue(outcome)
+        layout = shared.fill(result_file, views)
         if layout is None:
             return ByValue(outcome)
-        return PlacedResult(data, result_file, layout)
+        return PlacedResult(data, result_file, layout,
+                            tuple(type(view.obj) is bytes for view in views))
     packed = ByValue.__new__(ByValue)
     packed.data = data
     return packed
