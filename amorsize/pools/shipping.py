@@ -112,14 +112,11 @@ class _Unpickler(pickle.Unpickler):
         if kind is None:
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
         buffer = pid[1]
-        # a result's buffer, copied out of shared memory already (a bytes one comes as a
-        # read-only view of the whole of it), or a function's sent by value: not copied again
         if kind is bytearray and type(buffer) is bytearray:
-            return buffer
-        if kind is bytes and type(buffer) is memoryview and type(buffer.obj) is bytes \
-                and buffer.nbytes == len(buffer.obj):
-            return buffer.obj
-        return kind(buffer)  # a copy: neither can be a view of the shared memory
+            return buffer  # a result's, copied out of shared memory already
+        # a copy: neither can be a view of the shared memory (``bytes`` of a bytes object is
+        # that object: a result's, or a function's sent by value, is not copied again)
+        return kind(buffer)
 
 
 def _unfiled_source(code: types.CodeType) -> list[str] | None:
