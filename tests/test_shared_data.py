@@ -391,3 +391,138 @@ def test_nothing_is_left_behind(how, mb):
                 pass
         child.kill()
         child.communicate()
+
+
+# -- workers that cannot open the caller's shared memory ----------------------------------
+
+
+def refuse_proc_open() -> None:
+    """A worker initializer: opening any descriptor of another process through /proc fails, as
+    for a non-dumpable caller or a /proc mounted with hidepid."""
+    def refused(pid: int, fd: int, flags: int) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied", f"/proc/{pid}/fd/{fd}")
+
+    shared._open_held = refused
+
+
+def become_nobody() -> None:
+    """A worker initializer: the worker runs as another user than its caller."""
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+@pytest.fixture
+def shared_memory_on(monkeypatch):
+    """Shared memory in use, and in use again after the test, however it ended."""
+    monkeypatch.setattr(shared, "_off_because", None)
+
+
+@pytest.mark.parametrize("initializer", [
+    refuse_proc_open,
+    pytest.param(become_nobody, marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="a worker becomes another user only when started as root")),
+])
+def test_workers_that_cannot_open_the_segment_still_give_the_serial_results(shared_memory_on,
+                                                                             initializer):
+    array = big_array(4, seed=11)
+    func = functools.partial(slice_sum, array)
+    with PoolManager() as own:
+        pool = own.get_pool(2, "process", initializer=initializer)
+        prepared = pool.prepare(func)
+        assert prepared.shared is not None
+        assert pool.map(prepared, range(100), chunksize=3) == [func(i) for i in range(100)]
+
+
+def test_a_worker_that_cannot_open_the_segment_turns_shared_memory_off(shared_memory_on):
+    array = big_array(4, seed=12)
+    func = functools.partial(slice_sum, array)
+    with PoolManager() as own:
+        pool = own.get_pool(1, "process", initializer=refuse_proc_open)
+        pool.map(func, range(4))
+        assert shared.turned_off()
+        assert "cannot open the shared memory of process" in shared.unavailable_reason()
+        assert pool.prepare(func).shared is None  # what comes next travels by value at once
+        assert pool.submit(func, 7).result() == func(7)
+
+
+def test_the_plan_says_why_the_function_crosses_with_each_chunk_once_shared_memory_is_off(
+        monkeypatch):
+    monkeypatch.setattr(shared, "_off_because", "process worker 1 cannot open it (test)")
+    array = big_array(8, seed=14)
+    amorsize.map(functools.partial(slice_sum, array), range(20), executor="process", n_jobs=2)
+    assert ("the function's 8.0 MB cross with each chunk: no shared memory (process worker 1 "
+            "cannot open it (test))") in amorsize.last_plan().reasons[0]
+
+
+def test_a_call_sent_again_by_value_carries_the_large_buffers_with_it(shared_memory_on):
+    array = big_array(4, seed=13)
+    prepared = worker.PickledFunction(functools.partial(slice_sum, array))
+    plain = prepared.by_value()
+    assert plain.shared is None and plain.segment is None
+    assert len(worker.ByValue(plain).data) > array.nbytes
+    copy = worker.ByValue(plain).load()
+    payloads._FUNC_CACHE.pop(copy.digest, None)
+    assert copy.load()(3) == slice_sum(array, 3)
+
+
+def test_a_segment_released_before_a_worker_opens_it_is_not_a_lasting_failure():
+    with tempfile.TemporaryFile() as other:
+        with pytest.raises(shared.SharedMemoryUnreachable) as caught:
+            shared.opened(os.getpid(), other.fileno(), "0:0", os.O_RDONLY)
+    assert not caught.value.lasting
+    assert "was released before" in str(caught.value)
+
+
+def test_a_closed_descriptor_of_a_live_caller_is_not_a_lasting_failure(monkeypatch):
+    monkeypatch.setattr(shared, "_unreachable", {})
+    with pytest.raises(shared.SharedMemoryUnreachable) as caught:
+        shared.opened(os.getpid(), 987654, "0:0", os.O_RDONLY)
+    assert not caught.value.lasting
+
+
+def test_a_refused_open_is_a_lasting_failure_and_is_not_tried_again(monkeypatch):
+    monkeypatch.setattr(shared, "_unreachable", {})
+    monkeypatch.setattr(shared, "_open_held", lambda pid, fd, flags: refuse())
+    with pytest.raises(shared.SharedMemoryUnreachable) as caught:
+        shared.opened(os.getpid(), 3, "0:0", os.O_RDONLY)
+    assert caught.value.lasting
+    monkeypatch.setattr(shared, "_open_held", lambda pid, fd, flags: pytest.fail("tried again"))
+    with pytest.raises(shared.SharedMemoryUnreachable):
+        shared.opened(os.getpid(), 3, "0:0", os.O_RDONLY)
+
+
+def refuse() -> int:
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+NOT_DUMPABLE = """
+import ctypes, functools, sys
+import numpy as np
+import amorsize
+from amorsize.pools import shared
+
+def slice_sum(array, i):
+    return float(array[i * 1000:(i + 1) * 1000].sum())
+
+assert ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE
+array = np.random.default_rng(0).random(4 * 2**20 // 8)
+func = functools.partial(slice_sum, array)
+results = amorsize.map(func, range(200), executor="process", n_jobs=2)
+print(results == [func(i) for i in range(200)], shared.live_tokens() is None, flush=True)
+print(amorsize.last_plan().reasons[0], flush=True)
+arrays = amorsize.map(np.ones, [2**18] * 8, executor="process", n_jobs=2)  # 2 MB results
+print(all(a.shape == (2**18,) and a.sum() == 2**18 for a in arrays), flush=True)
+amorsize.shutdown_global_pool_manager()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_caller_that_is_not_dumpable_sends_the_function_by_value():
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", NOT_DUMPABLE], env={**os.environ, "PYTHONPATH": path},
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    right, nothing_placed = done.stdout.splitlines()[0].split()
+    assert (right, nothing_placed) == ("True", "True")
+    assert "no shared memory (this process is not dumpable" in done.stdout.splitlines()[1]
+    assert done.stdout.splitlines()[2] == "True"  # large results come through the pipe

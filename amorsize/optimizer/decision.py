@@ -388,6 +388,10 @@ def _describe(profile: Profile, workload: Workload) -> str:
                  "to process workers once, through shared memory" + (
                      "" if where == shared.SHM_DIR else
                      f" in a file in {where} ({shared.SHM_DIR} has too little room)"))
+    elif profile.func_bytes >= shared.SHARED_MIN_BYTES and shared.on_linux() \
+            and (off := shared.unavailable_reason()) is not None:
+        text += (f"; the function's {format_bytes(profile.func_bytes)} cross with each chunk: "
+                 f"no shared memory ({off})")
     return text
 
 

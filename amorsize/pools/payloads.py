@@ -37,9 +37,10 @@ class PickledFunction:
     Its buffers of ``shared.SHARED_MIN_BYTES`` or more (a partial or closure over a big array
     or ``bytes``) are not in the bytes: they wait in a shared-memory segment (``shared``) that
     each worker maps once, and the function keeps its segment held while it lives. ``live``
-    names the segments the caller still holds: a worker forgets the functions of the others."""
+    names the segments the caller still holds: a worker forgets the functions of the others.
+    ``by_value`` is the same function with those buffers carried along instead."""
 
-    __slots__ = ("digest", "live", "payload", "segment", "shared")
+    __slots__ = ("digest", "inline", "live", "payload", "plain", "segment", "shared")
 
     def __init__(self, func: Any) -> None:
         import hashlib
@@ -59,23 +60,42 @@ class PickledFunction:
             self.payload = shipping.dumps(func)
         self.segment = shared.place(big) if big else None
         self.shared = None if self.segment is None else self.segment.ref
+        self.inline: list[bytes] | None = None
+        self.plain: PickledFunction | None = None
         self.live = shared.live_tokens()
         digest = hashlib.blake2b(self.payload, digest_size=16)
         if self.shared is not None:
             digest.update(self.shared.token.encode())
         self.digest = digest.digest()
 
+    def by_value(self) -> PickledFunction:
+        """This function with its large buffers in what crosses, not in shared memory: what is
+        sent again when a worker cannot open the segment (``shared.SharedMemoryUnreachable``)."""
+        if self.segment is None or self.shared is None:
+            return self
+        if self.plain is None:
+            plain = PickledFunction.__new__(PickledFunction)
+            plain.digest, plain.payload, plain.live = self.digest, self.payload, None
+            plain.segment = plain.shared = plain.plain = None
+            whole = memoryview(self.segment.map)
+            plain.inline = [bytes(whole[at:at + size]) for at, size in self.shared.layout]
+            self.plain = plain
+        return self.plain
+
     def __getstate__(self) -> tuple:
+        if self.inline is not None:
+            return self.digest, self.payload, None, None, self.inline
         if self.live is None:
             return self.digest, self.payload
         return self.digest, self.payload, self.shared, self.live
 
     def __setstate__(self, state: tuple) -> None:
-        self.segment = None
+        self.segment = self.plain = None
+        self.inline = state[4] if len(state) == 5 else None
         if len(state) == 2:
             (self.digest, self.payload), self.shared, self.live = state, None, None
         else:
-            self.digest, self.payload, self.shared, self.live = state
+            self.digest, self.payload, self.shared, self.live = state[:4]
 
     def load(self) -> Any:
         if self.live is not None:
@@ -83,12 +103,13 @@ class PickledFunction:
         func = _FUNC_CACHE.get(self.digest)
         if func is None:
             ref = self.shared
-            if ref is None:
+            if ref is None and self.inline is None:
                 func = _into_main(pickle.loads(self.payload))  # what ``cloudpickle.loads`` is
             else:  # bytes placed out of band need shipping's persistent ids read back
                 from amorsize.pools import shipping
 
-                func = _into_main(shipping.loads(self.payload, buffers=shared.views(ref)))
+                buffers = self.inline if ref is None else shared.views(ref)
+                func = _into_main(shipping.loads(self.payload, buffers=buffers))
             _FUNC_CACHE[self.digest] = func
             if ref is not None:
                 _SHARED_BY[self.digest] = ref.token

@@ -23,7 +23,7 @@ from amorsize.errors import (
     WorkerCrashedError,
     check_max_tasks_per_child,
 )
-from amorsize.pools import compat, shipping, worker
+from amorsize.pools import compat, shared, shipping, worker
 from amorsize.pools.worker_pool import FollowingFuture, WorkerPool
 
 # A process worker whose memory grew by more than this since its first task ended has its pool
@@ -137,17 +137,23 @@ class ProcessPool(WorkerPool):
         return func if isinstance(func, worker.PickledFunction) else worker.PickledFunction(func)
 
     def _submit(self, fn: Callable, *args: Any) -> Future:
+        if shared.turned_off():  # a function prepared before carries its segment: not now
+            args = _by_value(args)
+        file = shared.lend()
         try:
-            inner = self._executor.submit(worker.call_by_value, worker.ByValue((fn, args)))
-        except BrokenProcessPool as exc:
-            self._broken_seen = True
-            raise self._crashed() from exc
-        except RuntimeError as exc:  # after BrokenProcessPool, one of them
-            if not self.closed:
-                raise
-            # closed between the caller's check and the executor's: the same answer as before
-            raise self._closed_error() from exc
-        outer = _CrashAwareFuture(inner, self, args)
+            inner = self._executor.submit(worker.call_returning, worker.ByValue((fn, args)),
+                                          None if file is None else file.ref)
+        except BaseException as exc:
+            if file is not None:
+                shared.give_back(file, reusable=True)  # no worker had it
+            if isinstance(exc, BrokenProcessPool):
+                self._broken_seen = True
+                raise self._crashed() from exc
+            if isinstance(exc, RuntimeError) and self.closed:  # after BrokenProcessPool
+                # closed between the caller's check and the executor's: the same answer
+                raise self._closed_error() from exc
+            raise
+        outer = _CrashAwareFuture(inner, self, (fn, args), file)
         with self._inflight_lock:
             killed = self._workers_killed
             if not killed:
@@ -157,6 +163,38 @@ class ProcessPool(WorkerPool):
         else:
             outer.add_done_callback(self._outer.discard)
         return outer
+
+    def _send_again(self, outer: _CrashAwareFuture, unreachable: shared.SharedMemoryUnreachable
+                    ) -> None:
+        """A worker could not open the shared memory of ``outer``'s call: send the call again
+        with its functions by value, and, if no worker can open this process's descriptors,
+        stop using shared memory. On a thread of its own: this runs on the executor's, which
+        must not wait to submit (it is what empties the executor's queues)."""
+        if unreachable.lasting:
+            shared.turn_off(str(unreachable))
+        if not outer.call:  # failed meanwhile (a forced shutdown)
+            return
+        fn, args = outer.call
+        threading.Thread(target=self._resubmit, args=(outer, fn, _by_value(args)),
+                         name="amorsize-send-again", daemon=True).start()
+
+    def _resubmit(self, outer: _CrashAwareFuture, fn: Callable, args: tuple) -> None:
+        file = shared.lend()
+        try:
+            inner = self._executor.submit(worker.call_returning, worker.ByValue((fn, args)),
+                                          None if file is None else file.ref)
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future
+            if file is not None:
+                shared.give_back(file, reusable=True)
+            if isinstance(exc, BrokenProcessPool):
+                self._broken_seen = True
+                exc = self._crashed()
+            elif isinstance(exc, RuntimeError) and self.closed:
+                exc = self._closed_error()
+            with contextlib.suppress(InvalidStateError):
+                outer.set_exception(exc)
+            return
+        outer.follow_again(inner, (fn, args), file)
 
     def _crashed(self) -> WorkerCrashedError:
         return WorkerCrashedError(
@@ -260,14 +298,35 @@ class _CrashAwareFuture(FollowingFuture):
     turns the ``BrokenProcessPool`` of a dead worker into ``WorkerCrashedError`` (marking the
     pool broken), so callers of ``submit`` see the same error as callers of ``map``."""
 
-    def __init__(self, inner: Future, pool: ProcessPool, sent: tuple = ()) -> None:
+    def __init__(self, inner: Future, pool: ProcessPool, call: tuple = (),
+                 result_file: shared.ResultFile | None = None) -> None:
         super().__init__()
         self._pool = pool
-        # what was sent, held while the call may still be read by a worker: a function's
-        # shared-memory segment stays until its last call is done (``shared``)
-        self._sent = sent
+        # what was sent, ``(fn, args)``, held while the call may still be read by a worker (a
+        # function's shared-memory segment stays until its last call is done: ``shared``) or
+        # sent again (``ProcessPool._send_again``)
+        self.call = call
+        # the file lent for the result, taken (``list.pop``: by one thread only) by whoever
+        # gives it back: the result's reader, or the end of the call any other way
+        self._file = [] if result_file is None else [result_file]
         self.add_done_callback(_let_go)
         self._follow(inner)
+
+    def follow_again(self, inner: Future, call: tuple, result_file: shared.ResultFile | None
+                     ) -> None:
+        """Take the outcome of ``inner``, the call sent again as ``call``."""
+        self.call = call
+        if result_file is not None:
+            self._file.append(result_file)
+            if self.done():  # failed meanwhile (a forced shutdown): no one else gives it back
+                self.give_back_file(read=False)
+        self._follow(inner)
+
+    def give_back_file(self, read: bool) -> None:
+        """The call is over: give its result file back, for another call if its result was
+        ``read`` (the worker let go of the file then), else closed."""
+        with contextlib.suppress(IndexError):
+            shared.give_back(self._file.pop(), reusable=read)
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, BrokenProcessPool) and not isinstance(exc, WorkerCrashedError):
@@ -287,13 +346,42 @@ class _CrashAwareFuture(FollowingFuture):
 
     def _succeeded(self, packed: worker.ByValue) -> None:
         try:
-            self.set_result(worker.unpack_outcome(packed))
+            file = self._file.pop()
+        except IndexError:  # the call was failed meanwhile (a forced shutdown): file closed
+            if isinstance(packed, worker.PlacedResult):
+                return
+            file = None
+        try:
+            try:
+                outcome = worker.unpack_outcome(packed)
+            finally:
+                if file is not None:
+                    shared.give_back(file, reusable=True)
+            self.set_result(outcome)
+        except shared.SharedMemoryUnreachable as exc:
+            self._pool._send_again(self, exc)
         except Exception as exc:  # noqa: BLE001 - the call's own error, or an unloadable result
             self.set_exception(exc)
 
 
 def _let_go(future: Future) -> None:
-    cast(_CrashAwareFuture, future)._sent = ()
+    outer = cast(_CrashAwareFuture, future)
+    outer.call = ()
+    outer.give_back_file(read=False)
+
+
+def _by_value(args: tuple, depth: int = 2) -> tuple:
+    """``args`` with each function whose large buffers are in shared memory in its by-value
+    form (``PickledFunction.by_value``), looked for in ``args`` and the tuples in it (the
+    arguments of ``worker.call``: ``pool.submit(worker.run_timed, prepared, ...)``)."""
+    out = []
+    for arg in args:
+        if callable(getattr(type(arg), "by_value", None)):
+            arg = arg.by_value()
+        elif depth > 1 and type(arg) is tuple:
+            arg = _by_value(arg, depth - 1)
+        out.append(arg)
+    return tuple(out)
 
 
 def _initialize(blas_threads: int | None, board: Any, claimed: Any,

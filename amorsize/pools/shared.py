@@ -16,6 +16,21 @@ a container by default) the file is made in the temporary folder instead, still 
 (``placed_where`` says which, and the plan says so). Elsewhere than Linux the function travels
 by value with each chunk, as before (``available``).
 
+Large *results* come back the same way (``ResultFile``): with each call the caller lends an
+empty file without a name; a worker whose result has buffers of ``SHARED_MIN_BYTES`` or more
+writes them into it (through ``/proc/<pid>/fd/<fd>`` of the caller) and sends the small rest
+through the pipe; the caller copies them out into memory of its own (results are ordinary,
+writable objects) and empties the file for the next call. The caller holds the file from
+before the call to after its result, and the worker closes its descriptor before replying, so
+nothing outlives the two. Where ``/dev/shm`` lacks room, or the worker cannot open the file,
+the result comes through the pipe, as before.
+
+A worker that cannot open the caller's descriptors (the caller made itself non-dumpable with
+``prctl(PR_SET_DUMPABLE, 0)``, ``/proc`` is mounted with ``hidepid``, the worker runs as another
+user) raises ``SharedMemoryUnreachable`` instead of running the chunk: the caller sends that
+chunk again with the function by value, and stops using shared memory (``turn_off``). A caller
+that is not dumpable does not try (``unavailable_reason``).
+
 The caller keeps its segments by the buffers' sizes and CRC-32: a later call over the same data
 (a new partial over the same array too) sends nothing again, and a buffer changed in place gets
 a new segment. A segment is released once no prepared function holds it (a run still going) and
@@ -33,9 +48,10 @@ import mmap
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pickle
@@ -59,6 +75,27 @@ _generation = 0
 # in a worker: the segments mapped, by token, and where their makers hold them
 _mapped: dict[str, mmap.mmap] = {}
 _held_at: dict[str, str] = {}
+# in a worker: the processes whose descriptors it could not open, and why
+_unreachable: dict[int, str] = {}
+# why this process stopped using shared memory (a worker could not open a segment)
+_off_because: str | None = None
+_PR_GET_DUMPABLE = 3
+_prctl: Any = None
+_DUMPABLE_SECONDS = 1.0
+_dumpable_seen = (-_DUMPABLE_SECONDS - 1.0, True)  # when asked last, and the answer
+
+
+class SharedMemoryUnreachable(RuntimeError):  # noqa: N818 - says what happened, as OSError's do
+    """Raised in a worker that cannot open a segment of the caller's: the caller sends the call
+    again with the function by value. ``lasting``: the worker cannot open the caller's
+    descriptors at all (else the one segment was gone), so the caller stops using segments."""
+
+    def __init__(self, message: str, lasting: bool = True) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.args[0], self.lasting)
 
 
 class SegmentRef:
@@ -109,8 +146,73 @@ def _close(mapped: mmap.mmap, fd: int) -> None:
 
 
 def available() -> bool:
-    """Whether functions' large buffers can cross through shared memory here (Linux)."""
+    """Whether functions' large buffers can cross through shared memory here (Linux, and
+    workers can open this process's descriptors)."""
+    return unavailable_reason() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why large buffers do not cross through shared memory here, or None if they do."""
+    if not on_linux():
+        return "shared memory is used on Linux only"
+    if _off_because is not None:
+        return _off_because
+    if not _dumpable_now():
+        return ("this process is not dumpable (prctl(PR_SET_DUMPABLE, 0)): its workers cannot "
+                "open its descriptors through /proc")
+    return None
+
+
+def on_linux() -> bool:
+    """Whether this system has what segments are made of (Linux's ``O_TMPFILE``)."""
     return sys.platform.startswith("linux") and hasattr(os, "O_TMPFILE")
+
+
+def _dumpable_now() -> bool:
+    """``_dumpable``, asked again at most every ``_DUMPABLE_SECONDS`` (each call lends a file
+    for its result: ``lend``)."""
+    global _dumpable_seen
+    now = time.monotonic()
+    if now - _dumpable_seen[0] > _DUMPABLE_SECONDS:
+        _dumpable_seen = (now, _dumpable())
+    return _dumpable_seen[1]
+
+
+def _dumpable() -> bool:
+    """Whether workers of the same user may open this process's descriptors through
+    ``/proc/<pid>/fd``: a non-dumpable process's entries there are root's (``PR_GET_DUMPABLE``;
+    2, dumpable for root only, is not enough either). True where it cannot tell: a worker that
+    then fails to open them says so (``SharedMemoryUnreachable``)."""
+    global _prctl
+    try:
+        if _prctl is None:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return bool(_prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0) == 1)
+    except (OSError, AttributeError):
+        return True
+
+
+def turned_off() -> bool:
+    """Whether this process stopped using shared memory (``turn_off``)."""
+    return _off_because is not None
+
+
+def turn_off(reason: str) -> bool:
+    """Stop making segments in this process (a worker could not open one: ``reason``); the
+    functions prepared from now on travel by value. True the first time."""
+    global _off_because
+    with _lock:
+        if _off_because is not None:
+            return False
+        _off_because = reason
+    import logging
+
+    logging.getLogger("amorsize").debug(
+        "amorsize: shared memory turned off in this process; large buffers travel with each "
+        "chunk from now on: %s", reason)
+    return True
 
 
 def in_band(buffer: pickle.PickleBuffer) -> bool:
@@ -256,20 +358,44 @@ def views(ref: SegmentRef) -> list[memoryview]:
     """In a worker: read-only views of the buffers in ``ref``'s segment, mapped once."""
     mapped = _mapped.get(ref.token)
     if mapped is None:
-        fd = os.open(f"/proc/{ref.pid}/fd/{ref.fd}", os.O_RDONLY)
+        fd = opened(ref.pid, ref.fd, ref.token, os.O_RDONLY)
         try:
-            stat = os.fstat(fd)
-            if f"{stat.st_dev}:{stat.st_ino}" != ref.token:
-                raise RuntimeError(
-                    f"the shared memory of a function (process {ref.pid}, descriptor {ref.fd}) "
-                    "was released before this worker read it")
-            mapped = mmap.mmap(fd, max(stat.st_size, 1), access=mmap.ACCESS_READ)
+            mapped = mmap.mmap(fd, max(os.fstat(fd).st_size, 1), access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
         _mapped[ref.token] = mapped
         _held_at[ref.token] = f"/proc/{ref.pid}/fd/{ref.fd}"
     whole = memoryview(mapped)
     return [whole[at:at + size] for at, size in ref.layout]
+
+
+def opened(pid: int, fd: int, token: str, flags: int) -> int:
+    """In a worker: a descriptor of the file process ``pid`` holds as ``fd``, which must be the
+    one ``token`` names; ``SharedMemoryUnreachable`` if it cannot be opened."""
+    known = _unreachable.get(pid)
+    if known is not None:
+        raise SharedMemoryUnreachable(known)
+    try:
+        mine = _open_held(pid, fd, flags)
+    except OSError as exc:
+        # ENOENT with the process there: that descriptor was closed, the others may open
+        lasting = exc.errno != errno.ENOENT or not os.path.exists(f"/proc/{pid}")
+        message = (f"process worker {os.getpid()} cannot open the shared memory of process "
+                   f"{pid} (/proc/{pid}/fd/{fd}: {exc.strerror or exc})")
+        if lasting:
+            _unreachable[pid] = message
+        raise SharedMemoryUnreachable(message, lasting) from None
+    stat = os.fstat(mine)
+    if f"{stat.st_dev}:{stat.st_ino}" != token:
+        os.close(mine)
+        raise SharedMemoryUnreachable(
+            f"the shared memory of process {pid} (descriptor {fd}) was released before "
+            f"process worker {os.getpid()} read it", lasting=False)
+    return mine
+
+
+def _open_held(pid: int, fd: int, flags: int) -> int:
+    return os.open(f"/proc/{pid}/fd/{fd}", flags)
 
 
 def unmap(token: str) -> None:
@@ -298,11 +424,113 @@ def mapped_tokens() -> set[str]:
     return set(_mapped)
 
 
+class ResultFile:
+    """An empty file without a name in ``SHM_DIR``, lent to one call at a time for its
+    result's large buffers (``lend``); ``ref`` is what crosses: ``(pid, fd, token)``."""
+
+    __slots__ = ("__weakref__", "close", "fd", "ref")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        stat = os.fstat(fd)
+        self.ref = (os.getpid(), fd, f"{stat.st_dev}:{stat.st_ino}")
+        self.close = weakref.finalize(self, os.close, fd)
+
+
+# the files not lent now, and how many are lent: at most ``LENT_RESULT_FILES`` at once (a
+# descriptor each; a call beyond them has its result come through the pipe)
+LENT_RESULT_FILES = 64
+_idle_files: list[ResultFile] = []
+_lent = 0
+
+
+def lend() -> ResultFile | None:
+    """A file for a call's large result, or None (shared memory unused here, or too many lent
+    now): give it back with ``give_back``."""
+    global _lent
+    with _lock:
+        if _lent >= LENT_RESULT_FILES or not available():
+            return None
+        _lent += 1
+        if _idle_files:
+            return _idle_files.pop()
+    try:
+        return ResultFile(_unnamed_file(SHM_DIR, 0))
+    except OSError:
+        with _lock:
+            _lent -= 1
+        return None
+
+
+def give_back(file: ResultFile, reusable: bool) -> None:
+    """``file``'s call is over: ``reusable`` once its result was read (the worker let go of it
+    then), else closed (a worker may still write into it: it must not be emptied under it)."""
+    global _lent
+    with _lock:
+        _lent = max(0, _lent - 1)  # a forked child gives back what its parent lent
+        keep = reusable and len(_idle_files) < LENT_RESULT_FILES and file.ref[0] == os.getpid()
+        if keep:
+            _idle_files.append(file)
+    if not keep:
+        file.close()
+
+
+def fill(ref: tuple[int, int, str], buffers: list[memoryview]) -> tuple[tuple[int, int], ...] | None:
+    """In a worker: write ``buffers`` into the caller's result file ``ref``; their layout, or
+    None if they cannot go there (no room in ``SHM_DIR``, the file cannot be opened): then
+    they go through the pipe."""
+    layout = []
+    size = 0
+    for view in buffers:
+        layout.append((size, view.nbytes))
+        size += -(-view.nbytes // _ALIGN) * _ALIGN
+    if free_bytes(SHM_DIR) < 2 * size:  # a result may not fill /dev/shm for everyone else
+        return None
+    pid, fd, token = ref
+    try:
+        mine = opened(pid, fd, token, os.O_RDWR)
+    except SharedMemoryUnreachable:
+        return None
+    try:
+        os.posix_fallocate(mine, 0, size)  # out of room: an error now, not SIGBUS on writing
+        with mmap.mmap(mine, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)) as m:
+            for (at, nbytes), view in zip(layout, buffers, strict=True):
+                m[at:at + nbytes] = view
+    except OSError:
+        os.ftruncate(mine, 0)
+        return None
+    finally:
+        os.close(mine)
+    return tuple(layout)
+
+
+def read_result(fd: int, token: str, layout: tuple[tuple[int, int], ...],
+                as_bytes: tuple[bool, ...] = ()) -> list[bytes | bytearray]:
+    """In the caller: copies of the buffers a worker wrote into its result file ``fd`` (as
+    ``bytes`` those ``as_bytes`` says were, else writable), which is emptied for the next
+    call."""
+    stat = os.fstat(fd)
+    if f"{stat.st_dev}:{stat.st_ino}" != token:
+        raise RuntimeError(f"the result file (descriptor {fd}) was closed before its result "
+                           "was read")
+    end = layout[-1][0] + layout[-1][1]
+    try:
+        with mmap.mmap(fd, end, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                       prot=mmap.PROT_READ) as m, memoryview(m) as whole:
+            kinds = as_bytes or (False,) * len(layout)
+            return [(bytes if frozen else bytearray)(whole[at:at + nbytes])
+                    for (at, nbytes), frozen in zip(layout, kinds, strict=True)]
+    finally:
+        os.ftruncate(fd, 0)
+
+
 def _forget_in_child() -> None:
     """A forked child holds copies of its parent's descriptors: it lets them go, and makes its
     own segments if it needs any."""
-    global _lock, _used
+    global _lock, _used, _lent
     _lock = threading.RLock()
+    _idle_files.clear()
+    _lent = 0
     _owners.clear()
     _kept.clear()
     _alive.clear()

@@ -51,15 +51,17 @@ def workers_start_with(path: list[str]) -> None:
 
 
 def dumps(obj: Any, protocol: int | None = None,
-          buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
+          buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
+          big_bytes: bool = True) -> bytes:
     """``cloudpickle.dumps``, with code keeping its file name, and modules the workers cannot
     import sent by value. In a process worker (results on their way back) no module is judged:
     the caller has every module its workers have, and the check would cost each result a call.
     ``buffer_callback`` (protocol 5) is pickle's: a buffer it returns false for is left out;
     big ``bytes`` and ``bytearray`` are handed to it too, which pickle does not do (read them
-    with ``loads``)."""
+    with ``loads``), unless ``big_bytes`` is false: then each object pickled costs nothing more
+    (telling big ``bytes`` apart is a call for every object)."""
     with io.BytesIO() as file:
-        kind = _Pickler if buffer_callback is None else _BufferingPickler
+        kind = _BufferingPickler if buffer_callback is not None and big_bytes else _Pickler
         pickler = kind(file, protocol=protocol, buffer_callback=buffer_callback)
         pickler.judge_modules = not environment.in_process_worker()
         pickler.dump(obj)
@@ -109,7 +111,12 @@ class _Unpickler(pickle.Unpickler):
         kind = _FROM_BUFFER.get(pid[0]) if isinstance(pid, tuple) and len(pid) == 2 else None
         if kind is None:
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        return kind(pid[1])  # a copy: neither can be a view of the shared memory
+        buffer = pid[1]
+        if kind is bytearray and type(buffer) is bytearray:
+            return buffer  # a result's, copied out of shared memory already
+        # a copy: neither can be a view of the shared memory (``bytes`` of a bytes object is
+        # that object: a result's, or a function's sent by value, is not copied again)
+        return kind(buffer)
 
 
 def _unfiled_source(code: types.CodeType) -> list[str] | None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from amorsize.pools import board, environment
+from amorsize.pools import board, environment, shared
 from amorsize.pools.board import GROWN, ITEM, OWNER, SLOT, STARTED, TOKEN, bind_thread_slot
 from amorsize.pools.environment import initialize
 from amorsize.pools.payloads import (
@@ -35,10 +35,10 @@ from amorsize.pools.payloads import (
 
 # the names of board, environment and payloads that callers take from here
 __all__ = ["GROWN", "ITEM", "OWNER", "SLOT", "STARTED", "TOKEN", "ByValue", "PickledFunction",
-           "RemoteTraceback", "Star", "bind_thread_slot", "call", "call_by_value", "failed_at",
-           "initialize", "initialize_by_value", "inside_worker", "item_note", "note_item_here",
-           "now", "pack_error", "pid_after", "run_chunk", "run_timed", "spin", "stop",
-           "unpack_outcome", "unstop", "waits", "where_running"]
+           "PlacedResult", "RemoteTraceback", "Star", "bind_thread_slot", "call", "call_by_value",
+           "call_returning", "failed_at", "initialize", "initialize_by_value", "inside_worker",
+           "item_note", "note_item_here", "now", "pack_error", "pid_after", "run_chunk",
+           "run_timed", "spin", "stop", "unpack_outcome", "unstop", "waits", "where_running"]
 _STOPPED: set[float] = set()
 
 
@@ -241,6 +241,100 @@ def spin(cpu_seconds: float) -> None:
     end = time.process_time() + cpu_seconds
     while time.process_time() < end:
         pass
+
+
+class PlacedResult:
+    """A call's outcome whose large buffers wait in the caller's result file (``shared.fill``):
+    what crosses the pipe is the rest of its pickle and where they are. Loaded in the caller,
+    it reads them into memory of the caller's own, and empties the file."""
+
+    __slots__ = ("as_bytes", "data", "layout", "ref")
+
+    def __init__(self, data: bytes, ref: tuple[int, int, str],
+                 layout: tuple[tuple[int, int], ...], as_bytes: tuple[bool, ...]) -> None:
+        # ``as_bytes``: which buffers were ``bytes`` (read back as such, the others writable)
+        self.data, self.ref, self.layout, self.as_bytes = data, ref, layout, as_bytes
+
+    def __getstate__(self) -> tuple:
+        return self.data, self.ref, self.layout, self.as_bytes
+
+    def __setstate__(self, state: tuple) -> None:
+        self.data, self.ref, self.layout, self.as_bytes = state
+
+    def load(self) -> Any:
+        from amorsize.pools import shipping
+
+        _, fd, token = self.ref
+        buffers = shared.read_result(fd, token, self.layout, self.as_bytes)
+        return shipping.loads(self.data, buffers=buffers)
+
+
+def call_returning(call: ByValue, result_file: tuple[int, int, str] | None) -> ByValue | PlacedResult:
+    """What a process worker runs: ``call_by_value``, except that the result's large buffers
+    (``SHARED_MIN_BYTES`` or more: numpy arrays, ``bytes``...) go into the caller's
+    ``result_file`` when it lends one (``shared.lend``), not through the pipe."""
+    if result_file is None:
+        return call_by_value(call)
+    fn, args = call.load()
+    try:
+        result = fn(*args)
+    except Exception as exc:
+        return pack_error(exc)
+    return placed((True, result), result_file)
+
+
+def placed(outcome: Any, result_file: tuple[int, int, str]) -> ByValue | PlacedResult:
+    """``outcome`` packed with its large buffers in ``result_file``; by value, as
+    ``ByValue(outcome)``, if it has none or they cannot go there."""
+    from amorsize.pools import shipping
+
+    big: list = []
+
+    def out_of_band(buffer: Any) -> bool:
+        if shared.in_band(buffer):
+            return True
+        big.append(buffer)
+        return False
+
+    # numpy arrays and other PickleBuffers first, at no cost to a result of many small objects;
+    # big bytes (a call for every object pickled) only when the pickle is big and holds some
+    data = shipping.dumps(outcome, protocol=5, buffer_callback=out_of_band, big_bytes=False)
+    if len(data) >= shared.SHARED_MIN_BYTES and _holds_big_bytes(outcome):
+        big.clear()
+        data = shipping.dumps(outcome, protocol=5, buffer_callback=out_of_band)
+    if big:
+        try:
+            views = [buffer.raw() for buffer in big]
+        except BufferError:  # a buffer that is not contiguous: pickled in band
+            return ByValue(outcome)
+        layout = shared.fill(result_file, views)
+        if layout is None:
+            return ByValue(outcome)
+        return PlacedResult(data, result_file, layout,
+                            tuple(type(view.obj) is bytes for view in views))
+    packed = ByValue.__new__(ByValue)
+    packed.data = data
+    return packed
+
+
+def _holds_big_bytes(obj: Any, depth: int = 5, budget: int = 10_000) -> bool | None:
+    """Whether ``obj``, or a tuple, list or dict in it ``depth`` levels down, holds ``bytes`` or
+    a ``bytearray`` of ``SHARED_MIN_BYTES`` or more (a chunk's results are three levels down);
+    None if there is more to look at than ``budget`` objects (a result of many small ones)."""
+    level = [obj]
+    for _ in range(depth + 1):
+        below: list = []
+        for x in level:
+            kind = type(x)
+            if kind is bytes or kind is bytearray:
+                if len(x) >= shared.SHARED_MIN_BYTES:
+                    return True
+            elif kind is tuple or kind is list or kind is dict:
+                if len(below) + len(x) > budget:
+                    return None
+                below.extend(x.values() if kind is dict else x)
+        level = below
+    return False
 
 
 def pid_after(seconds: float) -> int:
