@@ -278,3 +278,13 @@ def test_nothing_is_left_behind_when_the_caller_is_killed():
                 pass
         child.kill()
         child.communicate()
+
+
+def test_a_chunk_sent_again_by_value_carries_its_arrays():
+    x = big_array(2, seed=17)
+    sent = payloads.OutOfBand([x, 1], payloads.Placed())
+    plain = sent.by_value()
+    data = pickle.dumps(plain, protocol=5)
+    assert plain.refs == () and len(data) > x.nbytes
+    again, one = pickle.loads(data).load()
+    assert one == 1 and np.array_equal(again, x)

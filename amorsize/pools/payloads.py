@@ -13,6 +13,7 @@ Imported by every process worker and sub-interpreter worker: kept light.
 
 from __future__ import annotations
 
+import copy
 import functools
 import pickle
 import threading
@@ -47,9 +48,10 @@ class OutOfBand:
     each with ``Placed`` (a call's arguments, met again batch after batch). It holds its
     segments while it lives (the chunk carrying it holds it until done); ``live`` names the
     segments the caller still holds, so a worker lets go of the others. Elsewhere than Linux
-    everything is in the bytes."""
+    everything is in the bytes; ``by_value`` is the same object with its big buffers carried
+    along (``inline``), for a worker that cannot open the segments."""
 
-    __slots__ = ("live", "payload", "refs", "segments")
+    __slots__ = ("inline", "live", "payload", "plain", "refs", "segments")
 
     def __init__(self, obj: Any, place: Callable[[list[pickle.PickleBuffer]],
                                                  list[Segment]] | None = None) -> None:
@@ -57,19 +59,43 @@ class OutOfBand:
         self.segments = (place or _one_segment)(big) if big else []
         self.refs = tuple(cast(SegmentRef, s.ref) for s in self.segments)
         self.live = shared.live_tokens()
+        self.inline: list[bytes] | None = None
+        self.plain: OutOfBand | None = None
 
     def __getstate__(self) -> tuple:
+        if self.inline is not None:
+            return self.payload, (), None, self.inline
         return self.payload, self.refs, self.live
 
     def __setstate__(self, state: tuple) -> None:
-        self.payload, self.refs, self.live = state
-        self.segments = []
+        self.payload, self.refs, self.live = state[:3]
+        self.inline = state[3] if len(state) == 4 else None
+        self.segments, self.plain = [], None
+
+    @property
+    def segment(self) -> Segment | None:
+        """The first segment holding its big buffers, if any (a function's only one)."""
+        return self.segments[0] if self.segments else None
+
+    def by_value(self) -> OutOfBand:
+        """This object with its big buffers in what crosses, copied from its segments: what is
+        sent again when a worker cannot open them (``amorsize.pools.processes``); made once."""
+        if not self.segments:
+            return self
+        if self.plain is None:
+            plain = copy.copy(self)
+            plain.refs, plain.segments, plain.live, plain.plain = (), [], None, None
+            plain.inline = [bytes(memoryview(segment.map)[at:at + size])
+                            for segment in self.segments
+                            for at, size in cast(SegmentRef, segment.ref).layout]
+            self.plain = plain
+        return self.plain
 
     def load(self) -> Any:
         """In a worker: the object, its big buffers read-only views into the segments."""
         if self.live is not None:
             _forget_released(self.live)
-        return _unpickled(self.payload, self.refs)
+        return _unpickled(self.payload, self.refs, self.inline)
 
 
 def pickled_apart(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
@@ -88,7 +114,7 @@ def pickled_apart(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         big.append(buffer)
         return False
 
-    payload = shipping.dumps(obj, protocol=5, buffer_callback=in_band, bytes_apart=False)
+    payload = shipping.dumps(obj, protocol=5, buffer_callback=in_band, big_bytes=False)
     if len(payload) >= shared.SHARED_MIN_BYTES:
         # big ``bytes`` or ``bytearray`` may be in it: pickled again, handing them out too
         # (each object pickled then costs a call: only when the pickle is big anyway)
@@ -101,13 +127,14 @@ def _one_segment(buffers: list[pickle.PickleBuffer]) -> list[Segment]:
     return [shared.place(buffers)]
 
 
-def _unpickled(payload: bytes, refs: tuple[SegmentRef, ...]) -> Any:
-    if not refs:
+def _unpickled(payload: bytes, refs: tuple[SegmentRef, ...], inline: list[bytes] | None) -> Any:
+    if not refs and inline is None:
         return pickle.loads(payload)  # what ``cloudpickle.loads`` is
     from amorsize.pools import shipping
 
     # big ``bytes`` placed out of band need shipping's persistent ids read back
-    return shipping.loads(payload, buffers=[view for ref in refs for view in shared.views(ref)])
+    buffers = inline if inline is not None else [view for ref in refs for view in shared.views(ref)]
+    return shipping.loads(payload, buffers=buffers)
 
 
 class Placed:
@@ -196,16 +223,19 @@ class PickledFunction(OutOfBand):
         return self.refs[0] if self.refs else None
 
     def __getstate__(self) -> tuple:
+        if self.inline is not None:
+            return self.digest, self.payload, None, None, self.inline
         if self.live is None:
             return self.digest, self.payload
         return self.digest, self.payload, self.shared, self.live
 
     def __setstate__(self, state: tuple) -> None:
-        self.segments = []
+        self.segments, self.plain = [], None
+        self.inline = state[4] if len(state) == 5 else None
         if len(state) == 2:
             (self.digest, self.payload), self.refs, self.live = state, (), None
         else:
-            self.digest, self.payload, ref, self.live = state
+            self.digest, self.payload, ref, self.live = state[:4]
             self.refs = () if ref is None else (ref,)
 
     def load(self) -> Any:
@@ -213,7 +243,8 @@ class PickledFunction(OutOfBand):
             _forget_released(self.live)
         func = _FUNC_CACHE.get(self.digest)
         if func is None:
-            func = _FUNC_CACHE[self.digest] = _into_main(_unpickled(self.payload, self.refs))
+            func = _FUNC_CACHE[self.digest] = _into_main(
+                _unpickled(self.payload, self.refs, self.inline))
             if self.refs:
                 _SHARED_BY[self.digest] = self.refs[0].token
             if len(_FUNC_CACHE) > _FUNC_CACHE_SIZE:

@@ -52,15 +52,16 @@ def workers_start_with(path: list[str]) -> None:
 
 def dumps(obj: Any, protocol: int | None = None,
           buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None,
-          bytes_apart: bool = True) -> bytes:
+          big_bytes: bool = True) -> bytes:
     """``cloudpickle.dumps``, with code keeping its file name, and modules the workers cannot
     import sent by value. In a process worker (results on their way back) no module is judged:
     the caller has every module its workers have, and the check would cost each result a call.
     ``buffer_callback`` (protocol 5) is pickle's: a buffer it returns false for is left out;
     big ``bytes`` and ``bytearray`` are handed to it too, which pickle does not do (read them
-    with ``loads``), unless not ``bytes_apart`` (which spares a call per object pickled)."""
+    with ``loads``), unless ``big_bytes`` is false: then each object pickled costs nothing more
+    (telling big ``bytes`` apart is a call for every object)."""
     with io.BytesIO() as file:
-        kind = _BufferingPickler if buffer_callback is not None and bytes_apart else _Pickler
+        kind = _BufferingPickler if buffer_callback is not None and big_bytes else _Pickler
         pickler = kind(file, protocol=protocol, buffer_callback=buffer_callback)
         pickler.judge_modules = not environment.in_process_worker()
         pickler.dump(obj)
