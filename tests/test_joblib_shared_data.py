@@ -127,6 +127,20 @@ def test_a_second_call_over_the_same_array_places_nothing_new():
     assert again == [slice_sum(x, i) for i in range(N_TASKS)]
 
 
+def test_a_second_call_compares_the_array_with_its_segment_instead_of_checksumming(monkeypatch):
+    x = big_array(4, seed=18)
+    on_processes(slice_sum, *[(x, i) for i in range(N_TASKS)])
+    calls = []
+    place = shared.place
+    monkeypatch.setattr(shared, "place", lambda buffers: calls.append(1) or place(buffers))
+    on_processes(slice_sum, *[(x, i) for i in range(N_TASKS)])
+    assert calls == []
+    x[-1] = -1.0  # the last byte differs: the comparison sees it
+    again = on_processes(slice_sum, *[(x, i) for i in range(N_TASKS)])
+    assert calls == [1]
+    assert again == [slice_sum(x, i) for i in range(N_TASKS)]
+
+
 def test_an_array_changed_in_place_between_calls_is_seen_changed():
     x = big_array(4, seed=9)
     on_processes(slice_sum, *[(x, i) for i in range(N_TASKS)])

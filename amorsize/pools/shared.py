@@ -156,15 +156,16 @@ def place(buffers: list[pickle.PickleBuffer]) -> Segment:
     return segment
 
 
-def keep(segment: Segment) -> None:
+def keep(segment: Segment) -> bool:
     """Count ``segment`` as just used, as ``place`` finding it would, without the checksum: a
     call that knows it holds the same buffer (``payloads.Placed``) keeps it among the last
-    used while other segments come and go."""
+    used while other segments come and go. False if it is no longer kept."""
     with _lock:
         for key, kept in _kept.items():
             if kept is segment:
                 _kept.move_to_end(key)
-                return
+                return True
+        return False
 
 
 def _let_go_with(views: list[memoryview], key: tuple) -> None:
