@@ -155,6 +155,16 @@ def test_arrays_that_differ_from_task_to_task_each_cross_with_their_task():
     assert out == [slice_sum(a, 0) for a in arrays]
 
 
+def test_arrays_that_differ_from_task_to_task_are_not_all_held_to_the_end_of_the_call():
+    arrays = [big_array(1.5, seed=30 + i) for i in range(2 * shared.KEPT_SEGMENTS)]
+    placed = payloads.Placed()  # one call's
+    before = held()
+    for a in arrays:
+        payloads.OutOfBand([a, 0], placed)  # a chunk sent and done
+    gc.collect()
+    assert len(held() - before) <= shared.KEPT_SEGMENTS
+
+
 def test_small_arguments_place_nothing():
     before = held()
     out = on_processes(slice_sum, *[(np.arange(5000.0), i) for i in range(4)])

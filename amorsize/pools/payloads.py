@@ -154,8 +154,9 @@ class Placed:
         # collected array's callback (``_forget``) may run while this thread holds it
         self._lock = threading.RLock()
         # (id of the object owning the memory, address, size) -> (a weak reference to the
-        # object, its segment)
-        self._met: dict[tuple[int, int, int], tuple[weakref.ref, Segment]] = {}
+        # object, one to its segment: held by the chunks in flight and among the last kept,
+        # not here, so arrays that differ from task to task are not all held to the end)
+        self._met: dict[tuple[int, int, int], tuple[weakref.ref, weakref.ref[Segment]]] = {}
 
     def __call__(self, buffers: list[pickle.PickleBuffer]) -> list[Segment]:
         placed = []
@@ -164,9 +165,11 @@ class Placed:
                 owner, key = memory_of(buffer.raw())
                 met = self._met.get(key)
                 if met is not None and met[0]() is owner:
-                    shared.keep(met[1])
-                    placed.append(met[1])
-                    continue
+                    known = met[1]()
+                    if known is not None:
+                        shared.keep(known)
+                        placed.append(known)
+                        continue
                 segment = _placed_before(owner, key, buffer.raw())
                 if segment is None:
                     segment = shared.place([buffer])
@@ -176,7 +179,7 @@ class Placed:
                     ref = weakref.ref(owner, functools.partial(_forget, weakref.ref(self), key))
                 except TypeError:  # bytes and the like: checksummed each time
                     continue
-                self._met[key] = (ref, segment)
+                self._met[key] = (ref, weakref.ref(segment))
                 if key[1]:
                     _remember_placed(owner, key, segment)
         return placed
