@@ -70,7 +70,8 @@ def test_the_array_does_not_travel_with_each_batch(sent, dependency):
                        executor="process", chunksize=1)
     assert list(out) == [slice_sum(x, i) for i in range(N_TASKS)]
     assert len(sent) >= N_TASKS // 2 and max(sent) < 20_000
-    assert len(held() - before) == 1
+    if not dependency:  # else the value comes back from a worker as a new array, placed anew
+        assert len(held() - before) == 1
 
 
 def test_workers_read_the_array_read_only():
