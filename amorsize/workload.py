@@ -26,9 +26,11 @@ class Profile:
     releases the GIL). ``None`` when it was not measured. ``cost_trend`` is how closely the cost
     of the calls followed their order in the input (a rank correlation, -1 to 1): costs that
     rise or fall along the input do not average out over a chunk of neighbouring items.
-    ``func_bytes`` is the pickled function; ``shared_bytes`` the part of it, its large buffers
-    (a partial over a big array), that crosses to process workers once, through shared memory
-    (``amorsize.pools.shared``), where the rest travels with every chunk.
+    ``func_bytes`` is the pickled function, with the large arguments every item carries where
+    they cross once too (the joblib backend's ``X`` of every task); ``shared_bytes`` the part
+    of it, its large buffers (a partial over a big array, that ``X``), that crosses to process
+    workers once, through shared memory (``amorsize.pools.shared``), where the rest travels
+    with every chunk.
     """
 
     per_item_seconds: float

@@ -38,6 +38,7 @@ from amorsize.errors import (
 )
 from amorsize.optimizer.learned import Learned
 from amorsize.plan import Plan
+from amorsize.pools.payloads import OutOfBand, Placed
 from amorsize.pools.worker import inside_worker
 from amorsize.run.control import Run
 from amorsize.workload import Profile, Workload
@@ -164,7 +165,9 @@ class Runner:
 
     Each batch is timed inside its worker (``tasks.run_tasks``); the run's counts are what the
     finished run reports, so the next compute of the same kind of graph is planned from what
-    tasks took.
+    tasks took. To process workers, the large buffers a batch's tasks carry (an array every
+    task reads) cross through shared memory, placed once per compute (``Placed``), as the
+    joblib backend's do.
     """
 
     def __init__(self, plan: Plan, progress: bool = False, n_tasks: int | None = None,
@@ -173,6 +176,7 @@ class Runner:
         self.run = Run(plan, progress=progress, description="dask", total=n_tasks, done=done)
         self.uses_processes = False
         self.cpu_seconds = 0.0
+        self.placed: Placed | None = None
 
     def __enter__(self) -> Runner:
         self.run.__enter__()
@@ -181,6 +185,7 @@ class Runner:
         self.uses_processes = pool is not None and pool.uses_processes
         if self.uses_processes:
             self.num_workers *= PROCESS_BATCHES_PER_WORKER
+            self.placed = Placed()
         self.chunksize = 1 if pool is None else max(1, self.plan.chunksize)
         self._run_tasks = tasks.run_tasks if pool is None else pool.prepare(tasks.run_tasks)
         return self
@@ -212,7 +217,8 @@ class Runner:
                 future.set_exception(exc)
             return future
         outer: Future = Future()
-        self.run.submit(self._run_tasks, batch).add_done_callback(partial(self._relay, outer))
+        sent = batch if self.placed is None else OutOfBand(batch, self.placed)
+        self.run.submit(self._run_tasks, sent).add_done_callback(partial(self._relay, outer))
         return outer
 
     def _relay(self, outer: Future, inner: Future) -> None:

@@ -12,18 +12,22 @@ import os
 import threading
 from typing import Any
 
+from amorsize.pools.payloads import OutOfBand
 from amorsize.pools.worker import now, where_running
 
 _state = threading.local()
 
 
-def run_tasks(batch: list[tuple]) -> tuple[list, float, float]:
+def run_tasks(sent: list[tuple] | OutOfBand) -> tuple[list, float, float]:
     """Run one batch of Dask tasks; return their results, wall seconds and CPU seconds.
 
     The clocks are the probe's (``amorsize.pools.worker.now``); their ratio tells waiting work (I/O)
-    from computing work.
+    from computing work. A batch sent to a process worker comes as ``OutOfBand``: its large
+    buffers wait in shared memory.
     """
     from dask.local import batch_execute_tasks
+
+    batch: list[tuple] = sent.load() if isinstance(sent, OutOfBand) else sent
 
     outer = getattr(_state, "active", False)
     _state.active = True

@@ -11,6 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from amorsize.errors import WorkerCrashedError
+from amorsize.pools.payloads import OutOfBand, Placed
 from amorsize.pools.worker import now, where_running
 from amorsize.run.control import Run
 from amorsize_joblib import batches
@@ -22,8 +23,11 @@ def run_joblib_batch(batch: Any, inner_max_num_threads: int | None = None) -> tu
     Returns the results, the wall seconds and the CPU seconds (the probe's clocks), so the optimizer
     learns compute time, not dispatch-to-callback time. On a process pool the batch, its results
     and its errors travel by value (cloudpickle, done by amorsize's pools), so lambdas,
-    ``__main__`` functions and exception classes work as with loky.
+    ``__main__`` functions and exception classes work as with loky; the batch comes as
+    ``OutOfBand``, its tasks' large arguments waiting in shared memory (``PoolBatches``).
     """
+    if isinstance(batch, OutOfBand):
+        batch = batch.load()
     start, cpu0 = now()
     try:
         results = call_batch(batch, inner_max_num_threads)
@@ -57,7 +61,14 @@ def settle(future: Future, result: Any = None, exception: BaseException | None =
 
 
 class PoolBatches:
-    """Sends a call's batches to its run's pool, in chunks of the plan's size."""
+    """Sends a call's batches to its run's pool, in chunks of the plan's size.
+
+    To process workers, a chunk's large arguments (numpy arrays, pandas frames, ``bytes`` of
+    ``amorsize.pools.shared.SHARED_MIN_BYTES`` or more: the ``X`` and ``y`` every task of a
+    scikit-learn search carries) go out of band, each into a shared-memory segment placed once
+    for the call (``Placed``) and kept for the next ones: what crosses with each chunk is the
+    rest of its pickle, and each worker maps a segment once and reads the arrays without a
+    copy, read-only."""
 
     def __init__(self, run: Run, inner_max_num_threads: int | None,
                  aborting: Callable[[], bool]) -> None:
@@ -66,6 +77,7 @@ class PoolBatches:
         self.aborting = aborting
         self.runner = run.pool.prepare(run_joblib_batch)
         self.on_processes = bool(run.pool.uses_processes)
+        self.placed = Placed() if self.on_processes else None
         self._helper: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -87,7 +99,8 @@ class PoolBatches:
                 gather.cancel()
                 return
             try:
-                part = self.run.submit(self.runner, chunk, self.inner_max_num_threads)
+                sent = chunk if self.placed is None else OutOfBand(chunk, self.placed)
+                part = self.run.submit(self.runner, sent, self.inner_max_num_threads)
             except BaseException as exc:  # noqa: BLE001 - e.g. unpicklable task: joblib raises it
                 gather.fail(exc)
                 return

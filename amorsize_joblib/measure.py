@@ -57,6 +57,10 @@ class Measurement:
         self.measuring_thread = measuring_thread
         self.thread_pair = thread_pair
         self.overlap_tests = 0
+        # the function and the first two tasks' ((args, kwargs), result): what would cross to
+        # a process worker, and which large arguments every task carries
+        self._shipped: list = []
+        self._func: Any = None
 
     def __len__(self) -> int:
         """Tasks measured: one at a time, or two at once."""
@@ -95,7 +99,18 @@ class Measurement:
                                         or self.overlap_tests >= PAIR_TESTS)
 
     def profile(self) -> Profile | None:
-        return self.probe.profile() if len(self.probe) else None
+        if not len(self.probe):
+            return None
+        self._observe_shipping()
+        return self.probe.profile()
+
+    def _observe_shipping(self) -> None:
+        """What the first tasks would take to a process worker, where a chunk's large
+        arguments cross through shared memory (``amorsize_joblib.chunks.PoolBatches``): one
+        the tasks share crosses once per call, not with every chunk."""
+        if self._shipped:
+            self.probe.observe_shipping(self._func, self._shipped, shared_arguments=True)
+            self._shipped = []
 
     def run(self, tasks: list, run_tasks: Callable[[list], list],
             decide: Callable[[], bool]) -> Measured:
@@ -138,8 +153,12 @@ class Measurement:
                 self.probe.observe(elapsed, elapsed)
                 return [], _first_of(future)
         self.probe.observe(walls[0], cpus[0], blocked[0])
-        func, args, kwargs = task
-        self.probe.observe_shipping(func, [((args, kwargs), outs[0][0])])
+        if not self.probe.pickling:
+            func, args, kwargs = task
+            self._func = func
+            self._shipped.append(((args, kwargs), outs[0][0]))
+            if len(self._shipped) == 2:
+                self._observe_shipping()
         return outs[0], None
 
     def _overlap(self, tasks: list, run_tasks: Callable[[list], list]) -> list:

@@ -1,15 +1,18 @@
 """A large input shared by every item (issue 21): items of GIL-holding work over slices of one
-big array, the array passed in a ``functools.partial``.
+big array, the array passed in a ``functools.partial``, or as an argument of every joblib task.
 
-Four ways, each timed ``--repeat`` times (median, and the first call apart for amorsize.map,
-which starts its pool, measures the function and places the array in shared memory):
+Five ways, each timed ``--repeat`` times (median, and the first call apart for amorsize.map and
+the joblib backend, which start their pool, measure the function and place the array in shared
+memory):
 
 1. fork + module global (the floor): a fresh fork pool per call, the array in a module global
    the workers inherit, nothing pickled;
 2. joblib with loky, which memory-maps large arrays (``max_nbytes``) on every call;
 3. a serial loop;
 4. ``amorsize.map`` over the partial: the array crosses once per worker, through shared memory,
-   and a later call sends nothing again (the segments held are printed: one).
+   and a later call sends nothing again (the segments held are printed: one);
+5. ``Parallel(backend="amorsize")`` over ``delayed(work)(array, i)``: the array, an argument of
+   every task, crosses once per worker the same way.
 
 Run: ``python benchmarks/bench_shared.py [--mb 200] [--items 400] [--item-ms 4] [--repeat 3]``.
 """
@@ -23,6 +26,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -116,16 +120,40 @@ def main() -> None:
     except ImportError:
         pass
     ways["serial loop"] = lambda: check([func(i) for i in items])
-    first = timed(lambda: check(amorsize.map(func, items)), 1)
-    ways["amorsize.map, later calls"] = lambda: check(amorsize.map(func, items))
+    plans: dict[str, Any] = {}
+
+    def amorsize_map() -> None:
+        check(amorsize.map(func, items))
+        plans["amorsize.map"] = amorsize.last_plan()
+
+    first = timed(amorsize_map, 1)
+    ways["amorsize.map, later calls"] = amorsize_map
+    joblib_first: list[float] = []
+    try:
+        from joblib import Parallel, delayed
+
+        import amorsize_joblib  # noqa: F401 - registers the backend "amorsize"
+
+        def joblib_amorsize() -> None:
+            check(Parallel(n_jobs=workers, backend="amorsize")(
+                delayed(work)(DATA, i, n) for i in items))
+            plans["joblib backend amorsize"] = amorsize.last_plan()
+
+        joblib_first = timed(joblib_amorsize, 1)
+        ways["joblib backend amorsize, later calls"] = joblib_amorsize
+    except ImportError:
+        pass
     # round robin: a change in the machine's load falls on every way alike
     times: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.repeat):
         for name, run in ways.items():
             times[name] += timed(run, 1)
     rows = list(times.items())
-    rows.insert(len(rows) - 1, ("amorsize.map, first call (starts, measures, places)", first))
-    plan = amorsize.last_plan()
+    at = [name for name, _ in rows].index("amorsize.map, later calls")
+    rows.insert(at, ("amorsize.map, first call (starts, measures, places)", first))
+    if joblib_first:
+        rows.insert(at + 2, ("joblib backend amorsize, first call (measures, places)",
+                             joblib_first))
     floor = statistics.median(rows[0][1])
     print("| way | median s | x floor | all s |")
     print("|---|---|---|---|")
@@ -134,12 +162,12 @@ def main() -> None:
         print(f"| {name} | {m:.3f} | {m / floor:.2f} | {' '.join(f'{t:.3f}' for t in laps)} |")
     per_chunk = len(worker.ByValue(worker.PickledFunction(func)).data)
     live = shared.live_tokens()
-    print(f"\nplan: {plan.executor_type if plan else '?'}, n_jobs={plan.n_jobs if plan else '?'}, "
-          f"chunksize={plan.chunksize if plan else '?'}; shared segments held: "
-          f"{0 if live is None else len(live[1])}; the function crosses with each chunk as "
-          f"{per_chunk} bytes; load average {os.getloadavg()[0]:.2f} at end")
-    if plan is not None:
-        print("reasons:", *plan.reasons, sep="\n  ")
+    print(f"\nshared segments held: {0 if live is None else len(live[1])}; the partial crosses "
+          f"with each chunk as {per_chunk} bytes; load average {os.getloadavg()[0]:.2f} at end")
+    for name, plan in plans.items():
+        if plan is not None:
+            print(f"\n{name}'s plan: {plan.executor_type}, n_jobs={plan.n_jobs}, "
+                  f"chunksize={plan.chunksize}; reasons:", *plan.reasons, sep="\n  ")
     amorsize.shutdown_global_pool_manager()
 
 

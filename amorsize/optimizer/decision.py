@@ -384,7 +384,7 @@ def _describe(profile: Profile, workload: Workload) -> str:
                  f"{format_bytes(profile.result_bytes)}")
     if profile.shared_bytes:
         where = shared.placed_where(profile.shared_bytes)
-        text += (f"; the function's {format_bytes(profile.shared_bytes)} of large buffers cross "
+        text += (f"; {format_bytes(profile.shared_bytes)} of large buffers cross "
                  "to process workers once, through shared memory" + (
                      "" if where == shared.SHM_DIR else
                      f" in a file in {where} ({shared.SHM_DIR} has too little room)"))

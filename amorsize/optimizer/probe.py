@@ -15,7 +15,6 @@ import contextlib
 import functools
 import math
 import os
-import pickle
 import statistics
 import threading
 import time
@@ -84,11 +83,13 @@ class Probe:
         self.cpus.append(cpu)
         self.blocked.append(blocked)
 
-    def observe_shipping(self, func: Any, pairs: Iterable[tuple[Any, Any]]) -> None:
+    def observe_shipping(self, func: Any, pairs: Iterable[tuple[Any, Any]],
+                         shared_arguments: bool = False) -> None:
         """What would travel to a process worker: ``func`` once, then each (argument, result)
-        pair; measured once per probe, on the first pairs it is given."""
+        pair; measured once per probe, on the first pairs it is given. ``shared_arguments``:
+        the arguments' large buffers go through shared memory (``shipping``)."""
         if not self.pickling:
-            self.pickling = shipping(func, pairs)
+            self.pickling = shipping(func, pairs, shared_arguments)
 
     def profile(self) -> Profile:
         walls = self.walls
@@ -349,40 +350,44 @@ def timing_overhead() -> float:
     return statistics.median(laps)
 
 
-def shipping(func: Any, pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+def shipping(func: Any, pairs: Iterable[tuple[Any, Any]],
+             shared_arguments: bool = False) -> dict[str, Any]:
     """Sizes and round-trip times of (argument, result) pairs through cloudpickle, as the
     process pools ship them, and whether processes can run this at all: ``{}`` if there was
     nothing to measure, ``picklable=False`` with the reason if something cannot travel. The
     part of the function's bytes that crosses once, through shared memory, is counted apart
-    too (``shared_bytes``), without copying it to count it."""
+    too (``shared_bytes``), without copying it to count it.
+
+    ``shared_arguments`` (the joblib backend's chunks, ``amorsize.pools.payloads.Placed``):
+    the arguments' large buffers go through shared memory too. One that every pair carries (the
+    same array) crosses once, like the function's, and is counted with them; one that differs
+    from pair to pair still crosses with its item, and is counted with it."""
     import cloudpickle
 
-    from amorsize.pools import shared as shared_memory
+    from amorsize.pools import payloads, shared
     from amorsize.pools import shipping as to_workers
 
     func_bytes = shared_bytes = 0
     if func is not None:
-        big: list[int] = []
-
-        def in_band(buffer: pickle.PickleBuffer) -> bool:
-            if shared_memory.in_band(buffer):
-                return True
-            big.append(memoryview(buffer).nbytes)
-            return False
-
         try:
-            func_bytes = len(to_workers.dumps(func, protocol=5, buffer_callback=in_band))
+            payload, big = payloads.pickled_apart(func)
         except Exception as exc:  # noqa: BLE001 - any failure means: not for processes
             return {"picklable": False, "unpicklable_reason": f"the function: {exc}"}
-        func_bytes += sum(big)
-        if shared_memory.available():
-            shared_bytes = sum(big)
+        shared_bytes = sum(b.raw().nbytes for b in big)
+        func_bytes = len(payload) + shared_bytes
+    apart = shared_arguments and shared.available()
     sizes_in, sizes_out, seconds = [], [], []
+    buffers_in: list[dict[tuple[int, int, int], int]] = []
     for argument, result in pairs:
         try:
             t0 = time.perf_counter()
-            a = cloudpickle.dumps(argument, protocol=5)
-            cloudpickle.loads(a)
+            if apart:
+                a, out_of_band = payloads.pickled_apart(argument)
+                to_workers.loads(a, buffers=out_of_band)
+                buffers_in.append({payloads.memory_of(b.raw())[1]: b.raw().nbytes for b in out_of_band})
+            else:
+                a = cloudpickle.dumps(argument, protocol=5)
+                cloudpickle.loads(a)
             b = cloudpickle.dumps(result, protocol=5)
             cloudpickle.loads(b)
             seconds.append(time.perf_counter() - t0)
@@ -392,6 +397,13 @@ def shipping(func: Any, pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
         sizes_out.append(len(b))
     if not seconds:
         return {}
+    if buffers_in:
+        every = set(buffers_in[0]).intersection(*buffers_in[1:])
+        once = sum(buffers_in[0][key] for key in every)
+        func_bytes += once
+        shared_bytes += once
+        sizes_in = [size + sum(n for key, n in met.items() if key not in every)
+                    for size, met in zip(sizes_in, buffers_in, strict=True)]
     return {
         "arg_bytes": statistics.fmean(sizes_in),
         "result_bytes": statistics.fmean(sizes_out),

@@ -13,12 +13,18 @@ Imported by every process worker and sub-interpreter worker: kept light.
 
 from __future__ import annotations
 
+import copy
+import functools
 import pickle
+import threading
 import types
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, cast
 
 from amorsize.pools import environment, shared
+from amorsize.pools.shared import Segment, SegmentRef
 
 _FUNC_CACHE: OrderedDict[bytes, Any] = OrderedDict()
 _FUNC_CACHE_SIZE = 16
@@ -31,56 +37,250 @@ _MAIN_GLOBALS: dict | None = None
 FAILED_AT = "_amorsize_failed_at"
 
 
-class PickledFunction:
+class OutOfBand:
+    """An object on its way to process workers as cloudpickle bytes, but for its buffers of
+    ``shared.SHARED_MIN_BYTES`` or more (numpy arrays, big ``bytes`` and ``bytearray``, anything
+    pickled as a ``PickleBuffer``), which wait in shared-memory segments (``shared``): what
+    crosses is the small rest of the pickle and the segments' addresses. A worker maps each
+    segment once and unpickles with read-only views into it (a numpy array without a copy).
+
+    ``place`` puts the big buffers in segments: all in one by default (a function's), one
+    each with ``Placed`` (a call's arguments, met again batch after batch). It holds its
+    segments while it lives (the chunk carrying it holds it until done); ``live`` names the
+    segments the caller still holds, so a worker lets go of the others. Elsewhere than Linux
+    everything is in the bytes; ``by_value`` is the same object with its big buffers carried
+    along (``inline``), for a worker that cannot open the segments."""
+
+    __slots__ = ("inline", "live", "payload", "plain", "refs", "segments")
+
+    def __init__(self, obj: Any, place: Callable[[list[pickle.PickleBuffer]],
+                                                 list[Segment]] | None = None) -> None:
+        self.payload, big = pickled_apart(obj)
+        self.segments = (place or _one_segment)(big) if big else []
+        self.refs = tuple(cast(SegmentRef, s.ref) for s in self.segments)
+        self.live = shared.live_tokens()
+        self.inline: list[bytes] | None = None
+        self.plain: OutOfBand | None = None
+
+    def __getstate__(self) -> tuple:
+        if self.inline is not None:
+            return self.payload, (), None, self.inline
+        return self.payload, self.refs, self.live
+
+    def __setstate__(self, state: tuple) -> None:
+        self.payload, self.refs, self.live = state[:3]
+        self.inline = state[3] if len(state) == 4 else None
+        self.segments, self.plain = [], None
+
+    @property
+    def segment(self) -> Segment | None:
+        """The first segment holding its big buffers, if any (a function's only one)."""
+        return self.segments[0] if self.segments else None
+
+    def by_value(self) -> OutOfBand:
+        """This object with its big buffers in what crosses, copied from its segments: what is
+        sent again when a worker cannot open them (``amorsize.pools.processes``); made once."""
+        if not self.segments:
+            return self
+        if self.plain is None:
+            plain = copy.copy(self)
+            plain.refs, plain.segments, plain.live, plain.plain = (), [], None, None
+            plain.inline = [bytes(memoryview(segment.map)[at:at + size])
+                            for segment in self.segments
+                            for at, size in cast(SegmentRef, segment.ref).layout]
+            self.plain = plain
+        return self.plain
+
+    def load(self) -> Any:
+        """In a worker: the object, its big buffers read-only views into the segments."""
+        if self.live is not None:
+            _forget_released(self.live)
+        return _unpickled(self.payload, self.refs, self.inline)
+
+
+def pickled_apart(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """``obj`` as cloudpickle bytes (protocol 5), and apart the buffers of
+    ``shared.SHARED_MIN_BYTES`` or more left out of them: none elsewhere than Linux, where
+    everything is in the bytes."""
+    from amorsize.pools import shipping
+
+    if not shared.available():
+        return shipping.dumps(obj), []
+    big: list[pickle.PickleBuffer] = []
+
+    def in_band(buffer: pickle.PickleBuffer) -> bool:
+        if shared.in_band(buffer):
+            return True
+        big.append(buffer)
+        return False
+
+    payload = shipping.dumps(obj, protocol=5, buffer_callback=in_band, big_bytes=False)
+    if len(payload) >= shared.SHARED_MIN_BYTES:
+        # big ``bytes`` or ``bytearray`` may be in it: pickled again, handing them out too
+        # (each object pickled then costs a call: only when the pickle is big anyway)
+        big.clear()
+        payload = shipping.dumps(obj, protocol=5, buffer_callback=in_band)
+    return payload, big
+
+
+def _one_segment(buffers: list[pickle.PickleBuffer]) -> list[Segment]:
+    return [shared.place(buffers)]
+
+
+def _unpickled(payload: bytes, refs: tuple[SegmentRef, ...], inline: list[bytes] | None) -> Any:
+    if not refs and inline is None:
+        return pickle.loads(payload)  # what ``cloudpickle.loads`` is
+    from amorsize.pools import shipping
+
+    # big ``bytes`` placed out of band need shipping's persistent ids read back
+    buffers = inline if inline is not None else [view for ref in refs for view in shared.views(ref)]
+    return shipping.loads(payload, buffers=buffers)
+
+
+class Placed:
+    """Where one call's arguments put their big buffers: a segment each, so a buffer every task
+    carries (the ``X`` of every ``delayed(fit)(X, y, ...)``) is placed once, and found again
+    by later calls (``shared.place`` keeps segments by content), while one that differs from
+    task to task does not make the others cross again.
+
+    Within the call, a buffer met again (the same object, or a view of the same memory, still
+    alive) takes its segment without a checksum: a call sees its arrays as they were when it
+    first sent them. A later call compares a numpy array it finds placed before, still kept,
+    with its segment (``memcmp``: about twice as fast as the checksum), so it sees an array
+    changed in place in between; other buffers are checksummed again (``shared.place``)."""
+
+    def __init__(self) -> None:
+        # held while placing, so two chunks sent at once place an array once; re-entrant: a
+        # collected array's callback (``_forget``) may run while this thread holds it
+        self._lock = threading.RLock()
+        # (id of the object owning the memory, address, size) -> (a weak reference to the
+        # object, one to its segment: held by the chunks in flight and among the last kept,
+        # not here, so arrays that differ from task to task are not all held to the end)
+        self._met: dict[tuple[int, int, int], tuple[weakref.ref, weakref.ref[Segment]]] = {}
+
+    def __call__(self, buffers: list[pickle.PickleBuffer]) -> list[Segment]:
+        placed = []
+        with self._lock:
+            for buffer in buffers:
+                owner, key = memory_of(buffer.raw())
+                met = self._met.get(key)
+                if met is not None and met[0]() is owner:
+                    known = met[1]()
+                    if known is not None:
+                        shared.keep(known)
+                        placed.append(known)
+                        continue
+                segment = _placed_before(owner, key, buffer.raw())
+                if segment is None:
+                    segment = shared.place([buffer])
+                placed.append(segment)
+                try:
+                    # the callback holds this object weakly: no cycle keeps its segments
+                    ref = weakref.ref(owner, functools.partial(_forget, weakref.ref(self), key))
+                except TypeError:  # bytes and the like: checksummed each time
+                    continue
+                self._met[key] = (ref, weakref.ref(segment))
+                if key[1]:
+                    _remember_placed(owner, key, segment)
+        return placed
+
+
+# the numpy arrays earlier calls placed, by ``memory_of``'s key: (a weak reference to the
+# object owning the memory, one to its segment)
+_before_lock = threading.RLock()
+_before: dict[tuple[int, int, int], tuple[weakref.ref, weakref.ref[Segment]]] = {}
+_memcmp: Any = None
+
+
+def _remember_placed(owner: object, key: tuple[int, int, int], segment: Segment) -> None:
+    with _before_lock:
+        if key not in _before:
+            _before[key] = (weakref.ref(owner, functools.partial(_forget_before, key)),
+                            weakref.ref(segment))
+
+
+def _forget_before(key: tuple[int, int, int], _: object) -> None:
+    with _before_lock:
+        _before.pop(key, None)
+
+
+def _placed_before(owner: object, key: tuple[int, int, int], view: memoryview) -> Segment | None:
+    """The segment an earlier call placed this memory in, if the caller still keeps it and it
+    holds the same bytes now; None otherwise."""
+    with _before_lock:
+        before = _before.get(key)
+    if before is None or before[0]() is not owner:
+        return None
+    segment = before[1]()
+    if segment is None or not shared.keep(segment) or not _same_bytes(segment, key[1], view.nbytes):
+        return None
+    return segment
+
+
+def _same_bytes(segment: Segment, address: int, nbytes: int) -> bool:
+    """Whether the ``nbytes`` at ``address`` are those of ``segment``'s (only) buffer."""
+    global _memcmp
+    import ctypes
+
+    layout = cast(SegmentRef, segment.ref).layout
+    if len(layout) != 1 or layout[0][1] != nbytes:
+        return False
+    if _memcmp is None:
+        memcmp = ctypes.CDLL(None).memcmp
+        memcmp.restype = ctypes.c_int
+        memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        _memcmp = memcmp
+    start = ctypes.c_char.from_buffer(segment.map, layout[0][0])
+    try:
+        return bool(_memcmp(ctypes.addressof(start), address, nbytes) == 0)
+    finally:
+        del start  # lets go of the map, which must be closable
+
+
+def _forget(placed: weakref.ref[Placed], key: tuple[int, int, int], _: object) -> None:
+    """An object whose buffer a call placed was collected: its segment is no longer met."""
+    alive = placed()
+    if alive is not None:
+        with alive._lock:
+            alive._met.pop(key, None)
+
+
+def memory_of(view: memoryview) -> tuple[object, tuple[int, int, int]]:
+    """The object owning a buffer's memory and what tells that memory apart while it lives:
+    a numpy view made for pickling (``a.T`` of a Fortran-ordered ``a``) is a new object each
+    time, its base the same."""
+    owner: Any = view.obj
+    interface = getattr(owner, "__array_interface__", None)
+    if not isinstance(interface, dict):
+        return owner, (id(owner), 0, view.nbytes)
+    while getattr(owner, "base", None) is not None:
+        owner = owner.base
+    return owner, (id(owner), interface["data"][0], view.nbytes)
+
+
+class PickledFunction(OutOfBand):
     """A function shipped as cloudpickle bytes, with a digest so workers can cache it.
 
     Its buffers of ``shared.SHARED_MIN_BYTES`` or more (a partial or closure over a big array
-    or ``bytes``) are not in the bytes: they wait in a shared-memory segment (``shared``) that
-    each worker maps once, and the function keeps its segment held while it lives. ``live``
-    names the segments the caller still holds: a worker forgets the functions of the others.
-    ``by_value`` is the same function with those buffers carried along instead."""
+    or ``bytes``) are not in the bytes: they wait in one shared-memory segment (``OutOfBand``)
+    that each worker maps once, and each worker keeps the function until the segment is
+    released."""
 
-    __slots__ = ("digest", "inline", "live", "payload", "plain", "segment", "shared")
+    __slots__ = ("digest",)
 
     def __init__(self, func: Any) -> None:
         import hashlib
 
-        from amorsize.pools import shipping
-
-        big: list[pickle.PickleBuffer] = []
-        if shared.available():
-            def in_band(buffer: pickle.PickleBuffer) -> bool:
-                if shared.in_band(buffer):
-                    return True
-                big.append(buffer)
-                return False
-
-            self.payload = shipping.dumps(func, protocol=5, buffer_callback=in_band)
-        else:
-            self.payload = shipping.dumps(func)
-        self.segment = shared.place(big) if big else None
-        self.shared = None if self.segment is None else self.segment.ref
-        self.inline: list[bytes] | None = None
-        self.plain: PickledFunction | None = None
-        self.live = shared.live_tokens()
+        super().__init__(func)
         digest = hashlib.blake2b(self.payload, digest_size=16)
-        if self.shared is not None:
-            digest.update(self.shared.token.encode())
+        for ref in self.refs:
+            digest.update(ref.token.encode())
         self.digest = digest.digest()
 
-    def by_value(self) -> PickledFunction:
-        """This function with its large buffers in what crosses, not in shared memory: what is
-        sent again when a worker cannot open the segment (``shared.SharedMemoryUnreachable``)."""
-        if self.segment is None or self.shared is None:
-            return self
-        if self.plain is None:
-            plain = PickledFunction.__new__(PickledFunction)
-            plain.digest, plain.payload, plain.live = self.digest, self.payload, None
-            plain.segment = plain.shared = plain.plain = None
-            whole = memoryview(self.segment.map)
-            plain.inline = [bytes(whole[at:at + size]) for at, size in self.shared.layout]
-            self.plain = plain
-        return self.plain
+    @property
+    def shared(self) -> SegmentRef | None:
+        """The segment of the function's big buffers, if it has any."""
+        return self.refs[0] if self.refs else None
 
     def __getstate__(self) -> tuple:
         if self.inline is not None:
@@ -90,29 +290,23 @@ class PickledFunction:
         return self.digest, self.payload, self.shared, self.live
 
     def __setstate__(self, state: tuple) -> None:
-        self.segment = self.plain = None
+        self.segments, self.plain = [], None
         self.inline = state[4] if len(state) == 5 else None
         if len(state) == 2:
-            (self.digest, self.payload), self.shared, self.live = state, None, None
+            (self.digest, self.payload), self.refs, self.live = state, (), None
         else:
-            self.digest, self.payload, self.shared, self.live = state[:4]
+            self.digest, self.payload, ref, self.live = state[:4]
+            self.refs = () if ref is None else (ref,)
 
     def load(self) -> Any:
         if self.live is not None:
             _forget_released(self.live)
         func = _FUNC_CACHE.get(self.digest)
         if func is None:
-            ref = self.shared
-            if ref is None and self.inline is None:
-                func = _into_main(pickle.loads(self.payload))  # what ``cloudpickle.loads`` is
-            else:  # bytes placed out of band need shipping's persistent ids read back
-                from amorsize.pools import shipping
-
-                buffers = self.inline if ref is None else shared.views(ref)
-                func = _into_main(shipping.loads(self.payload, buffers=buffers))
-            _FUNC_CACHE[self.digest] = func
-            if ref is not None:
-                _SHARED_BY[self.digest] = ref.token
+            func = _FUNC_CACHE[self.digest] = _into_main(
+                _unpickled(self.payload, self.refs, self.inline))
+            if self.refs:
+                _SHARED_BY[self.digest] = self.refs[0].token
             if len(_FUNC_CACHE) > _FUNC_CACHE_SIZE:
                 _SHARED_BY.pop(_FUNC_CACHE.popitem(last=False)[0], None)
         return func

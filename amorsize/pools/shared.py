@@ -258,6 +258,18 @@ def place(buffers: list[pickle.PickleBuffer]) -> Segment:
     return segment
 
 
+def keep(segment: Segment) -> bool:
+    """Count ``segment`` as just used, as ``place`` finding it would, without the checksum: a
+    call that knows it holds the same buffer (``payloads.Placed``) keeps it among the last
+    used while other segments come and go. False if it is no longer kept."""
+    with _lock:
+        for key, kept in _kept.items():
+            if kept is segment:
+                _kept.move_to_end(key)
+                return True
+        return False
+
+
 def _let_go_with(views: list[memoryview], key: tuple) -> None:
     """Stop keeping the segments that hold an object's buffer (the caller's array) once no
     later call can ask for them: when the object is collected, or changed in place (its
