@@ -7,6 +7,8 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from amorsize.errors import check_start_method
@@ -53,6 +55,74 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
+
+
+# where Linux tells how many tasks are running or waiting for a CPU right now (4th field: "3/318")
+LOADAVG = Path("/proc/loadavg")
+# a reading is smoothed over about this long: a plan follows a load that lasts, not a blip
+LOAD_SMOOTHING_SECONDS = 1.0
+_CONFIRM_READINGS = 3
+_CONFIRM_PAUSE_SECONDS = 100e-6
+_load = {"tasks": 0.0, "at": -math.inf}
+_load_lock = threading.Lock()
+
+
+def runnable_elsewhere() -> float:
+    """Tasks besides the caller that want a CPU now, in tasks' worth (0.0: the cores are ours).
+
+    Read from the kernel's count of running and runnable tasks (``/proc/loadavg``), less the
+    thread reading it: two ``yes > /dev/null`` beside a call read 2. A task that only passes
+    through (a daemon waking for a moment) must not move a plan, so a count above 0 is read
+    again a few times over a few hundred microseconds and the lowest count kept, and readings
+    are averaged over about ``LOAD_SMOOTHING_SECONDS``. 0.0 where nothing tells (not Linux), and
+    when this process may use fewer CPUs than the machine has (an affinity mask, a container's
+    quota): the count is the whole machine's, not about this process's cores; the time the
+    measured calls got on the CPU still tells a busy machine there (``Profile.cpu_share``)."""
+    now = time.monotonic()
+    tasks = _tasks_running()
+    if tasks is None:
+        return 0.0
+    for _ in range(_CONFIRM_READINGS if tasks > 0 else 0):
+        time.sleep(_CONFIRM_PAUSE_SECONDS)
+        again = _tasks_running()
+        tasks = min(tasks, again if again is not None else tasks)
+        if tasks == 0:
+            break
+    with _load_lock:
+        weight = 1.0 - math.exp(-(now - _load["at"]) / LOAD_SMOOTHING_SECONDS)
+        _load["tasks"] += weight * (tasks - _load["tasks"])
+        _load["at"] = now
+        return _load["tasks"]
+
+
+def _tasks_running() -> int | None:
+    """Running and runnable tasks on the machine, less this reading one; None: unknown."""
+    if not _load_counts_ours():
+        return None
+    try:
+        fd = os.open(LOADAVG, os.O_RDONLY)
+        try:
+            text = os.read(fd, 128)
+        finally:
+            os.close(fd)
+        return max(0, int(text.split()[3].split(b"/")[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@functools.cache
+def _load_counts_ours() -> bool:
+    """Whether the machine-wide task count is about this process's cores: it uses them all."""
+    return sys.platform.startswith("linux") and usable_cpus() >= (os.cpu_count() or 1)
+
+
+def _reset_load_lock() -> None:
+    """A fork taken while another thread read the load would leave the lock held in the child."""
+    global _load_lock
+    _load_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_load_lock)
 
 
 def available_memory() -> int:

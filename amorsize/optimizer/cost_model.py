@@ -45,8 +45,27 @@ class Candidate:
     seconds: float
 
 
-def serial_seconds(profile: Profile, n: int) -> float:
-    return n * profile.per_item_seconds
+def serial_seconds(profile: Profile, n: int, cpus: int = 1, background: float = 0.0) -> float:
+    """One call after another; their computing slowed by the ``background`` tasks that share
+    the ``cpus`` with them (``pace``)."""
+    computing = min(1.0, profile.cpu_ratio)
+    slowed = computing / pace(1, profile.cpu_ratio, cpus, background)
+    return n * profile.per_item_seconds * ((1 - computing) + slowed)
+
+
+def pace(tasks: int, cpu_ratio: float, cpus: int, background: float) -> float:
+    """How fast each of ``tasks`` calls of ours computes while they run at once beside
+    ``background`` other tasks wanting a CPU, against one call alone on a quiet machine (1.0).
+
+    The kernel shares the cores evenly among the tasks that want them: each call uses
+    ``cpu_ratio`` of a core by itself (a quarter at least; more than one for a call that
+    computes on several cores), and when the calls and the others want more than the ``cpus``,
+    each gets its part of them. Two workers beside two busy programs on 2 cores compute at
+    half speed, four at a third (together, a third more than two): on a busy machine, more
+    workers than cores take a larger part of it, which the plan counts."""
+    demand = tasks * max(cpu_ratio, _MIN_CPU_SHARE)
+    alone = min(1.0, cpus / max(cpu_ratio, _MIN_CPU_SHARE))  # one call on a quiet machine
+    return min(1.0, cpus / (demand + background)) / alone
 
 
 def thread_parallel_fraction(profile: Profile) -> float:
@@ -65,16 +84,20 @@ def thread_parallel_fraction(profile: Profile) -> float:
 
 
 def thread_seconds(
-    profile: Profile, n: int, threads: int, chunksize: int, cpus: int, ovh: Overheads, warm: bool
+    profile: Profile, n: int, threads: int, chunksize: int, cpus: int, ovh: Overheads, warm: bool,
+    background: float = 0.0,
 ) -> float:
     """Threads: the GIL-held part runs one at a time, waiting overlaps across all threads, work
-    that releases the GIL overlaps up to the CPU count; the caller hands out every chunk."""
+    that releases the GIL overlaps up to the CPU count (fewer beside ``background`` tasks that
+    want the CPUs too: ``pace``); the caller hands out every chunk."""
     t = profile.per_item_seconds
     f = thread_parallel_fraction(profile)
     waiting = min(f, max(0.0, 1.0 - min(1.0, profile.cpu_ratio)))
     released = f - waiting
     total = n * t
-    compute = total * (1 - f) + total * waiting / threads + total * released / min(threads, cpus)
+    together = min(threads, cpus)
+    compute = (total * (1 - f) / pace(1, 1.0, cpus, background) + total * waiting / threads
+               + total * released / (together * pace(together, 1.0, cpus, background)))
     n_chunks = math.ceil(n / chunksize)
     waves = math.ceil(n_chunks / threads) * chunksize * t
     start = 0.0 if warm else threads * ovh.thread_start
@@ -91,16 +114,18 @@ def process_seconds(
     ovh: Overheads,
     warm: bool,
     startup_share: float = 1.0,
+    background: float = 0.0,
 ) -> float:
     """Processes: calls run in parallel up to the cores they use -- fewer than the workers when
-    a call uses several cores itself, more when it spends part of its time waiting;
+    a call uses several cores itself, more when it spends part of its time waiting, and
+    at the pace the ``background`` tasks that want the cores too leave them (``pace``);
     the parent pickles, sends and receives every item (one core's worth of work that competes
     with the workers when they use every core) and places the function's shared buffers once (a
     copy on the first call, a checksum on the later ones: of the same order); a cold pool's
     start-up is charged in ``startup_share`` (less than 1 when the start-up is amortised over
     repeated calls)."""
     t = profile.per_item_seconds
-    usable = max(1.0, min(workers, cpus / max(profile.cpu_ratio, _MIN_CPU_SHARE)))
+    usable = workers * pace(workers, profile.cpu_ratio, cpus, background)
     n_chunks = math.ceil(n / chunksize)
     # every chunk carries the function too (by value: a closure or __main__ function may be
     # big), but for its large buffers, which cross once, through shared memory
@@ -134,6 +159,7 @@ def interpreter_seconds(
     ovh: Overheads,
     warm: bool,
     startup_share: float = 1.0,
+    background: float = 0.0,
 ) -> float:
     """Sub-interpreters: the processes' model with the interpreters' own figures. Calls run in
     parallel up to the cores, and everything crosses pickled, as to processes; what differs is
@@ -147,7 +173,7 @@ def interpreter_seconds(
         process_per_byte=ovh.interpreter_per_byte,
     )
     return process_seconds(profile, n, workers, chunksize, cpus, as_processes, warm,
-                           startup_share)
+                           startup_share, background)
 
 
 def interpreters_may_pay(profile: Profile) -> bool:
@@ -202,6 +228,7 @@ def best_candidates(
     startup_share: float = 1.0,
     corrections: dict[str, float] | None = None,
     chunksize: int | None = None,
+    background: float = 0.0,
 ) -> dict[str, Candidate]:
     """The fastest configuration of each allowed executor type (at most one per type).
 
@@ -214,7 +241,8 @@ def best_candidates(
     if "serial" in executors or not executors:
         out["serial"] = Candidate("serial", 1, chunksize or max(1, n),
                                   predicted_seconds("serial", 1, 1, profile, n, cpus, ovh,
-                                                    corrections=corrections))
+                                                    corrections=corrections,
+                                                    background=background))
     if n < 2 or max_workers == 1:
         return out
     prune = "serial" in executors
@@ -233,7 +261,7 @@ def best_candidates(
         for w in workers:
             for c in [chunksize] if chunksize else chunk_candidates(n, w):
                 s = predicted_seconds(executor, w, c, profile, n, cpus, ovh, is_warm,
-                                      startup_share, corrections)
+                                      startup_share, corrections, background)
                 if w not in by_workers or s < by_workers[w].seconds:
                     by_workers[w] = Candidate(executor, w, c, s)
         if by_workers:
@@ -254,19 +282,21 @@ def predicted_seconds(
     is_warm: Callable[[str, int], bool] = lambda e, j: False,
     startup_share: float = 1.0,
     corrections: dict[str, float] | None = None,
+    background: float = 0.0,
 ) -> float:
-    """The predicted wall time of one configuration, corrected by what earlier runs of it
-    showed of the model's error."""
+    """The predicted wall time of one configuration beside ``background`` tasks that want the
+    CPUs too, corrected by what earlier runs of it showed of the model's error."""
     fix = (corrections or {}).get(executor, 1.0)
     if executor == "serial":
-        return serial_seconds(profile, n) * fix
+        return serial_seconds(profile, n, cpus, background) * fix
     warm = is_warm(executor, n_jobs)
     if executor == "thread":
-        return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm) * fix
+        return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, background) * fix
     if executor == "interpreter":
         return interpreter_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm,
-                                   startup_share) * fix
-    return process_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, startup_share) * fix
+                                   startup_share, background) * fix
+    return process_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, startup_share,
+                           background) * fix
 
 
 def choose(candidates: dict[str, Candidate], min_speedup: float) -> Candidate:

@@ -34,6 +34,11 @@ ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
 # interpreters only when they ask for them alone.
 INTERPRETERS_WHEN_ASKED = frozenset({"joblib", "dask"})
 _SAME = 0.10
+# a kept plan is decided again once the tasks elsewhere that want a CPU moved by this many
+LOAD_MOVED = 0.5
+# measured calls that got less of a core than this tell a busy machine (a quiet one gives them
+# 0.97-1.0: interrupts, a daemon waking)
+BUSY_SHARE = 0.9
 # a new parallel configuration must be predicted this much faster than the last one to replace it
 STAY_WITHIN = 1.10
 
@@ -50,6 +55,7 @@ class _Made:
     plan: Plan
     # the plan's reasons as told to calls that recall the profile, with the profile they tell of
     told_recalled: Plan | None = None
+    background: float = 0.0  # the tasks elsewhere that wanted a CPU when it was made
 
 
 class _Decisions:
@@ -73,10 +79,13 @@ class _Decisions:
 
     @staticmethod
     def reusable(made: _Made, profile: Profile, corrections: dict[str, float],
-                 remaining: int, share: float) -> Plan | None:
-        """``made``'s plan, if nothing that decided it moved (see the class)."""
+                 remaining: int, share: float, background: float = 0.0) -> Plan | None:
+        """``made``'s plan, if nothing that decided it moved (see the class), the machine's
+        load included: a plan made on a quiet machine is decided again on a busy one."""
         was = made.profile
         serial = made.plan.executor_type == "serial"
+        if abs(background - made.background) >= LOAD_MOVED:
+            return None
         # A serial plan has no chunk sizes cut for the items left (the call that measured left
         # its sampled items out, so later calls see a few more: within ``_SAME`` more items is
         # the same decision), and
@@ -155,16 +164,18 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
     situation = (key, n, workload.executors, workload.max_workers,
                  workload.min_speedup, workload.chunksize, start_method, cpus)
     share = 1.0 / (1 + workload.previous_runs)
+    background = load_now(profile, workload, cpus)
     made = _DECISIONS.get(situation)
     if made is not None and (known := _DECISIONS.reusable(
-            made, profile, corrections, remaining, share)) is not None and (
+            made, profile, corrections, remaining, share, background)) is not None and (
             known.executor_type == "serial" or pools.is_warm(
                 known.n_jobs, known.executor_type, start_method)):
         # the prediction the run will be judged against is for this call's items, profile and
         # corrections: a stale one would teach the next correction the wrong error
         predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
             known.executor_type, known.n_jobs, known.chunksize, profile, remaining, cpus,
-            overheads.current(start_method), lambda e, j: True, share, corrections)}
+            overheads.current(start_method), lambda e, j: True, share, corrections,
+            background)}
         reasons = known.reasons
         if known.workload.recalled != workload.recalled:
             # the plan of the call that measured, now for calls that recall: told again only
@@ -175,22 +186,40 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
                                      reasons=[_describe(profile, workload), *known.reasons[1:]])
                 _DECISIONS.remember(situation, dataclasses.replace(made, told_recalled=told))
             reasons = told.reasons
+        machine = known.machine
+        if machine is not None and machine.background != background:
+            machine = Machine(machine.usable_cpus, machine.start_method, background)
         return known.replace(workload=workload, profile=profile, predictions=predictions,
-                             reasons=reasons)
+                             reasons=reasons, machine=machine)
+    # the last plan is kept through a run's noise, not through a change of load: 4 workers
+    # beside two busy programs tie with 2 on paper once they are gone, and run slower
+    last = None if made is None or abs(background - made.background) >= LOAD_MOVED else made.plan
     plan, startup_matters = _decide(func, profile, workload, pools, cpus, start_method,
-                                    remaining, corrections, share,
-                                    None if made is None else made.plan)
+                                    remaining, corrections, share, last, background)
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
-                                         startup_matters, plan))
+                                         startup_matters, plan, background=background))
     return plan
+
+
+def load_now(profile: Profile, workload: Workload, cpus: int) -> float:
+    """The tasks elsewhere that want a CPU now (``system.runnable_elsewhere``), or more if the
+    calls measured for this very plan got less of a core than that leaves them (a reading
+    between two bursts of someone else's work; a machine whose task count is not this
+    process's): one call beside ``b`` others on ``cpus`` cores gets ``cpus / (1 + b)`` of one."""
+    background = system.runnable_elsewhere()
+    if not workload.recalled and profile.cpu_share < BUSY_SHARE:
+        background = max(background, cpus / profile.cpu_share - 1)
+    return background
 
 
 def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, cpus: int,
             start_method: str, remaining: int, corrections: dict[str, float], share: float,
-            last: Plan | None) -> tuple[Plan, bool]:
+            last: Plan | None, background: float = 0.0) -> tuple[Plan, bool]:
     """The plan, and whether it is serial only because no pool is warm yet."""
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
+    if background >= LOAD_MOVED:
+        reasons.append(_busy(profile, background, cpus))
     measured = profile
     if profile.thread_scaling is None and not system.gil_enabled():
         reasons.append("free-threaded interpreter (no GIL): calls taken to overlap on threads")
@@ -215,7 +244,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     def evaluate() -> dict[str, cost_model.Candidate]:
         return cost_model.best_candidates(
             profile, remaining, cpus, ovh, executors, workload.max_workers, is_warm, share,
-            corrections, workload.chunksize,
+            corrections, workload.chunksize, background,
         )
 
     candidates = evaluate()
@@ -255,7 +284,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     if last is not None and last.executor_type in executors and remaining >= 2:
         kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
             c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
-            corrections), [workload.chunksize] if workload.chunksize
+            corrections, background), [workload.chunksize] if workload.chunksize
             else cost_model.chunk_candidates(remaining, last.n_jobs),
             same_items=last.workload.already_done == workload.already_done)
         serial_candidate = candidates.get("serial")
@@ -279,7 +308,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     startup_matters = chosen.executor_type == "serial" and cost_model.choose(
         cost_model.best_candidates(profile, remaining, cpus, ovh, executors,
                                    workload.max_workers, lambda e, j: True, share, corrections,
-                                   workload.chunksize),
+                                   workload.chunksize, background),
         workload.min_speedup).executor_type != "serial"
     return Plan(
         executor_type=chosen.executor_type,
@@ -291,7 +320,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
         workload=workload,
         predictions={k: c.seconds for k, c in candidates.items()},
         overheads=ovh.as_dict(),
-        machine=Machine(cpus, start_method),
+        machine=Machine(cpus, start_method, background),
     ), startup_matters
 
 
@@ -327,13 +356,16 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
     return again
 
 
-def learn(key: Any, report: Any, already_done: int = 0) -> None:
+def learn(key: Any, report: Any, already_done: int = 0, background: float = 0.0) -> None:
     """Fold a finished run into what is learned of the function (``amorsize_run_finished``);
     ``already_done`` items were computed before the run (measuring), so the input had
-    ``report.n_items + already_done``. Process workers sharing cores each took longer per
-    item than one call costs (``workers_per_core``)."""
-    crowding = (report.n_jobs / system.usable_cpus()
-                if report.executor_type in ("process", "interpreter") else 1.0)
+    ``report.n_items + already_done``. Process workers sharing cores, with each other and with
+    the ``background`` tasks the plan was made beside, each took longer per item than one call
+    costs (``workers_per_core``); so did a serial run on a busy machine."""
+    tasks = report.n_jobs if report.executor_type in ("process", "interpreter") else 1
+    crowding = (tasks + background) / system.usable_cpus()
+    if report.executor_type == "serial":
+        crowding = max(1.0, crowding)  # alone, a call has a core to itself
     LEARNED.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
@@ -365,6 +397,15 @@ def _no_pool(kind: str, exc: Exception) -> str:
                f"({type(cause).__name__}: {first_line})")
     warnings.warn(f"amorsize: {message}", RuntimeWarning, stacklevel=4)
     return message
+
+
+def _busy(profile: Profile, background: float, cpus: int) -> str:
+    """Why the plan counts on less of the machine than its cores."""
+    got = (f"; the calls measured got {profile.cpu_share:.0%} of a core, so a call is taken to "
+           f"cost {format_seconds(profile.per_item_seconds)} on a core of its own"
+           if profile.cpu_share < BUSY_SHARE else "")
+    return (f"a busy machine: {background:.1f} other tasks want the {cpus} CPUs now, and each of "
+            f"the plan's calls gets its part of them{got}")
 
 
 def _describe(profile: Profile, workload: Workload) -> str:

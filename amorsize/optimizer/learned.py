@@ -5,7 +5,8 @@ run corrects what is remembered: the per-item time measured inside the workers i
 the estimate, each weighted by the items behind it (a run of 100,000 items all but replaces
 what 8 sampled items said, so the next call's plan is settled at once; a run of 10 barely moves
 what 100,000 measured), and the ratio of actual to predicted wall time corrects the model for
-the executor that ran. Kept in memory only; nothing is written to disk.
+the executor that ran (halfway from the correction so far, or all the way for a run 1.5x or more
+off its prediction). Kept in memory only; nothing is written to disk.
 
 A finished run's figures are written into its entry's array of numbers and folded in when the
 entry is next read (the next call's planning, before its items run). Folding makes new Python
@@ -31,6 +32,7 @@ from amorsize.workload import Profile
 
 _MAX_ENTRIES = 512
 _SMOOTHING = 0.5
+_FAR_OFF = 1.5
 
 
 class _Unread:
@@ -214,9 +216,12 @@ def _fold_unread(entry: Learned) -> None:
         old = entry.corrections.get(executor_type, 1.0)
         target = old * wall_seconds / (predicted_seconds * explained)
         target = min(10.0, max(0.1, target))
+        # a run far off its prediction (the machine got busy, a pool stalled) is taken at its
+        # word at once: halfway, the next call would repeat most of the loss
+        step = 1.0 if max(target / old, old / target) >= _FAR_OFF else _SMOOTHING
         # a new dict, not a changed one: readers (and decisions made from it) keep it as it is,
         # outside the lock and without copying
-        entry.corrections = {**entry.corrections, executor_type: old + _SMOOTHING * (target - old)}
+        entry.corrections = {**entry.corrections, executor_type: old + step * (target - old)}
 
 
 LEARNED = LearnedProfiles()

@@ -91,14 +91,21 @@ class Probe:
             self.pickling = shipping(func, pairs)
 
     def profile(self) -> Profile:
+        """The profile of the calls observed. Calls that were off the CPU without ever blocking
+        were pre-empted by other work on a busy machine, not waiting: they count as computing,
+        and the part of a core they got (``cpu_share``) is taken out of their time, so that
+        ``per_item_seconds`` is what a call takes on a core of its own; the decision charges
+        the load it finds when it plans (``cost_model.pace``)."""
         walls = self.walls
+        total = sum(walls)
+        cpu_ratio = sum(self.cpus) / total if total >= CPU_CLOCK_MIN_SECONDS else 1.0
+        share = 1.0
+        if cpu_ratio < 1.0 and self.blocked and all(b == 0 for b in self.blocked):
+            share, cpu_ratio = cpu_ratio, 1.0
+            walls = [wall * share for wall in walls]
         typical = typical_seconds(walls)
         per_item = max(typical - timing_overhead(), 0.1 * typical)
         spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
-        total = sum(walls)
-        cpu_ratio = sum(self.cpus) / total if total >= CPU_CLOCK_MIN_SECONDS else 1.0
-        if cpu_ratio < 1.0 and self.blocked and all(b == 0 for b in self.blocked):
-            cpu_ratio = 1.0  # off the CPU without ever blocking: pre-empted on a busy machine
         return Profile(
             per_item_seconds=per_item,
             per_item_spread=spread,
@@ -107,6 +114,7 @@ class Probe:
             thread_scaling=self.thread_scaling,
             n_measured=len(walls) + self.n_overlap,
             measured_by=self.measured_by,
+            cpu_share=share,
             **self.pickling,
         )
 

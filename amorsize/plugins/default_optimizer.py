@@ -51,7 +51,8 @@ def made(plan: Any) -> bool:
 def amorsize_run_finished(plan: Any, report: Any) -> None:
     key = plan.workload.key
     if key is not None:
-        decision.learn(key, report, plan.workload.already_done)
+        decision.learn(key, report, plan.workload.already_done,
+                       plan.machine.background if plan.machine is not None else 0.0)
 
 
 @hookimpl(trylast=True)

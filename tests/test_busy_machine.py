@@ -1,0 +1,238 @@
+"""Decisions that hold on a busy machine: the plan counts the CPU actually left to it now, a kept
+plan is decided again when that moves, and a run far slower than predicted corrects the next
+plan at once. The load is injected (a task count, the CPU time measured calls got), never made."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+
+import pytest
+
+from amorsize import system
+from amorsize.optimizer import cost_model, decision, overheads
+from amorsize.optimizer.learned import LearnedProfiles
+from amorsize.optimizer.overheads import Overheads
+from amorsize.optimizer.probe import Probe
+from amorsize.run.report import RunReport
+from amorsize.workload import Profile, Workload
+
+OVH = Overheads(process_latency=400e-6, process_per_chunk=150e-6, measured=("thread", "process"))
+CPU_17MS = Profile(per_item_seconds=0.017, cpu_ratio=1.0, thread_scaling=1.0, n_measured=8)
+ON_PROCESSES = ("serial", "process")
+
+
+def work(x: int) -> int:
+    return x
+
+
+class WarmPools:
+    """Every pool warm and measured: the decision starts and measures nothing."""
+
+    def is_warm(self, executor, n_jobs, start_method):
+        return True
+
+    def lease(self, executor, n_jobs, start_method):
+        return contextlib.nullcontext(None)
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Two cores; ``machine.busy(n)`` has ``n`` other tasks wanting a CPU from now on."""
+    load = {"tasks": 0.0}
+    monkeypatch.setattr(system, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(system, "runnable_elsewhere", lambda: load["tasks"])
+    monkeypatch.setattr(overheads, "current", lambda start_method: OVH)
+    monkeypatch.setattr(decision, "BUSY_SHARE", 0.9)
+
+    class Machine:
+        @staticmethod
+        def busy(tasks: float) -> None:
+            load["tasks"] = tasks
+
+    return Machine
+
+
+def plan_for(profile: Profile, recalled: bool = True, key: object = "work"):
+    workload = Workload(400, "map", ON_PROCESSES, key=key, recalled=recalled, previous_runs=3)
+    return decision.decide(work, profile, workload, pools=WarmPools(), learned=None)
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_beside_two_busy_tasks_a_serial_call_computes_at_two_thirds_of_a_core():
+    quiet = cost_model.serial_seconds(CPU_17MS, 400, cpus=2, background=0.0)
+    busy = cost_model.serial_seconds(CPU_17MS, 400, cpus=2, background=2.0)
+    assert quiet == pytest.approx(400 * 0.017)
+    assert busy == pytest.approx(quiet * 1.5)
+
+
+def test_beside_two_busy_tasks_four_workers_get_more_of_two_cores_than_two_do():
+    def workers(background: float) -> int:
+        candidates = cost_model.best_candidates(CPU_17MS, 400, 2, OVH, ON_PROCESSES,
+                                                is_warm=lambda e, j: True, background=background)
+        return candidates["process"].n_jobs
+
+    assert workers(0.0) == 2
+    assert workers(2.0) == 4
+
+
+def test_waiting_calls_are_not_slowed_by_the_load_while_they_wait():
+    waiting = dataclasses.replace(CPU_17MS, cpu_ratio=0.1)
+    quiet = cost_model.serial_seconds(waiting, 100, cpus=2, background=0.0)
+    busy = cost_model.serial_seconds(waiting, 100, cpus=2, background=2.0)
+    assert quiet < busy < quiet * 1.05
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def test_calls_that_got_half_their_wall_time_as_cpu_are_taken_at_half_their_time():
+    probe = Probe("sampling")
+    for _ in range(8):
+        probe.observe(wall=0.034, cpu=0.017, blocked=0)  # pre-empted, never waiting
+    profile = probe.profile()
+    assert profile.cpu_share == pytest.approx(0.5)
+    assert profile.cpu_ratio == 1.0
+    assert profile.per_item_seconds == pytest.approx(0.017, rel=0.01)
+
+
+def test_calls_that_blocked_keep_their_wall_time_and_a_whole_core():
+    probe = Probe("sampling")
+    for _ in range(8):
+        probe.observe(wall=0.034, cpu=0.017, blocked=3)  # half of it waiting for I/O
+    profile = probe.profile()
+    assert profile.cpu_share == 1.0
+    assert profile.cpu_ratio == pytest.approx(0.5)
+    assert profile.per_item_seconds == pytest.approx(0.034, rel=0.01)
+
+
+# ---------------------------------------------------------------- deciding
+
+
+def test_a_plan_counts_the_tasks_elsewhere_that_want_a_cpu(machine):
+    machine.busy(2)
+    plan = plan_for(CPU_17MS)
+    assert (plan.executor_type, plan.n_jobs) == ("process", 4)
+    assert plan.machine.background == 2
+    assert any(r.startswith("a busy machine: 2.0 other tasks") for r in plan.reasons)
+
+
+def test_calls_measured_for_the_plan_that_got_part_of_a_core_tell_a_busy_machine(machine):
+    measured = dataclasses.replace(CPU_17MS, cpu_share=0.5)  # the reading saw nothing
+    plan = plan_for(measured, recalled=False)
+    assert plan.machine.background == pytest.approx(3.0)  # 2 cores / (1 + 3) = half of one
+    assert plan.n_jobs == 4
+
+
+def test_a_recalled_profile_tells_nothing_of_the_load_now(machine):
+    measured_busy = dataclasses.replace(CPU_17MS, cpu_share=0.5)
+    plan = plan_for(measured_busy, recalled=True)
+    assert plan.machine.background == 0
+    assert plan.n_jobs == 2
+
+
+def test_a_kept_plan_is_decided_again_when_the_load_moves(machine):
+    assert plan_for(CPU_17MS).n_jobs == 2
+    machine.busy(2)
+    assert plan_for(CPU_17MS).n_jobs == 4
+    machine.busy(0)
+    assert plan_for(CPU_17MS).n_jobs == 2  # not kept through the change, as through noise
+
+
+def test_a_kept_plan_stays_while_the_load_moves_less_than_half_a_task(machine, monkeypatch):
+    first = plan_for(CPU_17MS)
+    machine.busy(0.3)
+    model = []
+    real = cost_model.best_candidates
+    monkeypatch.setattr(cost_model, "best_candidates",
+                        lambda *a, **k: model.append(1) or real(*a, **k))
+    again = plan_for(CPU_17MS)
+    assert not model
+    assert again.reasons == first.reasons
+    assert again.machine.background == 0.3  # what the run is judged against
+
+
+def test_a_quiet_machine_says_nothing_of_load_in_the_reasons(machine):
+    plan = plan_for(CPU_17MS)
+    assert not any("busy machine" in r for r in plan.reasons)
+    assert "other tasks" not in plan.explain()
+
+
+# ---------------------------------------------------------------- learning from runs
+
+
+def _report(executor: str, n_jobs: int, wall: float, predicted: float, compute: float,
+            n_items: int = 400) -> RunReport:
+    return RunReport("map", executor, n_jobs, 50, n_items, 8, wall, compute, predicted, 1.0)  # type: ignore[arg-type]
+
+
+def test_a_run_twice_as_slow_as_predicted_corrects_the_next_plan_at_once():
+    memory = LearnedProfiles()
+    memory.remember("k", CPU_17MS)
+    memory.record_run("k", "process", 400, compute_seconds=400 * 0.017, wall_seconds=6.8,
+                      predicted_seconds=3.4)
+    assert memory.recall("k").corrections["process"] == pytest.approx(2.0)
+
+
+def test_a_run_a_little_off_its_prediction_corrects_it_halfway():
+    memory = LearnedProfiles()
+    memory.remember("k", CPU_17MS)
+    memory.record_run("k", "process", 400, compute_seconds=400 * 0.017, wall_seconds=3.74,
+                      predicted_seconds=3.4)
+    assert memory.recall("k").corrections["process"] == pytest.approx(1.05)
+
+
+def test_a_serial_run_beside_busy_tasks_teaches_what_a_call_costs_on_a_core_of_its_own(
+        monkeypatch):
+    memory = LearnedProfiles()
+    monkeypatch.setattr(decision, "LEARNED", memory)
+    monkeypatch.setattr(system, "usable_cpus", lambda: 2)
+    memory.remember("k", dataclasses.replace(CPU_17MS, n_measured=1))
+    # two busy tasks on 2 cores: each item took 1.5x its 17 ms, as the plan predicted
+    decision.learn("k", _report("serial", 1, 400 * 0.0255, 400 * 0.0255, 400 * 0.0255),
+                   background=2.0)
+    learned = memory.recall("k")
+    assert learned.profile.per_item_seconds == pytest.approx(0.017, rel=0.01)
+    assert learned.corrections["serial"] == pytest.approx(1.0, rel=0.01)
+
+
+# ---------------------------------------------------------------- reading the load
+
+
+@pytest.fixture
+def loadavg(tmp_path, monkeypatch):
+    """``/proc/loadavg`` with the running counts given, one per read, the last one repeated."""
+    monkeypatch.undo()  # this module's readings are the real function's
+    monkeypatch.setattr(system, "_load_counts_ours", lambda: True)
+    monkeypatch.setattr(system, "_load", {"tasks": 0.0, "at": -math.inf})
+    monkeypatch.setattr(system.time, "sleep", lambda s: None)
+    counts: list[int] = []
+
+    def read(fd, size):
+        running = counts.pop(0) if len(counts) > 1 else counts[0]
+        return f"0.50 0.40 0.30 {running}/300 4242\n".encode()
+
+    monkeypatch.setattr(system.os, "read", read)
+    return counts
+
+
+def test_two_busy_programs_read_as_two_tasks_besides_the_reader(loadavg):
+    loadavg.extend([3])
+    assert system.runnable_elsewhere() == 2.0
+
+
+def test_a_task_that_only_passes_through_is_not_counted(loadavg):
+    loadavg.extend([3, 1, 3])
+    assert system.runnable_elsewhere() == 0.0
+
+
+def test_readings_are_smoothed_over_about_a_second(loadavg, monkeypatch):
+    clock = iter([100.0, 100.1])
+    monkeypatch.setattr(system.time, "monotonic", lambda: next(clock))
+    loadavg.extend([3])
+    assert system.runnable_elsewhere() == 2.0
+    loadavg[:] = [1]
+    assert 1.5 < system.runnable_elsewhere() < 2.0
