@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import multiprocessing
 import os
+import statistics
 import sys
 import threading
 import time
@@ -59,11 +61,10 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 
 # where Linux tells how many tasks are running or waiting for a CPU right now (4th field: "3/318")
 LOADAVG = Path("/proc/loadavg")
-# a reading is smoothed over about this long: a plan follows a load that lasts, not a blip
-LOAD_SMOOTHING_SECONDS = 1.0
-_CONFIRM_READINGS = 3
-_CONFIRM_PAUSE_SECONDS = 100e-6
-_load = {"tasks": 0.0, "at": -math.inf}
+# a plan reads the load as the median of the readings of about the last second: a load that
+# lasts moves it, a task that only passes through (a daemon waking for a moment) does not
+LOAD_WINDOW_SECONDS = 1.0
+_readings: collections.deque[tuple[float, int]] = collections.deque(maxlen=15)
 _load_lock = threading.Lock()
 
 
@@ -71,28 +72,21 @@ def runnable_elsewhere() -> float:
     """Tasks besides the caller that want a CPU now, in tasks' worth (0.0: the cores are ours).
 
     Read from the kernel's count of running and runnable tasks (``/proc/loadavg``), less the
-    thread reading it: two ``yes > /dev/null`` beside a call read 2. A task that only passes
-    through (a daemon waking for a moment) must not move a plan, so a count above 0 is read
-    again a few times over a few hundred microseconds and the lowest count kept, and readings
-    are averaged over about ``LOAD_SMOOTHING_SECONDS``. 0.0 where nothing tells (not Linux), and
-    when this process may use fewer CPUs than the machine has (an affinity mask, a container's
-    quota): the count is the whole machine's, not about this process's cores; the time the
-    measured calls got on the CPU still tells a busy machine there (``Profile.cpu_share``)."""
-    now = time.monotonic()
+    thread reading it: two ``yes > /dev/null`` beside a call read 2. Each reading is a moment,
+    so the answer is the median of this process's readings of the last ``LOAD_WINDOW_SECONDS``
+    (``optimize`` reads once before measuring too, so a first plan is not one moment's). 0.0
+    where nothing tells (not Linux), and when this process may use fewer CPUs than the machine
+    has (an affinity mask, a container's quota): the count is the whole machine's, not about
+    this process's cores; the time the measured calls got on the CPU still tells a busy
+    machine there (``Profile.cpu_share``)."""
     tasks = _tasks_running()
     if tasks is None:
         return 0.0
-    for _ in range(_CONFIRM_READINGS if tasks > 0 else 0):
-        time.sleep(_CONFIRM_PAUSE_SECONDS)
-        again = _tasks_running()
-        tasks = min(tasks, again if again is not None else tasks)
-        if tasks == 0:
-            break
+    now = time.monotonic()
     with _load_lock:
-        weight = 1.0 - math.exp(-(now - _load["at"]) / LOAD_SMOOTHING_SECONDS)
-        _load["tasks"] += weight * (tasks - _load["tasks"])
-        _load["at"] = now
-        return _load["tasks"]
+        _readings.append((now, tasks))
+        recent = [count for at, count in _readings if now - at <= LOAD_WINDOW_SECONDS]
+    return float(statistics.median(recent))
 
 
 def _tasks_running() -> int | None:

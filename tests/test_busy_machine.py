@@ -4,9 +4,9 @@ plan at once. The load is injected (a task count, the CPU time measured calls go
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-import math
 
 import pytest
 
@@ -204,35 +204,45 @@ def test_a_serial_run_beside_busy_tasks_teaches_what_a_call_costs_on_a_core_of_i
 
 @pytest.fixture
 def loadavg(tmp_path, monkeypatch):
-    """``/proc/loadavg`` with the running counts given, one per read, the last one repeated."""
+    """``/proc/loadavg`` with the running counts given, one per read, the last one repeated,
+    read at the moments given (``loadavg.at``)."""
     monkeypatch.undo()  # this module's readings are the real function's
     monkeypatch.setattr(system, "_load_counts_ours", lambda: True)
-    monkeypatch.setattr(system, "_load", {"tasks": 0.0, "at": -math.inf})
-    monkeypatch.setattr(system.time, "sleep", lambda s: None)
+    monkeypatch.setattr(system, "_readings", collections.deque(maxlen=15))
     counts: list[int] = []
+    moments: list[float] = []
 
     def read(fd, size):
         running = counts.pop(0) if len(counts) > 1 else counts[0]
         return f"0.50 0.40 0.30 {running}/300 4242\n".encode()
 
     monkeypatch.setattr(system.os, "read", read)
-    return counts
+    monkeypatch.setattr(system.time, "monotonic",
+                        lambda: moments.pop(0) if len(moments) > 1 else moments[0])
+
+    class Readings:
+        def __init__(self) -> None:
+            self.counts, self.at = counts, moments
+
+    return Readings()
 
 
 def test_two_busy_programs_read_as_two_tasks_besides_the_reader(loadavg):
-    loadavg.extend([3])
+    loadavg.counts.append(3)
+    loadavg.at.append(100.0)
     assert system.runnable_elsewhere() == 2.0
 
 
 def test_a_task_that_only_passes_through_is_not_counted(loadavg):
-    loadavg.extend([3, 1, 3])
-    assert system.runnable_elsewhere() == 0.0
+    loadavg.counts.extend([1, 1, 3])
+    loadavg.at.extend([100.0, 100.3, 100.6])
+    answers = [system.runnable_elsewhere() for _ in range(3)]
+    assert answers[-1] == 0.0
 
 
-def test_readings_are_smoothed_over_about_a_second(loadavg, monkeypatch):
-    clock = iter([100.0, 100.1])
-    monkeypatch.setattr(system.time, "monotonic", lambda: next(clock))
-    loadavg.extend([3])
-    assert system.runnable_elsewhere() == 2.0
-    loadavg[:] = [1]
-    assert 1.5 < system.runnable_elsewhere() < 2.0
+def test_a_load_that_lasts_is_counted_within_a_second(loadavg):
+    loadavg.counts.extend([1, 3, 3, 3])
+    loadavg.at.extend([100.0, 100.4, 100.8, 101.2])
+    answers = [system.runnable_elsewhere() for _ in range(4)]
+    assert answers[0] == 0.0
+    assert answers[-1] == 2.0
