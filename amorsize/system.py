@@ -175,6 +175,7 @@ def describe() -> dict:
         "platform": sys.platform,
         "logical_cpus": psutil.cpu_count() or os.cpu_count(),
         "usable_cpus": usable_cpus(),
+        "other_runnable_tasks": runnable_elsewhere(),
         "cgroup_cpu_quota": cgroup_cpu_quota(),
         "available_memory_gb": round(available_memory() / 2**30, 2),
         "start_method": default_start_method(),
