@@ -246,3 +246,16 @@ def test_a_load_that_lasts_is_counted_within_a_second(loadavg):
     answers = [system.runnable_elsewhere() for _ in range(4)]
     assert answers[0] == 0.0
     assert answers[-1] == 2.0
+
+
+def test_beside_busy_tasks_workers_get_more_chunks_each_than_on_a_quiet_machine():
+    """The machine's other work falls on one core more than another: a worker with one long
+    chunk then ends long after the others."""
+    def chunks_per_worker(background: float) -> float:
+        best = cost_model.best_candidates(CPU_17MS, 400, 2, OVH, ON_PROCESSES,
+                                          is_warm=lambda e, j: True,
+                                          background=background)["process"]
+        return 400 / best.chunksize / best.n_jobs
+
+    assert chunks_per_worker(0.0) >= 4
+    assert chunks_per_worker(2.0) > 2 * chunks_per_worker(0.0)

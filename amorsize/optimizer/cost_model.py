@@ -33,6 +33,12 @@ _PROCESSES_PER_CPU = 2
 # are predicted a hair faster (a smaller tail) but pay for switching and hold more memory
 FEWER_WORKERS_WITHIN = 1.03
 _CHANCE_TREND = 0.9  # 7 random costs reach a rank correlation this high 1 time in 140
+# The part of a chunk's time by which one process worker may end after another because the
+# machine's other work fell on its core more than on the others': a little on a quiet machine,
+# up to half beside as many busy tasks as cores (one chunk per worker then ran 1.4x slower
+# than 4-8 per worker, on 2 cores shared with other programs).
+UNEVEN_PACE = 0.02
+UNEVEN_PACE_BUSY = 0.5
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,7 @@ def process_seconds(
     fill = min(chunksize, n) * (profile.pickle_seconds
                                 + (profile.arg_bytes + profile.result_bytes) * ovh.process_per_byte)
     return start + ovh.process_latency + fill + max(compute, parent, waves) + tail_seconds(
-        profile, chunksize)
+        profile, chunksize, uneven_pace(cpus, background))
 
 
 def interpreter_seconds(
@@ -182,16 +188,24 @@ def interpreters_may_pay(profile: Profile) -> bool:
     return profile.picklable and profile.cpu_ratio >= _BUSY_CPU_RATIO
 
 
-def tail_seconds(profile: Profile, chunksize: int) -> float:
+def uneven_pace(cpus: int, background: float) -> float:
+    """The part of a chunk's time by which workers' chunks may end apart on this machine, the
+    ``background`` tasks' work landing on some cores more than others (``UNEVEN_PACE``)."""
+    return UNEVEN_PACE + UNEVEN_PACE_BUSY * min(1.0, background / max(1, cpus))
+
+
+def tail_seconds(profile: Profile, chunksize: int, uneven: float = 0.0) -> float:
     """How much longer than the others the last chunk may run, at most the chunk's own time.
     Costs independent of each other average out over a chunk (the spread of c items' sum is
     sqrt(c) times one item's): taken c times, big chunks of varying items look much slower than
     they run, and small ones are chosen that run slower. Costs rising along the input do not: the
     last chunks are the dearest (as far as the sample's rank correlation with position is
     clearer than chance). Falling costs put the dearest chunks first, where the other workers'
-    later chunks absorb them."""
+    later chunks absorb them. Workers that compute at uneven paces (``uneven``: the part of a
+    chunk's time by which they drift apart) end their last chunks apart by that part of one."""
     trend = max(0.0, (profile.cost_trend - _CHANCE_TREND) / (1 - _CHANCE_TREND))
     spread = profile.per_item_spread * (trend * chunksize + (1 - trend) * math.sqrt(chunksize))
+    spread += uneven * chunksize
     return profile.per_item_seconds * min(chunksize, spread)
 
 
