@@ -259,3 +259,36 @@ def test_beside_busy_tasks_workers_get_more_chunks_each_than_on_a_quiet_machine(
 
     assert chunks_per_worker(0.0) >= 4
     assert chunks_per_worker(2.0) > 2 * chunks_per_worker(0.0)
+
+
+def test_a_correction_learned_beside_busy_tasks_is_set_aside_on_a_quiet_machine(machine):
+    memory = LearnedProfiles()
+    memory.remember("work", CPU_17MS)
+    # beside two busy tasks, processes ran 3x slower than predicted
+    memory.record_run("work", "process", 400, 6.8, wall_seconds=9.0, predicted_seconds=3.0,
+                      background=2.0)
+    learned = memory.recall("work")
+    assert learned.corrections_at(2.0) == {"process": pytest.approx(3.0)}
+    assert learned.corrections_at(0.0) == {}
+    workload = Workload(400, "map", ON_PROCESSES, key="work", recalled=True)
+
+    def corrected(background: float) -> bool:
+        machine.busy(background)
+        plan = decision.decide(work, CPU_17MS, workload, pools=WarmPools(), learned=learned)
+        return "corrected x3.00" in " ".join(plan.reasons)
+
+    assert corrected(2.0)
+    assert not corrected(0.0)
+
+
+def test_a_run_at_another_load_corrects_from_scratch_not_from_the_set_aside_correction():
+    memory = LearnedProfiles()
+    memory.remember("k", CPU_17MS)
+    memory.record_run("k", "process", 400, 6.8, wall_seconds=9.0, predicted_seconds=3.0,
+                      background=2.0)
+    # quiet again: the prediction carried no correction, and came out right
+    memory.record_run("k", "process", 400, 6.8, wall_seconds=3.4, predicted_seconds=3.4,
+                      background=0.0)
+    learned = memory.recall("k")
+    assert learned.corrections["process"] == pytest.approx(1.0)
+    assert learned.corrected_at["process"] == 0.0

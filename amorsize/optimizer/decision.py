@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from amorsize import system
 from amorsize.errors import ExecutorType
 from amorsize.optimizer import cost_model, overheads
+from amorsize.optimizer import learned as learned_module
 from amorsize.optimizer.learned import LEARNED, Learned, function_key
 from amorsize.plan import Machine, Plan, format_bytes, format_seconds, measured_how
 from amorsize.pools import shared
@@ -35,7 +36,7 @@ ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
 INTERPRETERS_WHEN_ASKED = frozenset({"joblib", "dask"})
 _SAME = 0.10
 # a kept plan is decided again once the tasks elsewhere that want a CPU moved by this many
-LOAD_MOVED = 0.5
+LOAD_MOVED = learned_module.LOAD_MOVED
 # measured calls that got less of a core than this tell a busy machine (a quiet one gives them
 # 0.97-1.0: interrupts, a daemon waking)
 BUSY_SHARE = 0.9
@@ -160,11 +161,12 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
         n = (learned.last_n_items if learned and learned.last_n_items
              else ASSUMED_ITEMS_WHEN_UNKNOWN)
     remaining = max(0, n - workload.already_done)
-    corrections = learned.corrections if learned else {}  # replaced, never changed: no copy
     situation = (key, n, workload.executors, workload.max_workers,
                  workload.min_speedup, workload.chunksize, start_method, cpus)
     share = 1.0 / (1 + workload.previous_runs)
     background = load_now(profile, workload, cpus)
+    # replaced, never changed: no copy
+    corrections = learned.corrections_at(background) if learned else {}
     made = _DECISIONS.get(situation)
     if made is not None and (known := _DECISIONS.reusable(
             made, profile, corrections, remaining, share, background)) is not None and (
@@ -369,7 +371,7 @@ def learn(key: Any, report: Any, already_done: int = 0, background: float = 0.0)
     LEARNED.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
-        workers_per_core=crowding,
+        workers_per_core=crowding, background=background,
     )
 
 
