@@ -35,8 +35,7 @@ FEWER_WORKERS_WITHIN = 1.03
 _CHANCE_TREND = 0.9  # 7 random costs reach a rank correlation this high 1 time in 140
 # The part of a chunk's time by which one process worker may end after another because the
 # machine's other work fell on its core more than on the others': a little on a quiet machine,
-# up to half beside as many busy tasks as cores (one chunk per worker then ran 1.4x slower
-# than 4-8 per worker, on 2 cores shared with other programs).
+# up to half beside as many busy tasks as cores (docs/optimizer.md has the figures).
 UNEVEN_PACE = 0.02
 UNEVEN_PACE_BUSY = 0.5
 

@@ -38,7 +38,7 @@ _SAME = 0.10
 # a kept plan is decided again once the tasks elsewhere that want a CPU moved by this many
 LOAD_MOVED = learned_module.LOAD_MOVED
 # measured calls that got less of a core than this tell a busy machine (a quiet one gives them
-# 0.97-1.0: interrupts, a daemon waking)
+# nearly all of one: only interrupts and a daemon waking take from it)
 BUSY_SHARE = 0.9
 # a new parallel configuration must be predicted this much faster than the last one to replace it
 STAY_WITHIN = 1.10
