@@ -17,6 +17,7 @@ class Machine:
     usable_cpus: int
     start_method: str
     background: float = 0.0
+    apart: float = 0.0  # of those, the ones in other scheduling groups (``runnable_apart``)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,61 @@ def runnable_elsewhere() -> float:
     return float(statistics.median(recent))
 
 
+def runnable_apart(tasks: float) -> float:
+    """Of ``tasks`` that want a CPU besides the caller (``runnable_elsewhere``), how many the
+    kernel schedules apart from this process, in groups of their own: with Linux's autogroup
+    on, those of other sessions (a program started in another terminal, a daemon). More workers
+    take a larger part of the cores from tasks of their own group only (``cost_model.pace``).
+    0.0 with autogroup off (every task on its own) or nothing to count. Counted from the
+    processes running now, at most once per ``LOAD_WINDOW_SECONDS`` (a millisecond per hundred
+    processes); a process whose running thread is not its first is taken as apart."""
+    if tasks <= 0 or not _autogroup_on():
+        return 0.0
+    now = time.monotonic()
+    with _load_lock:
+        counted = _apart["share"] if now - _apart["at"] <= LOAD_WINDOW_SECONDS else None
+    if counted is None:
+        counted = _share_apart()
+        with _load_lock:
+            _apart.update(share=counted, at=now)
+    return tasks * counted
+
+
+_apart = {"share": 0.0, "at": -math.inf}
+
+
+@functools.cache
+def _autogroup_on() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def _share_apart(proc: str = "/proc") -> float:
+    """The part of the running processes (but this one) in another session than this one's."""
+    session, me = os.getsid(0), os.getpid()
+    ours = apart = 0
+    for name in os.listdir(proc):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            fd = os.open(f"{proc}/{name}/stat", os.O_RDONLY)
+            try:
+                stat = os.read(fd, 512)
+            finally:
+                os.close(fd)
+            state, _, _, sid = stat[stat.rindex(b")") + 2:].split(b" ", 4)[:4]
+        except (OSError, ValueError):
+            continue
+        if state == b"R":
+            if int(sid) == session:
+                ours += 1
+            else:
+                apart += 1
+    return apart / (ours + apart) if ours + apart else 1.0
+
+
 def _tasks_running() -> int | None:
     """Running and runnable tasks on the machine, less this reading one; None: unknown."""
     if not _load_counts_ours():

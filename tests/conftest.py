@@ -24,6 +24,7 @@ def _forget_functions():
 @pytest.fixture(autouse=True)
 def _quiet_machine(monkeypatch):
     monkeypatch.setattr(system, "runnable_elsewhere", lambda: 0.0)
+    monkeypatch.setattr(system, "runnable_apart", lambda tasks: 0.0)
     monkeypatch.setattr(decision, "BUSY_SHARE", 0.0)
 
 

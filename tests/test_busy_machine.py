@@ -292,3 +292,45 @@ def test_a_run_at_another_load_corrects_from_scratch_not_from_the_set_aside_corr
     learned = memory.recall("k")
     assert learned.corrections["process"] == pytest.approx(1.0)
     assert learned.corrected_at["process"] == 0.0
+
+
+# ---------------------------------------------------------------- other sessions
+
+
+def test_more_workers_than_cores_take_nothing_more_from_other_sessions():
+    """With autogroup, each session is one group to the kernel: two hogs started elsewhere
+    share the cores with this process as a whole, however many workers it runs."""
+    def cores(workers: int, apart: float) -> float:
+        return workers * cost_model.pace(workers, 1.0, 2, 2.0, apart)
+
+    assert cores(4, apart=0.0) > 1.3 * cores(2, apart=0.0)
+    assert cores(4, apart=2.0) == pytest.approx(cores(2, apart=2.0))
+    assert cores(2, apart=2.0) > cores(1, apart=2.0)
+
+
+def test_beside_busy_tasks_of_other_sessions_the_plan_keeps_a_worker_per_core(
+        machine, monkeypatch):
+    machine.busy(2)
+    monkeypatch.setattr(system, "runnable_apart", lambda tasks: tasks)
+    plan = plan_for(CPU_17MS)
+    assert (plan.executor_type, plan.n_jobs) == ("process", 2)
+    assert plan.machine.apart == 2
+    assert any("2.0 of them in other sessions" in r for r in plan.reasons)
+
+
+def _stat(root, pid: int, state: str, session: int) -> None:
+    (root / str(pid)).mkdir()
+    (root / str(pid) / "stat").write_text(
+        f"{pid} (a (b) c) {state} 1 {pid} {session} 0 -1 4194560 100 0 0 0\n")
+
+
+def test_running_processes_of_other_sessions_are_counted_apart(tmp_path):
+    import os
+
+    mine = os.getsid(0)
+    _stat(tmp_path, 1001, "R", mine)       # a hog started from this session
+    _stat(tmp_path, 1002, "R", mine + 1)   # two from another terminal
+    _stat(tmp_path, 1003, "R", mine + 1)
+    _stat(tmp_path, 1004, "S", mine + 1)   # asleep: wants no CPU
+    (tmp_path / "loadavg").write_text("")  # not a process
+    assert system._share_apart(str(tmp_path)) == pytest.approx(2 / 3)

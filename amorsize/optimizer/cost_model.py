@@ -50,15 +50,17 @@ class Candidate:
     seconds: float
 
 
-def serial_seconds(profile: Profile, n: int, cpus: int = 1, background: float = 0.0) -> float:
+def serial_seconds(profile: Profile, n: int, cpus: int = 1, background: float = 0.0,
+                   apart: float = 0.0) -> float:
     """One call after another; their computing slowed by the ``background`` tasks that share
     the ``cpus`` with them (``pace``)."""
     computing = min(1.0, profile.cpu_ratio)
-    slowed = computing / pace(1, profile.cpu_ratio, cpus, background)
+    slowed = computing / pace(1, profile.cpu_ratio, cpus, background, apart)
     return n * profile.per_item_seconds * ((1 - computing) + slowed)
 
 
-def pace(tasks: int, cpu_ratio: float, cpus: int, background: float) -> float:
+def pace(tasks: int, cpu_ratio: float, cpus: int, background: float,
+         apart: float = 0.0) -> float:
     """How fast each of ``tasks`` calls of ours computes while they run at once beside
     ``background`` other tasks wanting a CPU, against one call alone on a quiet machine (1.0).
 
@@ -67,10 +69,31 @@ def pace(tasks: int, cpu_ratio: float, cpus: int, background: float) -> float:
     computes on several cores), and when the calls and the others want more than the ``cpus``,
     each gets its part of them. Two workers beside two busy programs on 2 cores compute at
     half speed, four at a third (together, a third more than two): on a busy machine, more
-    workers than cores take a larger part of it, which the plan counts."""
-    demand = tasks * max(cpu_ratio, _MIN_CPU_SHARE)
-    alone = min(1.0, cpus / max(cpu_ratio, _MIN_CPU_SHARE))  # one call on a quiet machine
-    return min(1.0, cpus / (demand + background)) / alone
+    workers than cores take a larger part of it, which the plan counts.
+
+    Not against tasks of other scheduling groups (``apart`` of the ``background``: with Linux's
+    autogroup, each session is one; a container or service in a cgroup of its own is too): the
+    kernel shares each core among groups first, so this process's tasks, one group, get no more
+    of the machine from more workers than cores, and spread over several cores they weigh on
+    each only their part of the group (taken as other tasks' groups each hold one: the most
+    they can take)."""
+    per_call = max(cpu_ratio, _MIN_CPU_SHARE)
+    alone = min(1.0, cpus / per_call)  # one call on a quiet machine
+    others = max(0.0, min(apart, background))
+    ours = tasks * per_call + (background - others)  # the tasks of this process's group
+    return min(1.0, _group_cores(ours, others, cpus) / ours) / alone
+
+
+def _group_cores(ours: float, others: float, cpus: int) -> float:
+    """The cores a group of ``ours`` tasks gets beside ``others`` tasks of one group each: on
+    a core of its own each while there are free ones; where it shares, the group weighs on
+    each core it uses only its part (one of ``min(ours, cpus)``)."""
+    spread = min(ours, cpus)
+    if others >= cpus:  # on every core, ``others / cpus`` other groups
+        return spread * cpus / (cpus + spread * others)
+    free = cpus - others
+    shared = max(0.0, spread - free)
+    return min(spread, free) + shared / (1 + spread)
 
 
 def thread_parallel_fraction(profile: Profile) -> float:
@@ -90,7 +113,7 @@ def thread_parallel_fraction(profile: Profile) -> float:
 
 def thread_seconds(
     profile: Profile, n: int, threads: int, chunksize: int, cpus: int, ovh: Overheads, warm: bool,
-    background: float = 0.0,
+    background: float = 0.0, apart: float = 0.0,
 ) -> float:
     """Threads: the GIL-held part runs one at a time, waiting overlaps across all threads, work
     that releases the GIL overlaps up to the CPU count (fewer beside ``background`` tasks that
@@ -101,8 +124,9 @@ def thread_seconds(
     released = f - waiting
     total = n * t
     together = min(threads, cpus)
-    compute = (total * (1 - f) / pace(1, 1.0, cpus, background) + total * waiting / threads
-               + total * released / (together * pace(together, 1.0, cpus, background)))
+    compute = (total * (1 - f) / pace(1, 1.0, cpus, background, apart)
+               + total * waiting / threads
+               + total * released / (together * pace(together, 1.0, cpus, background, apart)))
     n_chunks = math.ceil(n / chunksize)
     waves = math.ceil(n_chunks / threads) * chunksize * t
     start = 0.0 if warm else threads * ovh.thread_start
@@ -120,6 +144,7 @@ def process_seconds(
     warm: bool,
     startup_share: float = 1.0,
     background: float = 0.0,
+    apart: float = 0.0,
 ) -> float:
     """Processes: calls run in parallel up to the cores they use -- fewer than the workers when
     a call uses several cores itself, more when it spends part of its time waiting, and
@@ -130,7 +155,7 @@ def process_seconds(
     start-up is charged in ``startup_share`` (less than 1 when the start-up is amortised over
     repeated calls)."""
     t = profile.per_item_seconds
-    usable = workers * pace(workers, profile.cpu_ratio, cpus, background)
+    usable = workers * pace(workers, profile.cpu_ratio, cpus, background, apart)
     n_chunks = math.ceil(n / chunksize)
     # every chunk carries the function too (by value: a closure or __main__ function may be
     # big), but for its large buffers, which cross once, through shared memory
@@ -165,6 +190,7 @@ def interpreter_seconds(
     warm: bool,
     startup_share: float = 1.0,
     background: float = 0.0,
+    apart: float = 0.0,
 ) -> float:
     """Sub-interpreters: the processes' model with the interpreters' own figures. Calls run in
     parallel up to the cores, and everything crosses pickled, as to processes; what differs is
@@ -178,7 +204,7 @@ def interpreter_seconds(
         process_per_byte=ovh.interpreter_per_byte,
     )
     return process_seconds(profile, n, workers, chunksize, cpus, as_processes, warm,
-                           startup_share, background)
+                           startup_share, background, apart)
 
 
 def interpreters_may_pay(profile: Profile) -> bool:
@@ -242,6 +268,7 @@ def best_candidates(
     corrections: dict[str, float] | None = None,
     chunksize: int | None = None,
     background: float = 0.0,
+    apart: float = 0.0,
 ) -> dict[str, Candidate]:
     """The fastest configuration of each allowed executor type (at most one per type).
 
@@ -255,7 +282,7 @@ def best_candidates(
         out["serial"] = Candidate("serial", 1, chunksize or max(1, n),
                                   predicted_seconds("serial", 1, 1, profile, n, cpus, ovh,
                                                     corrections=corrections,
-                                                    background=background))
+                                                    background=background, apart=apart))
     if n < 2 or max_workers == 1:
         return out
     prune = "serial" in executors
@@ -274,7 +301,7 @@ def best_candidates(
         for w in workers:
             for c in [chunksize] if chunksize else chunk_candidates(n, w):
                 s = predicted_seconds(executor, w, c, profile, n, cpus, ovh, is_warm,
-                                      startup_share, corrections, background)
+                                      startup_share, corrections, background, apart)
                 if w not in by_workers or s < by_workers[w].seconds:
                     by_workers[w] = Candidate(executor, w, c, s)
         if by_workers:
@@ -296,20 +323,22 @@ def predicted_seconds(
     startup_share: float = 1.0,
     corrections: dict[str, float] | None = None,
     background: float = 0.0,
+    apart: float = 0.0,
 ) -> float:
     """The predicted wall time of one configuration beside ``background`` tasks that want the
     CPUs too, corrected by what earlier runs of it showed of the model's error."""
     fix = (corrections or {}).get(executor, 1.0)
     if executor == "serial":
-        return serial_seconds(profile, n, cpus, background) * fix
+        return serial_seconds(profile, n, cpus, background, apart) * fix
     warm = is_warm(executor, n_jobs)
     if executor == "thread":
-        return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, background) * fix
+        return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, background,
+                              apart) * fix
     if executor == "interpreter":
         return interpreter_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm,
-                                   startup_share, background) * fix
+                                   startup_share, background, apart) * fix
     return process_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, startup_share,
-                           background) * fix
+                           background, apart) * fix
 
 
 def choose(candidates: dict[str, Candidate], min_speedup: float) -> Candidate:

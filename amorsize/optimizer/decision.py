@@ -57,6 +57,7 @@ class _Made:
     # the plan's reasons as told to calls that recall the profile, with the profile they tell of
     told_recalled: Plan | None = None
     background: float = 0.0  # the tasks elsewhere that wanted a CPU when it was made
+    apart: float = 0.0  # those of them in scheduling groups of their own
 
 
 class _Decisions:
@@ -80,12 +81,13 @@ class _Decisions:
 
     @staticmethod
     def reusable(made: _Made, profile: Profile, corrections: dict[str, float],
-                 remaining: int, share: float, background: float = 0.0) -> Plan | None:
+                 remaining: int, share: float, background: float = 0.0,
+                 apart: float = 0.0) -> Plan | None:
         """``made``'s plan, if nothing that decided it moved (see the class), the machine's
         load included: a plan made on a quiet machine is decided again on a busy one."""
         was = made.profile
         serial = made.plan.executor_type == "serial"
-        if abs(background - made.background) >= LOAD_MOVED:
+        if _load_moved(made, background, apart):
             return None
         # A serial plan has no chunk sizes cut for the items left (the call that measured left
         # its sampled items out, so later calls see a few more: within ``_SAME`` more items is
@@ -164,12 +166,12 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
     situation = (key, n, workload.executors, workload.max_workers,
                  workload.min_speedup, workload.chunksize, start_method, cpus)
     share = 1.0 / (1 + workload.previous_runs)
-    background = load_now(profile, workload, cpus)
+    background, apart = load_now(profile, workload, cpus)
     # replaced, never changed: no copy
     corrections = learned.corrections_at(background) if learned else {}
     made = _DECISIONS.get(situation)
     if made is not None and (known := _DECISIONS.reusable(
-            made, profile, corrections, remaining, share, background)) is not None and (
+            made, profile, corrections, remaining, share, background, apart)) is not None and (
             known.executor_type == "serial" or pools.is_warm(
                 known.n_jobs, known.executor_type, start_method)):
         # the prediction the run will be judged against is for this call's items, profile and
@@ -177,7 +179,7 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
         predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
             known.executor_type, known.n_jobs, known.chunksize, profile, remaining, cpus,
             overheads.current(start_method), lambda e, j: True, share, corrections,
-            background)}
+            background, apart)}
         reasons = known.reasons
         if known.workload.recalled != workload.recalled:
             # the plan of the call that measured, now for calls that recall: told again only
@@ -189,39 +191,51 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
                 _DECISIONS.remember(situation, dataclasses.replace(made, told_recalled=told))
             reasons = told.reasons
         machine = known.machine
-        if machine is not None and machine.background != background:
-            machine = Machine(machine.usable_cpus, machine.start_method, background)
+        if machine is not None and (machine.background, machine.apart) != (background, apart):
+            machine = Machine(machine.usable_cpus, machine.start_method, background, apart)
         return known.replace(workload=workload, profile=profile, predictions=predictions,
                              reasons=reasons, machine=machine)
     # the last plan is kept through a run's noise, not through a change of load: 4 workers
     # beside two busy programs tie with 2 on paper once they are gone, and run slower
-    last = None if made is None or abs(background - made.background) >= LOAD_MOVED else made.plan
+    last = None if made is None or _load_moved(made, background, apart) else made.plan
     plan, startup_matters = _decide(func, profile, workload, pools, cpus, start_method,
-                                    remaining, corrections, share, last, background)
+                                    remaining, corrections, share, last, background, apart)
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
-                                         startup_matters, plan, background=background))
+                                         startup_matters, plan, background=background,
+                                         apart=apart))
     return plan
 
 
-def load_now(profile: Profile, workload: Workload, cpus: int) -> float:
+def _load_moved(made: _Made, background: float, apart: float) -> bool:
+    return (abs(background - made.background) >= LOAD_MOVED
+            or abs(apart - made.apart) >= LOAD_MOVED)
+
+
+def load_now(profile: Profile, workload: Workload, cpus: int) -> tuple[float, float]:
     """The tasks elsewhere that want a CPU now (``system.runnable_elsewhere``), or more if the
     calls measured for this very plan got less of a core than that leaves them (a reading
     between two bursts of someone else's work; a machine whose task count is not this
-    process's): one call beside ``b`` others on ``cpus`` cores gets ``cpus / (1 + b)`` of one."""
-    background = system.runnable_elsewhere()
+    process's): one call beside ``b`` others on ``cpus`` cores gets ``cpus / (1 + b)`` of one.
+    With how many of them the kernel schedules apart from this process
+    (``system.runnable_apart``); the measured calls' extra counts apart in the same part."""
+    read = system.runnable_elsewhere()
+    apart = system.runnable_apart(read)
+    background = read
     if not workload.recalled and profile.cpu_share < BUSY_SHARE:
-        background = max(background, cpus / profile.cpu_share - 1)
-    return background
+        background = max(read, cpus / profile.cpu_share - 1)
+        apart = background * (apart / read if read > 0 else 0.0)
+    return background, apart
 
 
 def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, cpus: int,
             start_method: str, remaining: int, corrections: dict[str, float], share: float,
-            last: Plan | None, background: float = 0.0) -> tuple[Plan, bool]:
+            last: Plan | None, background: float = 0.0,
+            apart: float = 0.0) -> tuple[Plan, bool]:
     """The plan, and whether it is serial only because no pool is warm yet."""
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
     if background >= LOAD_MOVED:
-        reasons.append(_busy(profile, background, cpus))
+        reasons.append(_busy(profile, background, apart, cpus))
     measured = profile
     if profile.thread_scaling is None and not system.gil_enabled():
         reasons.append("free-threaded interpreter (no GIL): calls taken to overlap on threads")
@@ -246,7 +260,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     def evaluate() -> dict[str, cost_model.Candidate]:
         return cost_model.best_candidates(
             profile, remaining, cpus, ovh, executors, workload.max_workers, is_warm, share,
-            corrections, workload.chunksize, background,
+            corrections, workload.chunksize, background, apart,
         )
 
     candidates = evaluate()
@@ -286,7 +300,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     if last is not None and last.executor_type in executors and remaining >= 2:
         kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
             c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
-            corrections, background), [workload.chunksize] if workload.chunksize
+            corrections, background, apart), [workload.chunksize] if workload.chunksize
             else cost_model.chunk_candidates(remaining, last.n_jobs),
             same_items=last.workload.already_done == workload.already_done)
         serial_candidate = candidates.get("serial")
@@ -310,7 +324,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     startup_matters = chosen.executor_type == "serial" and cost_model.choose(
         cost_model.best_candidates(profile, remaining, cpus, ovh, executors,
                                    workload.max_workers, lambda e, j: True, share, corrections,
-                                   workload.chunksize, background),
+                                   workload.chunksize, background, apart),
         workload.min_speedup).executor_type != "serial"
     return Plan(
         executor_type=chosen.executor_type,
@@ -322,7 +336,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
         workload=workload,
         predictions={k: c.seconds for k, c in candidates.items()},
         overheads=ovh.as_dict(),
-        machine=Machine(cpus, start_method, background),
+        machine=Machine(cpus, start_method, background, apart),
     ), startup_matters
 
 
@@ -358,16 +372,15 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
     return again
 
 
-def learn(key: Any, report: Any, already_done: int = 0, background: float = 0.0) -> None:
+def learn(key: Any, report: Any, already_done: int = 0, background: float = 0.0,
+          apart: float = 0.0) -> None:
     """Fold a finished run into what is learned of the function (``amorsize_run_finished``);
     ``already_done`` items were computed before the run (measuring), so the input had
     ``report.n_items + already_done``. Process workers sharing cores, with each other and with
     the ``background`` tasks the plan was made beside, each took longer per item than one call
     costs (``workers_per_core``); so did a serial run on a busy machine."""
     tasks = report.n_jobs if report.executor_type in ("process", "interpreter") else 1
-    crowding = (tasks + background) / system.usable_cpus()
-    if report.executor_type == "serial":
-        crowding = max(1.0, crowding)  # alone, a call has a core to itself
+    crowding = 1 / cost_model.pace(tasks, 1.0, system.usable_cpus(), background, apart)
     LEARNED.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
@@ -401,13 +414,15 @@ def _no_pool(kind: str, exc: Exception) -> str:
     return message
 
 
-def _busy(profile: Profile, background: float, cpus: int) -> str:
+def _busy(profile: Profile, background: float, apart: float, cpus: int) -> str:
     """Why the plan counts on less of the machine than its cores."""
     got = (f"; the calls measured got {profile.cpu_share:.0%} of a core, so a call is taken to "
            f"cost {format_seconds(profile.per_item_seconds)} on a core of its own"
            if profile.cpu_share < BUSY_SHARE else "")
-    return (f"a busy machine: {background:.1f} other tasks want the {cpus} CPUs now, and each of "
-            f"the plan's calls gets its part of them{got}")
+    groups = (f" ({apart:.1f} of them in other sessions: more workers than cores take no more "
+              "from those)" if apart >= LOAD_MOVED else "")
+    return (f"a busy machine: {background:.1f} other tasks want the {cpus} CPUs now{groups}, and "
+            f"each of the plan's calls gets its part of them{got}")
 
 
 def _describe(profile: Profile, workload: Workload) -> str:
