@@ -305,15 +305,22 @@ def test_more_workers_than_cores_take_nothing_more_from_other_sessions():
 
     assert cores(4, apart=0.0) > 1.3 * cores(2, apart=0.0)
     assert cores(4, apart=2.0) == pytest.approx(cores(2, apart=2.0))
-    assert cores(2, apart=2.0) > cores(1, apart=2.0)
 
 
-def test_beside_busy_tasks_of_other_sessions_the_plan_keeps_a_worker_per_core(
+def test_beside_other_sessions_on_every_core_workers_are_taken_to_gain_nothing():
+    def cores(workers: int, apart: float) -> float:
+        return workers * cost_model.pace(workers, 1.0, 2, apart, apart)
+
+    assert cores(2, apart=2.0) == pytest.approx(cores(1, apart=2.0))
+    assert cores(2, apart=1.0) > 1.3 * cores(1, apart=1.0)  # a core is free half the time
+
+
+def test_beside_busy_tasks_of_other_sessions_on_every_core_the_plan_stays_serial(
         machine, monkeypatch):
     machine.busy(2)
     monkeypatch.setattr(system, "runnable_apart", lambda tasks: tasks)
     plan = plan_for(CPU_17MS)
-    assert (plan.executor_type, plan.n_jobs) == ("process", 2)
+    assert plan.executor_type == "serial"
     assert plan.machine.apart == 2
     assert any("2.0 of them in other sessions" in r for r in plan.reasons)
 

@@ -87,10 +87,12 @@ def pace(tasks: int, cpu_ratio: float, cpus: int, background: float,
 def _group_cores(ours: float, others: float, cpus: int) -> float:
     """The cores a group of ``ours`` tasks gets beside ``others`` tasks of one group each: on
     a core of its own each while there are free ones; where it shares, the group weighs on
-    each core it uses only its part (one of ``min(ours, cpus)``)."""
+    each core it uses only its part (one of ``min(ours, cpus)``). Beside other groups on every
+    core, spreading over the cores is taken to gain nothing: measured, it gained less than the
+    weights say, and often lost (docs/optimizer.md)."""
     spread = min(ours, cpus)
     if others >= cpus:  # on every core, ``others / cpus`` other groups
-        return spread * cpus / (cpus + spread * others)
+        return min(spread, 1.0) * cpus / (cpus + others)
     free = cpus - others
     shared = max(0.0, spread - free)
     return min(spread, free) + shared / (1 + spread)
