@@ -341,3 +341,15 @@ def test_running_processes_of_other_sessions_are_counted_apart(tmp_path):
     _stat(tmp_path, 1004, "S", mine + 1)   # asleep: wants no CPU
     (tmp_path / "loadavg").write_text("")  # not a process
     assert system._share_apart(str(tmp_path)) == pytest.approx(2 / 3)
+
+
+def test_beside_busy_tasks_more_threads_get_more_of_the_cores_for_work_that_releases_the_gil():
+    hashing = Profile(per_item_seconds=0.002, cpu_ratio=1.0, thread_scaling=2.0)
+
+    def threads(background: float) -> int:
+        return cost_model.best_candidates(hashing, 400, 2, OVH, ("serial", "thread"),
+                                          is_warm=lambda e, j: True,
+                                          background=background)["thread"].n_jobs
+
+    assert threads(0.0) == 2
+    assert threads(2.0) > 2

@@ -125,10 +125,11 @@ def thread_seconds(
     waiting = min(f, max(0.0, 1.0 - min(1.0, profile.cpu_ratio)))
     released = f - waiting
     total = n * t
-    together = min(threads, cpus)
+    # the cores the threads get for work that releases the GIL: up to the CPU count, and on a
+    # busy machine, a larger part of it the more threads want them (as for processes)
+    cores = threads * pace(threads, 1.0, cpus, background, apart)
     compute = (total * (1 - f) / pace(1, 1.0, cpus, background, apart)
-               + total * waiting / threads
-               + total * released / (together * pace(together, 1.0, cpus, background, apart)))
+               + total * waiting / threads + total * released / cores)
     n_chunks = math.ceil(n / chunksize)
     waves = math.ceil(n_chunks / threads) * chunksize * t
     start = 0.0 if warm else threads * ovh.thread_start
