@@ -353,3 +353,13 @@ def test_beside_busy_tasks_more_threads_get_more_of_the_cores_for_work_that_rele
 
     assert threads(0.0) == 2
     assert threads(2.0) > 2
+
+
+def test_on_a_busy_machine_a_wobble_of_one_task_keeps_the_plan(machine):
+    machine.busy(4)
+    first = plan_for(CPU_17MS)
+    machine.busy(4.5)
+    assert plan_for(CPU_17MS).reasons == first.reasons
+    machine.busy(6)
+    assert plan_for(CPU_17MS).machine.background == 6
+    assert plan_for(CPU_17MS).reasons != first.reasons

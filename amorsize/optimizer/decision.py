@@ -37,6 +37,7 @@ INTERPRETERS_WHEN_ASKED = frozenset({"joblib", "dask"})
 _SAME = 0.10
 # a kept plan is decided again once the tasks elsewhere that want a CPU moved by this many
 LOAD_MOVED = learned_module.LOAD_MOVED
+LOAD_MOVED_PART = 0.25
 # measured calls that got less of a core than this tell a busy machine (a quiet one gives them
 # nearly all of one: only interrupts and a daemon waking take from it)
 BUSY_SHARE = 0.9
@@ -207,8 +208,12 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
 
 
 def _load_moved(made: _Made, background: float, apart: float) -> bool:
-    return (abs(background - made.background) >= LOAD_MOVED
-            or abs(apart - made.apart) >= LOAD_MOVED)
+    """Whether the load moved since ``made``: by half a task, or a quarter of it on a machine
+    busy enough for its count to wobble by a task from one plan to the next."""
+    def moved(now: float, then: float) -> bool:
+        return abs(now - then) >= max(LOAD_MOVED, LOAD_MOVED_PART * max(now, then))
+
+    return moved(background, made.background) or moved(apart, made.apart)
 
 
 def load_now(profile: Profile, workload: Workload, cpus: int) -> tuple[float, float]:
