@@ -41,6 +41,8 @@ class WarmPools:
 def machine(monkeypatch):
     """Two cores; ``machine.busy(n)`` has ``n`` other tasks wanting a CPU from now on."""
     load = {"tasks": 0.0}
+    clock = {"now": 0.0}  # stands still: deciding takes no time
+    monkeypatch.setattr(decision, "_clock", lambda: clock["now"])
     monkeypatch.setattr(system, "usable_cpus", lambda: 2)
     monkeypatch.setattr(system, "runnable_elsewhere", lambda: load["tasks"])
     monkeypatch.setattr(overheads, "current", lambda start_method: OVH)
@@ -50,6 +52,10 @@ def machine(monkeypatch):
         @staticmethod
         def busy(tasks: float) -> None:
             load["tasks"] = tasks
+
+        @staticmethod
+        def wait(seconds: float) -> None:
+            clock["now"] += seconds
 
     return Machine
 
@@ -142,6 +148,25 @@ def test_a_kept_plan_is_decided_again_when_the_load_moves(machine):
     assert plan_for(CPU_17MS).n_jobs == 2  # not kept through the change, as through noise
 
 
+def test_deciding_again_for_a_moved_load_takes_at_most_a_fiftieth_of_the_time(
+        machine, monkeypatch):
+    """Where other people's work starts and ends all the time, the load moves between most
+    calls of a function called in a loop: deciding each time would cost more than the calls."""
+    real = decision._decide
+
+    def deciding_takes_10ms(*args, **kwargs):
+        machine.wait(0.01)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decision, "_decide", deciding_takes_10ms)
+    assert plan_for(CPU_17MS).n_jobs == 2
+    machine.busy(2)
+    kept = plan_for(CPU_17MS)
+    assert kept.n_jobs == 2 and kept.machine.background == 0  # judged at the load it was made at
+    machine.wait(50 * 0.01)
+    assert plan_for(CPU_17MS).n_jobs == 4
+
+
 def test_a_kept_plan_stays_while_the_load_moves_less_than_half_a_task(machine, monkeypatch):
     first = plan_for(CPU_17MS)
     machine.busy(0.3)
@@ -175,6 +200,15 @@ def test_a_run_twice_as_slow_as_predicted_corrects_the_next_plan_at_once():
     memory.record_run("k", "process", 400, compute_seconds=400 * 0.017, wall_seconds=6.8,
                       predicted_seconds=3.4)
     assert memory.recall("k").corrections["process"] == pytest.approx(2.0)
+
+
+def test_a_short_run_twice_as_slow_as_predicted_corrects_it_halfway():
+    """20 ms of work that took 40 ms may have waited once for a core taken by other work."""
+    memory = LearnedProfiles()
+    memory.remember("k", CPU_17MS)
+    memory.record_run("k", "serial", 1, compute_seconds=0.017, wall_seconds=0.04,
+                      predicted_seconds=0.02)
+    assert memory.recall("k").corrections["serial"] == pytest.approx(1.5)
 
 
 def test_a_run_a_little_off_its_prediction_corrects_it_halfway():

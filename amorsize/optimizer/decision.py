@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -38,6 +40,10 @@ _SAME = 0.10
 # a kept plan is decided again once the tasks elsewhere that want a CPU moved by this many
 LOAD_MOVED = learned_module.LOAD_MOVED
 LOAD_MOVED_PART = 0.25
+# at most this part of the time goes to deciding again because the load moved: where other
+# people's work starts and ends all the time, the load moves between most calls, and a function
+# called in a loop would spend more time re-deciding than computing
+DECIDING_SHARE = 0.02
 # measured calls that got less of a core than this tell a busy machine (a quiet one gives them
 # nearly all of one: only interrupts and a daemon waking take from it)
 BUSY_SHARE = 0.9
@@ -59,6 +65,8 @@ class _Made:
     told_recalled: Plan | None = None
     background: float = 0.0  # the tasks elsewhere that wanted a CPU when it was made
     apart: float = 0.0  # those of them in scheduling groups of their own
+    # until then (``_clock``), a moved load does not have it decided again (``DECIDING_SHARE``)
+    recheck_at: float = -math.inf
 
 
 class _Decisions:
@@ -133,6 +141,9 @@ class _Decisions:
 _DECISIONS = _Decisions()
 
 
+_clock = time.perf_counter
+
+
 def _near(a: float, b: float) -> bool:
     return abs(a - b) <= _SAME * max(abs(a), abs(b))
 
@@ -155,7 +166,9 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
 
     A function seen before gets its last plan again while nothing that decided it moved by more
     than the noise between runs (``_DECISIONS``): same size and constraints, a profile and
-    corrections within 10%, and a warm pool for a parallel plan."""
+    corrections within 10%, the load within a quarter (``_load_moved``), and a warm pool for a
+    parallel plan. Deciding again because the load moved takes at most ``DECIDING_SHARE`` of
+    the time: after a decision that took ``d``, the load is not looked at again for ``d / 0.02``."""
     cpus = system.usable_cpus()
     start_method = workload.start_method or system.default_start_method()
     key = function_key(func) if workload.key is None else workload.key
@@ -168,9 +181,14 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
                  workload.min_speedup, workload.chunksize, start_method, cpus)
     share = 1.0 / (1 + workload.previous_runs)
     background, apart = load_now(profile, workload, cpus)
+    made = _DECISIONS.get(situation)
+    now = _clock()
+    if made is not None and now < made.recheck_at and _load_moved(made, background, apart):
+        # decided too recently for its cost to allow another for the load alone: the plan
+        # stands as made for the load it was made at, and its run is judged at that load
+        background, apart = made.background, made.apart
     # replaced, never changed: no copy
     corrections = learned.corrections_at(background) if learned else {}
-    made = _DECISIONS.get(situation)
     if made is not None and (known := _DECISIONS.reusable(
             made, profile, corrections, remaining, share, background, apart)) is not None and (
             known.executor_type == "serial" or pools.is_warm(
@@ -201,9 +219,10 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
     last = None if made is None or _load_moved(made, background, apart) else made.plan
     plan, startup_matters = _decide(func, profile, workload, pools, cpus, start_method,
                                     remaining, corrections, share, last, background, apart)
+    took = _clock() - now
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
                                          startup_matters, plan, background=background,
-                                         apart=apart))
+                                         apart=apart, recheck_at=now + took / DECIDING_SHARE))
     return plan
 
 
