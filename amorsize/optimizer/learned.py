@@ -6,7 +6,8 @@ the estimate, each weighted by the items behind it (a run of 100,000 items all b
 what 8 sampled items said, so the next call's plan is settled at once; a run of 10 barely moves
 what 100,000 measured), and the ratio of actual to predicted wall time corrects the model for
 the executor that ran (halfway from the correction so far, or all the way for a run 1.5x or more
-off its prediction). Kept in memory only; nothing is written to disk.
+off its prediction that lasted long enough for that not to be one pre-emption by other work).
+Kept in memory only; nothing is written to disk.
 
 A finished run's figures are written into its entry's array of numbers and folded in when the
 entry is next read (the next call's planning, before its items run). Folding makes new Python
@@ -33,6 +34,10 @@ from amorsize.workload import Profile
 _MAX_ENTRIES = 512
 _SMOOTHING = 0.5
 _FAR_OFF = 1.5
+# a run shorter than this may be 1.5x off its prediction from the machine's other work alone:
+# beside other programs a thread waits for a core up to a few time slices at once (20 ms and
+# more), which says nothing of the next run
+FAR_OFF_MIN_SECONDS = 0.1
 # the machine's load (tasks elsewhere that want a CPU) moved by this many: what a correction
 # learned at one load said is set aside at the other (see ``Learned.corrected_at``)
 LOAD_MOVED = 0.5
@@ -240,8 +245,10 @@ def _fold_unread(entry: Learned) -> None:
         target = old * wall_seconds / (predicted_seconds * explained)
         target = min(10.0, max(0.1, target))
         # a run far off its prediction (the machine got busy, a pool stalled) is taken at its
-        # word at once: halfway, the next call would repeat most of the loss
-        step = 1.0 if max(target / old, old / target) >= _FAR_OFF else _SMOOTHING
+        # word at once: halfway, the next call would repeat most of the loss; a short one only
+        # halfway, as one wait for a core can make it so (its next calls come soon anyway)
+        far_off = max(target / old, old / target) >= _FAR_OFF
+        step = 1.0 if far_off and wall_seconds >= FAR_OFF_MIN_SECONDS else _SMOOTHING
         # a new dict, not a changed one: readers (and decisions made from it) keep it as it is,
         # outside the lock and without copying
         entry.corrections = {**entry.corrections, executor_type: old + step * (target - old)}
