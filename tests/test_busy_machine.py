@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from amorsize import system
-from amorsize.optimizer import cost_model, decision, overheads
+from amorsize.optimizer import cost_model, decision, overheads, probe
 from amorsize.optimizer.learned import LearnedProfiles
 from amorsize.optimizer.overheads import Overheads
 from amorsize.optimizer.probe import Probe
@@ -397,3 +397,11 @@ def test_on_a_busy_machine_a_wobble_of_one_task_keeps_the_plan(machine):
     machine.busy(6)
     assert plan_for(CPU_17MS).machine.background == 6
     assert plan_for(CPU_17MS).reasons != first.reasons
+
+
+def test_beside_busy_tasks_the_overlap_test_runs_ten_times_longer(monkeypatch):
+    """A thread woken beside busy tasks may wait a scheduler tick for a core: in a test of one
+    2 ms call per thread that hid most of the overlap of calls that only wait."""
+    assert probe.overlap_tests(list(range(30)), 2e-3)[0] == [0, 1]
+    monkeypatch.setattr(system, "runnable_elsewhere", lambda: 2.0)
+    assert probe.overlap_tests(list(range(30)), 2e-3)[0] == list(range(10))

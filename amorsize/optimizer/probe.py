@@ -25,14 +25,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from amorsize import system
 from amorsize.pools import worker
 from amorsize.workload import Profile
 
 CPU_CLOCK_MIN_SECONDS = 2e-3
 # the overlap test: each of its two threads makes about a millisecond of calls, at most eight;
-# shorter calls would time the handing out of work, longer ones cost too much to test
+# shorter calls would time the handing out of work, longer ones cost too much to test. Beside
+# other tasks that want a CPU, about 10 ms: a thread woken there may wait for a core for a
+# scheduler tick (4 ms), which in a millisecond's test hides most of the overlap
 PAIR_MIN_SECONDS = 10e-6
 PAIR_TARGET_SECONDS = 1e-3
+PAIR_TARGET_BUSY_SECONDS = 10e-3
 PAIR_MAX = 8
 PAIR_MAX_SECONDS = 0.25
 PAIR_TESTS = 3  # at most, while none shows a clear overlap (``Probe.overlap``)
@@ -175,19 +179,21 @@ class Probe:
 def overlap_tests(keys: Sequence[Any], per_item: float) -> list[list[Any]]:
     """``keys`` (items, tasks) grouped for the overlap test: each group two threads' worth of
     calls of ``per_item`` seconds, at most ``PAIR_TESTS`` groups; none when the calls are too
-    short or too long to test, or there are too few keys for one group."""
-    size = 2 * calls_per_thread(per_item)
+    short or too long to test, or there are too few keys for one group. Longer tests when other
+    tasks want a CPU now (``PAIR_TARGET_BUSY_SECONDS``)."""
+    busy = system.runnable_elsewhere() >= 1
+    size = 2 * calls_per_thread(per_item, PAIR_TARGET_BUSY_SECONDS if busy else PAIR_TARGET_SECONDS)
     if not size:
         return []
     return [list(keys[i:i + size]) for i in range(0, len(keys) - size + 1, size)][:PAIR_TESTS]
 
 
-def calls_per_thread(per_item: float) -> int:
-    """How many calls each thread of the overlap test makes; 0 when calls of ``per_item``
-    seconds are too short or too long to test."""
+def calls_per_thread(per_item: float, target: float = PAIR_TARGET_SECONDS) -> int:
+    """How many calls each thread of the overlap test makes for about ``target`` seconds of
+    them; 0 when calls of ``per_item`` seconds are too short or too long to test."""
     if not PAIR_MIN_SECONDS <= per_item <= PAIR_MAX_SECONDS:
         return 0
-    return max(1, min(PAIR_MAX, math.ceil(PAIR_TARGET_SECONDS / per_item)))
+    return max(1, min(PAIR_MAX, math.ceil(target / per_item)))
 
 
 def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
