@@ -136,13 +136,19 @@ class Probe:
         calls: none is made twice, and their results are kept) until one shows a clear
         overlap, and the largest figure is kept: outside load only ever makes overlap look
         smaller. Calls that hold the GIL show about 1.0 every time.
+
+        Only calls that compute are pinned to a core each (``_two_cores``): calls that mostly
+        wait are woken wherever a core is free first, as they are in a run, and as the calls
+        timed one at a time that ``serial_seconds`` comes from were; pinned to cores busy with
+        other work, each 2 ms sleep took 7 ms there, and their overlap read as none.
         """
-        outcomes, scaling = _two_at_once(pool, runs, serial_seconds)
+        pin = self.profile().cpu_ratio >= _COMPUTING
+        outcomes, scaling = _two_at_once(pool, runs, serial_seconds, pin)
         made = [outcomes]
         for again in more:
             if scaling >= CLEAR_OVERLAP:
                 break
-            outcomes, repeated = _two_at_once(pool, again, serial_seconds)
+            outcomes, repeated = _two_at_once(pool, again, serial_seconds, pin)
             made.append(outcomes)
             scaling = max(scaling, repeated)
         self.thread_scaling = scaling
@@ -197,7 +203,7 @@ def calls_per_thread(per_item: float, target: float = PAIR_TARGET_SECONDS) -> in
 
 
 def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
-                 serial_seconds: float) -> tuple[list, float]:
+                 serial_seconds: float, pin: bool = True) -> tuple[list, float]:
     """The runs at once on two threads; how many of them ran at a time, on average.
 
     Both start together (a barrier): a pool hands its second task to whichever thread is free
@@ -211,7 +217,7 @@ def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
     changes, is what made this test lie. Work that mostly waits gets no CPU time to judge by:
     it is set against ``serial_seconds``, what the runs take one after the other."""
     start = threading.Barrier(len(runs), timeout=_START_TOGETHER_SECONDS)
-    cores = _two_cores()
+    cores = _two_cores() if pin else [None, None]
     threads_before = _thread_ids()
     began = [threading.Event() for _ in runs]
     futures: list[Future] = [pool.submit(_timed, run, start, core, event)
