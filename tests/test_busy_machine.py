@@ -30,10 +30,10 @@ def work(x: int) -> int:
 class WarmPools:
     """Every pool warm and measured: the decision starts and measures nothing."""
 
-    def is_warm(self, executor, n_jobs, start_method):
+    def is_warm(self, n_jobs, executor_type, start_method):
         return True
 
-    def lease(self, executor, n_jobs, start_method):
+    def lease(self, n_jobs, executor_type, start_method):
         return contextlib.nullcontext(None)
 
 
