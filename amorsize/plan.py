@@ -11,10 +11,13 @@ from amorsize.workload import Profile, Workload, copy_with
 
 @dataclass(frozen=True)
 class Machine:
-    """The facts about this machine a plan was decided on."""
+    """The facts about this machine a plan was decided on; ``background``: the other tasks that
+    wanted a CPU then, in tasks' worth (``amorsize.system.runnable_elsewhere``)."""
 
     usable_cpus: int
     start_method: str
+    background: float = 0.0
+    apart: float = 0.0  # of those, the ones in other scheduling groups (``runnable_apart``)
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,10 @@ class Plan:
             + ("" if p.picklable else f"; not picklable: {p.unpicklable_reason}"),
         ]
         if self.machine is not None:
+            busy = (f", {self.machine.background:.1f} other tasks wanting a CPU"
+                    if self.machine.background >= 0.05 else "")
             lines.append(f"  machine: {self.machine.usable_cpus} usable CPUs, start method "
-                         f"{self.machine.start_method}")
+                         f"{self.machine.start_method}{busy}")
         if self.cluster is not None:
             c = self.cluster
             lines.append(f"  cluster: {c.describe()} at {c.address}; a task costs "

@@ -31,6 +31,9 @@ class Profile:
     of it, its large buffers (a partial over a big array, that ``X``), that crosses to process
     workers once, through shared memory (``amorsize.pools.shared``), where the rest travels
     with every chunk.
+    ``cpu_share`` is the part of a core the measured calls got while they computed (1.0: a core
+    of their own; 0.67 beside two busy programs on 2 cores); ``per_item_seconds`` is then what a
+    call takes on a core of its own, the wall time the machine's load added taken out.
     """
 
     per_item_seconds: float
@@ -47,6 +50,7 @@ class Profile:
     n_measured: int = 0
     measured_by: str = "sampling"
     cost_trend: float = 0.0
+    cpu_share: float = 1.0
 
     @property
     def io_bound(self) -> bool:

@@ -37,6 +37,9 @@ For every workload, in the same process:
 
 ``--quick`` times fewer cells (threads 2, 8, 32, 128; processes 2, 4; chunk sizes 16x apart),
 each once, and two amorsize calls after the learning one. ``--verbose`` prints every cell timed.
+``--hogs N`` runs everything beside N CPU hogs (``yes > /dev/null``, started before the first
+row and killed after the last): the decisions on a busy machine, against the grid's best under
+the same load.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -220,6 +224,8 @@ def workloads() -> list[dw.DemoCase]:
         dw.DemoCase("trivial", "x*x on 100k ints", dw.square, lambda: list(range(100_000))),
         dw.DemoCase("io-2ms", "400 sleeps of 2 ms", dw.wait_io, lambda: list(range(400))),
         dw.DemoCase("cpu-2ms", "400 calls of 2 ms pure-Python CPU", dw.cpu_func(0.002),
+                 lambda: list(range(400))),
+        dw.DemoCase("cpu-17ms", "400 calls of 17 ms pure-Python CPU", dw.cpu_func(0.017),
                  lambda: list(range(400))),
         dw.DemoCase("sorted-cost", "300 items, pure-Python cost rising 0 -> 3 ms", grows,
                  lambda: list(range(300))),
@@ -520,6 +526,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer grid cells, 1 repeat")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="workload names to run")
     parser.add_argument("--verbose", action="store_true", help="print every grid cell (stderr)")
+    parser.add_argument("--hogs", type=int, default=0, metavar="N",
+                        help="run beside N CPU hogs (yes > /dev/null), killed at the end")
     args = parser.parse_args()
 
     known = workloads()
@@ -527,8 +535,29 @@ def main() -> None:
     if unknown:
         parser.error(f"no workload named {sorted(unknown)}; known: {[w.name for w in known]}")
     chosen = [w for w in known if not args.only or w.name in args.only]
+    hogs = start_hogs(args.hogs)
+    try:
+        run_rows(args, chosen)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def start_hogs(count: int) -> list[subprocess.Popen]:
+    """``count`` programs that compute without end, one task each (what a busy server runs
+    beside you)."""
+    command = [shutil.which("yes") or "yes"]
+    if shutil.which("yes") is None:
+        command = [sys.executable, "-c", "while True: pass"]
+    return [subprocess.Popen(command, stdout=subprocess.DEVNULL) for _ in range(count)]
+
+
+def run_rows(args: argparse.Namespace, chosen: list[dw.DemoCase]) -> None:
     for line in machine():
         print(f"# {line}")
+    if args.hogs:
+        print(f"# beside {args.hogs} CPU hogs (yes > /dev/null)")
     print()
 
     observer = RunObserver()

@@ -68,6 +68,7 @@ def workloads():
         # a fixed count of pure-Python operations, not a spin on the clock (threads would
         # finish such spins together on a busy machine)
         ("400 × 2 ms CPU", cpu_func(0.002), list(range(400)), 1),
+        ("400 × 17 ms CPU", cpu_func(0.017), list(range(400)), 1),
         ("same call 100× on 500 × 40 µs", cpu_func(40e-6), list(range(500)), 100),
         ("sha256 of 16 × 8 MB (C, releases the GIL)", sha256_hex,
          [random.Random(1).randbytes(8 << 20) for _ in range(16)], 1),

@@ -87,6 +87,25 @@ def test_overlap_tells_waiting_and_gil_work_apart(pair_pool, monkeypatch):
     assert gil.thread_scaling == 1.0
 
 
+def test_only_calls_that_compute_are_pinned_to_a_core_each_for_the_overlap_test(
+        pair_pool, monkeypatch):
+    """Calls that mostly wait are woken wherever a core is free first, in a run and when timed
+    one at a time: pinned to cores busy with other work, their overlap read as none."""
+    import contextlib
+
+    pinned: list[int] = []
+    monkeypatch.setattr(probe, "_pinned",
+                        lambda core: pinned.append(core) or contextlib.nullcontext())
+    waits, computes = probe.Probe("test"), probe.Probe("test")
+    for _ in range(4):
+        waits.observe(0.003, 0.0, blocked=1)
+        computes.observe(0.003, 0.003, blocked=0)
+    waits.overlap(pair_pool, [lambda: 1, lambda: 2], 0.006)
+    assert pinned == []
+    computes.overlap(pair_pool, [lambda: 1, lambda: 2], 0.006)
+    assert len(pinned) == 2 or probe._two_cores() == [None, None]
+
+
 def test_overlap_of_computing_work_needs_no_serial_baseline(pair_pool, monkeypatch):
     """A baseline measured under other load is wrong; the threads' CPU time is what counts."""
     computing = FakeClock().install(monkeypatch)
@@ -109,7 +128,8 @@ def test_an_overlap_short_of_clear_is_measured_again_on_other_calls(pair_pool, m
     """The machine can only hide overlap (a busy core, a thread woken onto the wrong core):
     the test is made again on other calls until one overlaps clearly, and the best is kept."""
     figures = iter([0.98, 1.3, 1.9, 1.0])
-    monkeypatch.setattr(probe, "_two_at_once", lambda pool, runs, s: ([r() for r in runs],
+    monkeypatch.setattr(probe, "_two_at_once", lambda pool, runs, s, pin=True: (
+        [r() for r in runs],
                                                                     next(figures)))
     p = probe.Probe("test")
     more = [[lambda: 3, lambda: 4], [lambda: 5, lambda: 6], [lambda: 7, lambda: 8]]
@@ -162,7 +182,8 @@ def test_overlap_tests_group_two_threads_worth_of_calls_at_most_three_times():
 def test_overlap_on_runs_half_of_each_group_per_thread_and_keeps_results_in_order(
         pair_pool, monkeypatch):
     figures = iter([1.0, 1.9])
-    monkeypatch.setattr(probe, "_two_at_once", lambda pool, runs, s: ([r() for r in runs],
+    monkeypatch.setattr(probe, "_two_at_once", lambda pool, runs, s, pin=True: (
+        [r() for r in runs],
                                                                     next(figures)))
     p = probe.Probe("test")
     p.observe(1e-3, 1e-3)

@@ -103,8 +103,8 @@ def test_record_run_moves_per_item_time_towards_what_was_measured():
     assert entry.runs == 1
     assert entry.profile.per_item_seconds == pytest.approx(0.6)
     # the prediction used 1.0 s per item; with 0.6 it would have been 0.6 x 2.0 s: the model's
-    # own error is 4.0 / 1.2, and half of it is taken
-    assert entry.corrections["process"] == pytest.approx(1 + 0.5 * (4.0 / 1.2 - 1))
+    # own error is 4.0 / 1.2, far off, so all of it is taken at once
+    assert entry.corrections["process"] == pytest.approx(4.0 / 1.2)
 
 
 def test_an_error_the_per_item_time_explains_does_not_also_correct_the_model():
@@ -215,11 +215,11 @@ def test_global_memory_can_forget_everything():
 def test_thread_runs_correct_the_model_but_not_the_per_item_time():
     mem = LearnedProfiles()
     mem.remember("k", Profile(per_item_seconds=1.0))
-    mem.record_run("k", "thread", n_items=10, compute_seconds=50.0, wall_seconds=2.0,
+    mem.record_run("k", "thread", n_items=10, compute_seconds=50.0, wall_seconds=1.2,
                    predicted_seconds=1.0)
     entry = mem.recall("k")
     assert entry.profile.per_item_seconds == 1.0
-    assert entry.corrections["thread"] == pytest.approx(1.5)
+    assert entry.corrections["thread"] == pytest.approx(1.1)
     assert entry.last_n_items == 10
 
 

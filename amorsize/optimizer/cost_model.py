@@ -33,6 +33,11 @@ _PROCESSES_PER_CPU = 2
 # are predicted a hair faster (a smaller tail) but pay for switching and hold more memory
 FEWER_WORKERS_WITHIN = 1.03
 _CHANCE_TREND = 0.9  # 7 random costs reach a rank correlation this high 1 time in 140
+# The part of a chunk's time by which one process worker may end after another because the
+# machine's other work fell on its core more than on the others': a little on a quiet machine,
+# up to half beside as many busy tasks as cores (docs/optimizer.md has the figures).
+UNEVEN_PACE = 0.02
+UNEVEN_PACE_BUSY = 0.5
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,52 @@ class Candidate:
     seconds: float
 
 
-def serial_seconds(profile: Profile, n: int) -> float:
-    return n * profile.per_item_seconds
+def serial_seconds(profile: Profile, n: int, cpus: int = 1, background: float = 0.0,
+                   apart: float = 0.0) -> float:
+    """One call after another; their computing slowed by the ``background`` tasks that share
+    the ``cpus`` with them (``pace``)."""
+    computing = min(1.0, profile.cpu_ratio)
+    slowed = computing / pace(1, profile.cpu_ratio, cpus, background, apart)
+    return n * profile.per_item_seconds * ((1 - computing) + slowed)
+
+
+def pace(tasks: int, cpu_ratio: float, cpus: int, background: float,
+         apart: float = 0.0) -> float:
+    """How fast each of ``tasks`` calls of ours computes while they run at once beside
+    ``background`` other tasks wanting a CPU, against one call alone on a quiet machine (1.0).
+
+    The kernel shares the cores evenly among the tasks that want them: each call uses
+    ``cpu_ratio`` of a core by itself (a quarter at least; more than one for a call that
+    computes on several cores), and when the calls and the others want more than the ``cpus``,
+    each gets its part of them. Two workers beside two busy programs on 2 cores compute at
+    half speed, four at a third (together, a third more than two): on a busy machine, more
+    workers than cores take a larger part of it, which the plan counts.
+
+    Not against tasks of other scheduling groups (``apart`` of the ``background``: with Linux's
+    autogroup, each session is one; a container or service in a cgroup of its own is too): the
+    kernel shares each core among groups first, so this process's tasks, one group, get no more
+    of the machine from more workers than cores, and spread over several cores they weigh on
+    each only their part of the group (taken as other tasks' groups each hold one: the most
+    they can take)."""
+    per_call = max(cpu_ratio, _MIN_CPU_SHARE)
+    alone = min(1.0, cpus / per_call)  # one call on a quiet machine
+    others = max(0.0, min(apart, background))
+    ours = tasks * per_call + (background - others)  # the tasks of this process's group
+    return min(1.0, _group_cores(ours, others, cpus) / ours) / alone
+
+
+def _group_cores(ours: float, others: float, cpus: int) -> float:
+    """The cores a group of ``ours`` tasks gets beside ``others`` tasks of one group each: on
+    a core of its own each while there are free ones; where it shares, the group weighs on
+    each core it uses only its part (one of ``min(ours, cpus)``). Beside other groups on every
+    core, spreading over the cores is taken to gain nothing: measured, it gained less than the
+    weights say, and often lost (docs/optimizer.md)."""
+    spread = min(ours, cpus)
+    if others >= cpus:  # on every core, ``others / cpus`` other groups
+        return min(spread, 1.0) * cpus / (cpus + others)
+    free = cpus - others
+    shared = max(0.0, spread - free)
+    return min(spread, free) + shared / (1 + spread)
 
 
 def thread_parallel_fraction(profile: Profile) -> float:
@@ -65,16 +114,22 @@ def thread_parallel_fraction(profile: Profile) -> float:
 
 
 def thread_seconds(
-    profile: Profile, n: int, threads: int, chunksize: int, cpus: int, ovh: Overheads, warm: bool
+    profile: Profile, n: int, threads: int, chunksize: int, cpus: int, ovh: Overheads, warm: bool,
+    background: float = 0.0, apart: float = 0.0,
 ) -> float:
     """Threads: the GIL-held part runs one at a time, waiting overlaps across all threads, work
-    that releases the GIL overlaps up to the CPU count; the caller hands out every chunk."""
+    that releases the GIL overlaps up to the CPU count (fewer beside ``background`` tasks that
+    want the CPUs too: ``pace``); the caller hands out every chunk."""
     t = profile.per_item_seconds
     f = thread_parallel_fraction(profile)
     waiting = min(f, max(0.0, 1.0 - min(1.0, profile.cpu_ratio)))
     released = f - waiting
     total = n * t
-    compute = total * (1 - f) + total * waiting / threads + total * released / min(threads, cpus)
+    # the cores the threads get for work that releases the GIL: up to the CPU count, and on a
+    # busy machine, a larger part of it the more threads want them (as for processes)
+    cores = threads * pace(threads, 1.0, cpus, background, apart)
+    compute = (total * (1 - f) / pace(1, 1.0, cpus, background, apart)
+               + total * waiting / threads + total * released / cores)
     n_chunks = math.ceil(n / chunksize)
     waves = math.ceil(n_chunks / threads) * chunksize * t
     start = 0.0 if warm else threads * ovh.thread_start
@@ -91,16 +146,19 @@ def process_seconds(
     ovh: Overheads,
     warm: bool,
     startup_share: float = 1.0,
+    background: float = 0.0,
+    apart: float = 0.0,
 ) -> float:
     """Processes: calls run in parallel up to the cores they use -- fewer than the workers when
-    a call uses several cores itself, more when it spends part of its time waiting;
+    a call uses several cores itself, more when it spends part of its time waiting, and
+    at the pace the ``background`` tasks that want the cores too leave them (``pace``);
     the parent pickles, sends and receives every item (one core's worth of work that competes
     with the workers when they use every core) and places the function's shared buffers once (a
     copy on the first call, a checksum on the later ones: of the same order); a cold pool's
     start-up is charged in ``startup_share`` (less than 1 when the start-up is amortised over
     repeated calls)."""
     t = profile.per_item_seconds
-    usable = max(1.0, min(workers, cpus / max(profile.cpu_ratio, _MIN_CPU_SHARE)))
+    usable = workers * pace(workers, profile.cpu_ratio, cpus, background, apart)
     n_chunks = math.ceil(n / chunksize)
     # every chunk carries the function too (by value: a closure or __main__ function may be
     # big), but for its large buffers, which cross once, through shared memory
@@ -122,7 +180,7 @@ def process_seconds(
     fill = min(chunksize, n) * (profile.pickle_seconds
                                 + (profile.arg_bytes + profile.result_bytes) * ovh.process_per_byte)
     return start + ovh.process_latency + fill + max(compute, parent, waves) + tail_seconds(
-        profile, chunksize)
+        profile, chunksize, uneven_pace(cpus, background))
 
 
 def interpreter_seconds(
@@ -134,6 +192,8 @@ def interpreter_seconds(
     ovh: Overheads,
     warm: bool,
     startup_share: float = 1.0,
+    background: float = 0.0,
+    apart: float = 0.0,
 ) -> float:
     """Sub-interpreters: the processes' model with the interpreters' own figures. Calls run in
     parallel up to the cores, and everything crosses pickled, as to processes; what differs is
@@ -147,7 +207,7 @@ def interpreter_seconds(
         process_per_byte=ovh.interpreter_per_byte,
     )
     return process_seconds(profile, n, workers, chunksize, cpus, as_processes, warm,
-                           startup_share)
+                           startup_share, background, apart)
 
 
 def interpreters_may_pay(profile: Profile) -> bool:
@@ -156,16 +216,24 @@ def interpreters_may_pay(profile: Profile) -> bool:
     return profile.picklable and profile.cpu_ratio >= _BUSY_CPU_RATIO
 
 
-def tail_seconds(profile: Profile, chunksize: int) -> float:
+def uneven_pace(cpus: int, background: float) -> float:
+    """The part of a chunk's time by which workers' chunks may end apart on this machine, the
+    ``background`` tasks' work landing on some cores more than others (``UNEVEN_PACE``)."""
+    return UNEVEN_PACE + UNEVEN_PACE_BUSY * min(1.0, background / max(1, cpus))
+
+
+def tail_seconds(profile: Profile, chunksize: int, uneven: float = 0.0) -> float:
     """How much longer than the others the last chunk may run, at most the chunk's own time.
     Costs independent of each other average out over a chunk (the spread of c items' sum is
     sqrt(c) times one item's): taken c times, big chunks of varying items look much slower than
     they run, and small ones are chosen that run slower. Costs rising along the input do not: the
     last chunks are the dearest (as far as the sample's rank correlation with position is
     clearer than chance). Falling costs put the dearest chunks first, where the other workers'
-    later chunks absorb them."""
+    later chunks absorb them. Workers that compute at uneven paces (``uneven``: the part of a
+    chunk's time by which they drift apart) end their last chunks apart by that part of one."""
     trend = max(0.0, (profile.cost_trend - _CHANCE_TREND) / (1 - _CHANCE_TREND))
     spread = profile.per_item_spread * (trend * chunksize + (1 - trend) * math.sqrt(chunksize))
+    spread += uneven * chunksize
     return profile.per_item_seconds * min(chunksize, spread)
 
 
@@ -202,6 +270,8 @@ def best_candidates(
     startup_share: float = 1.0,
     corrections: dict[str, float] | None = None,
     chunksize: int | None = None,
+    background: float = 0.0,
+    apart: float = 0.0,
 ) -> dict[str, Candidate]:
     """The fastest configuration of each allowed executor type (at most one per type).
 
@@ -214,7 +284,8 @@ def best_candidates(
     if "serial" in executors or not executors:
         out["serial"] = Candidate("serial", 1, chunksize or max(1, n),
                                   predicted_seconds("serial", 1, 1, profile, n, cpus, ovh,
-                                                    corrections=corrections))
+                                                    corrections=corrections,
+                                                    background=background, apart=apart))
     if n < 2 or max_workers == 1:
         return out
     prune = "serial" in executors
@@ -233,7 +304,7 @@ def best_candidates(
         for w in workers:
             for c in [chunksize] if chunksize else chunk_candidates(n, w):
                 s = predicted_seconds(executor, w, c, profile, n, cpus, ovh, is_warm,
-                                      startup_share, corrections)
+                                      startup_share, corrections, background, apart)
                 if w not in by_workers or s < by_workers[w].seconds:
                     by_workers[w] = Candidate(executor, w, c, s)
         if by_workers:
@@ -254,19 +325,23 @@ def predicted_seconds(
     is_warm: Callable[[str, int], bool] = lambda e, j: False,
     startup_share: float = 1.0,
     corrections: dict[str, float] | None = None,
+    background: float = 0.0,
+    apart: float = 0.0,
 ) -> float:
-    """The predicted wall time of one configuration, corrected by what earlier runs of it
-    showed of the model's error."""
+    """The predicted wall time of one configuration beside ``background`` tasks that want the
+    CPUs too, corrected by what earlier runs of it showed of the model's error."""
     fix = (corrections or {}).get(executor, 1.0)
     if executor == "serial":
-        return serial_seconds(profile, n) * fix
+        return serial_seconds(profile, n, cpus, background, apart) * fix
     warm = is_warm(executor, n_jobs)
     if executor == "thread":
-        return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm) * fix
+        return thread_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, background,
+                              apart) * fix
     if executor == "interpreter":
         return interpreter_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm,
-                                   startup_share) * fix
-    return process_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, startup_share) * fix
+                                   startup_share, background, apart) * fix
+    return process_seconds(profile, n, n_jobs, chunksize, cpus, ovh, warm, startup_share,
+                           background, apart) * fix
 
 
 def choose(candidates: dict[str, Candidate], min_speedup: float) -> Candidate:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 from amorsize import system
 from amorsize.errors import ExecutorType
 from amorsize.optimizer import cost_model, overheads
+from amorsize.optimizer import learned as learned_module
 from amorsize.optimizer.learned import LEARNED, Learned, function_key
 from amorsize.plan import Machine, Plan, format_bytes, format_seconds, measured_how
 from amorsize.pools import shared
@@ -34,6 +37,16 @@ ASSUMED_ITEMS_WHEN_UNKNOWN = 10_000
 # interpreters only when they ask for them alone.
 INTERPRETERS_WHEN_ASKED = frozenset({"joblib", "dask"})
 _SAME = 0.10
+# a kept plan is decided again once the tasks elsewhere that want a CPU moved by this many
+LOAD_MOVED = learned_module.LOAD_MOVED
+LOAD_MOVED_PART = 0.25
+# at most this part of the time goes to deciding again because the load moved: where other
+# people's work starts and ends all the time, the load moves between most calls, and a function
+# called in a loop would spend more time re-deciding than computing
+DECIDING_SHARE = 0.02
+# measured calls that got less of a core than this tell a busy machine (a quiet one gives them
+# nearly all of one: only interrupts and a daemon waking take from it)
+BUSY_SHARE = 0.9
 # a new parallel configuration must be predicted this much faster than the last one to replace it
 STAY_WITHIN = 1.10
 
@@ -50,6 +63,10 @@ class _Made:
     plan: Plan
     # the plan's reasons as told to calls that recall the profile, with the profile they tell of
     told_recalled: Plan | None = None
+    background: float = 0.0  # the tasks elsewhere that wanted a CPU when it was made
+    apart: float = 0.0  # those of them in scheduling groups of their own
+    # until then (``_clock``), a moved load does not have it decided again (``DECIDING_SHARE``)
+    recheck_at: float = -math.inf
 
 
 class _Decisions:
@@ -73,10 +90,14 @@ class _Decisions:
 
     @staticmethod
     def reusable(made: _Made, profile: Profile, corrections: dict[str, float],
-                 remaining: int, share: float) -> Plan | None:
-        """``made``'s plan, if nothing that decided it moved (see the class)."""
+                 remaining: int, share: float, background: float = 0.0,
+                 apart: float = 0.0) -> Plan | None:
+        """``made``'s plan, if nothing that decided it moved (see the class), the machine's
+        load included: a plan made on a quiet machine is decided again on a busy one."""
         was = made.profile
         serial = made.plan.executor_type == "serial"
+        if _load_moved(made, background, apart):
+            return None
         # A serial plan has no chunk sizes cut for the items left (the call that measured left
         # its sampled items out, so later calls see a few more: within ``_SAME`` more items is
         # the same decision), and
@@ -120,6 +141,9 @@ class _Decisions:
 _DECISIONS = _Decisions()
 
 
+_clock = time.perf_counter
+
+
 def _near(a: float, b: float) -> bool:
     return abs(a - b) <= _SAME * max(abs(a), abs(b))
 
@@ -142,7 +166,9 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
 
     A function seen before gets its last plan again while nothing that decided it moved by more
     than the noise between runs (``_DECISIONS``): same size and constraints, a profile and
-    corrections within 10%, and a warm pool for a parallel plan."""
+    corrections within 10%, the load within a quarter (``_load_moved``), and a warm pool for a
+    parallel plan. Deciding again because the load moved takes at most ``DECIDING_SHARE`` of
+    the time: after a decision that took ``d``, the load is not looked at again for ``d / 0.02``."""
     cpus = system.usable_cpus()
     start_method = workload.start_method or system.default_start_method()
     key = function_key(func) if workload.key is None else workload.key
@@ -151,20 +177,28 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
         n = (learned.last_n_items if learned and learned.last_n_items
              else ASSUMED_ITEMS_WHEN_UNKNOWN)
     remaining = max(0, n - workload.already_done)
-    corrections = learned.corrections if learned else {}  # replaced, never changed: no copy
     situation = (key, n, workload.executors, workload.max_workers,
                  workload.min_speedup, workload.chunksize, start_method, cpus)
     share = 1.0 / (1 + workload.previous_runs)
+    background, apart = load_now(profile, workload, cpus)
     made = _DECISIONS.get(situation)
+    now = _clock()
+    if made is not None and now < made.recheck_at and _load_moved(made, background, apart):
+        # decided too recently for its cost to allow another for the load alone: the plan
+        # stands as made for the load it was made at, and its run is judged at that load
+        background, apart = made.background, made.apart
+    # replaced, never changed: no copy
+    corrections = learned.corrections_at(background) if learned else {}
     if made is not None and (known := _DECISIONS.reusable(
-            made, profile, corrections, remaining, share)) is not None and (
+            made, profile, corrections, remaining, share, background, apart)) is not None and (
             known.executor_type == "serial" or pools.is_warm(
                 known.n_jobs, known.executor_type, start_method)):
         # the prediction the run will be judged against is for this call's items, profile and
         # corrections: a stale one would teach the next correction the wrong error
         predictions = {**known.predictions, known.executor_type: cost_model.predicted_seconds(
             known.executor_type, known.n_jobs, known.chunksize, profile, remaining, cpus,
-            overheads.current(start_method), lambda e, j: True, share, corrections)}
+            overheads.current(start_method), lambda e, j: True, share, corrections,
+            background, apart)}
         reasons = known.reasons
         if known.workload.recalled != workload.recalled:
             # the plan of the call that measured, now for calls that recall: told again only
@@ -175,22 +209,57 @@ def decide(func: Callable, profile: Profile, workload: Workload, *, pools: Pools
                                      reasons=[_describe(profile, workload), *known.reasons[1:]])
                 _DECISIONS.remember(situation, dataclasses.replace(made, told_recalled=told))
             reasons = told.reasons
+        machine = known.machine
+        if machine is not None and (machine.background, machine.apart) != (background, apart):
+            machine = Machine(machine.usable_cpus, machine.start_method, background, apart)
         return known.replace(workload=workload, profile=profile, predictions=predictions,
-                             reasons=reasons)
+                             reasons=reasons, machine=machine)
+    # the last plan is kept through a run's noise, not through a change of load: 4 workers
+    # beside two busy programs tie with 2 on paper once they are gone, and run slower
+    last = None if made is None or _load_moved(made, background, apart) else made.plan
     plan, startup_matters = _decide(func, profile, workload, pools, cpus, start_method,
-                                    remaining, corrections, share,
-                                    None if made is None else made.plan)
+                                    remaining, corrections, share, last, background, apart)
+    took = _clock() - now
     _DECISIONS.remember(situation, _Made(profile, corrections, remaining, share,
-                                         startup_matters, plan))
+                                         startup_matters, plan, background=background,
+                                         apart=apart, recheck_at=now + took / DECIDING_SHARE))
     return plan
+
+
+def _load_moved(made: _Made, background: float, apart: float) -> bool:
+    """Whether the load moved since ``made``: by half a task, or a quarter of it on a machine
+    busy enough for its count to wobble by a task from one plan to the next."""
+    def moved(now: float, then: float) -> bool:
+        return abs(now - then) >= max(LOAD_MOVED, LOAD_MOVED_PART * max(now, then))
+
+    return moved(background, made.background) or moved(apart, made.apart)
+
+
+def load_now(profile: Profile, workload: Workload, cpus: int) -> tuple[float, float]:
+    """The tasks elsewhere that want a CPU now (``system.runnable_elsewhere``), or more if the
+    calls measured for this very plan got less of a core than that leaves them (a reading
+    between two bursts of someone else's work; a machine whose task count is not this
+    process's): one call beside ``b`` others on ``cpus`` cores gets ``cpus / (1 + b)`` of one.
+    With how many of them the kernel schedules apart from this process
+    (``system.runnable_apart``); the measured calls' extra counts apart in the same part."""
+    read = system.runnable_elsewhere()
+    apart = system.runnable_apart(read)
+    background = read
+    if not workload.recalled and profile.cpu_share < BUSY_SHARE:
+        background = max(read, cpus / profile.cpu_share - 1)
+        apart = background * (apart / read if read > 0 else 0.0)
+    return background, apart
 
 
 def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, cpus: int,
             start_method: str, remaining: int, corrections: dict[str, float], share: float,
-            last: Plan | None) -> tuple[Plan, bool]:
+            last: Plan | None, background: float = 0.0,
+            apart: float = 0.0) -> tuple[Plan, bool]:
     """The plan, and whether it is serial only because no pool is warm yet."""
     executors = set(workload.executors)
     reasons = [_describe(profile, workload)]
+    if background >= LOAD_MOVED:
+        reasons.append(_busy(profile, background, apart, cpus))
     measured = profile
     if profile.thread_scaling is None and not system.gil_enabled():
         reasons.append("free-threaded interpreter (no GIL): calls taken to overlap on threads")
@@ -215,7 +284,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     def evaluate() -> dict[str, cost_model.Candidate]:
         return cost_model.best_candidates(
             profile, remaining, cpus, ovh, executors, workload.max_workers, is_warm, share,
-            corrections, workload.chunksize,
+            corrections, workload.chunksize, background, apart,
         )
 
     candidates = evaluate()
@@ -255,7 +324,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     if last is not None and last.executor_type in executors and remaining >= 2:
         kept = _keep_last(last, chosen, lambda c: cost_model.predicted_seconds(
             c.executor_type, c.n_jobs, c.chunksize, profile, remaining, cpus, ovh, is_warm, share,
-            corrections), [workload.chunksize] if workload.chunksize
+            corrections, background, apart), [workload.chunksize] if workload.chunksize
             else cost_model.chunk_candidates(remaining, last.n_jobs),
             same_items=last.workload.already_done == workload.already_done)
         serial_candidate = candidates.get("serial")
@@ -279,7 +348,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
     startup_matters = chosen.executor_type == "serial" and cost_model.choose(
         cost_model.best_candidates(profile, remaining, cpus, ovh, executors,
                                    workload.max_workers, lambda e, j: True, share, corrections,
-                                   workload.chunksize),
+                                   workload.chunksize, background, apart),
         workload.min_speedup).executor_type != "serial"
     return Plan(
         executor_type=chosen.executor_type,
@@ -291,7 +360,7 @@ def _decide(func: Callable, profile: Profile, workload: Workload, pools: Pools, 
         workload=workload,
         predictions={k: c.seconds for k, c in candidates.items()},
         overheads=ovh.as_dict(),
-        machine=Machine(cpus, start_method),
+        machine=Machine(cpus, start_method, background, apart),
     ), startup_matters
 
 
@@ -327,17 +396,19 @@ def _keep_last(last: Plan, chosen: cost_model.Candidate,
     return again
 
 
-def learn(key: Any, report: Any, already_done: int = 0) -> None:
+def learn(key: Any, report: Any, already_done: int = 0, background: float = 0.0,
+          apart: float = 0.0) -> None:
     """Fold a finished run into what is learned of the function (``amorsize_run_finished``);
     ``already_done`` items were computed before the run (measuring), so the input had
-    ``report.n_items + already_done``. Process workers sharing cores each took longer per
-    item than one call costs (``workers_per_core``)."""
-    crowding = (report.n_jobs / system.usable_cpus()
-                if report.executor_type in ("process", "interpreter") else 1.0)
+    ``report.n_items + already_done``. Process workers sharing cores, with each other and with
+    the ``background`` tasks the plan was made beside, each took longer per item than one call
+    costs (``workers_per_core``); so did a serial run on a busy machine."""
+    tasks = report.n_jobs if report.executor_type in ("process", "interpreter") else 1
+    crowding = 1 / cost_model.pace(tasks, 1.0, system.usable_cpus(), background, apart)
     LEARNED.record_run(
         key, report.executor_type, report.n_items, report.compute_seconds,
         report.wall_seconds, report.predicted_seconds, report.n_items + already_done,
-        workers_per_core=crowding,
+        workers_per_core=crowding, background=background,
     )
 
 
@@ -365,6 +436,17 @@ def _no_pool(kind: str, exc: Exception) -> str:
                f"({type(cause).__name__}: {first_line})")
     warnings.warn(f"amorsize: {message}", RuntimeWarning, stacklevel=4)
     return message
+
+
+def _busy(profile: Profile, background: float, apart: float, cpus: int) -> str:
+    """Why the plan counts on less of the machine than its cores."""
+    got = (f"; the calls measured got {profile.cpu_share:.0%} of a core, so a call is taken to "
+           f"cost {format_seconds(profile.per_item_seconds)} on a core of its own"
+           if profile.cpu_share < BUSY_SHARE else "")
+    groups = (f" ({apart:.1f} of them in other sessions: more workers than cores take no more "
+              "from those)" if apart >= LOAD_MOVED else "")
+    return (f"a busy machine: {background:.1f} other tasks want the {cpus} CPUs now{groups}, and "
+            f"each of the plan's calls gets its part of them{got}")
 
 
 def _describe(profile: Profile, workload: Workload) -> str:

@@ -5,7 +5,9 @@ run corrects what is remembered: the per-item time measured inside the workers i
 the estimate, each weighted by the items behind it (a run of 100,000 items all but replaces
 what 8 sampled items said, so the next call's plan is settled at once; a run of 10 barely moves
 what 100,000 measured), and the ratio of actual to predicted wall time corrects the model for
-the executor that ran. Kept in memory only; nothing is written to disk.
+the executor that ran (halfway from the correction so far, or all the way for a run 1.5x or more
+off its prediction that lasted long enough for that not to be one pre-emption by other work).
+Kept in memory only; nothing is written to disk.
 
 A finished run's figures are written into its entry's array of numbers and folded in when the
 entry is next read (the next call's planning, before its items run). Folding makes new Python
@@ -31,31 +33,52 @@ from amorsize.workload import Profile
 
 _MAX_ENTRIES = 512
 _SMOOTHING = 0.5
+_FAR_OFF = 1.5
+# a run shorter than this may be 1.5x off its prediction from the machine's other work alone:
+# beside other programs a thread waits for a core up to a few time slices at once (20 ms and
+# more), which says nothing of the next run
+FAR_OFF_MIN_SECONDS = 0.1
+# the machine's load (tasks elsewhere that want a CPU) moved by this many: what a correction
+# learned at one load said is set aside at the other (see ``Learned.corrected_at``)
+LOAD_MOVED = 0.5
 
 
 class _Unread:
     """Slots of a finished run's figures in ``Learned.unread`` (an ``array('d')``, written in
     place so that recording a run creates no object that outlives it); NaN for None."""
 
-    EXECUTOR, N_ITEMS, COMPUTE, WALL, PREDICTED, N_INPUT, WORKERS_PER_CORE = range(7)
+    EXECUTOR, N_ITEMS, COMPUTE, WALL, PREDICTED, N_INPUT, WORKERS_PER_CORE, BACKGROUND = range(8)
 
     @staticmethod
     def empty() -> array[float]:
-        return array("d", [math.nan] * 7)
+        return array("d", [math.nan] * 8)
 
 
 @dataclass
 class Learned:
     """What is known about one function: its profile, how often it ran, how many items its last
     run had (the best guess when the next input is an iterator of unknown length), and the
-    model's corrections by executor type."""
+    model's corrections by executor type, with the load each was learned at (``corrected_at``:
+    the tasks elsewhere that wanted a CPU). A correction learned beside two busy programs
+    corrected an error the model now counts itself; at another load it is set aside
+    (``corrections_at``), not carried over."""
 
     profile: Profile
     runs: int = 0
     last_n_items: int | None = None
     corrections: dict[str, float] = field(default_factory=dict)
+    corrected_at: dict[str, float] = field(default_factory=dict)
     # the last finished run, not yet folded in: see _Unread
     unread: array[float] = field(default_factory=_Unread.empty, repr=False, compare=False)
+
+    def corrections_at(self, background: float) -> dict[str, float]:
+        """The corrections learned at about this load (``background``: tasks elsewhere that
+        want a CPU); the same dict when none is set aside."""
+        at = self.corrected_at
+        if all(abs(at.get(k, 0.0) - background) < LOAD_MOVED for k in self.corrections):
+            return self.corrections
+        return {k: v for k, v in self.corrections.items()
+                if abs(at.get(k, 0.0) - background) < LOAD_MOVED}
 
 
 def function_key(func: Callable) -> Hashable:
@@ -140,12 +163,14 @@ class LearnedProfiles:
         predicted_seconds: float | None,
         n_input: int | None = None,
         workers_per_core: float = 1.0,
+        background: float = 0.0,
     ) -> None:
         """Note a finished run of ``n_items``, to be folded into what is known when the entry
         is next read (see the module's docstring): per-item time (from serial and process runs,
         whose workers shared each core with ``workers_per_core`` - 1 others), the model's error
-        for the executor that ran, and the input's size (``n_input``, which counts the items
-        measured before the run too)."""
+        for the executor that ran (whose plan was made beside ``background`` tasks that wanted
+        a CPU), and the input's size (``n_input``, which counts the items measured before the
+        run too)."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -161,6 +186,7 @@ class LearnedProfiles:
             unread[_Unread.PREDICTED] = math.nan if predicted_seconds is None else predicted_seconds
             unread[_Unread.N_INPUT] = math.nan if n_input is None else n_input
             unread[_Unread.WORKERS_PER_CORE] = workers_per_core
+            unread[_Unread.BACKGROUND] = background
 
     def forget(self, key: Hashable | None = None) -> None:
         """Forget one function, or everything."""
@@ -181,6 +207,7 @@ def _fold_unread(entry: Learned) -> None:
     compute_seconds, wall_seconds = unread[_Unread.COMPUTE], unread[_Unread.WALL]
     predicted_seconds, n_input = unread[_Unread.PREDICTED], unread[_Unread.N_INPUT]
     workers_per_core = unread[_Unread.WORKERS_PER_CORE]
+    background = unread[_Unread.BACKGROUND]
     unread[_Unread.EXECUTOR] = math.nan
     entry.runs += 1
     entry.last_n_items = n_items if math.isnan(n_input) else int(n_input)
@@ -210,13 +237,22 @@ def _fold_unread(entry: Learned) -> None:
             per_item_seconds=new, n_measured=stands_for, measured_by="runs")
     if n_items > 0 and predicted_seconds > 0 and wall_seconds > 0:  # NaN compares False
         # the prediction already carried the correction so far: the run's error is on
-        # top of it (taking it as the whole correction settled on its square root)
+        # top of it (taking it as the whole correction settled on its square root); one
+        # learned at another load was set aside (``corrections_at``), and not carried
         old = entry.corrections.get(executor_type, 1.0)
+        if abs(entry.corrected_at.get(executor_type, 0.0) - background) >= LOAD_MOVED:
+            old = 1.0
         target = old * wall_seconds / (predicted_seconds * explained)
         target = min(10.0, max(0.1, target))
+        # a run far off its prediction (the machine got busy, a pool stalled) is taken at its
+        # word at once: halfway, the next call would repeat most of the loss; a short one only
+        # halfway, as one wait for a core can make it so (its next calls come soon anyway)
+        far_off = max(target / old, old / target) >= _FAR_OFF
+        step = 1.0 if far_off and wall_seconds >= FAR_OFF_MIN_SECONDS else _SMOOTHING
         # a new dict, not a changed one: readers (and decisions made from it) keep it as it is,
         # outside the lock and without copying
-        entry.corrections = {**entry.corrections, executor_type: old + _SMOOTHING * (target - old)}
+        entry.corrections = {**entry.corrections, executor_type: old + step * (target - old)}
+        entry.corrected_at = {**entry.corrected_at, executor_type: background}
 
 
 LEARNED = LearnedProfiles()

@@ -24,14 +24,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from amorsize import system
 from amorsize.pools import worker
 from amorsize.workload import Profile
 
 CPU_CLOCK_MIN_SECONDS = 2e-3
 # the overlap test: each of its two threads makes about a millisecond of calls, at most eight;
-# shorter calls would time the handing out of work, longer ones cost too much to test
+# shorter calls would time the handing out of work, longer ones cost too much to test. Beside
+# other tasks that want a CPU, about 10 ms: a thread woken there may wait for a core for a
+# scheduler tick (4 ms), which in a millisecond's test hides most of the overlap
 PAIR_MIN_SECONDS = 10e-6
 PAIR_TARGET_SECONDS = 1e-3
+PAIR_TARGET_BUSY_SECONDS = 10e-3
 PAIR_MAX = 8
 PAIR_MAX_SECONDS = 0.25
 PAIR_TESTS = 3  # at most, while none shows a clear overlap (``Probe.overlap``)
@@ -92,14 +96,21 @@ class Probe:
             self.pickling = shipping(func, pairs, shared_arguments)
 
     def profile(self) -> Profile:
+        """The profile of the calls observed. Calls that were off the CPU without ever blocking
+        were pre-empted by other work on a busy machine, not waiting: they count as computing,
+        and the part of a core they got (``cpu_share``) is taken out of their time, so that
+        ``per_item_seconds`` is what a call takes on a core of its own; the decision charges
+        the load it finds when it plans (``cost_model.pace``)."""
         walls = self.walls
+        total = sum(walls)
+        cpu_ratio = sum(self.cpus) / total if total >= CPU_CLOCK_MIN_SECONDS else 1.0
+        share = 1.0
+        if cpu_ratio < 1.0 and self.blocked and all(b == 0 for b in self.blocked):
+            share, cpu_ratio = cpu_ratio, 1.0
+            walls = [wall * share for wall in walls]
         typical = typical_seconds(walls)
         per_item = max(typical - timing_overhead(), 0.1 * typical)
         spread = statistics.pstdev(walls) / per_item if len(walls) > 1 and per_item > 0 else 0.0
-        total = sum(walls)
-        cpu_ratio = sum(self.cpus) / total if total >= CPU_CLOCK_MIN_SECONDS else 1.0
-        if cpu_ratio < 1.0 and self.blocked and all(b == 0 for b in self.blocked):
-            cpu_ratio = 1.0  # off the CPU without ever blocking: pre-empted on a busy machine
         return Profile(
             per_item_seconds=per_item,
             per_item_spread=spread,
@@ -108,6 +119,7 @@ class Probe:
             thread_scaling=self.thread_scaling,
             n_measured=len(walls) + self.n_overlap,
             measured_by=self.measured_by,
+            cpu_share=share,
             **self.pickling,
         )
 
@@ -125,13 +137,19 @@ class Probe:
         calls: none is made twice, and their results are kept) until one shows a clear
         overlap, and the largest figure is kept: outside load only ever makes overlap look
         smaller. Calls that hold the GIL show about 1.0 every time.
+
+        Only calls that compute are pinned to a core each (``_two_cores``): calls that mostly
+        wait are woken wherever a core is free first, as they are in a run, and as the calls
+        timed one at a time that ``serial_seconds`` comes from were; pinned to cores busy with
+        other work, each 2 ms sleep took 7 ms there, and their overlap read as none.
         """
-        outcomes, scaling = _two_at_once(pool, runs, serial_seconds)
+        pin = self.profile().cpu_ratio >= _COMPUTING
+        outcomes, scaling = _two_at_once(pool, runs, serial_seconds, pin)
         made = [outcomes]
         for again in more:
             if scaling >= CLEAR_OVERLAP:
                 break
-            outcomes, repeated = _two_at_once(pool, again, serial_seconds)
+            outcomes, repeated = _two_at_once(pool, again, serial_seconds, pin)
             made.append(outcomes)
             scaling = max(scaling, repeated)
         self.thread_scaling = scaling
@@ -168,23 +186,25 @@ class Probe:
 def overlap_tests(keys: Sequence[Any], per_item: float) -> list[list[Any]]:
     """``keys`` (items, tasks) grouped for the overlap test: each group two threads' worth of
     calls of ``per_item`` seconds, at most ``PAIR_TESTS`` groups; none when the calls are too
-    short or too long to test, or there are too few keys for one group."""
-    size = 2 * calls_per_thread(per_item)
+    short or too long to test, or there are too few keys for one group. Longer tests when other
+    tasks want a CPU now (``PAIR_TARGET_BUSY_SECONDS``)."""
+    busy = system.runnable_elsewhere() >= 1
+    size = 2 * calls_per_thread(per_item, PAIR_TARGET_BUSY_SECONDS if busy else PAIR_TARGET_SECONDS)
     if not size:
         return []
     return [list(keys[i:i + size]) for i in range(0, len(keys) - size + 1, size)][:PAIR_TESTS]
 
 
-def calls_per_thread(per_item: float) -> int:
-    """How many calls each thread of the overlap test makes; 0 when calls of ``per_item``
-    seconds are too short or too long to test."""
+def calls_per_thread(per_item: float, target: float = PAIR_TARGET_SECONDS) -> int:
+    """How many calls each thread of the overlap test makes for about ``target`` seconds of
+    them; 0 when calls of ``per_item`` seconds are too short or too long to test."""
     if not PAIR_MIN_SECONDS <= per_item <= PAIR_MAX_SECONDS:
         return 0
-    return max(1, min(PAIR_MAX, math.ceil(PAIR_TARGET_SECONDS / per_item)))
+    return max(1, min(PAIR_MAX, math.ceil(target / per_item)))
 
 
 def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
-                 serial_seconds: float) -> tuple[list, float]:
+                 serial_seconds: float, pin: bool = True) -> tuple[list, float]:
     """The runs at once on two threads; how many of them ran at a time, on average.
 
     Both start together (a barrier): a pool hands its second task to whichever thread is free
@@ -198,7 +218,7 @@ def _two_at_once(pool: Any, runs: Sequence[Callable[[], Any]],
     changes, is what made this test lie. Work that mostly waits gets no CPU time to judge by:
     it is set against ``serial_seconds``, what the runs take one after the other."""
     start = threading.Barrier(len(runs), timeout=_START_TOGETHER_SECONDS)
-    cores = _two_cores()
+    cores = _two_cores() if pin else [None, None]
     threads_before = _thread_ids()
     began = [threading.Event() for _ in runs]
     futures: list[Future] = [pool.submit(_timed, run, start, core, event)

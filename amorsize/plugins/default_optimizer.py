@@ -51,7 +51,10 @@ def made(plan: Any) -> bool:
 def amorsize_run_finished(plan: Any, report: Any) -> None:
     key = plan.workload.key
     if key is not None:
-        decision.learn(key, report, plan.workload.already_done)
+        machine = plan.machine
+        decision.learn(key, report, plan.workload.already_done,
+                       machine.background if machine is not None else 0.0,
+                       machine.apart if machine is not None else 0.0)
 
 
 @hookimpl(trylast=True)
