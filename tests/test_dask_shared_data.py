@@ -4,24 +4,27 @@ process workers once per compute, through shared memory, not with every batch
 
 from __future__ import annotations
 
-import pickle
-
 import dask
 import numpy as np
 import pytest
+from shm_helpers import big_array, count_sent, held
 
 import amorsize_dask  # noqa: F401 - registers the scheduler "amorsize"
 from amorsize.optimizer import probe
 from amorsize.pools import shared
-from amorsize.run.control import Run
 from amorsize_dask.graph import as_graph, needed_work
 from amorsize_dask.measure import measure
 
 pytestmark = [pytest.mark.skipif(not shared.available(), reason="shared memory needs Linux"),
               pytest.mark.timeout(120)]
 
-MB = 2**20
 N_TASKS = 16
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[int]:
+    """The pickled size of what each chunk sent to a worker carries (but the function)."""
+    return count_sent(monkeypatch)
 
 
 def slice_sum(array: np.ndarray, i: int) -> float:
@@ -32,34 +35,11 @@ def read_only(array: np.ndarray, i: int) -> bool:
     return not array.flags.writeable
 
 
-def big_array(mb: float = 4, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random(int(mb * MB / 8))
-
-
-def held() -> set[str]:
-    live = shared.live_tokens()
-    return set() if live is None else set(live[1])
-
-
 def tasks_over(func, array: np.ndarray, dependency: bool = False) -> list:
     """``func(array, i)`` for each task: the array a literal of every task, or the value of a
     task they all depend on."""
     source = dask.delayed(lambda a: a)(array) if dependency else array
     return [dask.delayed(func)(source, i) for i in range(N_TASKS)]
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list[int]:
-    """The pickled size of what each batch sent to a worker carries (but the function)."""
-    sizes: list[int] = []
-    submit = Run.submit
-
-    def counting(self, fn, *args):
-        sizes.append(len(pickle.dumps(args, protocol=5)))
-        return submit(self, fn, *args)
-
-    monkeypatch.setattr(Run, "submit", counting)
-    return sizes
 
 
 @pytest.mark.parametrize("dependency", [False, True], ids=["literal", "dependency"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import time
@@ -17,18 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from joblib import Parallel, delayed
+from shm_helpers import big_array, count_sent, held, holding, kill_all, left_in_shm
 
 from amorsize.optimizer import probe
 from amorsize.pools import payloads, shared
-from amorsize.run.control import Run
 from amorsize_joblib import AmorsizeBackend
 
 pytestmark = [pytest.mark.skipif(not shared.available(), reason="shared memory needs Linux"),
               pytest.mark.timeout(90)]
 
 ROOT = str(Path(__file__).resolve().parents[1])
-MB = 2**20
 N_TASKS = 24
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[int]:
+    """The pickled size of what each chunk sent to a worker carries (but the function)."""
+    return count_sent(monkeypatch)
 
 
 def slice_sum(array: np.ndarray, i: int, offset: float = 0.0) -> float:
@@ -48,33 +52,10 @@ def write_into(array: np.ndarray, i: int) -> None:
     array[i] = -1.0
 
 
-def big_array(mb: float = 4, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random(int(mb * MB / 8))
-
-
 def on_processes(func, *args_of_task) -> list:
     """``func`` over the tasks, on two process workers, one task per chunk (many chunks)."""
     backend = AmorsizeBackend(executor="process")
     return Parallel(n_jobs=2, backend=backend)(delayed(func)(*args) for args in args_of_task)
-
-
-def held() -> set[str]:
-    live = shared.live_tokens()
-    return set() if live is None else set(live[1])
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list[int]:
-    """The pickled size of what each chunk sent to a worker carries (but the function)."""
-    sizes: list[int] = []
-    submit = Run.submit
-
-    def counting(self, fn, *args):
-        sizes.append(len(pickle.dumps(args, protocol=5)))
-        return submit(self, fn, *args)
-
-    monkeypatch.setattr(Run, "submit", counting)
-    return sizes
 
 
 def test_results_are_those_of_the_serial_loop():
@@ -210,31 +191,6 @@ def test_the_plan_charges_an_array_every_task_carries_once():
     assert profile.arg_bytes < 1000
 
 
-def _holding(token: str, pids: list[int]) -> list[int]:
-    """The processes among ``pids`` that map or hold open the file ``token`` names."""
-    inode = token.split(":")[1]
-    found = []
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-            links = []
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-                except OSError:
-                    continue
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if any(len(line.split()) > 4 and line.split()[4] == inode for line in maps.splitlines()) \
-                or any(f"#{inode} " in link for link in links):
-            found.append(pid)
-    return found
-
-
-def _left_in_shm() -> list[str]:
-    return [name for name in os.listdir(shared.SHM_DIR) if name.startswith("amz-")]
-
-
 def test_the_segment_is_let_go_by_everyone_once_the_array_is_collected():
     import psutil
 
@@ -243,15 +199,15 @@ def test_the_segment_is_let_go_by_everyone_once_the_array_is_collected():
     on_processes(slice_sum, *[(x, i) for i in range(N_TASKS)])
     (token,) = held() - before
     workers = [p.pid for p in psutil.Process().children(recursive=True)]
-    assert _holding(token, workers)
+    assert holding(token, workers)
     del x
     gc.collect()
-    assert _holding(token, [os.getpid()]) == []
+    assert holding(token, [os.getpid()]) == []
     deadline = time.monotonic() + 10.0  # idle workers check twice a second
-    while _holding(token, workers) and time.monotonic() < deadline:
+    while holding(token, workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _holding(token, workers) == []
-    assert _left_in_shm() == []
+    assert holding(token, workers) == []
+    assert left_in_shm() == []
 
 
 PROGRAM = """
@@ -286,22 +242,16 @@ def test_nothing_is_left_behind_when_the_caller_is_killed():
         assert line[:1] == ["token"], (line, child.stderr.read() if child.poll() is not None else "")
         token = line[1]
         everyone = [child.pid] + [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
-        assert _holding(token, everyone)
+        assert holding(token, everyone)
         child.kill()
         child.communicate(timeout=30)
         deadline = time.monotonic() + 10.0
-        while _holding(token, everyone) and time.monotonic() < deadline:
+        while holding(token, everyone) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _holding(token, everyone) == []
-        assert _left_in_shm() == []
+        assert holding(token, everyone) == []
+        assert left_in_shm() == []
     finally:
-        for pid in everyone:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        child.kill()
-        child.communicate()
+        kill_all(everyone, child)
 
 
 def test_a_chunk_sent_again_by_value_carries_its_arrays():

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from shm_helpers import big_array, holding, kill_all, left_in_shm
 
 import amorsize
 from amorsize.optimizer import cost_model
@@ -71,12 +72,8 @@ def manager():
         yield m
 
 
-def big_array(mb: float = 24, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random(int(mb * MB / 8))
-
-
 def test_results_are_those_of_the_serial_loop_for_a_partial_over_a_large_array():
-    array = big_array()
+    array = big_array(24)
     func = functools.partial(slice_sum, array)
     expected = [func(i) for i in range(300)]
     assert amorsize.map(func, range(300), executor="process", n_jobs=2, chunksize=7) == expected
@@ -89,7 +86,7 @@ def closure_over(array: np.ndarray):
 
 
 def test_a_closure_over_a_large_array_shares_it_too(manager):
-    array = big_array()
+    array = big_array(24)
     pool = manager.get_pool(2, "process")
     assert pool.prepare(closure_over(array)).shared is not None
     assert pool.map(closure_over(array), range(100), chunksize=9) == [
@@ -97,7 +94,7 @@ def test_a_closure_over_a_large_array_shares_it_too(manager):
 
 
 def test_the_array_is_not_in_what_travels_with_each_chunk(manager):
-    array = big_array()
+    array = big_array(24)
     prepared = manager.get_pool(2, "process").prepare(functools.partial(slice_sum, array))
     assert prepared.shared is not None and prepared.shared.nbytes == array.nbytes
     assert len(prepared.payload) < 10_000
@@ -116,7 +113,7 @@ def test_each_worker_unpickles_the_shared_object_once_over_many_chunks_and_two_c
 
 
 def test_a_later_call_over_the_same_array_reuses_its_segment(manager):
-    array = big_array()
+    array = big_array(24)
     pool = manager.get_pool(2, "process")
     one = pool.prepare(functools.partial(slice_sum, array))
     other = pool.prepare(functools.partial(slice_sum, array))  # a new partial, the same data
@@ -125,7 +122,7 @@ def test_a_later_call_over_the_same_array_reuses_its_segment(manager):
 
 
 def test_an_array_changed_in_place_crosses_again_and_the_workers_see_the_change(manager):
-    array = big_array()
+    array = big_array(24)
     pool = manager.get_pool(2, "process")
     before = pool.map(functools.partial(slice_sum, array), range(10))
     array[:5000] = 0.0
@@ -160,28 +157,6 @@ def test_small_buffers_still_travel_with_the_function(manager):
     assert prepared.shared is None
 
 
-def _holding(token: str, pids: list[int]) -> list[int]:
-    """The processes among ``pids`` that map or hold open the file ``token`` names."""
-    inode = token.split(":")[1]
-    found = []
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        links = []
-        for fd in fds:
-            try:
-                links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-            except OSError:  # closed meanwhile (the listing's own descriptor)
-                continue
-        if any(line.split()[4] == inode for line in maps.splitlines() if len(line.split()) > 4) \
-                or any(f"#{inode} " in link for link in links):
-            found.append(pid)
-    return found
-
-
 def test_a_released_segment_is_let_go_by_the_caller_and_the_workers(manager, monkeypatch):
     monkeypatch.setattr(shared, "KEPT_SEGMENTS", 1)
     pool = manager.get_pool(1, "process")
@@ -192,10 +167,10 @@ def test_a_released_segment_is_let_go_by_the_caller_and_the_workers(manager, mon
     pool.prepare(functools.partial(slice_sum, big_array(4, seed=2)))  # evicts the first
     gc.collect()
     assert token not in (shared.live_tokens() or (0, ()))[1]
-    assert _holding(token, [os.getpid()]) == []
+    assert holding(token, [os.getpid()]) == []
     # a worker learns it with the next function it loads, and unmaps it
     assert all(token not in mapped for mapped in pool.map(mapped_here, range(2)))
-    assert _holding(token, pool.worker_pids()) == []
+    assert holding(token, pool.worker_pids()) == []
 
 
 def test_idle_workers_let_go_of_a_segment_the_caller_released(manager):
@@ -203,13 +178,13 @@ def test_idle_workers_let_go_of_a_segment_the_caller_released(manager):
     pool = manager.get_pool(2, "process")
     pool.map(functools.partial(slice_sum, array), range(40), chunksize=1)
     token = pool.prepare(functools.partial(slice_sum, array)).shared.token
-    assert _holding(token, pool.worker_pids())
+    assert holding(token, pool.worker_pids())
     del array
     gc.collect()
     deadline = time.monotonic() + 10.0  # the workers check twice a second; no task is sent
-    while _holding(token, pool.worker_pids()) and time.monotonic() < deadline:
+    while holding(token, pool.worker_pids()) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _holding(token, pool.worker_pids()) == []
+    assert holding(token, pool.worker_pids()) == []
 
 
 def test_the_segment_is_released_once_the_array_is_collected(manager):
@@ -217,10 +192,10 @@ def test_the_segment_is_released_once_the_array_is_collected(manager):
     pool = manager.get_pool(2, "process")
     pool.map(functools.partial(slice_sum, array), range(4))
     token = pool.prepare(functools.partial(slice_sum, array)).shared.token
-    assert _holding(token, [os.getpid()])
+    assert holding(token, [os.getpid()])
     del array
     gc.collect()
-    assert _holding(token, [os.getpid()]) == []
+    assert holding(token, [os.getpid()]) == []
 
 
 def test_an_array_changed_in_place_lets_go_of_its_old_segment(manager):
@@ -231,7 +206,7 @@ def test_an_array_changed_in_place_lets_go_of_its_old_segment(manager):
     new = pool.prepare(functools.partial(slice_sum, array)).shared.token
     gc.collect()
     assert new != old
-    assert _holding(old, [os.getpid()]) == [] and _holding(new, [os.getpid()])
+    assert holding(old, [os.getpid()]) == [] and holding(new, [os.getpid()])
 
 
 def touch_all(array: np.ndarray, i: int) -> float:
@@ -351,10 +326,6 @@ def _program(how: str, mb: float) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _left_in_shm() -> list[str]:
-    return [name for name in os.listdir(shared.SHM_DIR) if name.startswith("amz-")]
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("how", "mb"), [("SIGKILL", 200), ("SIGINT", 24),
                                           ("worker", 24), ("exit", 24)])
@@ -368,29 +339,23 @@ def test_nothing_is_left_behind(how, mb):
         assert line[:1] == ["token"], (line, child.stderr.read() if child.poll() is not None else "")
         token = line[1]
         everyone = [child.pid] + [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
-        assert _holding(token, everyone)
+        assert holding(token, everyone)
         if how == "SIGKILL":
             child.kill()
         elif how == "SIGINT":
             child.send_signal(signal.SIGINT)
         elif how == "worker":
             workers = [p for p in psutil.Process(child.pid).children(recursive=True)
-                       if _holding(token, [p.pid])]
+                       if holding(token, [p.pid])]
             workers[0].kill()
         if how != "SIGKILL":
             child.communicate(timeout=60)
         time.sleep(5.0)
-        assert _holding(token, everyone) == []
-        assert _holding(token, [p.pid for p in psutil.process_iter()]) == []
-        assert _left_in_shm() == []
+        assert holding(token, everyone) == []
+        assert holding(token, [p.pid for p in psutil.process_iter()]) == []
+        assert left_in_shm() == []
     finally:
-        for pid in everyone:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        child.kill()
-        child.communicate()
+        kill_all(everyone, child)
 
 
 # -- workers that cannot open the caller's shared memory ----------------------------------

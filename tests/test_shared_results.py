@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from shm_helpers import kill_all
 
 import amorsize
 from amorsize.errors import WorkerCrashedError
@@ -247,13 +248,7 @@ def test_no_result_file_outlives_the_run(how):
         assert _holding_any(files) == []
         assert [name for name in os.listdir(shared.SHM_DIR) if name.startswith("amz-")] == []
     finally:
-        for pid in everyone:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        child.kill()
-        child.communicate()
+        kill_all(everyone, child)
 
 
 def test_amorsize_map_gives_large_results_in_order():
