@@ -456,6 +456,21 @@ def test_a_refused_open_is_a_lasting_failure_and_is_not_tried_again(monkeypatch)
         shared.opened(os.getpid(), 3, "0:0", os.O_RDONLY)
 
 
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOMEM])
+def test_running_out_of_descriptors_or_memory_is_not_a_lasting_failure(monkeypatch, code):
+    """A worker short of descriptors for a moment must not turn shared memory off for good."""
+    monkeypatch.setattr(shared, "_unreachable", {})
+
+    def out_of(pid, fd, flags):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(shared, "_open_held", out_of)
+    with pytest.raises(shared.SharedMemoryUnreachable) as caught:
+        shared.opened(os.getpid(), 3, "0:0", os.O_RDONLY)
+    assert not caught.value.lasting
+    assert shared._unreachable == {}
+
+
 def refuse() -> int:
     raise PermissionError(errno.EACCES, "Permission denied")
 

@@ -150,9 +150,8 @@ class Placed:
     changed in place in between; other buffers are checksummed again (``shared.place``)."""
 
     def __init__(self) -> None:
-        # held while placing, so two chunks sent at once place an array once; re-entrant: a
-        # collected array's callback (``_forget``) may run while this thread holds it
-        self._lock = threading.RLock()
+        # held while placing, so two chunks sent at once place an array once
+        self._lock = threading.Lock()
         # (id of the object owning the memory, address, size) -> (a weak reference to the
         # object, one to its segment: held by the chunks in flight and among the last kept,
         # not here, so arrays that differ from task to task are not all held to the end)
@@ -200,8 +199,9 @@ def _remember_placed(owner: object, key: tuple[int, int, int], segment: Segment)
 
 
 def _forget_before(key: tuple[int, int, int], _: object) -> None:
-    with _before_lock:
-        _before.pop(key, None)
+    # No lock: a collection can run this on a thread holding ``shared``'s lock while another
+    # thread, holding this module's, waits for that one. ``dict.pop`` is atomic on its own.
+    _before.pop(key, None)
 
 
 def _placed_before(owner: object, key: tuple[int, int, int], view: memoryview) -> Segment | None:
@@ -241,8 +241,7 @@ def _forget(placed: weakref.ref[Placed], key: tuple[int, int, int], _: object) -
     """An object whose buffer a call placed was collected: its segment is no longer met."""
     alive = placed()
     if alive is not None:
-        with alive._lock:
-            alive._met.pop(key, None)
+        alive._met.pop(key, None)  # no lock, as in ``_forget_before``
 
 
 def memory_of(view: memoryview) -> tuple[object, tuple[int, int, int]]:

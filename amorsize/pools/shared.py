@@ -390,8 +390,9 @@ def opened(pid: int, fd: int, token: str, flags: int) -> int:
     try:
         mine = _open_held(pid, fd, flags)
     except OSError as exc:
-        # ENOENT with the process there: that descriptor was closed, the others may open
-        lasting = exc.errno != errno.ENOENT or not os.path.exists(f"/proc/{pid}")
+        # Only a refusal lasts (permissions, hidepid, gone process); out of descriptors or
+        # memory passes, and ENOENT with the process there is that one descriptor closed
+        lasting = exc.errno in (errno.EACCES, errno.EPERM) or not os.path.exists(f"/proc/{pid}")
         message = (f"process worker {os.getpid()} cannot open the shared memory of process "
                    f"{pid} (/proc/{pid}/fd/{fd}: {exc.strerror or exc})")
         if lasting:
