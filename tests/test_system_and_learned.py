@@ -86,6 +86,17 @@ def test_partials_that_differ_in_a_small_setting_are_learned_apart():
         functools.partial(_burn, loops=nan))
 
 
+def test_a_partial_remade_with_a_new_setting_each_call_keeps_what_was_learned(monkeypatch):
+    """partial(f, seed=i) in a loop: past a few settings they are left out of the key, so the
+    calls are one function again, not a stranger measured anew each time."""
+    monkeypatch.setattr(learned, "_SETTINGS_SEEN", {})
+    keys = [function_key(functools.partial(_burn, loops=i)) for i in range(20)]
+    per_setting = learned._SETTINGS_PER_FUNCTION
+    assert len(set(keys[:per_setting])) == per_setting
+    assert len(set(keys[per_setting:])) == 1
+    assert keys[0] == function_key(functools.partial(_burn, loops=0))  # still told apart
+
+
 def test_a_partial_over_new_large_data_is_the_same_function():
     """A partial re-made each call over a new array (or list) keeps what was learned."""
     assert function_key(functools.partial(_burn, data=[1, 2])) == function_key(

@@ -88,8 +88,20 @@ def function_key(func: Callable) -> Hashable:
         # Small settings (``loops=5000``, ``mode="fast"``) often set what a call costs, so a
         # partial that differs in one is another function here; a large or unhashable
         # argument (an array, a model) counts by its type only, so a new one is not a stranger.
-        return ("partial", function_key(func.func), tuple(_setting(a) for a in func.args),
-                tuple(sorted((k, _setting(v)) for k, v in func.keywords.items())))
+        # Past ``_SETTINGS_PER_FUNCTION`` settings of one function (a seed or a path per
+        # call), the settings are left out: each call would otherwise be measured anew.
+        shape = ("partial", function_key(func.func), len(func.args), tuple(sorted(func.keywords)))
+        settings = (tuple(_setting(a) for a in func.args),
+                    tuple(sorted((k, _setting(v)) for k, v in func.keywords.items())))
+        with _SETTINGS_LOCK:
+            seen = _SETTINGS_SEEN.setdefault(shape, set())
+            if settings not in seen:
+                if len(seen) >= _SETTINGS_PER_FUNCTION:
+                    return shape
+                seen.add(settings)
+                if len(_SETTINGS_SEEN) > _MAX_ENTRIES:
+                    _SETTINGS_SEEN.pop(next(iter(_SETTINGS_SEEN)))
+        return shape, settings
     code = getattr(func, "__code__", None)  # functions, lambdas, closures, bound methods
     if code is not None:
         return code
@@ -109,6 +121,10 @@ def function_key(func: Callable) -> Hashable:
         return ("type", type(func))
 
 
+_SETTINGS_PER_FUNCTION = 8
+# the settings met per partial's function and argument shape (oldest function dropped first)
+_SETTINGS_SEEN: dict[Hashable, set] = {}
+_SETTINGS_LOCK = threading.Lock()
 _SETTING_TYPES = (int, float, complex, str, bytes, bool, type(None))
 _SETTING_MAX_LEN = 64
 
@@ -256,4 +272,13 @@ def _fold_unread(entry: Learned) -> None:
 
 
 LEARNED = LearnedProfiles()
-os.register_at_fork(after_in_child=LEARNED._reset_lock)
+
+
+def _reset_locks() -> None:
+    """A fork taken while another thread held a lock would leave it held in the child."""
+    global _SETTINGS_LOCK
+    LEARNED._reset_lock()
+    _SETTINGS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks)
