@@ -66,6 +66,7 @@ LOADAVG = Path("/proc/loadavg")
 LOAD_WINDOW_SECONDS = 1.0
 _readings: collections.deque[tuple[float, int]] = collections.deque(maxlen=15)
 _load_lock = threading.Lock()
+_clock = time.monotonic  # the readings' clock (a test injects its own)
 
 
 def runnable_elsewhere() -> float:
@@ -82,7 +83,7 @@ def runnable_elsewhere() -> float:
     tasks = _tasks_running()
     if tasks is None:
         return 0.0
-    now = time.monotonic()
+    now = _clock()
     with _load_lock:
         _readings.append((now, tasks))
         recent = [count for at, count in _readings if now - at <= LOAD_WINDOW_SECONDS]
@@ -99,7 +100,7 @@ def runnable_apart(tasks: float) -> float:
     processes); a process whose running thread is not its first is taken as apart."""
     if tasks <= 0 or not _autogroup_on():
         return 0.0
-    now = time.monotonic()
+    now = _clock()
     with _load_lock:
         counted = _apart["share"] if now - _apart["at"] <= LOAD_WINDOW_SECONDS else None
     if counted is None:
@@ -149,14 +150,17 @@ def _tasks_running() -> int | None:
     if not _load_counts_ours():
         return None
     try:
-        fd = os.open(LOADAVG, os.O_RDONLY)
-        try:
-            text = os.read(fd, 128)
-        finally:
-            os.close(fd)
-        return max(0, int(text.split()[3].split(b"/")[0]) - 1)
+        return max(0, int(_read_loadavg().split()[3].split(b"/")[0]) - 1)
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _read_loadavg() -> bytes:
+    fd = os.open(LOADAVG, os.O_RDONLY)
+    try:
+        return os.read(fd, 128)
+    finally:
+        os.close(fd)
 
 
 @functools.cache

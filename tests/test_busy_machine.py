@@ -246,12 +246,12 @@ def loadavg(tmp_path, monkeypatch):
     counts: list[int] = []
     moments: list[float] = []
 
-    def read(fd, size):
+    def read():
         running = counts.pop(0) if len(counts) > 1 else counts[0]
         return f"0.50 0.40 0.30 {running}/300 4242\n".encode()
 
-    monkeypatch.setattr(system.os, "read", read)
-    monkeypatch.setattr(system.time, "monotonic",
+    monkeypatch.setattr(system, "_read_loadavg", read)
+    monkeypatch.setattr(system, "_clock",
                         lambda: moments.pop(0) if len(moments) > 1 else moments[0])
 
     class Readings:
