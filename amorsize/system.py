@@ -96,8 +96,8 @@ def runnable_apart(tasks: float) -> float:
     on, those of other sessions (a program started in another terminal, a daemon). More workers
     take a larger part of the cores from tasks of their own group only (``cost_model.pace``).
     0.0 with autogroup off (every task on its own) or nothing to count. Counted from the
-    processes running now, at most once per ``LOAD_WINDOW_SECONDS`` (a millisecond per hundred
-    processes); a process whose running thread is not its first is taken as apart."""
+    processes running now, at most once per ``LOAD_WINDOW_SECONDS`` (its cost grows with the
+    number of processes); a process whose running thread is not its first is taken as apart."""
     if tasks <= 0 or not _autogroup_on():
         return 0.0
     now = _clock()

@@ -35,8 +35,8 @@ _MAX_ENTRIES = 512
 _SMOOTHING = 0.5
 _FAR_OFF = 1.5
 # a run shorter than this may be 1.5x off its prediction from the machine's other work alone:
-# beside other programs a thread waits for a core up to a few time slices at once (20 ms and
-# more), which says nothing of the next run
+# beside other programs a thread waits for a core up to a few time slices at once, which says
+# nothing of the next run
 FAR_OFF_MIN_SECONDS = 0.1
 # the machine's load (tasks elsewhere that want a CPU) moved by this many: what a correction
 # learned at one load said is set aside at the other (see ``Learned.corrected_at``)

@@ -32,7 +32,7 @@ CPU_CLOCK_MIN_SECONDS = 2e-3
 # the overlap test: each of its two threads makes about a millisecond of calls, at most eight;
 # shorter calls would time the handing out of work, longer ones cost too much to test. Beside
 # other tasks that want a CPU, about 10 ms: a thread woken there may wait for a core for a
-# scheduler tick (4 ms), which in a millisecond's test hides most of the overlap
+# scheduler tick, which in a millisecond's test hides most of the overlap
 PAIR_MIN_SECONDS = 10e-6
 PAIR_TARGET_SECONDS = 1e-3
 PAIR_TARGET_BUSY_SECONDS = 10e-3
@@ -141,7 +141,7 @@ class Probe:
         Only calls that compute are pinned to a core each (``_two_cores``): calls that mostly
         wait are woken wherever a core is free first, as they are in a run, and as the calls
         timed one at a time that ``serial_seconds`` comes from were; pinned to cores busy with
-        other work, each 2 ms sleep took 7 ms there, and their overlap read as none.
+        other work, their waits stretch and their overlap reads as none.
         """
         pin = self.profile().cpu_ratio >= _COMPUTING
         outcomes, scaling = _two_at_once(pool, runs, serial_seconds, pin)

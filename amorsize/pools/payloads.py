@@ -146,7 +146,7 @@ class Placed:
     Within the call, a buffer met again (the same object, or a view of the same memory, still
     alive) takes its segment without a checksum: a call sees its arrays as they were when it
     first sent them. A later call compares a numpy array it finds placed before, still kept,
-    with its segment (``memcmp``: about twice as fast as the checksum), so it sees an array
+    with its segment (``memcmp``, cheaper than a checksum), so it sees an array
     changed in place in between; other buffers are checksummed again (``shared.place``)."""
 
     def __init__(self) -> None:
