@@ -98,6 +98,22 @@ class SharedMemoryUnreachable(RuntimeError):  # noqa: N818 - says what happened,
         return type(self), (self.args[0], self.lasting)
 
 
+def token_of(stat: os.stat_result) -> str:
+    """What names a file whatever descriptor holds it: its device and inode (a descriptor
+    number reused for another file is told apart)."""
+    return f"{stat.st_dev}:{stat.st_ino}"
+
+
+def laid_out(buffers: list[memoryview]) -> tuple[list[tuple[int, int]], int]:
+    """Each buffer's ``(offset, size)`` in one file, aligned to ``_ALIGN``, and the file's size."""
+    layout = []
+    size = 0
+    for view in buffers:
+        layout.append((size, view.nbytes))
+        size += -(-view.nbytes // _ALIGN) * _ALIGN
+    return layout, size
+
+
 class SegmentRef:
     """Where a segment is, as it crosses to workers: the making process and its descriptor, a
     token naming the file (device and inode: a reused descriptor number is told apart) and
@@ -127,8 +143,7 @@ class Segment:
     def __init__(self, fd: int, size: int, directory: str) -> None:
         self.directory = directory
         self.size = size
-        stat = os.fstat(fd)
-        self.token = f"{stat.st_dev}:{stat.st_ino}"
+        self.token = token_of(os.fstat(fd))
         self.fd = fd
         self.map = mmap.mmap(fd, max(size, 1), flags=mmap.MAP_SHARED
                              | getattr(mmap, "MAP_POPULATE", 0))
@@ -233,11 +248,7 @@ def place(buffers: list[pickle.PickleBuffer]) -> Segment:
             _kept.move_to_end(key)
             _let_go_with(views, key)
             return found
-    layout = []
-    offset = 0
-    for v in views:
-        layout.append((offset, v.nbytes))
-        offset += -(-v.nbytes // _ALIGN) * _ALIGN
+    layout, offset = laid_out(views)
     fd, directory = _create(offset)
     try:
         segment = Segment(fd, offset, directory)
@@ -398,8 +409,7 @@ def opened(pid: int, fd: int, token: str, flags: int) -> int:
         if lasting:
             _unreachable[pid] = message
         raise SharedMemoryUnreachable(message, lasting) from None
-    stat = os.fstat(mine)
-    if f"{stat.st_dev}:{stat.st_ino}" != token:
+    if token_of(os.fstat(mine)) != token:
         os.close(mine)
         raise SharedMemoryUnreachable(
             f"the shared memory of process {pid} (descriptor {fd}) was released before "
@@ -427,7 +437,7 @@ def released() -> list[str]:
         except OSError:
             gone.append(token)
             continue
-        if f"{stat.st_dev}:{stat.st_ino}" != token:
+        if token_of(stat) != token:
             gone.append(token)
     return gone
 
@@ -445,8 +455,7 @@ class ResultFile:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        stat = os.fstat(fd)
-        self.ref = (os.getpid(), fd, f"{stat.st_dev}:{stat.st_ino}")
+        self.ref = (os.getpid(), fd, token_of(os.fstat(fd)))
         self.close = weakref.finalize(self, os.close, fd)
 
 
@@ -492,11 +501,7 @@ def fill(ref: tuple[int, int, str], buffers: list[memoryview]) -> tuple[tuple[in
     """In a worker: write ``buffers`` into the caller's result file ``ref``; their layout, or
     None if they cannot go there (no room in ``SHM_DIR``, the file cannot be opened): then
     they go through the pipe."""
-    layout = []
-    size = 0
-    for view in buffers:
-        layout.append((size, view.nbytes))
-        size += -(-view.nbytes // _ALIGN) * _ALIGN
+    layout, size = laid_out(buffers)
     if free_bytes(SHM_DIR) < 2 * size:  # a result may not fill /dev/shm for everyone else
         return None
     pid, fd, token = ref
@@ -522,8 +527,7 @@ def read_result(fd: int, token: str, layout: tuple[tuple[int, int], ...],
     """In the caller: copies of the buffers a worker wrote into its result file ``fd`` (as
     ``bytes`` those ``as_bytes`` says were, else writable), which is emptied for the next
     call."""
-    stat = os.fstat(fd)
-    if f"{stat.st_dev}:{stat.st_ino}" != token:
+    if token_of(os.fstat(fd)) != token:
         raise RuntimeError(f"the result file (descriptor {fd}) was closed before its result "
                            "was read")
     end = layout[-1][0] + layout[-1][1]
