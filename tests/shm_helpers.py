@@ -7,6 +7,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from amorsize.pools import shared
 from amorsize.run.control import Run
 
 MB = 1 << 20
+ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def big_array(mb: float = 4, seed: int = 0) -> np.ndarray:
@@ -77,3 +79,17 @@ def kill_all(pids: list[int], child: subprocess.Popen) -> None:
             pass
     child.kill()
     child.communicate()
+
+
+def start_program(program: str, *args: str) -> tuple[subprocess.Popen, list[str]]:
+    """A Python program run in a child process that can import amorsize, and the words of the
+    first line it printed (with its errors, if it ended without printing one)."""
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    child = subprocess.Popen([sys.executable, "-c", program, *args], text=True,
+                             env={**os.environ, "PYTHONPATH": path},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None
+    line = child.stdout.readline().split()
+    if not line and child.poll() is not None:
+        raise AssertionError(f"the program ended: {child.stderr.read() if child.stderr else ''}")
+    return child, line

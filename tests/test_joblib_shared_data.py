@@ -8,15 +8,20 @@ from __future__ import annotations
 import gc
 import os
 import pickle
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from joblib import Parallel, delayed
-from shm_helpers import big_array, count_sent, held, holding, kill_all, left_in_shm
+from shm_helpers import (
+    big_array,
+    count_sent,
+    held,
+    holding,
+    kill_all,
+    left_in_shm,
+    start_program,
+)
 
 from amorsize.optimizer import probe
 from amorsize.pools import payloads, shared
@@ -25,7 +30,6 @@ from amorsize_joblib import AmorsizeBackend
 pytestmark = [pytest.mark.skipif(not shared.available(), reason="shared memory needs Linux"),
               pytest.mark.timeout(90)]
 
-ROOT = str(Path(__file__).resolve().parents[1])
 N_TASKS = 24
 
 
@@ -232,14 +236,10 @@ Parallel(n_jobs=2, backend=AmorsizeBackend(executor="process"))(
 def test_nothing_is_left_behind_when_the_caller_is_killed():
     import psutil
 
-    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    child = subprocess.Popen([sys.executable, "-c", PROGRAM], text=True,
-                             env={**os.environ, "PYTHONPATH": path},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child, line = start_program(PROGRAM)
     everyone: list[int] = []
     try:
-        line = child.stdout.readline().split()
-        assert line[:1] == ["token"], (line, child.stderr.read() if child.poll() is not None else "")
+        assert line[:1] == ["token"], line
         token = line[1]
         everyone = [child.pid] + [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
         assert holding(token, everyone)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from shm_helpers import big_array, holding, kill_all, left_in_shm
+from shm_helpers import big_array, holding, kill_all, left_in_shm, start_program
 
 import amorsize
 from amorsize.optimizer import cost_model
@@ -319,24 +319,16 @@ print("done", flush=True)
 """
 
 
-def _program(how: str, mb: float) -> subprocess.Popen:
-    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-c", PROGRAM, how, str(mb)],
-                            env={**os.environ, "PYTHONPATH": path}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("how", "mb"), [("SIGKILL", 200), ("SIGINT", 24),
                                           ("worker", 24), ("exit", 24)])
 def test_nothing_is_left_behind(how, mb):
     """The caller killed by SIGKILL mid-run, interrupted (Ctrl-C), one of its workers killed, or
     ending normally: 5 s later no process holds the segment, and nothing is named in /dev/shm."""
-    child = _program(how, mb)
+    child, line = start_program(PROGRAM, how, str(mb))
     everyone: list[int] = []
     try:
-        line = child.stdout.readline().split()
-        assert line[:1] == ["token"], (line, child.stderr.read() if child.poll() is not None else "")
+        assert line[:1] == ["token"], line
         token = line[1]
         everyone = [child.pid] + [p.pid for p in psutil.Process(child.pid).children(recursive=True)]
         assert holding(token, everyone)

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from shm_helpers import kill_all
+from shm_helpers import kill_all, start_program
 
 import amorsize
 from amorsize.errors import WorkerCrashedError
@@ -24,7 +22,6 @@ from amorsize.pools.manager import PoolManager
 
 pytestmark = pytest.mark.skipif(not shared.available(), reason="shared memory needs Linux")
 
-ROOT = str(Path(__file__).resolve().parents[1])
 MB = 2**20
 
 
@@ -222,14 +219,10 @@ def test_no_result_file_outlives_the_run(how):
     """The caller killed by SIGKILL mid-run, interrupted (Ctrl-C), or one of its workers killed
     (the run then fails with WorkerCrashedError, and does not hang): 5 s later no process
     holds the result files, and nothing is named in /dev/shm."""
-    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    child = subprocess.Popen([sys.executable, "-c", PROGRAM], text=True,
-                             env={**os.environ, "PYTHONPATH": path},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child, line = start_program(PROGRAM)
     everyone: list[int] = []
     try:
-        line = child.stdout.readline().split()
-        assert line == ["running"], (line, child.stderr.read() if child.poll() is not None else "")
+        assert line == ["running"], line
         workers = psutil.Process(child.pid).children(recursive=True)
         everyone = [child.pid] + [p.pid for p in workers]
         files = _shm_files_held([child.pid])
